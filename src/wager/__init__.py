@@ -1,0 +1,1 @@
+"""wager: recommendations that know how sure they are."""

@@ -1,0 +1,1 @@
+"""Data layer: schema, feature encoders, loaders, splits, sampling, the synthetic world."""

@@ -1,0 +1,695 @@
+"""Feature encoders: fitted on the training split only, saved and loaded with the model.
+
+Index conventions (the model layer relies on them):
+
+- :class:`CategoricalEncoder` -> ``(n,)`` int64; 0 is out-of-vocabulary (OOV: unseen, rare
+  below ``min_count``, or missing), known values are 1..V.
+- :class:`NumericEncoder` -> ``(n, 2)`` float32: column 0 the standardised value (0 where
+  missing), column 1 the 0/1 "was missing" indicator. With ``missing="error"`` a NaN raises.
+- :class:`MultiCategoricalEncoder` -> ``(n, L)`` int64 padded with 0; 1 is OOV; known values
+  are 2..V+1. ``L`` is the longest cell in the batch (at least 1).
+- :class:`TextEncoder` -> ``(n, L)`` int64 padded with 0; hashed word / word n-gram ids in
+  1..n_buckets. Stateless: hashing needs no vocabulary, so unseen words still land in a bucket.
+
+:class:`EntityEncoder` encodes an entity (user or item): its id as a categorical plus the
+columns of its feature table, looked up by id. Ids absent from the feature table get the
+all-missing row (OOV categories, missing numerics), so they are handled, never a KeyError.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from wager.data.schema import (
+    Categorical,
+    Feature,
+    MultiCategorical,
+    Numeric,
+    Text,
+    feature_from_dict,
+    feature_to_dict,
+)
+from wager.errors import NotFittedError, data_error
+
+OOV = 0
+_TOKEN = re.compile(r"\w+", re.UNICODE)
+
+
+def _as_key(value: Any) -> str | None:
+    """Canonical string key of a categorical value (None for missing).
+
+    Integers and integral floats share a key ("3" for 3 and 3.0) so that ids read as
+    float from a CSV with gaps still match ids read as int elsewhere.
+    """
+    if value is None:
+        return None
+    if isinstance(value, float):
+        if np.isnan(value):
+            return None
+        if value.is_integer():
+            return str(int(value))
+    if isinstance(value, np.floating):
+        return _as_key(float(value))
+    if isinstance(value, np.integer):
+        return str(int(value))
+    if value is pd.NA or value is pd.NaT:
+        return None
+    return str(value)
+
+
+def categorical_keys(values: pd.Series | Sequence[Any] | np.ndarray) -> pd.Series:
+    """Map raw values to canonical string keys (missing -> None), preserving order."""
+    s = pd.Series(values).reset_index(drop=True)
+    if pd.api.types.is_integer_dtype(s.dtype) and not isinstance(s.dtype, pd.CategoricalDtype):
+        return s.astype("int64").astype(str).astype(object)
+    return s.map(_as_key).astype(object)
+
+
+def _not_fitted(name: str) -> NotFittedError:
+    return NotFittedError(f"encoder for '{name}' is not fitted: call fit() first")
+
+
+@dataclass
+class CategoricalEncoder:
+    """Encode a categorical column as indices; rare and unseen values share OOV index 0.
+
+    Example:
+        >>> enc = CategoricalEncoder(Categorical("color", min_count=2))
+        >>> enc = enc.fit(pd.Series(["red", "red", "blue"]))
+        >>> enc.transform(pd.Series(["red", "blue", "green"])).tolist()
+        [1, 0, 0]
+    """
+
+    spec: Categorical
+    vocabulary_: list[str] | None = None
+
+    def fit(self, values: pd.Series | Sequence[Any]) -> CategoricalEncoder:
+        """Learn the vocabulary: values seen at least ``min_count`` times, most frequent first.
+
+        Args:
+            values: (n,) training values; missing values are ignored.
+        """
+        keys = categorical_keys(values).dropna()
+        counts = keys.value_counts(sort=False)
+        kept = counts[counts >= self.spec.min_count]
+        # frequency descending, ties by key: deterministic across runs
+        order = sorted(kept.items(), key=lambda kv: (-kv[1], kv[0]))
+        self.vocabulary_ = [k for k, _ in order]
+        self._lookup = {k: i + 1 for i, k in enumerate(self.vocabulary_)}
+        return self
+
+    @property
+    def cardinality(self) -> int:
+        """Number of distinct indices including OOV (embedding table rows)."""
+        if self.vocabulary_ is None:
+            raise _not_fitted(self.spec.name)
+        return len(self.vocabulary_) + 1
+
+    def transform(self, values: pd.Series | Sequence[Any] | np.ndarray) -> np.ndarray:
+        """(n,) int64 indices; 0 for OOV."""
+        if self.vocabulary_ is None:
+            raise _not_fitted(self.spec.name)
+        if not hasattr(self, "_lookup"):
+            self._lookup = {k: i + 1 for i, k in enumerate(self.vocabulary_)}
+        keys = categorical_keys(values)
+        return keys.map(self._lookup).fillna(OOV).to_numpy(dtype=np.int64)
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-ready state."""
+        if self.vocabulary_ is None:
+            raise _not_fitted(self.spec.name)
+        return {"vocabulary": list(self.vocabulary_)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> CategoricalEncoder:
+        """Restore from :meth:`state_dict`."""
+        self.vocabulary_ = list(state["vocabulary"])
+        self._lookup = {k: i + 1 for i, k in enumerate(self.vocabulary_)}
+        return self
+
+
+@dataclass
+class NumericEncoder:
+    """Standardise a numeric column with training mean and std; NaN handled explicitly.
+
+    Example:
+        >>> enc = NumericEncoder(Numeric("age")).fit(pd.Series([20.0, 40.0]))
+        >>> enc.transform(pd.Series([30.0, float("nan")])).tolist()
+        [[0.0, 0.0], [0.0, 1.0]]
+    """
+
+    spec: Numeric
+    mean_: float | None = None
+    std_: float | None = None
+    source: str = ""
+
+    def _prepare(self, values: pd.Series | Sequence[Any] | np.ndarray) -> np.ndarray:
+        s = pd.Series(values).reset_index(drop=True)
+        x = pd.to_numeric(s, errors="coerce").to_numpy(dtype=np.float64)
+        bad = np.flatnonzero(np.isnan(x) & s.notna().to_numpy())
+        if bad.size:
+            raise data_error(
+                "non_numeric",
+                f"non-numeric values such as {s.iloc[bad[0]]!r}",
+                source=self.source or None,
+                column=self.spec.name,
+                rows=bad,
+                fix="Clean the column, or declare it Categorical instead of Numeric.",
+            )
+        inf = np.flatnonzero(np.isinf(x))
+        if inf.size:
+            raise data_error(
+                "infinite_value",
+                "infinite values",
+                source=self.source or None,
+                column=self.spec.name,
+                rows=inf,
+                fix="Replace inf with a finite value or NaN.",
+            )
+        if self.spec.missing == "error":
+            nan = np.flatnonzero(np.isnan(x))
+            if nan.size:
+                raise data_error(
+                    "missing_value",
+                    "missing values (NaN) with missing='error'",
+                    source=self.source or None,
+                    column=self.spec.name,
+                    rows=nan,
+                    fix="Fill them, or use Numeric(missing='indicator').",
+                )
+        if self.spec.log1p:
+            neg = np.flatnonzero(x <= -1)
+            if neg.size:
+                raise data_error(
+                    "log1p_domain",
+                    "values <= -1 cannot take log1p",
+                    source=self.source or None,
+                    column=self.spec.name,
+                    rows=neg,
+                    fix="Use Numeric(log1p=False) for this column.",
+                )
+            x = np.log1p(x)
+        return x
+
+    def fit(self, values: pd.Series | Sequence[Any] | np.ndarray) -> NumericEncoder:
+        """Learn mean and std over the finite training values (std 1 when constant/empty)."""
+        x = self._prepare(values)
+        finite = x[~np.isnan(x)]
+        self.mean_ = float(finite.mean()) if finite.size else 0.0
+        std = float(finite.std()) if finite.size else 0.0
+        self.std_ = std if std > 1e-12 else 1.0
+        return self
+
+    @property
+    def width(self) -> int:
+        """Number of output columns (value, missing indicator)."""
+        return 2
+
+    def transform(self, values: pd.Series | Sequence[Any] | np.ndarray) -> np.ndarray:
+        """(n, 2) float32: standardised value (0 where missing) and the missing indicator."""
+        if self.mean_ is None or self.std_ is None:
+            raise _not_fitted(self.spec.name)
+        x = self._prepare(values)
+        missing = np.isnan(x)
+        z = np.where(missing, 0.0, (x - self.mean_) / self.std_)
+        return np.stack([z, missing.astype(np.float64)], axis=1).astype(np.float32)
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-ready state."""
+        if self.mean_ is None:
+            raise _not_fitted(self.spec.name)
+        return {"mean": self.mean_, "std": self.std_}
+
+    def load_state_dict(self, state: dict[str, Any]) -> NumericEncoder:
+        """Restore from :meth:`state_dict`."""
+        self.mean_ = float(state["mean"])
+        self.std_ = float(state["std"])
+        return self
+
+
+def _split_cells(values: pd.Series | Sequence[Any], sep: str) -> list[list[str]]:
+    out: list[list[str]] = []
+    for v in pd.Series(values).tolist():
+        if isinstance(v, list | tuple | np.ndarray):
+            out.append([k for k in (_as_key(x) for x in v) if k])
+            continue
+        key = _as_key(v)
+        out.append([t.strip() for t in key.split(sep) if t.strip()] if key else [])
+    return out
+
+
+def _pad(rows: list[list[int]]) -> np.ndarray:
+    width = max([len(r) for r in rows] + [1])
+    out = np.zeros((len(rows), width), dtype=np.int64)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+    return out
+
+
+@dataclass
+class MultiCategoricalEncoder:
+    """Encode a multi-valued column ("Action|Comedy") as padded index lists.
+
+    Example:
+        >>> enc = MultiCategoricalEncoder(MultiCategorical("genres"))
+        >>> enc = enc.fit(pd.Series(["a|b", "a"]))
+        >>> enc.transform(pd.Series(["b|a", "z", ""])).tolist()
+        [[3, 2], [1, 0], [0, 0]]
+    """
+
+    spec: MultiCategorical
+    vocabulary_: list[str] | None = None
+
+    def fit(self, values: pd.Series | Sequence[Any]) -> MultiCategoricalEncoder:
+        """Learn the vocabulary of individual values seen at least ``min_count`` times."""
+        flat = pd.Series([t for cell in _split_cells(values, self.spec.sep) for t in cell])
+        counts = flat.value_counts(sort=False)
+        kept = counts[counts >= self.spec.min_count]
+        order = sorted(kept.items(), key=lambda kv: (-kv[1], kv[0]))
+        self.vocabulary_ = [k for k, _ in order]
+        self._lookup = {k: i + 2 for i, k in enumerate(self.vocabulary_)}
+        return self
+
+    @property
+    def cardinality(self) -> int:
+        """Embedding rows: padding (0), OOV (1) and the vocabulary."""
+        if self.vocabulary_ is None:
+            raise _not_fitted(self.spec.name)
+        return len(self.vocabulary_) + 2
+
+    def transform(self, values: pd.Series | Sequence[Any]) -> np.ndarray:
+        """(n, L) int64 padded with 0; 1 for OOV values."""
+        if self.vocabulary_ is None:
+            raise _not_fitted(self.spec.name)
+        if not hasattr(self, "_lookup"):
+            self._lookup = {k: i + 2 for i, k in enumerate(self.vocabulary_)}
+        lookup = self._lookup
+        return _pad(
+            [[lookup.get(t, 1) for t in cell] for cell in _split_cells(values, self.spec.sep)]
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-ready state."""
+        if self.vocabulary_ is None:
+            raise _not_fitted(self.spec.name)
+        return {"vocabulary": list(self.vocabulary_)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> MultiCategoricalEncoder:
+        """Restore from :meth:`state_dict`."""
+        self.vocabulary_ = list(state["vocabulary"])
+        self._lookup = {k: i + 2 for i, k in enumerate(self.vocabulary_)}
+        return self
+
+
+def text_tokens(text: str, ngram_max: int) -> list[str]:
+    """Lower-cased word tokens and word n-grams (up to ``ngram_max``) of ``text``."""
+    words = _TOKEN.findall(text.lower())
+    out = list(words)
+    for n in range(2, ngram_max + 1):
+        out += [" ".join(words[i : i + n]) for i in range(len(words) - n + 1)]
+    return out
+
+
+@dataclass
+class TextEncoder:
+    """Hashed bag of words and word n-grams; stateless (fit only checks the column).
+
+    Bucket of a token = crc32(utf-8 token) mod n_buckets + 1, stable across processes
+    (Python's ``hash`` is salted per process and would break saved models).
+
+    Example:
+        >>> enc = TextEncoder(Text("title", n_buckets=8, ngram_max=1)).fit(pd.Series(["x"]))
+        >>> enc.transform(pd.Series(["Toy Story", None])).shape
+        (2, 2)
+    """
+
+    spec: Text
+    fitted_: bool = False
+
+    def fit(self, values: pd.Series | Sequence[Any]) -> TextEncoder:
+        """Nothing to learn; marks the encoder fitted."""
+        self.fitted_ = True
+        return self
+
+    @property
+    def cardinality(self) -> int:
+        """Embedding rows: padding (0) and the buckets."""
+        return self.spec.n_buckets + 1
+
+    def transform(self, values: pd.Series | Sequence[Any]) -> np.ndarray:
+        """(n, L) int64 bucket ids padded with 0, L <= max_tokens."""
+        if not self.fitted_:
+            raise _not_fitted(self.spec.name)
+        rows: list[list[int]] = []
+        cache: dict[str, int] = {}
+        for v in pd.Series(values).tolist():
+            key = _as_key(v)
+            toks = text_tokens(key, self.spec.ngram_max)[: self.spec.max_tokens] if key else []
+            ids = []
+            for t in toks:
+                if t not in cache:
+                    cache[t] = zlib.crc32(t.encode("utf-8")) % self.spec.n_buckets + 1
+                ids.append(cache[t])
+            rows.append(ids)
+        return _pad(rows)
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-ready state (none beyond the spec)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> TextEncoder:
+        """Restore from :meth:`state_dict`."""
+        self.fitted_ = True
+        return self
+
+
+Encoder = CategoricalEncoder | NumericEncoder | MultiCategoricalEncoder | TextEncoder
+
+
+def make_encoder(spec: Feature, source: str = "") -> Encoder:
+    """The encoder class that matches a feature spec."""
+    if isinstance(spec, Categorical):
+        return CategoricalEncoder(spec)
+    if isinstance(spec, Numeric):
+        return NumericEncoder(spec, source=source)
+    if isinstance(spec, MultiCategorical):
+        return MultiCategoricalEncoder(spec)
+    if isinstance(spec, Text):
+        return TextEncoder(spec)
+    raise TypeError(f"not a feature spec: {spec!r}")
+
+
+@dataclass
+class FeatureEncoders:
+    """Encoders for a set of columns of one table (e.g. context features of interactions)."""
+
+    specs: tuple[Feature, ...]
+    encoders_: dict[str, Encoder] = field(default_factory=dict)
+
+    def fit(self, table: pd.DataFrame, source: str = "") -> FeatureEncoders:
+        """Fit one encoder per spec on ``table`` (the training split)."""
+        self.encoders_ = {}
+        for spec in self.specs:
+            if spec.name not in table.columns:
+                raise data_error(
+                    "missing_column",
+                    "feature column not found",
+                    source=source or None,
+                    column=spec.name,
+                    fix=f"Available columns: {', '.join(map(str, table.columns))}.",
+                )
+            self.encoders_[spec.name] = make_encoder(spec, source).fit(table[spec.name])
+        return self
+
+    def transform(self, table: pd.DataFrame) -> dict[str, np.ndarray]:
+        """Encode every fitted column of ``table``; see the module docstring for shapes."""
+        if len(self.encoders_) != len(self.specs):
+            raise NotFittedError("feature encoders are not fitted: call fit() first")
+        return {name: enc.transform(table[name]) for name, enc in self.encoders_.items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-ready state: specs and every encoder's state."""
+        return {
+            "specs": [feature_to_dict(s) for s in self.specs],
+            "encoders": {n: e.state_dict() for n, e in self.encoders_.items()},
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any]) -> FeatureEncoders:
+        """Rebuild fitted encoders from :meth:`state_dict`."""
+        specs = tuple(feature_from_dict(s) for s in state["specs"])
+        out = cls(specs)
+        out.encoders_ = {
+            s.name: make_encoder(s).load_state_dict(state["encoders"][s.name]) for s in specs
+        }
+        return out
+
+
+@dataclass
+class EntityEncoder:
+    """Encode users (or items): the id plus the columns of their feature table, by id.
+
+    The id vocabulary is learnt from the training interactions (``min_count`` counts
+    interactions); feature vocabularies and statistics from the feature-table rows of the
+    entities that occur in training. Ids missing from the feature table get missing features.
+
+    Attributes:
+        key: id column name (e.g. "user_id").
+        id_spec: categorical spec for the id itself (its ``min_count`` makes rare ids OOV).
+        feature_specs: specs for feature-table columns.
+    """
+
+    key: str
+    id_spec: Categorical
+    feature_specs: tuple[Feature, ...] = ()
+    id_encoder_: CategoricalEncoder | None = None
+    features_: FeatureEncoders | None = None
+    table_: pd.DataFrame | None = None
+
+    def fit(
+        self,
+        interaction_ids: pd.Series,
+        table: pd.DataFrame | None = None,
+        source: str = "",
+    ) -> EntityEncoder:
+        """Fit on the training split.
+
+        Args:
+            interaction_ids: (n_train,) ids of the training interactions.
+            table: feature table with a ``key`` column (one row per id), or None.
+            source: name of the feature table, for messages.
+        """
+        self.id_encoder_ = CategoricalEncoder(self.id_spec).fit(interaction_ids)
+        self.features_ = FeatureEncoders(self.feature_specs)
+        if self.feature_specs:
+            if table is None:
+                raise data_error(
+                    "missing_table",
+                    f"features {[s.name for s in self.feature_specs]} were "
+                    f"declared but no feature table keyed by '{self.key}' was given",
+                    source=source or None,
+                    fix="Pass the feature table, or drop the features.",
+                )
+            indexed = self._index(table, source)
+            seen = categorical_keys(pd.Series(interaction_ids).unique())
+            train_rows = indexed.loc[indexed.index.intersection(pd.Index(seen.dropna()))]
+            self.features_.fit(train_rows.reset_index(), source)
+            self.table_ = indexed
+        return self
+
+    def _index(self, table: pd.DataFrame, source: str) -> pd.DataFrame:
+        if self.key not in table.columns:
+            raise data_error(
+                "missing_column",
+                "id column not found in the feature table",
+                source=source or None,
+                column=self.key,
+                fix=f"Available columns: {', '.join(map(str, table.columns))}.",
+            )
+        keys = categorical_keys(table[self.key])
+        dup = np.flatnonzero(keys.duplicated(keep="first").to_numpy())
+        if dup.size:
+            raise data_error(
+                "duplicate_id",
+                f"duplicate ids such as {keys.iloc[dup[0]]!r}",
+                source=source or None,
+                column=self.key,
+                rows=dup,
+                fix="Keep one row per id in the feature table.",
+            )
+        cols = [s.name for s in self.feature_specs]
+        out = table[cols].copy()
+        out.index = pd.Index(keys.to_numpy(), name=self.key)
+        return out
+
+    @property
+    def n_ids(self) -> int:
+        """Rows of the id embedding table (OOV included)."""
+        if self.id_encoder_ is None:
+            raise NotFittedError(f"encoder for '{self.key}' is not fitted: call fit() first")
+        return self.id_encoder_.cardinality
+
+    def cardinalities(self) -> dict[str, int]:
+        """Embedding rows per categorical/multi/text field, the id field included."""
+        if self.id_encoder_ is None or self.features_ is None:
+            raise NotFittedError(f"encoder for '{self.key}' is not fitted: call fit() first")
+        out = {self.key: self.id_encoder_.cardinality}
+        for name, enc in self.features_.encoders_.items():
+            if not isinstance(enc, NumericEncoder):
+                out[name] = enc.cardinality
+        return out
+
+    def transform(self, ids: pd.Series | Sequence[Any] | np.ndarray) -> dict[str, np.ndarray]:
+        """Encode ``ids``: {key: (n,) id indices, feature name: encoded feature}.
+
+        Ids absent from the feature table get all-missing features (OOV / NaN).
+        """
+        if self.id_encoder_ is None or self.features_ is None:
+            raise NotFittedError(f"encoder for '{self.key}' is not fitted: call fit() first")
+        keys = categorical_keys(ids)
+        # encode each distinct id once, then gather: interactions repeat ids many times
+        codes, uniques = pd.factorize(keys, use_na_sentinel=False)
+        uniq_keys = pd.Series(np.asarray(uniques, dtype=object))
+        out = {self.key: self.id_encoder_.transform(uniq_keys)[codes]}
+        if self.feature_specs and self.table_ is not None:
+            rows = self.table_.reindex(uniq_keys.to_numpy())
+            encoded = self.features_.transform(rows.reset_index(drop=True))
+            out.update({name: arr[codes] for name, arr in encoded.items()})
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-ready state (the feature table itself is saved separately as Parquet)."""
+        if self.id_encoder_ is None or self.features_ is None:
+            raise NotFittedError(f"encoder for '{self.key}' is not fitted: call fit() first")
+        return {
+            "key": self.key,
+            "id_spec": feature_to_dict(self.id_spec),
+            "id_encoder": self.id_encoder_.state_dict(),
+            "features": self.features_.state_dict(),
+        }
+
+    @classmethod
+    def from_state_dict(
+        cls, state: dict[str, Any], table: pd.DataFrame | None = None
+    ) -> EntityEncoder:
+        """Rebuild from :meth:`state_dict` and the saved feature table (indexed by id)."""
+        id_spec = feature_from_dict(state["id_spec"])
+        assert isinstance(id_spec, Categorical)
+        features = FeatureEncoders.from_state_dict(state["features"])
+        out = cls(state["key"], id_spec, features.specs)
+        out.id_encoder_ = CategoricalEncoder(id_spec).load_state_dict(state["id_encoder"])
+        out.features_ = features
+        if table is not None:
+            table = table.copy()
+            table.index = pd.Index(categorical_keys(table.index).to_numpy(), name=state["key"])
+        out.table_ = table
+        return out
+
+
+def _field_kind(enc: Encoder) -> tuple[str, int]:
+    if isinstance(enc, NumericEncoder):
+        return "numeric", enc.width
+    if isinstance(enc, CategoricalEncoder):
+        return "index", enc.cardinality
+    return "bag", enc.cardinality
+
+
+@dataclass
+class InteractionEncoder:
+    """Everything needed to turn interaction rows into model inputs, fitted on training data.
+
+    ``transform`` returns a flat dict of numpy arrays keyed "user.<field>", "item.<field>",
+    "context.<field>" (see the module docstring for each encoding), plus "label" (n,)
+    float32 and "weight" (n,) float32 when the schema has them and the rows hold them.
+
+    Attributes:
+        users: encoder of user ids and user features.
+        items: encoder of item ids and item features.
+        context: encoders of context columns of the interaction table.
+        label: label column (or None), weight: weight column (or None).
+    """
+
+    users: EntityEncoder
+    items: EntityEncoder
+    context: FeatureEncoders
+    label: str | None = None
+    weight: str | None = None
+
+    @classmethod
+    def from_schema(
+        cls, schema: Any, user_min_count: int = 1, item_min_count: int = 1
+    ) -> InteractionEncoder:
+        """Unfitted encoders for a :class:`~wager.data.schema.Schema`.
+
+        Args:
+            schema: the data schema.
+            user_min_count: training interactions a user id needs for its own embedding.
+            item_min_count: training interactions an item id needs for its own embedding.
+        """
+        return cls(
+            users=EntityEncoder(
+                schema.user, Categorical(schema.user, user_min_count), tuple(schema.user_features)
+            ),
+            items=EntityEncoder(
+                schema.item, Categorical(schema.item, item_min_count), tuple(schema.item_features)
+            ),
+            context=FeatureEncoders(tuple(schema.context)),
+            label=schema.label,
+            weight=schema.weight,
+        )
+
+    def fit(
+        self,
+        train: pd.DataFrame,
+        user_features: pd.DataFrame | None = None,
+        item_features: pd.DataFrame | None = None,
+    ) -> InteractionEncoder:
+        """Fit every encoder on the training split only."""
+        self.users.fit(train[self.users.key], user_features, "user feature table")
+        self.items.fit(train[self.items.key], item_features, "item feature table")
+        self.context.fit(train, "interactions")
+        return self
+
+    def fields(self) -> list[tuple[str, str, int]]:
+        """(key, kind, size) of every encoded input: kind is "index", "bag" or "numeric"."""
+        out: list[tuple[str, str, int]] = []
+        for side, ent in (("user", self.users), ("item", self.items)):
+            assert ent.id_encoder_ is not None and ent.features_ is not None
+            out.append((f"{side}.{ent.key}", "index", ent.id_encoder_.cardinality))
+            for name, enc in ent.features_.encoders_.items():
+                out.append((f"{side}.{name}", *_field_kind(enc)))
+        for name, enc in self.context.encoders_.items():
+            out.append((f"context.{name}", *_field_kind(enc)))
+        return out
+
+    def transform_users(self, ids: Any) -> dict[str, np.ndarray]:
+        """{"user.<field>": array} for a batch of user ids."""
+        return {f"user.{k}": v for k, v in self.users.transform(ids).items()}
+
+    def transform_items(self, ids: Any) -> dict[str, np.ndarray]:
+        """{"item.<field>": array} for a batch of item ids."""
+        return {f"item.{k}": v for k, v in self.items.transform(ids).items()}
+
+    def transform(self, rows: pd.DataFrame) -> dict[str, np.ndarray]:
+        """Encode interaction rows (user, item, context, label, weight)."""
+        out = self.transform_users(rows[self.users.key])
+        out.update(self.transform_items(rows[self.items.key]))
+        if self.context.specs:
+            out.update({f"context.{k}": v for k, v in self.context.transform(rows).items()})
+        if self.label is not None and self.label in rows.columns:
+            out["label"] = rows[self.label].to_numpy(dtype=np.float32)
+        if self.weight is not None and self.weight in rows.columns:
+            out["weight"] = rows[self.weight].to_numpy(dtype=np.float32)
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-ready state (feature tables are saved separately)."""
+        return {
+            "users": self.users.state_dict(),
+            "items": self.items.state_dict(),
+            "context": self.context.state_dict(),
+            "label": self.label,
+            "weight": self.weight,
+        }
+
+    @classmethod
+    def from_state_dict(
+        cls,
+        state: dict[str, Any],
+        user_table: pd.DataFrame | None = None,
+        item_table: pd.DataFrame | None = None,
+    ) -> InteractionEncoder:
+        """Rebuild from :meth:`state_dict` plus the saved feature tables (indexed by id)."""
+        return cls(
+            users=EntityEncoder.from_state_dict(state["users"], user_table),
+            items=EntityEncoder.from_state_dict(state["items"], item_table),
+            context=FeatureEncoders.from_state_dict(state["context"]),
+            label=state.get("label"),
+            weight=state.get("weight"),
+        )

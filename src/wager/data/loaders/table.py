@@ -1,0 +1,693 @@
+"""Generic table loaders: CSV / TSV / Parquet / JSON-lines interaction tables and CTR tables.
+
+:func:`read_table` reads one file by its extension. :func:`load_table` reads an
+interaction table plus optional user and item feature tables, checks all of them
+(:mod:`wager.data.validate`) and either returns a :class:`~wager.data.dataset.Dataset`
+or raises one :class:`~wager.errors.DataError` listing every error found.
+:func:`load_ctr_table` does the same for aggregated CTR data (one row per target and
+context, with impression and click counts).
+
+Rows are never dropped silently: the only rows any loader here drops are CTR rows with
+zero impressions (their rate is undefined), counted in ``dataset.report``. The
+interaction table keeps its file row positions as index (0 = first data row), also
+after such drops.
+
+Example:
+    >>> import pandas as pd, tempfile, pathlib
+    >>> from wager.data.schema import Schema
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> pd.DataFrame({"u": [1, 2], "i": [7, 8], "r": [4, 5]}).to_csv(d / "r.csv", index=False)
+    >>> ds = load_table(d / "r.csv", Schema(user="u", item="i", label="r", label_kind="rating"))
+    >>> len(ds.interactions), ds.report.ok
+    (2, True)
+"""
+
+from __future__ import annotations
+
+import bz2
+import csv
+import gzip
+import json
+import lzma
+import re
+from dataclasses import replace
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import pandas as pd
+
+from wager.data.dataset import Dataset
+from wager.data.schema import Categorical, Feature, MultiCategorical, Numeric, Schema, Text
+from wager.data.validate import (
+    ReportedDataError,
+    validate_feature_table,
+    validate_interactions,
+)
+from wager.errors import DataError, ValidationReport, data_error, make_finding
+
+__all__ = [
+    "SUPPORTED_EXTENSIONS",
+    "infer_features",
+    "load_ctr_table",
+    "load_table",
+    "read_table",
+]
+
+#: File extensions :func:`read_table` understands (optionally followed by a compression suffix).
+SUPPORTED_EXTENSIONS = (".csv", ".tsv", ".txt", ".parquet", ".pq", ".jsonl", ".ndjson", ".json")
+_COMPRESSIONS = (".gz", ".bz2", ".xz", ".zst", ".zip")
+_SNIFF_BYTES = 64 * 1024
+
+# infer_features thresholds
+_MULTI_SHARE = 0.1  # share of non-empty cells containing the separator -> MultiCategorical
+_TEXT_MEAN_WORDS = 3.0  # mean words per cell -> Text
+_MAX_INT_LEVELS = 20  # integer columns with at most this many distinct values -> Categorical
+_UNNAMED = re.compile(r"^Unnamed: \d+$")  # pandas' name for a header cell left empty
+_NUMERIC_SHARE = 0.9  # share of text cells that read as numbers -> judged as numbers
+_TEXT_MIN_LEVELS = 50  # strings with more distinct values than this ...
+_TEXT_UNIQUE_SHARE = 0.5  # ... that are also mostly unique -> Text
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def _extension(path: Path) -> tuple[str, str | None]:
+    """(format extension, compression suffix or None), both lower-case."""
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] in _COMPRESSIONS:
+        return (suffixes[-2] if len(suffixes) >= 2 else ""), suffixes[-1]
+    return (suffixes[-1] if suffixes else ""), None
+
+
+def _open_text(path: Path, compression: str | None) -> IO[str] | None:
+    """Open a (possibly compressed) text file, or None for compressions we cannot stream."""
+    if compression is None:
+        return open(path, encoding="utf-8", errors="replace")
+    opener: Any = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}.get(compression)
+    if opener is None:
+        return None
+    return opener(path, "rt", encoding="utf-8", errors="replace")
+
+
+def _sniff_delimiter(path: Path, ext: str, compression: str | None) -> str:
+    """The delimiter of a delimited text file: ',' for .csv, tab for .tsv, sniffed otherwise."""
+    if ext == ".tsv":
+        return "\t"
+    handle = _open_text(path, compression)
+    if handle is None:
+        return ","
+    with handle:
+        head = handle.read(_SNIFF_BYTES)
+    lines = head.splitlines()
+    first = lines[0] if lines else ""
+    if ext == ".csv" and "," in first:
+        return ","
+    try:
+        delimiter = csv.Sniffer().sniff("\n".join(lines[:50]), delimiters=",\t;| ").delimiter
+    except csv.Error:
+        delimiter = "\t" if "\t" in first else ("," if ext == ".csv" or "," in first else r"\s+")
+    return r"\s+" if delimiter == " " else delimiter
+
+
+def _parser_line(message: str) -> int | None:
+    match = re.search(r"line (\d+)", message)
+    return int(match.group(1)) if match else None
+
+
+def _read_delimited(path: Path, ext: str, compression: str | None) -> pd.DataFrame:
+    source = str(path)
+    sep = _sniff_delimiter(path, ext, compression)
+    shown_sep = {"\t": "tab", r"\s+": "whitespace"}.get(sep, f"'{sep}'")
+    try:
+        return pd.read_csv(
+            path, sep=sep, skipinitialspace=True, low_memory=False, compression="infer"
+        )
+    except pd.errors.EmptyDataError:
+        raise data_error(
+            "empty_table",
+            "the file is empty (no header, no rows)",
+            source=source,
+            fix="Check that the right file was given and that it is not truncated",
+        ) from None
+    except pd.errors.ParserError as exc:
+        text = str(exc).strip()
+        line = _parser_line(text)
+        detail = re.sub(r"^.*C error: ", "", text)
+        if line is not None and line >= 2:
+            raise data_error(
+                "parse_error",
+                f"line {line} of the file cannot be parsed as {shown_sep}-delimited ({detail})",
+                source=source,
+                rows=[line - 2],
+                fix=f"Quote values that contain the delimiter {shown_sep}, or fix the line",
+            ) from None
+        raise data_error(
+            "parse_error",
+            f"the file cannot be parsed as a {shown_sep}-delimited table ({text})",
+            source=source,
+            fix="Check the delimiter and quoting, or save the table as Parquet",
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise data_error(
+            "bad_encoding",
+            f"the file is not UTF-8 text ({exc.reason} at byte {exc.start})",
+            source=source,
+            fix="Re-save the file with UTF-8 encoding",
+        ) from None
+
+
+def _first_bad_json_line(path: Path, compression: str | None) -> tuple[int, int, str] | None:
+    """(1-based file line, 0-based data row, error) of the first line that is not a JSON object."""
+    handle = _open_text(path, compression)
+    if handle is None:
+        return None
+    row = 0
+    with handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as exc:
+                return number, row, exc.msg
+            if not isinstance(value, dict):
+                return number, row, f"expected an object {{...}}, found {type(value).__name__}"
+            row += 1
+    return None
+
+
+def _read_json(path: Path, ext: str, compression: str | None) -> pd.DataFrame:
+    source = str(path)
+    lines = True
+    if ext == ".json":
+        handle = _open_text(path, compression)
+        if handle is not None:
+            with handle:
+                start = handle.read(4096).lstrip()[:1]
+            lines = start != "["
+    try:
+        return pd.read_json(path, lines=lines, dtype=False, compression="infer")
+    except ValueError as exc:
+        if ext == ".json" and lines:
+            try:
+                return pd.read_json(path, dtype=False, compression="infer")
+            except ValueError:
+                pass
+        bad = _first_bad_json_line(path, compression) if lines else None
+        if bad is not None:
+            number, row, msg = bad
+            raise data_error(
+                "parse_error",
+                f"line {number} of the file is not a JSON object ({msg})",
+                source=source,
+                rows=[row],
+                fix='Write one JSON object per line, e.g. {"user_id": 1, "item_id": 2}',
+            ) from None
+        raise data_error(
+            "parse_error",
+            f"the file cannot be read as JSON ({exc})",
+            source=source,
+            fix="Write one JSON object per line (JSON lines), or an array of objects",
+        ) from None
+
+
+def _read_parquet(path: Path) -> pd.DataFrame:
+    import pyarrow as pa
+
+    try:
+        return pd.read_parquet(path)
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise data_error(
+            "parse_error",
+            f"the file cannot be read as Parquet ({exc})",
+            source=str(path),
+            fix="Check that the file is complete (not truncated) and really Parquet; "
+            "re-export it if needed",
+        ) from None
+
+
+def _missing_path(path: Path) -> DataError:
+    parent = path.parent
+    if str(parent) not in ("", ".") and not parent.exists():
+        problem = f"no such file or directory (the directory '{parent}' does not exist)"
+    else:
+        problem = "no such file or directory"
+    return data_error(
+        "missing_path",
+        problem,
+        source=str(path),
+        fix="Check the path (it is relative to the current directory unless absolute)",
+    )
+
+
+def _unknown_format(path: Path, ext: str) -> DataError:
+    what = f"extension '{ext}'" if ext else "no extension"
+    return data_error(
+        "unknown_format",
+        f"the file has {what}, which is not a table format wager reads",
+        source=str(path),
+        fix=f"Save it as one of {', '.join(SUPPORTED_EXTENSIONS)} (optionally compressed: "
+        f"{', '.join(_COMPRESSIONS)})",
+    )
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """Read one table file, choosing the reader by extension.
+
+    - ``.csv`` (comma, or a sniffed delimiter when the header has no comma), ``.tsv``
+      (tab), ``.txt`` (sniffed: comma, tab, semicolon, pipe or whitespace);
+    - ``.parquet`` / ``.pq`` (also a directory of Parquet files: a partitioned dataset);
+    - ``.jsonl`` / ``.ndjson`` (one JSON object per line), ``.json`` (JSON lines, or an
+      array of objects).
+
+    Text formats may be compressed (``.csv.gz``, ``.jsonl.bz2``, ...). Values are read
+    as their file types (pandas inference for CSV; JSON types kept as they are).
+
+    Args:
+        path: the file.
+
+    Returns:
+        The table, index 0..n-1 (0 = first data row).
+
+    Raises:
+        DataError: "missing_path" (no such file), "not_a_file" (a directory that is not a
+            Parquet dataset), "unknown_format" (unsupported extension; the message lists
+            the supported ones), "empty_table" (empty file), "parse_error" (corrupt
+            file; names the line when the parser reports one), "bad_encoding",
+            "unreadable" (permissions). Each names the file.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise _missing_path(p)
+    if p.is_dir():
+        if any(p.glob("*.parquet")) or any(p.glob("*/*.parquet")):
+            return _read_parquet(p)
+        listing = sorted(c.name for c in p.iterdir())
+        held = ", ".join(listing[:8])
+        if len(listing) > 8:
+            held += f" (and {len(listing) - 8} more)"
+        raise data_error(
+            "not_a_file",
+            f"this is a directory (holding {held or 'nothing'}), but a table file was expected",
+            source=str(p),
+            fix="Pass one table file inside it, or --format movielens|obd for a dataset directory",
+        )
+    ext, compression = _extension(p)
+    if ext not in SUPPORTED_EXTENSIONS:
+        raise _unknown_format(p, ext)
+    try:
+        if ext in (".parquet", ".pq"):
+            if compression is not None:
+                raise _unknown_format(p, ext + compression)
+            df = _read_parquet(p)
+        elif ext in (".jsonl", ".ndjson", ".json"):
+            df = _read_json(p, ext, compression)
+        else:
+            df = _read_delimited(p, ext, compression)
+    except PermissionError as exc:
+        raise data_error(
+            "unreadable",
+            f"the file cannot be read ({exc.strerror})",
+            source=str(p),
+            fix="Check the file's permissions",
+        ) from None
+    if df.shape == (0, 0):
+        raise data_error(
+            "empty_table",
+            "the file is empty (no columns, no rows)",
+            source=str(p),
+            fix="Check that the right file was given and that it is not truncated",
+        )
+    df.columns = [str(c) for c in df.columns]
+    return df.reset_index(drop=True)
+
+
+# ----------------------------------------------------------------------------- inference
+
+
+def _is_list_like(value: Any) -> bool:
+    return isinstance(value, list | tuple | np.ndarray)
+
+
+def _infer_one(series: pd.Series) -> Feature | None:
+    """The suggested spec for one column, or None when it carries nothing usable."""
+    name = str(series.name)
+    values = series.dropna()
+    if len(values) == 0 or pd.api.types.is_datetime64_any_dtype(series.dtype):
+        return None
+    if pd.api.types.is_bool_dtype(series.dtype):
+        return Categorical(name)
+    if pd.api.types.is_integer_dtype(series.dtype):
+        return Categorical(name) if values.nunique() <= _MAX_INT_LEVELS else Numeric(name)
+    if pd.api.types.is_numeric_dtype(series.dtype):
+        return Numeric(name)
+    if _is_list_like(values.iloc[0]):
+        return MultiCategorical(name)
+    text = values.astype(str)
+    text = text[text.str.strip() != ""]
+    if len(text) == 0:
+        return None
+    as_number = pd.to_numeric(text, errors="coerce")
+    if as_number.notna().mean() >= _NUMERIC_SHARE:
+        # numbers stored as text (JSON strings, or a column with a few typos that
+        # validation then reports): judged like a numeric column
+        numbers = as_number.dropna()
+        integral = bool((numbers == numbers.round()).all())
+        if integral and numbers.nunique() <= _MAX_INT_LEVELS:
+            return Categorical(name)
+        return Numeric(name)
+    if text.str.contains("|", regex=False).mean() >= _MULTI_SHARE:
+        return MultiCategorical(name, sep="|")
+    if text.str.split().str.len().mean() >= _TEXT_MEAN_WORDS:
+        return Text(name)
+    n_levels = text.nunique()
+    if n_levels > _TEXT_MIN_LEVELS and n_levels > _TEXT_UNIQUE_SHARE * len(text):
+        return Text(name)
+    return Categorical(name)
+
+
+def infer_features(df: pd.DataFrame, key: str) -> tuple[Feature, ...]:
+    """Suggest feature specs for the non-key columns of a user or item feature table.
+
+    Rules, per column (missing cells ignored):
+
+    - bool -> :class:`Categorical`; integers with at most 20 distinct values ->
+      :class:`Categorical`, other integers and floats -> :class:`Numeric`;
+    - text columns whose cells read as numbers (at least 90% of them) are judged as
+      numbers by the rules above, so that the few that do not are reported by validation;
+    - cells holding lists, or strings of which at least 10% contain "|" ->
+      :class:`MultiCategorical` (``sep="|"``);
+    - strings of 3 or more words on average -> :class:`Text`; strings with more than 50
+      distinct values, most of them unique (names, titles) -> :class:`Text`;
+    - other strings -> :class:`Categorical`;
+    - columns that are empty in every row, datetime columns, and columns whose header
+      cell is empty (read as "Unnamed: 0", typically a saved row index) get no spec.
+
+    Args:
+        df: the feature table.
+        key: its id column (not a feature).
+
+    Returns:
+        Specs in column order; edit them freely and pass them in the schema.
+    """
+    specs = []
+    for col in df.columns:
+        if col == key or _UNNAMED.match(str(col)):
+            continue
+        spec = _infer_one(df[col])
+        if spec is not None:
+            specs.append(spec)
+    return tuple(specs)
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _merge_error(report: ValidationReport, exc: DataError) -> None:
+    if isinstance(exc, ReportedDataError):
+        report.extend(exc.report)
+    else:
+        for finding in exc.findings:
+            report.add(finding)
+
+
+def _coerce_roles(df: pd.DataFrame, schema: Schema) -> pd.DataFrame:
+    """Make validated role columns numeric: labels/weights/propensities float, counts int64."""
+    out = df
+    for col in (schema.label, schema.weight, schema.propensity):
+        if col is None or col not in out.columns:
+            continue
+        s = out[col]
+        if pd.api.types.is_bool_dtype(s.dtype) or not pd.api.types.is_numeric_dtype(s.dtype):
+            if out is df:
+                out = df.copy()
+            numbers = s if pd.api.types.is_bool_dtype(s.dtype) else pd.to_numeric(s)
+            out[col] = numbers.astype("float64")
+    for col in (schema.impressions, schema.clicks):
+        if col is None or col not in out.columns:
+            continue
+        if not pd.api.types.is_integer_dtype(out[col].dtype):
+            if out is df:
+                out = df.copy()
+            out[col] = pd.to_numeric(out[col]).astype("int64")
+    return out
+
+
+def _feature_table(
+    role: str,
+    path: str | Path | None,
+    key: str,
+    declared: tuple[Feature, ...],
+    interactions: pd.DataFrame | None,
+    source: str,
+    report: ValidationReport,
+) -> tuple[pd.DataFrame | None, tuple[Feature, ...]]:
+    """Read, infer specs for and check one feature table; findings go into ``report``."""
+    if path is None:
+        if declared:
+            names = ", ".join(f.name for f in declared)
+            report.add(
+                make_finding(
+                    "error",
+                    "missing_feature_table",
+                    f"the schema declares {role} features ({names}) but no {role} feature "
+                    "table was given",
+                    source=source,
+                    fix=f"Pass the table with --{role}-features PATH ({role}_features_path= "
+                    "in Python), or remove the feature specs",
+                )
+            )
+        return None, declared
+    fsource = str(path)
+    try:
+        table = read_table(path)
+    except DataError as exc:
+        _merge_error(report, exc)
+        return None, declared
+    specs = declared
+    if not specs:
+        specs = infer_features(table, key)
+        kinds = ", ".join(f"{s.name} ({type(s).__name__})" for s in specs) or "none"
+        report.add(
+            make_finding(
+                "info",
+                "features_inferred",
+                f"{role} features inferred: {kinds}",
+                source=fsource,
+                fix="Declare them in the schema to choose differently",
+            )
+        )
+        unused = [c for c in table.columns if c != key and c not in {s.name for s in specs}]
+        if unused:
+            report.add(
+                make_finding(
+                    "info",
+                    "columns_unused",
+                    f"columns not used as {role} features (empty, datetime or unnamed): "
+                    f"{', '.join(unused)}",
+                    source=fsource,
+                )
+            )
+    ids = interactions[key] if interactions is not None and key in interactions.columns else None
+    report.extend(validate_feature_table(table, key, specs, fsource, ids, role))
+    return table, specs
+
+
+def _ctr_schema(
+    schema: Schema, df: pd.DataFrame | None, source: str, report: ValidationReport
+) -> Schema:
+    """Check the CTR roles; the returned schema reads the label as a CTR."""
+    if schema.impressions is None or schema.clicks is None:
+        report.add(
+            make_finding(
+                "error",
+                "missing_role",
+                "aggregated CTR data needs an impression count column and a click count "
+                "column, and the schema names neither",
+                source=source,
+                fix="Pass --impressions-col NAME and --clicks-col NAME "
+                "(Schema(impressions=..., clicks=...) in Python)",
+            )
+        )
+    if schema.label is None:
+        if df is not None and "ctr" in df.columns:
+            report.add(
+                make_finding(
+                    "error",
+                    "column_exists",
+                    "no label column was named, and the rate column wager would add as "
+                    "clicks / impressions exists already",
+                    source=source,
+                    column="ctr",
+                    fix="Pass --label-col ctr --label-kind ctr to use it as the label, or "
+                    "rename it",
+                )
+            )
+        return schema
+    if schema.label_kind != "ctr":
+        report.add(
+            make_finding(
+                "info",
+                "label_kind_set",
+                f"the label is read as a click-through rate in [0, 1] (label kind 'ctr', "
+                f"was '{schema.label_kind}')",
+                source=source,
+                column=schema.label,
+            )
+        )
+        return replace(schema, label_kind="ctr")
+    return schema
+
+
+def _load(
+    path: str | Path,
+    schema: Schema,
+    user_features_path: str | Path | None,
+    item_features_path: str | Path | None,
+    *,
+    ctr: bool,
+) -> Dataset:
+    source = str(path)
+    report = ValidationReport()
+    df: pd.DataFrame | None = None
+    try:
+        df = read_table(path)
+    except DataError as exc:
+        _merge_error(report, exc)
+    if ctr:
+        schema = _ctr_schema(schema, df, source, report)
+    if df is not None:
+        report.extend(validate_interactions(df, schema, source))
+    if df is not None and report.ok and schema.impressions is not None:
+        zero = np.flatnonzero(pd.to_numeric(df[schema.impressions]).to_numpy() == 0)
+        if ctr and len(zero):
+            report.drop(
+                f"zero impressions in column '{schema.impressions}' (click-through rate undefined)",
+                len(zero),
+                source=source,
+                rows=zero[:5].tolist(),
+            )
+            df = df.drop(index=df.index[zero])
+        elif len(zero):
+            report.add(
+                make_finding(
+                    "warning",
+                    "zero_impressions",
+                    f"{len(zero)} rows have 0 impressions (their click-through rate is "
+                    "undefined); they are kept",
+                    source=source,
+                    column=schema.impressions,
+                    rows=zero[:5].tolist(),
+                    count=len(zero),
+                    fix="Use --format ctr to drop them, or remove them",
+                )
+            )
+    if df is not None and report.ok:
+        df = _coerce_roles(df, schema)
+        if ctr and schema.label is None and schema.clicks and schema.impressions:
+            df = df.assign(ctr=df[schema.clicks] / df[schema.impressions])
+            schema = replace(schema, label="ctr", label_kind="ctr")
+            report.add(
+                make_finding(
+                    "info",
+                    "label_added",
+                    f"added label column 'ctr' = {schema.clicks} / {schema.impressions}",
+                    source=source,
+                    column="ctr",
+                )
+            )
+        if len(df) == 0:
+            dropped = "; ".join(f"{n} rows: {why}" for why, n in report.dropped.items())
+            report.add(
+                make_finding(
+                    "error",
+                    "empty_after_filtering",
+                    f"no rows are left after filtering (dropped {dropped})",
+                    source=source,
+                    fix="Check the impression counts; nothing can be trained on",
+                )
+            )
+    users, user_specs = _feature_table(
+        "user", user_features_path, schema.user, schema.user_features, df, source, report
+    )
+    items, item_specs = _feature_table(
+        "item", item_features_path, schema.item, schema.item_features, df, source, report
+    )
+    if df is None or not report.ok:
+        raise ReportedDataError(report)
+    schema = replace(schema, user_features=user_specs, item_features=item_specs)
+    return Dataset(
+        interactions=df,
+        schema=schema,
+        user_features=users,
+        item_features=items,
+        source=source,
+        report=report,
+    )
+
+
+def load_table(
+    path: str | Path,
+    schema: Schema,
+    *,
+    user_features_path: str | Path | None = None,
+    item_features_path: str | Path | None = None,
+) -> Dataset:
+    """Load and check an interaction table and its optional user/item feature tables.
+
+    Every check of :func:`~wager.data.validate.validate_interactions` and
+    :func:`~wager.data.validate.validate_feature_table` runs on all tables before
+    anything is raised, so one error lists every problem. Feature specs come from
+    ``schema.user_features`` / ``schema.item_features`` when given, else from
+    :func:`infer_features` (reported as info). Validated role columns are made
+    numeric (label, weight and propensity float64; counts int64). Nothing is dropped;
+    exact duplicate rows are kept and reported as a warning.
+
+    Args:
+        path: the interaction table (see :func:`read_table` for formats).
+        schema: column roles; feature specs optional.
+        user_features_path: a table with one row per user, keyed by ``schema.user``.
+        item_features_path: a table with one row per item, keyed by ``schema.item``.
+
+    Returns:
+        The dataset; ``dataset.report`` holds the warnings and info.
+
+    Raises:
+        DataError: with every error finding (a ``ReportedDataError`` whose ``report``
+            also holds the warnings).
+    """
+    return _load(path, schema, user_features_path, item_features_path, ctr=False)
+
+
+def load_ctr_table(
+    path: str | Path,
+    schema: Schema,
+    *,
+    user_features_path: str | Path | None = None,
+    item_features_path: str | Path | None = None,
+) -> Dataset:
+    """Load aggregated CTR data: one row per (target, context) with impressions and clicks.
+
+    ``schema.item`` is the target, ``schema.user`` the context key (any column that
+    identifies who or where the impressions were shown, e.g. a segment), and
+    ``schema.impressions`` / ``schema.clicks`` the counts, which are required. Counts
+    must be whole numbers >= 0 with clicks <= impressions. Rows with 0 impressions are
+    dropped (their rate is undefined) and counted in ``dataset.report``. When
+    ``schema.label`` is None, a ``ctr`` column = clicks / impressions is added and
+    becomes the label; a given label is read as a rate in [0, 1] (label kind "ctr").
+
+    Args:
+        path: the CTR table (see :func:`read_table` for formats).
+        schema: column roles including impressions and clicks.
+        user_features_path: optional table keyed by ``schema.user``.
+        item_features_path: optional table keyed by ``schema.item``.
+
+    Returns:
+        The dataset, with label kind "ctr".
+
+    Raises:
+        DataError: with every error found, including missing impression/click roles and
+            no rows left after dropping zero-impression rows.
+    """
+    return _load(path, schema, user_features_path, item_features_path, ctr=True)

@@ -1,0 +1,276 @@
+"""Schema: which column plays which role, and which features describe users, items, context.
+
+A :class:`Schema` is declarative: it names columns of an interaction table and
+of optional user/item feature tables, and gives each feature column a spec
+(:class:`Categorical`, :class:`Numeric`, :class:`MultiCategorical`, :class:`Text`).
+Encoders (``wager.data.features``) are fitted from these specs on the training
+split only.
+
+Example:
+    >>> from wager.data.schema import Schema, Categorical, Numeric
+    >>> s = Schema(user="user_id", item="item_id", label="click", label_kind="click",
+    ...            user_features=(Categorical("segment"), Numeric("age")))
+    >>> s.user_features[0].min_count
+    1
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+LabelKind = Literal["rating", "click", "ctr"]
+
+
+def _check_name(kind: str, name: str) -> None:
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{kind}.name must be a non-empty column name, got {name!r}")
+
+
+@dataclass(frozen=True)
+class Categorical:
+    """A single-valued categorical column (an id, a gender, an occupation).
+
+    Values seen fewer than ``min_count`` times in the training split, and values
+    never seen there, map to the out-of-vocabulary index 0. That is how cold-start
+    users and items reach the model: through OOV rows (and their other features).
+
+    Attributes:
+        name: column name.
+        min_count: least number of training occurrences for a value to get its own index (>= 1).
+    """
+
+    name: str
+    min_count: int = 1
+
+    def __post_init__(self) -> None:
+        _check_name("Categorical", self.name)
+        if not isinstance(self.min_count, int) or self.min_count < 1:
+            raise ValueError(
+                f"Categorical('{self.name}').min_count must be an integer >= 1, "
+                f"got {self.min_count!r}"
+            )
+
+
+@dataclass(frozen=True)
+class Numeric:
+    """A numeric column, standardised with training mean and std.
+
+    Missing values (NaN) are handled explicitly: with ``missing="indicator"`` the
+    standardised value is set to 0 (the training mean) and a separate 0/1
+    "was missing" indicator is produced; with ``missing="error"`` a NaN is an error.
+    Infinite values are always an error.
+
+    Attributes:
+        name: column name.
+        missing: "indicator" or "error".
+        log1p: apply log(1 + x) before standardising (for counts, prices); needs x > -1.
+    """
+
+    name: str
+    missing: Literal["indicator", "error"] = "indicator"
+    log1p: bool = False
+
+    def __post_init__(self) -> None:
+        _check_name("Numeric", self.name)
+        if self.missing not in ("indicator", "error"):
+            raise ValueError(
+                f"Numeric('{self.name}').missing must be 'indicator' or 'error', "
+                f"got {self.missing!r}"
+            )
+
+
+@dataclass(frozen=True)
+class MultiCategorical:
+    """A multi-valued categorical column, e.g. genres "Action|Comedy".
+
+    Attributes:
+        name: column name; each cell is a string of values joined by ``sep``, or a list.
+        sep: separator inside a cell.
+        min_count: as in :class:`Categorical`, counted per value.
+    """
+
+    name: str
+    sep: str = "|"
+    min_count: int = 1
+
+    def __post_init__(self) -> None:
+        _check_name("MultiCategorical", self.name)
+        if not self.sep:
+            raise ValueError(f"MultiCategorical('{self.name}').sep must be a non-empty string")
+        if not isinstance(self.min_count, int) or self.min_count < 1:
+            raise ValueError(
+                f"MultiCategorical('{self.name}').min_count must be an integer >= 1, "
+                f"got {self.min_count!r}"
+            )
+
+
+@dataclass(frozen=True)
+class Text:
+    """A free-text column (a title, a description): hashed bag of words and word n-grams.
+
+    Attributes:
+        name: column name.
+        n_buckets: size of the hashing space (>= 2); ids are 1..n_buckets, 0 is padding.
+        ngram_max: longest word n-gram hashed (1 = words only).
+        max_tokens: tokens kept per cell after n-gram expansion (longer cells are truncated).
+    """
+
+    name: str
+    n_buckets: int = 4096
+    ngram_max: int = 2
+    max_tokens: int = 32
+
+    def __post_init__(self) -> None:
+        _check_name("Text", self.name)
+        if self.n_buckets < 2:
+            raise ValueError(f"Text('{self.name}').n_buckets must be >= 2, got {self.n_buckets}")
+        if self.ngram_max < 1:
+            raise ValueError(f"Text('{self.name}').ngram_max must be >= 1, got {self.ngram_max}")
+        if self.max_tokens < 1:
+            raise ValueError(f"Text('{self.name}').max_tokens must be >= 1, got {self.max_tokens}")
+
+
+Feature = Categorical | Numeric | MultiCategorical | Text
+_FEATURE_TYPES: dict[str, type] = {
+    "categorical": Categorical,
+    "numeric": Numeric,
+    "multi_categorical": MultiCategorical,
+    "text": Text,
+}
+
+
+def feature_type_name(spec: Feature) -> str:
+    """The lower-case type tag used in TOML/JSON ("categorical", "numeric", ...)."""
+    for tag, cls in _FEATURE_TYPES.items():
+        if isinstance(spec, cls):
+            return tag
+    raise TypeError(f"not a feature spec: {spec!r}")
+
+
+def feature_to_dict(spec: Feature) -> dict[str, Any]:
+    """Serialise a feature spec as ``{"type": tag, **fields}``."""
+    return {"type": feature_type_name(spec), **asdict(spec)}
+
+
+def feature_from_dict(data: dict[str, Any]) -> Feature:
+    """Inverse of :func:`feature_to_dict`."""
+    data = dict(data)
+    tag = data.pop("type", None)
+    if tag not in _FEATURE_TYPES:
+        raise ValueError(f"feature type {tag!r} is unknown; use one of {sorted(_FEATURE_TYPES)}")
+    return _FEATURE_TYPES[tag](**data)
+
+
+@dataclass(frozen=True)
+class Schema:
+    """Column roles of an interaction table, plus user/item feature tables keyed by id.
+
+    Attributes:
+        user: user id column (in interactions and in the user feature table).
+        item: item id column (in interactions and in the item feature table).
+        label: label column (a rating, a 0/1 click, or an empirical CTR), or None.
+        label_kind: "rating" (explicit, bounded by ``rating_range``), "click" (0/1) or
+            "ctr" (clicks / impressions in [0, 1]).
+        rating_range: inclusive (low, high) for ratings, e.g. (1, 5).
+        weight: optional per-row sample weight column (>= 0).
+        impressions: optional impression-count column (aggregated CTR data).
+        clicks: optional click-count column (aggregated CTR data; <= impressions).
+        timestamp: optional timestamp column (numeric epoch seconds or parseable datetimes).
+        propensity: optional logging-policy propensity column (in (0, 1]).
+        context: context feature specs (columns of the interaction table).
+        user_features: specs for columns of the user feature table.
+        item_features: specs for columns of the item feature table.
+    """
+
+    user: str = "user_id"
+    item: str = "item_id"
+    label: str | None = "label"
+    label_kind: LabelKind = "click"
+    rating_range: tuple[float, float] | None = None
+    weight: str | None = None
+    impressions: str | None = None
+    clicks: str | None = None
+    timestamp: str | None = None
+    propensity: str | None = None
+    context: tuple[Feature, ...] = field(default_factory=tuple)
+    user_features: tuple[Feature, ...] = field(default_factory=tuple)
+    item_features: tuple[Feature, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        if self.label_kind not in ("rating", "click", "ctr"):
+            raise ValueError(
+                f"Schema.label_kind must be 'rating', 'click' or 'ctr', got {self.label_kind!r}"
+            )
+        if self.rating_range is not None:
+            lo, hi = self.rating_range
+            if not lo < hi:
+                raise ValueError(
+                    "Schema.rating_range must be (low, high) with low < high, "
+                    f"got {self.rating_range!r}"
+                )
+        if (self.impressions is None) != (self.clicks is None):
+            raise ValueError(
+                "Schema.impressions and Schema.clicks go together: set both (aggregated CTR "
+                "data) or neither"
+            )
+        # tuples, so that the frozen schema is hashable and safe to share
+        for name in ("context", "user_features", "item_features"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+
+    @property
+    def interaction_columns(self) -> list[str]:
+        """Every column of the interaction table that this schema names."""
+        cols = [self.user, self.item]
+        for c in (
+            self.label,
+            self.weight,
+            self.impressions,
+            self.clicks,
+            self.timestamp,
+            self.propensity,
+        ):
+            if c is not None and c not in cols:
+                cols.append(c)
+        cols += [f.name for f in self.context if f.name not in cols]
+        return cols
+
+    def to_dict(self) -> dict[str, Any]:
+        """TOML/JSON-ready form (None values omitted, as TOML has no null)."""
+        out: dict[str, Any] = {}
+        for key in (
+            "user",
+            "item",
+            "label",
+            "label_kind",
+            "weight",
+            "impressions",
+            "clicks",
+            "timestamp",
+            "propensity",
+        ):
+            value = getattr(self, key)
+            if value is not None:
+                out[key] = value
+        if self.rating_range is not None:
+            out["rating_range"] = list(self.rating_range)
+        for key in ("context", "user_features", "item_features"):
+            out[key] = [feature_to_dict(f) for f in getattr(self, key)]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Schema:
+        """Inverse of :meth:`to_dict`. Missing optional keys become None."""
+        data = dict(data)
+        kwargs: dict[str, Any] = {
+            k: data.get(k) for k in ("weight", "impressions", "clicks", "timestamp", "propensity")
+        }
+        kwargs["user"] = data.get("user", "user_id")
+        kwargs["item"] = data.get("item", "item_id")
+        kwargs["label"] = data.get("label")
+        kwargs["label_kind"] = data.get("label_kind", "click")
+        rr = data.get("rating_range")
+        kwargs["rating_range"] = tuple(rr) if rr is not None else None
+        for key in ("context", "user_features", "item_features"):
+            kwargs[key] = tuple(feature_from_dict(f) for f in data.get(key, []))
+        return cls(**kwargs)

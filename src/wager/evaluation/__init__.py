@@ -1,0 +1,1 @@
+"""Evaluation: pure metric functions, OPE, simulation, A/B statistics, reports."""

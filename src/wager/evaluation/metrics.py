@@ -1,0 +1,97 @@
+"""Pure metric functions on numpy arrays. A metric that cannot be computed returns NaN.
+
+Shapes: every argument is a 1-D array of length n (one entry per prediction).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+from scipy.stats import rankdata
+
+
+def _arr(x: object, name: str) -> np.ndarray:
+    a = np.asarray(x, dtype=np.float64).reshape(-1)
+    if not np.all(np.isfinite(a)):
+        raise ValueError(f"{name} contains NaN or inf")
+    return a
+
+
+def auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve (Mann-Whitney U with mid-ranks for ties).
+
+    Args:
+        labels: (n,) 0/1 outcomes.
+        scores: (n,) higher = more likely positive.
+
+    Returns:
+        AUC in [0, 1]; NaN when only one class is present.
+    """
+    y = _arr(labels, "labels")
+    s = _arr(scores, "scores")
+    pos = y > 0.5
+    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = rankdata(s)
+    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def log_loss(labels: np.ndarray, probs: np.ndarray, eps: float = 1e-7) -> float:
+    """Mean negative log-likelihood of 0/1 (or fractional) labels under Bernoulli probs."""
+    y = _arr(labels, "labels")
+    p = np.clip(_arr(probs, "probs"), eps, 1 - eps)
+    if y.size == 0:
+        return float("nan")
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+
+
+def expected_calibration_error(
+    probs: np.ndarray,
+    targets: np.ndarray,
+    n_bins: int = 15,
+    binning: Literal["equal_mass", "equal_width"] = "equal_mass",
+) -> float:
+    """ECE: sum over bins of (bin share) * |mean prediction - mean target|.
+
+    Args:
+        probs: (n,) predicted probabilities.
+        targets: (n,) 0/1 outcomes, or true probabilities when they are known
+            (e.g. the synthetic world's true CTR: a noise-free calibration check).
+        n_bins: number of bins (>= 1).
+        binning: "equal_mass" (quantile bins, equal counts) or "equal_width" on [0, 1].
+    """
+    p = _arr(probs, "probs")
+    t = _arr(targets, "targets")
+    if p.size == 0:
+        return float("nan")
+    if n_bins < 1:
+        raise ValueError(f"n_bins must be >= 1, got {n_bins}")
+    if binning == "equal_mass":
+        order = np.argsort(p, kind="stable")
+        bins = np.empty(p.size, dtype=np.int64)
+        bins[order] = np.arange(p.size) * n_bins // p.size
+    elif binning == "equal_width":
+        bins = np.minimum((p * n_bins).astype(np.int64), n_bins - 1)
+    else:
+        raise ValueError(f"binning must be 'equal_mass' or 'equal_width', got {binning!r}")
+    counts = np.bincount(bins, minlength=n_bins)
+    sum_p = np.bincount(bins, weights=p, minlength=n_bins)
+    sum_t = np.bincount(bins, weights=t, minlength=n_bins)
+    used = counts > 0
+    return float(np.sum(np.abs(sum_p[used] - sum_t[used])) / p.size)
+
+
+def interval_coverage(low: np.ndarray, high: np.ndarray, targets: np.ndarray) -> float:
+    """Fraction of targets inside [low, high] (NaN for no rows)."""
+    lo, hi, t = _arr(low, "low"), _arr(high, "high"), _arr(targets, "targets")
+    if t.size == 0:
+        return float("nan")
+    return float(np.mean((t >= lo) & (t <= hi)))
+
+
+def mean_interval_width(low: np.ndarray, high: np.ndarray) -> float:
+    """Mean of high - low (NaN for no rows)."""
+    lo, hi = _arr(low, "low"), _arr(high, "high")
+    return float(np.mean(hi - lo)) if lo.size else float("nan")

@@ -1,0 +1,1 @@
+"""Models: plain ``nn.Module``s with ``forward()`` and ``loss(batch)``; no training loops here."""

@@ -1,0 +1,92 @@
+"""Embedding of encoded feature fields (ids, categoricals, multi-valued, text, numerics).
+
+A batch is a flat ``dict[str, Tensor]`` whose keys are ``"<side>.<field>"`` (side is
+"user", "item" or "context") plus "label" and "weight"; see
+:class:`wager.data.features.InteractionEncoder` for the encodings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+FieldKind = Literal["index", "bag", "numeric"]
+
+
+@dataclass(frozen=True)
+class Field:
+    """One encoded input field.
+
+    Attributes:
+        key: batch key, e.g. "user.segment".
+        kind: "index" ((B,) int64, 0 = OOV), "bag" ((B, L) int64 padded with 0), or
+            "numeric" ((B, width) float32).
+        size: embedding rows for index/bag fields; input width for numeric fields.
+    """
+
+    key: str
+    kind: FieldKind
+    size: int
+
+
+class FieldEmbedding(nn.Module):
+    """Sum of per-field embeddings (a vector) and per-field scalar biases.
+
+    For a bag field the embedding is the mean over its non-padding entries (an empty bag
+    contributes zero). Implemented with plain ``nn.Embedding`` so that it works under
+    ``torch.func.vmap`` (ensembles with stacked parameters).
+
+    Args:
+        fields: the input fields.
+        dim: embedding dimension (0 = biases only).
+        init_std: std of the normal initialisation of embedding vectors.
+    """
+
+    def __init__(self, fields: list[Field], dim: int, init_std: float = 0.05) -> None:
+        super().__init__()
+        self.fields = list(fields)
+        self.dim = dim
+        self.vectors = nn.ModuleDict()
+        self.biases = nn.ModuleDict()
+        for f in self.fields:
+            name = f.key.replace(".", "__")
+            if f.kind == "numeric":
+                if dim:
+                    self.vectors[name] = nn.Linear(f.size, dim, bias=False)
+                    nn.init.normal_(self.vectors[name].weight, std=init_std)
+                self.biases[name] = nn.Linear(f.size, 1, bias=False)
+                nn.init.zeros_(self.biases[name].weight)
+            else:
+                if dim:
+                    self.vectors[name] = nn.Embedding(f.size, dim)
+                    nn.init.normal_(self.vectors[name].weight, std=init_std)
+                self.biases[name] = nn.Embedding(f.size, 1)
+                nn.init.zeros_(self.biases[name].weight)
+
+    def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor | None, Tensor]:
+        """Returns ((B, dim) summed vectors or None when dim == 0, (B,) summed biases)."""
+        vec: Tensor | None = None
+        bias: Tensor | None = None
+        for f in self.fields:
+            name = f.key.replace(".", "__")
+            x = batch[f.key]
+            if f.kind == "numeric" or f.kind == "index":
+                v = self.vectors[name](x) if self.dim else None
+                b = self.biases[name](x).squeeze(-1)
+            else:
+                mask = (x > 0).to(torch.float32)
+                count = mask.sum(-1, keepdim=True).clamp_min(1.0)
+                v = (
+                    (self.vectors[name](x) * mask.unsqueeze(-1)).sum(-2) / count
+                    if self.dim
+                    else None
+                )
+                b = (self.biases[name](x).squeeze(-1) * mask).sum(-1) / count.squeeze(-1)
+            vec = v if vec is None else (vec + v if v is not None else vec)
+            bias = b if bias is None else bias + b
+        if bias is None:
+            raise ValueError("FieldEmbedding has no fields")
+        return vec, bias

@@ -1,0 +1,1 @@
+"""Training: pure loss functions and the one training loop."""

@@ -1,0 +1,1 @@
+"""Uncertainty estimators: wrap models and return :class:`~wager.prediction.Prediction`."""

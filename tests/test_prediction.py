@@ -1,0 +1,108 @@
+"""Prediction: law of total variance, intervals vs scipy, support clipping, properties."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.stats import norm
+
+from wager.prediction import Prediction
+
+
+def test_from_members_law_of_total_variance():
+    means = torch.tensor([[1.0, 2.0], [3.0, 2.0], [2.0, 5.0]])  # (M=3, n=2)
+    ale = torch.tensor([[1.0, 0.5], [1.0, 0.5], [2.0, 0.5]])
+    p = Prediction.from_members(means, ale)
+    # column 0: mean 2, var of means = ((1-2)^2 + (3-2)^2 + 0)/3 = 2/3,
+    # mean aleatoric var = (1 + 1 + 4)/3 = 2 -> total var 8/3
+    assert p.mean[0] == pytest.approx(2.0)
+    assert p.epistemic_std[0] == pytest.approx(np.sqrt(2 / 3), rel=1e-6)
+    assert p.aleatoric_std[0] == pytest.approx(np.sqrt(2.0), rel=1e-6)
+    assert p.std[0] == pytest.approx(np.sqrt(8 / 3), rel=1e-6)
+    ref = means.numpy()
+    np.testing.assert_allclose(p.epistemic_std.numpy(), ref.std(axis=0), rtol=1e-6)
+
+
+def test_from_members_without_aleatoric_is_epistemic_only():
+    p = Prediction.from_members(torch.tensor([[0.1], [0.3]]))
+    assert p.aleatoric_std is None
+    assert p.std[0] == pytest.approx(0.1, rel=1e-5)
+    assert p.samples.shape == (2, 1)
+
+
+def test_interval_matches_scipy_and_clips_to_support():
+    p = Prediction(
+        mean=torch.tensor([0.5, 0.02]), std=torch.tensor([0.1, 0.05]), support=(0.0, 1.0)
+    )
+    iv = p.interval(0.9)
+    z = norm.ppf(0.95)
+    assert float(iv.low[0]) == pytest.approx(0.5 - z * 0.1, rel=1e-6)
+    assert float(iv.high[0]) == pytest.approx(0.5 + z * 0.1, rel=1e-6)
+    assert float(iv.low[1]) == 0.0  # 0.02 - 0.082 clipped at the support
+    assert bool(iv.contains(torch.tensor([0.5, 0.0])).all())
+
+
+def test_deterministic_prediction_refuses_uncertainty_methods():
+    p = Prediction(mean=torch.tensor([1.0]))
+    assert p.std is None
+    with pytest.raises(ValueError, match="deterministic"):
+        p.interval(0.9)
+    with pytest.raises(ValueError, match="deterministic"):
+        p.ucb(1.0)
+
+
+def test_ucb_and_bad_levels():
+    p = Prediction(mean=torch.tensor([1.0]), std=torch.tensor([2.0]))
+    assert float(p.ucb(0.5)[0]) == pytest.approx(2.0)
+    for bad in (0.0, 1.0, 1.5):
+        with pytest.raises(ValueError, match="confidence_level"):
+            p.interval(bad)
+
+
+def test_shape_mismatch_is_an_error():
+    with pytest.raises(ValueError, match="std has shape"):
+        Prediction(mean=torch.zeros(3), std=torch.zeros(2))
+
+
+def test_sample_draws_member_values():
+    samples = torch.tensor([[1.0, 10.0], [2.0, 20.0]])
+    p = Prediction.from_members(samples)
+    g = torch.Generator().manual_seed(0)
+    draws = torch.stack([p.sample(g) for _ in range(50)])
+    assert set(draws[:, 0].tolist()) <= {1.0, 2.0}
+    assert set(draws[:, 1].tolist()) <= {10.0, 20.0}
+
+
+def test_indexing_and_to_dict():
+    p = Prediction.from_members(
+        torch.tensor([[0.1, 0.2, 0.3], [0.3, 0.2, 0.1]]),
+        method="ensemble(members=2)",
+        support=(0.0, 1.0),
+    )
+    sub = p[torch.tensor([2, 0])]
+    assert sub.mean.tolist() == pytest.approx([0.2, 0.2])
+    assert sub.samples.shape == (2, 2)
+    d = sub.to_dict()
+    assert d["method"] == "ensemble(members=2)"
+    assert len(d["interval"]["low"]) == 2
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    mean=st.floats(-10, 10),
+    std=st.floats(1e-3, 5),
+    a=st.floats(0.05, 0.95),
+    b=st.floats(0.05, 0.95),
+)
+def test_intervals_nested_across_levels_and_quantiles_monotone(mean, std, a, b):
+    p = Prediction(
+        mean=torch.tensor([mean], dtype=torch.float64), std=torch.tensor([std], dtype=torch.float64)
+    )
+    lo_level, hi_level = min(a, b), max(a, b)
+    inner, outer = p.interval(lo_level), p.interval(hi_level)
+    assert float(outer.low[0]) <= float(inner.low[0]) + 1e-12
+    assert float(outer.high[0]) >= float(inner.high[0]) - 1e-12
+    assert float(p.quantile(lo_level)[0]) <= float(p.quantile(hi_level)[0]) + 1e-12
