@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 Severity = Literal["error", "warning", "info"]
@@ -229,3 +230,16 @@ class ValidationReport:
             "info": [f.to_dict() for f in self.findings if f.severity == "info"],
             "dropped": dict(self.dropped),
         }
+
+
+def require_path(path: str | Path, fix: str) -> Path:
+    """Return ``Path(path)`` if it exists, else raise a "missing_path" :class:`DataError`.
+
+    Args:
+        path: file or directory the user named.
+        fix: what to do instead, e.g. "Pass the directory the MovieLens archive unzips to."
+    """
+    p = Path(path)
+    if not p.exists():
+        raise data_error("missing_path", "no such file or directory", source=str(p), fix=fix)
+    return p

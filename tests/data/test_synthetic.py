@@ -135,9 +135,10 @@ def test_schema_columns_exist(world: SyntheticWorld) -> None:
         "impressions",
         "clicks",
     )
-    assert {a.item, a.label, a.impressions, a.clicks} | {f.name for f in a.context} <= set(
-        agg.columns
-    )
+    # every column the schema names exists in the aggregate table (the user role included)
+    assert set(a.interaction_columns) <= set(agg.columns)
+    assert a.user == "context_id"
+    assert (agg["context_id"] == agg["segment"] + "|" + agg["country"]).all()
 
 
 # ----------------------------------------------------------------------------- true CTR
@@ -420,6 +421,7 @@ def test_policies_give_probability_rows(
 def test_aggregate_noise_matches_binomial_theory(world: SyntheticWorld) -> None:
     agg = world.aggregate(8000, seed=13)
     assert list(agg.columns) == [
+        "context_id",
         "item_id",
         "segment",
         "country",

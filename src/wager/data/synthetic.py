@@ -722,8 +722,14 @@ class SyntheticWorld:
         )
 
     def aggregate_schema(self) -> Schema:
-        """Suggested schema for :meth:`aggregate` output (no user column; context is the group)."""
+        """Suggested schema for :meth:`aggregate` output.
+
+        The (target, context) rows have no user: the context group ``context_id``
+        (segment|country) takes the user role, so models see it as an id plus its
+        context features.
+        """
         return Schema(
+            user="context_id",
             item="item_id",
             label="ctr",
             label_kind="ctr",
@@ -903,7 +909,9 @@ class SyntheticWorld:
             max_impressions: largest impression count (>= min_impressions).
 
         Returns:
-            DataFrame with columns item_id (int64), segment, country, impressions (int64),
+            DataFrame with columns context_id ("segment|country", the context group, which
+            plays the user role in :meth:`aggregate_schema`), item_id (int64), segment,
+            country, impressions (int64),
             clicks (int64), ctr (float64 clicks / impressions), true_ctr (float64).
         """
         src = "SyntheticWorld.aggregate"
@@ -940,11 +948,14 @@ class SyntheticWorld:
         impressions = np.clip(impressions, min_impressions, max_impressions)
         clicks = rng.binomial(impressions, true).astype(np.int64)
         seg, country = np.divmod(present[g], len(_COUNTRIES))
+        segments = np.asarray(_SEGMENTS, dtype=object)[seg]
+        countries = np.asarray(_COUNTRIES, dtype=object)[country]
         return pd.DataFrame(
             {
+                "context_id": segments + "|" + countries,
                 "item_id": items.astype(np.int64),
-                "segment": np.asarray(_SEGMENTS, dtype=object)[seg],
-                "country": np.asarray(_COUNTRIES, dtype=object)[country],
+                "segment": segments,
+                "country": countries,
                 "impressions": impressions,
                 "clicks": clicks,
                 "ctr": clicks / impressions,

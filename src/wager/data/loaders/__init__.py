@@ -19,7 +19,7 @@ from pathlib import Path
 
 from wager.data.dataset import Dataset
 from wager.data.schema import Schema
-from wager.errors import data_error
+from wager.errors import data_error, require_path
 
 FORMATS = ("auto", "movielens", "obd", "table", "ctr")
 
@@ -30,14 +30,7 @@ def detect_format(path: str | Path) -> str:
     Raises:
         DataError: the path does not exist, or holds nothing wager can read.
     """
-    p = Path(path)
-    if not p.exists():
-        raise data_error(
-            "missing_path",
-            "no such file or directory",
-            source=str(p),
-            fix="Check the path, or pass the directory that holds the data.",
-        )
+    p = require_path(path, "Check the path, or pass the directory that holds the data.")
     if p.is_dir():
         if any((p / n).exists() for n in ("u.data", "ratings.dat", "ratings.csv")):
             return "movielens"

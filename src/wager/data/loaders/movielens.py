@@ -40,7 +40,7 @@ import pandas as pd
 
 from wager.data.dataset import Dataset
 from wager.data.schema import Categorical, MultiCategorical, Numeric, Schema, Text
-from wager.errors import ValidationReport, data_error, make_finding
+from wager.errors import ValidationReport, data_error, make_finding, require_path
 
 LAYOUTS = ("100k", "1m", "latest")
 """Layout names, in detection priority."""
@@ -721,14 +721,7 @@ def _sep_name(sep: str) -> str:
 
 
 def _resolve_root(path: str | Path) -> Path:
-    p = Path(path)
-    if not p.exists():
-        raise data_error(
-            "missing_path",
-            "no such file or directory",
-            source=str(p),
-            fix="Check the path, or pass the directory the MovieLens archive unzips to.",
-        )
+    p = require_path(path, "Check the path, or pass the directory the MovieLens archive unzips to.")
     if p.is_file():
         return p.parent
     return p

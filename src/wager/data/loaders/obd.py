@@ -32,7 +32,7 @@ import pandas as pd
 
 from wager.data.dataset import Dataset
 from wager.data.schema import Categorical, Feature, Numeric, Schema
-from wager.errors import ValidationReport, data_error, make_finding, suggest
+from wager.errors import ValidationReport, data_error, make_finding, require_path, suggest
 
 CAMPAIGNS = ("men", "women", "all")
 """Campaign file stems of the official dataset."""
@@ -212,14 +212,7 @@ def load_obd(path: str | Path, campaign: str | None = None) -> Dataset:
 
 def _resolve(path: str | Path, campaign: str | None) -> tuple[Path, str]:
     """-> (policy directory, campaign stem), checking that both files exist."""
-    p = Path(path)
-    if not p.exists():
-        raise data_error(
-            "missing_path",
-            "no such file or directory",
-            source=str(p),
-            fix="Pass an Open Bandit Dataset policy directory, e.g. .../random.",
-        )
+    p = require_path(path, "Pass an Open Bandit Dataset policy directory, e.g. .../random.")
     if p.is_file():
         if campaign is not None and campaign != p.stem:
             raise data_error(
