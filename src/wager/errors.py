@@ -241,5 +241,9 @@ def require_path(path: str | Path, fix: str) -> Path:
     """
     p = Path(path)
     if not p.exists():
-        raise data_error("missing_path", "no such file or directory", source=str(p), fix=fix)
+        parent = p.parent
+        problem = "no such file or directory"
+        if str(parent) not in ("", ".") and not parent.exists():
+            problem += f" (the directory '{parent}' does not exist)"
+        raise data_error("missing_path", problem, source=str(p), fix=fix)
     return p

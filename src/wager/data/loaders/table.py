@@ -44,7 +44,7 @@ from wager.data.validate import (
     validate_feature_table,
     validate_interactions,
 )
-from wager.errors import DataError, ValidationReport, data_error, make_finding
+from wager.errors import DataError, ValidationReport, data_error, make_finding, require_path
 
 __all__ = [
     "SUPPORTED_EXTENSIONS",
@@ -227,20 +227,6 @@ def _read_parquet(path: Path) -> pd.DataFrame:
         ) from None
 
 
-def _missing_path(path: Path) -> DataError:
-    parent = path.parent
-    if str(parent) not in ("", ".") and not parent.exists():
-        problem = f"no such file or directory (the directory '{parent}' does not exist)"
-    else:
-        problem = "no such file or directory"
-    return data_error(
-        "missing_path",
-        problem,
-        source=str(path),
-        fix="Check the path (it is relative to the current directory unless absolute)",
-    )
-
-
 def _unknown_format(path: Path, ext: str) -> DataError:
     what = f"extension '{ext}'" if ext else "no extension"
     return data_error(
@@ -277,9 +263,9 @@ def read_table(path: str | Path) -> pd.DataFrame:
             file; names the line when the parser reports one), "bad_encoding",
             "unreadable" (permissions). Each names the file.
     """
-    p = Path(path)
-    if not p.exists():
-        raise _missing_path(p)
+    p = require_path(
+        path, "Check the path (it is relative to the current directory unless absolute)"
+    )
     if p.is_dir():
         if any(p.glob("*.parquet")) or any(p.glob("*/*.parquet")):
             return _read_parquet(p)
