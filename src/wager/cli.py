@@ -300,6 +300,209 @@ def quickstart(
         render_quickstart(result, console)
 
 
+# ----------------------------------------------------------------------------- runs
+
+DataDirOpt = Annotated[
+    Path | None,
+    typer.Option("--data-dir", help="Dataset location; overrides [data] path in the config."),
+]
+SplitOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--split",
+        help="random | temporal | leave-last-out | a predefined fold (u1..u5); "
+        "overrides [data] split.",
+    ),
+]
+
+_METRIC_ORDER = (
+    "rmse",
+    "mae",
+    "auc",
+    "log_loss",
+    "precision@",
+    "recall@",
+    "ndcg@",
+    "map@",
+    "mrr@",
+    "hit_rate@",
+    "top_k_accuracy@",
+    "coverage@",
+    "diversity@",
+    "novelty@",
+    "popularity_bias@",
+    "train_seconds",
+    "epoch_seconds",
+)
+
+
+def _metrics_table(title: str, metrics: dict[str, Any]) -> Table:
+    table = _table(title, ["metric", "value"])
+    shown = set()
+    for prefix in _METRIC_ORDER:
+        for key, value in metrics.items():
+            if key.startswith(prefix) and key not in shown and isinstance(value, int | float):
+                shown.add(key)
+                table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    return table
+
+
+def _run_error(exc: Exception, as_json: bool) -> None:
+    if isinstance(exc, WagerError):
+        _fail(exc, as_json)
+    if as_json:
+        print_json({"ok": False, "error": str(exc), "findings": []})
+    else:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code=1)
+
+
+@app.command("train")
+def train(
+    config: Annotated[Path, typer.Argument(help="Run config TOML (see examples/).")],
+    data_dir: DataDirOpt = None,
+    split: SplitOpt = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Run directory to write (default runs/<name>).")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Train the model a config describes, evaluate it on the test split, save the run."""
+    from wager.config import RunConfig
+    from wager.pipeline import train_run
+
+    out = out or Path("runs") / config.stem
+    try:
+        cfg = RunConfig.load(config)
+        _rec, metrics = train_run(
+            cfg, data_dir=data_dir, split=split, out=out, show_progress=not as_json
+        )
+    except (WagerError, ValueError, FileNotFoundError, KeyError) as exc:
+        _run_error(exc, as_json)
+        return
+    metrics = {"ok": True, "run": str(out), **metrics}
+    if as_json:
+        print_json(metrics)
+        return
+    console.print(
+        _metrics_table(f"{config.name}: {metrics['model']} on {metrics['split']}", metrics)
+    )
+    console.print(f"run saved to [bold]{out}[/]")
+
+
+@app.command("evaluate")
+def evaluate(
+    run: Annotated[Path, typer.Argument(help="Run directory written by `wager train`.")],
+    data_dir: DataDirOpt = None,
+    split: SplitOpt = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Evaluate a saved run on the test split of its data (or another split)."""
+    from wager.pipeline import evaluate_run
+
+    try:
+        metrics = evaluate_run(run, data_dir=data_dir, split=split)
+    except (WagerError, ValueError, FileNotFoundError, KeyError) as exc:
+        _run_error(exc, as_json)
+        return
+    if as_json:
+        print_json({"ok": True, "run": str(run), **metrics})
+        return
+    console.print(_metrics_table(f"{run}: {metrics['split']}", metrics))
+
+
+@app.command("recommend")
+def recommend(
+    run: Annotated[Path, typer.Argument(help="Run directory written by `wager train`.")],
+    user: Annotated[
+        list[str] | None, typer.Option("--user", "-u", help="User id (repeat for several).")
+    ] = None,
+    all_users: Annotated[
+        bool, typer.Option("--all-users", help="Recommend for every user seen in training.")
+    ] = False,
+    k: Annotated[int, typer.Option("-k", help="Items per user.")] = 10,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Write recommendations to Parquet or CSV.")
+    ] = None,
+    include_seen: Annotated[
+        bool, typer.Option("--include-seen", help="Do not exclude items seen in training.")
+    ] = False,
+    confidence_level: Annotated[
+        float, typer.Option("--confidence-level", help="Level of the [low, high] interval.")
+    ] = 0.9,
+    as_json: JsonFlag = False,
+) -> None:
+    """Top-k recommendations with confidence for some users (or all, in batch)."""
+    from rich.progress import Progress
+
+    from wager.recommender import Recommender
+
+    if not user and not all_users:
+        raise typer.BadParameter("give --user U (repeatable) or --all-users")
+    if k < 1:
+        raise typer.BadParameter(f"-k must be >= 1, got {k}")
+    try:
+        rec = Recommender.load(run)
+    except (WagerError, ValueError, FileNotFoundError, KeyError) as exc:
+        _run_error(exc, as_json)
+        return
+    users: list[Any] = list(rec.user_index_ or {}) if all_users else list(user or [])
+    known = rec.known_users(users)
+    cold = [u for u, ok in zip(users, known, strict=True) if not ok]
+    notices = [
+        f"user {u!r} was not seen in training: cold-start recommendations "
+        "(out-of-vocabulary row and features; expect wider uncertainty)"
+        for u in cold
+    ]
+    with Progress(console=err_console, disable=as_json or len(users) < 1000) as progress:
+        task = progress.add_task("recommending", total=len(users))
+        frame = rec.recommend(
+            users,
+            k,
+            exclude_seen=not include_seen,
+            confidence_level=confidence_level,
+            progress=lambda n: progress.advance(task, n),
+        )
+    frame["cold_start"] = frame["user"].isin(cold)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if out.suffix == ".csv":
+            frame.to_csv(out, index=False)
+        else:
+            frame.astype({"user": str, "item": str}).to_parquet(out)
+    if as_json:
+        print_json(
+            {
+                "ok": True,
+                "run": str(run),
+                "k": k,
+                "n_users": len(users),
+                "cold_start_users": [str(u) for u in cold],
+                "notices": notices,
+                "out": str(out) if out is not None else None,
+                "recommendations": [] if out is not None else frame.to_dict(orient="records"),
+            }
+        )
+        return
+    for n in notices:
+        err_console.print(f"[yellow]notice:[/] {n}", highlight=False, soft_wrap=True)
+    if out is not None:
+        console.print(f"{len(frame):,} recommendations for {len(users):,} users written to {out}")
+        return
+    table = _table(f"top-{k} from {run}", ["user", "rank", "item", "mean", "std", "low", "high"])
+    for r in frame.itertuples(index=False):
+        table.add_row(
+            str(r.user),
+            str(r.rank),
+            str(r.item),
+            f"{r.mean:.4f}",
+            f"{r.std:.4f}",
+            f"{r.low:.4f}",
+            f"{r.high:.4f}",
+        )
+    console.print(table)
+
+
 def _table(title: str, columns: list[str]) -> Table:
     table = Table(title=title, title_justify="left")
     for c in columns:

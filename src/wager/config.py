@@ -20,27 +20,214 @@ def _check(cond: bool, section: str, name: str, value: Any, allowed: str) -> Non
         raise ValueError(f"[{section}] {name} = {value!r} is invalid: must be {allowed}")
 
 
+MODEL_TYPES = ("factorization", "biased_mf", "two_tower", "neumf", "dcn")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
-    """The feature-aware factorisation model.
+    """Which model, and its settings. Fields that a model type does not use are ignored.
+
+    Model types (each a class in ``wager.models``):
+        "factorization": click model, user x item factorisation over all features
+            (:class:`~wager.models.mf.FeatureFactorization`, BCE).
+        "biased_mf": rating model, global + user + item bias + dot product over id and
+            feature embeddings (:class:`~wager.models.mf.BiasedMF`, MSE or Gaussian NLL).
+        "two_tower": retrieval, user and item towers trained with a sampled (in-batch, log-Q
+            corrected) or full softmax (:class:`~wager.models.two_tower.TwoTower`).
+        "neumf": implicit feedback, GMF + MLP with sampled negatives
+            (:class:`~wager.models.ncf.NeuMF`, BCE).
+        "dcn": ranking over user, item and context features with a DCN-v2 cross network and
+            a deep tower (:class:`~wager.models.ranking.DCNRanker`); BCE for clicks / CTRs,
+            MSE or Gaussian NLL for ratings.
 
     Attributes:
-        dim: embedding dimension (>= 1).
+        type: one of the model types above.
+        dim: embedding dimension (>= 1); for "neumf" the GMF dimension.
         init_std: std of the embedding initialisation (> 0).
         user_min_count: training interactions a user id needs for its own embedding (>= 1).
         item_min_count: training interactions an item id needs for its own embedding (>= 1).
+        hidden: MLP widths on top of the embeddings (towers; NeuMF's MLP; DCN's deep tower).
+        dropout: dropout rate in [0, 1) on hidden layers.
+        likelihood: rating models: "point" (MSE) or "gaussian" (heteroscedastic NLL).
+        reg: L2 on the embeddings of the batch rows (>= 0): biased_mf (factors and biases,
+            per example); two_tower (user vectors of the batch rows and the candidate item
+            vectors).
+        temperature: two-tower softmax temperature (> 0).
+        logq_correction: two-tower: subtract the log sampling probability of candidates.
+        remove_accidental_hits: two-tower: mask in-batch / sampled candidates that are the
+            row's own positive item.
+        item_bias: two-tower: add a learned per-item bias to the score (popularity).
+        user_dropout: two-tower: dropout rate on the user vector, in [0, 1).
+        in_batch_negatives: two-tower: the batch's other items are negatives.
+        full_softmax: two-tower: every catalogue item is a negative (exact softmax).
+        negatives: two-tower: extra uniformly sampled negatives per batch; neumf: sampled
+            negatives per positive (>= 0).
+        loss_reduction: two-tower: "mean" or "sum" (the TensorFlow Recommenders tutorial) over
+            the batch.
+        normalize: two-tower: L2-normalise the tower outputs (cosine scores).
+        cross_layers: dcn: cross layers (>= 1).
+        low_rank: dcn: rank of the cross weight matrices, or None for full rank.
+        positive_threshold: retrieval / implicit models: rows whose label is >= this are the
+            positives (None: every row is a positive).
     """
 
+    type: Literal["factorization", "biased_mf", "two_tower", "neumf", "dcn"] = "factorization"
     dim: int = 16
     init_std: float = 0.05
     user_min_count: int = 1
     item_min_count: int = 1
+    hidden: tuple[int, ...] = ()
+    dropout: float = 0.0
+    likelihood: Literal["point", "gaussian"] = "point"
+    reg: float = 0.0
+    temperature: float = 1.0
+    logq_correction: bool = True
+    remove_accidental_hits: bool = True
+    item_bias: bool = False
+    user_dropout: float = 0.0
+    in_batch_negatives: bool = True
+    full_softmax: bool = False
+    negatives: int = 0
+    loss_reduction: Literal["mean", "sum"] = "mean"
+    normalize: bool = False
+    cross_layers: int = 3
+    low_rank: int | None = None
+    positive_threshold: float | None = None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+        _check(self.type in MODEL_TYPES, "model", "type", self.type, f"one of {MODEL_TYPES}")
         _check(self.dim >= 1, "model", "dim", self.dim, "an integer >= 1")
         _check(self.init_std > 0, "model", "init_std", self.init_std, "> 0")
         _check(self.user_min_count >= 1, "model", "user_min_count", self.user_min_count, ">= 1")
         _check(self.item_min_count >= 1, "model", "item_min_count", self.item_min_count, ">= 1")
+        _check(all(h >= 1 for h in self.hidden), "model", "hidden", self.hidden, "widths >= 1")
+        _check(0 <= self.dropout < 1, "model", "dropout", self.dropout, "in [0, 1)")
+        _check(
+            self.likelihood in ("point", "gaussian"),
+            "model",
+            "likelihood",
+            self.likelihood,
+            "'point' or 'gaussian'",
+        )
+        _check(self.reg >= 0, "model", "reg", self.reg, ">= 0")
+        _check(0 <= self.user_dropout < 1, "model", "user_dropout", self.user_dropout, "in [0, 1)")
+        _check(self.temperature > 0, "model", "temperature", self.temperature, "> 0")
+        _check(self.negatives >= 0, "model", "negatives", self.negatives, ">= 0")
+        _check(
+            self.loss_reduction in ("mean", "sum"),
+            "model",
+            "loss_reduction",
+            self.loss_reduction,
+            "'mean' or 'sum'",
+        )
+        _check(self.cross_layers >= 1, "model", "cross_layers", self.cross_layers, ">= 1")
+        _check(
+            self.low_rank is None or self.low_rank >= 1,
+            "model",
+            "low_rank",
+            self.low_rank,
+            ">= 1 or unset",
+        )
+        _check(
+            self.type != "two_tower"
+            or self.in_batch_negatives
+            or self.full_softmax
+            or self.negatives > 0,
+            "model",
+            "in_batch_negatives",
+            self.in_batch_negatives,
+            "true unless full_softmax = true or negatives > 0 (a softmax needs negatives)",
+        )
+        _check(
+            self.type != "neumf" or self.negatives >= 1,
+            "model",
+            "negatives",
+            self.negatives,
+            ">= 1 for type = 'neumf' (negatives sampled per positive)",
+        )
+
+
+SPLIT_NAMES = "'random', 'temporal', 'leave-last-out' or a predefined fold such as 'u1'"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the data comes from and how it is split (used by ``wager train``).
+
+    Attributes:
+        path: dataset file or directory (MovieLens, Open Bandit, CSV/Parquet table); relative
+            paths are relative to the working directory; ``--data-dir`` overrides it.
+        format: "auto" (detect) or a loader name ("movielens", "obd", "table").
+        split: "random", "temporal", "leave-last-out" or a predefined fold ("u1".."u5").
+        test_fraction: share of rows in the test split (random / temporal), in (0, 1).
+        valid_fraction: share of the training rows held out for early stopping and model
+            selection, in [0, 1) (0: no validation split).
+        user_features: use the dataset's user feature table.
+        item_features: use the dataset's item feature table.
+        synthetic_rows: logged impressions drawn when ``format = "synthetic"`` (the
+            synthetic world of ``wager.data.synthetic``; ``path`` is then unused).
+    """
+
+    path: str | None = None
+    format: str = "auto"
+    split: str = "random"
+    test_fraction: float = 0.2
+    valid_fraction: float = 0.1
+    user_features: bool = True
+    item_features: bool = True
+    synthetic_rows: int = 100_000
+
+    def __post_init__(self) -> None:
+        _check(
+            self.synthetic_rows >= 1000, "data", "synthetic_rows", self.synthetic_rows, ">= 1000"
+        )
+        _check(bool(self.split), "data", "split", self.split, SPLIT_NAMES)
+        _check(0 < self.test_fraction < 1, "data", "test_fraction", self.test_fraction, "in (0, 1)")
+        _check(
+            0 <= self.valid_fraction < 1,
+            "data",
+            "valid_fraction",
+            self.valid_fraction,
+            "in [0, 1)",
+        )
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """What ``evaluate`` reports.
+
+    Attributes:
+        k: list length of the ranking metrics (precision@k ... novelty@k) (>= 1).
+        top_k_accuracy: the ks of the factorized top-k accuracy (TensorFlow Recommenders).
+        relevance_threshold: test rows whose label is >= this are relevant for the ranking
+            metrics (None: every test row is relevant).
+        max_users: evaluate ranking on at most this many test users (a seeded sample;
+            None = all).
+    """
+
+    k: int = 10
+    top_k_accuracy: tuple[int, ...] = (1, 5, 10, 50, 100)
+    relevance_threshold: float | None = None
+    max_users: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "top_k_accuracy", tuple(int(k) for k in self.top_k_accuracy))
+        _check(self.k >= 1, "evaluation", "k", self.k, ">= 1")
+        _check(
+            all(k >= 1 for k in self.top_k_accuracy),
+            "evaluation",
+            "top_k_accuracy",
+            self.top_k_accuracy,
+            "ks >= 1",
+        )
+        _check(
+            self.max_users is None or self.max_users >= 1,
+            "evaluation",
+            "max_users",
+            self.max_users,
+            ">= 1 or unset",
+        )
 
 
 @dataclass(frozen=True)
@@ -57,6 +244,12 @@ class TrainConfig:
             epoch's parameters are restored.
         grad_clip: max gradient norm, or None.
         device: "cpu", "cuda" or "auto" (cuda when available) — an explicit choice.
+        lr_schedule: "constant", "cosine" (to 0 at the last step) or "linear" (to 0).
+        warmup_steps: optimiser steps of linear learning-rate warm-up (>= 0).
+        mixed_precision: bfloat16 autocast on CUDA (ignored on CPU, which stays float32).
+        validation_metric: early-stopping metric on the validation rows: "rmse", "log_loss",
+            "ndcg@K", "recall@K" or "top_k_accuracy@K" (K an integer); None = the task's
+            default (rmse for ratings, log_loss for clicks, ndcg@k for retrieval / implicit).
     """
 
     epochs: int = 20
@@ -67,9 +260,32 @@ class TrainConfig:
     patience: int = 2
     grad_clip: float | None = None
     device: str = "cpu"
+    lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
+    warmup_steps: int = 0
+    mixed_precision: bool = False
+    validation_metric: str | None = None
 
     def __post_init__(self) -> None:
+        vm = self.validation_metric
+        name, _, k = (vm or "").partition("@")
+        _check(
+            vm is None
+            or vm in ("rmse", "log_loss")
+            or (name in ("ndcg", "recall", "top_k_accuracy") and k.isdigit() and int(k) >= 1),
+            "training",
+            "validation_metric",
+            vm,
+            "'rmse', 'log_loss', 'ndcg@K', 'recall@K' or 'top_k_accuracy@K'",
+        )
         _check(self.epochs >= 1, "training", "epochs", self.epochs, "an integer >= 1")
+        _check(
+            self.lr_schedule in ("constant", "cosine", "linear"),
+            "training",
+            "lr_schedule",
+            self.lr_schedule,
+            "one of 'constant', 'cosine', 'linear'",
+        )
+        _check(self.warmup_steps >= 0, "training", "warmup_steps", self.warmup_steps, ">= 0")
         _check(self.batch_size >= 1, "training", "batch_size", self.batch_size, ">= 1")
         _check(
             self.learning_rate > 0 and math.isfinite(self.learning_rate),
@@ -121,39 +337,59 @@ class EnsembleConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Everything a run needs: data schema, model, training, uncertainty, seed."""
+    """Everything a run needs: data, schema, model, training, uncertainty, evaluation, seed.
 
-    schema: Schema = field(default_factory=Schema)
+    Attributes:
+        schema: column roles and features; None = the schema the data loader suggests
+            (``wager train`` fills it in from the dataset).
+        data: where the data comes from and how it is split.
+        model: the model and its settings.
+        training: the training loop.
+        ensemble: a deep ensemble of the model, or None for a single model (then
+            predictions carry only the head's own uncertainty, if any).
+        evaluation: what ``evaluate`` reports.
+        seed: seed of initialisation, shuffling, splits and sampling (None: not seeded).
+    """
+
+    schema: Schema | None = None
+    data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     training: TrainConfig = field(default_factory=TrainConfig)
-    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
+    ensemble: EnsembleConfig | None = None
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     seed: int | None = 0
 
     def to_dict(self) -> dict[str, Any]:
         """Nested plain dict (None values omitted: TOML has no null)."""
-        out: dict[str, Any] = {"schema": self.schema.to_dict()}
-        for name in ("model", "training", "ensemble"):
-            out[name] = {k: v for k, v in asdict(getattr(self, name)).items() if v is not None}
+        out: dict[str, Any] = {}
         if self.seed is not None:
             out["seed"] = self.seed
+        if self.schema is not None:
+            out["schema"] = self.schema.to_dict()
+        for name in _SECTIONS:
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = {
+                    k: list(v) if isinstance(v, tuple) else v
+                    for k, v in asdict(value).items()
+                    if v is not None
+                }
         return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:
         """Inverse of :meth:`to_dict`; unknown keys are errors naming the section."""
-        known = {"schema", "model", "training", "ensemble", "seed"}
+        known = {"schema", "seed", *_SECTIONS}
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"unknown config sections {sorted(unknown)}; allowed: {sorted(known)}")
         kwargs: dict[str, Any] = {"seed": data.get("seed")}
         if "schema" in data:
             kwargs["schema"] = Schema.from_dict(data["schema"])
-        for name, klass in (
-            ("model", ModelConfig),
-            ("training", TrainConfig),
-            ("ensemble", EnsembleConfig),
-        ):
-            section = dict(data.get(name, {}))
+        for name, klass in _SECTIONS.items():
+            if name not in data:
+                continue
+            section = dict(data[name])
             allowed = {f.name for f in fields(klass)}
             bad = set(section) - allowed
             if bad:
@@ -178,6 +414,15 @@ class RunConfig:
         except tomllib.TOMLDecodeError as exc:
             raise ValueError(f"{p}: invalid TOML: {exc}") from None
         return cls.from_dict(data)
+
+
+_SECTIONS: dict[str, type] = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "training": TrainConfig,
+    "ensemble": EnsembleConfig,
+    "evaluation": EvaluationConfig,
+}
 
 
 def _toml_value(v: Any) -> str:

@@ -150,9 +150,7 @@ def run_quickstart(
         "n_test_cold_item_rows": int(cold.sum()),
         "test_ctr": float(clicks.mean()),
         "train_seconds": rec.metrics_.get("train_seconds", float("nan")),
-        "best_epoch": rec.ensemble_.history_.best_epoch
-        if rec.ensemble_ and rec.ensemble_.history_
-        else [],
+        "best_epoch": rec.history_.best_epoch if rec.history_ else [],
     }
 
     rng = np.random.default_rng(cfg.seed)

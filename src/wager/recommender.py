@@ -1,11 +1,19 @@
 """Recommender: the facade used by the CLI, serving and notebooks.
 
-``Recommender(config).fit(train, valid)`` fits the encoders on the training split, trains
-an ensemble of feature-aware factorisation models with a Bernoulli head, and then
-``predict(user_ids, item_ids) -> Prediction`` and ``recommend(user_ids, k) -> DataFrame``.
-``save(dir)`` writes a run directory (config TOML, safetensors weights, encoders JSON,
-feature tables Parquet, metrics JSON) that ``Recommender.load(dir)`` reads back with
-nothing else needed.
+``Recommender(config).fit(train, valid)`` fits the encoders on the training split, builds the
+model named by ``config.model.type`` (a single model, or a deep ensemble of it when
+``config.ensemble`` is set) and trains it with the one trainer; then
+
+- ``predict(user_ids, item_ids) -> Prediction`` (rating, click probability or retrieval score,
+  with the ensemble's / head's uncertainty),
+- ``recommend(user_ids, k) -> DataFrame`` (top-k per user, already-seen items excluded),
+- ``evaluate(test) -> dict`` (the metrics JSON keys used by every command),
+- ``save(dir)`` / ``Recommender.load(dir)``: a run directory (config TOML, safetensors
+  weights, encoders JSON, feature tables Parquet, catalogue JSON, metrics JSON) that needs
+  nothing else to load.
+
+Unknown users and items go through the out-of-vocabulary row and their features: cold start,
+never a KeyError.
 
 Example:
     >>> import pandas as pd
@@ -23,24 +31,34 @@ Example:
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 import torch
 from safetensors.torch import load_file, save_file
-from torch import Tensor
+from torch import Tensor, nn
 
 from wager.config import RunConfig
 from wager.data.features import InteractionEncoder, categorical_keys
+from wager.data.schema import Schema
 from wager.errors import NotFittedError, data_error
+from wager.evaluation import ranking
+from wager.evaluation.metrics import auc, log_loss, mae, rmse
 from wager.models.fields import Field
-from wager.models.heads import BernoulliHead
-from wager.models.mf import FeatureFactorization
+from wager.models.heads import BernoulliHead, GaussianHead, PointHead
+from wager.models.mf import BiasedMF, FeatureFactorization
+from wager.models.ncf import NeuMF
+from wager.models.ranking import DCNRanker, Task
+from wager.models.two_tower import TwoTower
 from wager.prediction import Prediction
-from wager.uncertainty.ensemble import Ensemble
+from wager.training.trainer import History, StackedModel, resolve_device, train_stacked
+from wager.uncertainty.ensemble import bootstrap_weights
 
 RUN_FILES = {
     "config": "config.toml",
@@ -52,49 +70,192 @@ RUN_FILES = {
     "metrics": "metrics.json",
 }
 
+TaskKind = Literal["click", "rating", "retrieval", "implicit"]
+Batch = dict[str, Tensor]
 
-def to_tensors(arrays: Mapping[str, np.ndarray]) -> dict[str, Tensor]:
+# pairs scored per forward pass when a model has no factorised (dot-product) form
+_PAIRS_PER_PASS = 262_144
+
+
+def to_tensors(arrays: Mapping[str, np.ndarray], device: torch.device | None = None) -> Batch:
     """numpy arrays -> torch tensors (int64 stays int64, floats become float32)."""
     out = {}
     for k, v in arrays.items():
         t = torch.from_numpy(np.require(v, requirements=["C", "W"]))
-        out[k] = t.float() if t.is_floating_point() else t
+        t = t.float() if t.is_floating_point() else t
+        out[k] = t.to(device) if device is not None else t
     return out
 
 
-class Recommender:
-    """Fit / predict / recommend / save / load for a click (Bernoulli) model with an ensemble.
+def task_of(config: RunConfig) -> TaskKind:
+    """What the model learns: "click", "rating", "retrieval" or "implicit"."""
+    kind = config.model.type
+    if kind == "two_tower":
+        return "retrieval"
+    if kind == "neumf":
+        return "implicit"
+    if kind == "biased_mf":
+        return "rating"
+    if kind == "dcn":
+        schema = config.schema
+        return "rating" if schema is not None and schema.label_kind == "rating" else "click"
+    return "click"
 
-    Learned state ends in ``_``; calling ``predict``/``recommend``/``save`` before ``fit``
-    raises :class:`~wager.errors.NotFittedError`.
+
+def _gather(batch: Batch, rows: Tensor, prefix: str = "") -> Batch:
+    """Rows of every tensor of ``batch``; keys optionally re-prefixed (e.g. "neg.")."""
+    return {prefix + k: v[rows] for k, v in batch.items()}
+
+
+def _mean_of_location(head: Any, location: Tensor) -> Tensor:
+    """The head's predicted mean from the location of its output (the mean's raw value)."""
+    if head is None:  # retrieval scores
+        return location
+    if isinstance(head, GaussianHead):
+        return head.mean(torch.stack([location, torch.zeros_like(location)], dim=-1))
+    return head.mean(location)
+
+
+class Recommender:
+    """Fit / predict / recommend / evaluate / save / load any wager model.
+
+    Learned state ends in ``_``; calling ``predict``/``recommend``/``evaluate``/``save``
+    before ``fit`` raises :class:`~wager.errors.NotFittedError`.
+
+    Args:
+        config: the run configuration (``config.schema`` must be set before ``fit``).
     """
 
     def __init__(self, config: RunConfig | None = None) -> None:
         self.config = config or RunConfig()
-        self.head = BernoulliHead()
         self.encoder_: InteractionEncoder | None = None
-        self.ensemble_: Ensemble | None = None
+        self.stack_: StackedModel | None = None
         self.items_: np.ndarray | None = None
-        self.seen_: dict[str, set[str]] | None = None
-        self.user_features_: pd.DataFrame | None = None
-        self.item_features_: pd.DataFrame | None = None
+        self.item_index_: dict[str, int] | None = None
+        self.user_index_: dict[str, int] | None = None
+        self.seen_: sp.csr_matrix | None = None
+        self.item_counts_: np.ndarray | None = None
+        self.global_mean_: float = 0.0
+        self.history_: History | None = None
         self.metrics_: dict[str, Any] = {}
+        self._item_cache: dict[str, Batch] = {}
 
-    # ------------------------------------------------------------------ fitting
-    def _factory(self) -> FeatureFactorization:
+    # ------------------------------------------------------------------ properties
+    @property
+    def schema(self) -> Schema:
+        """The data schema (an error when the config has none)."""
+        if self.config.schema is None:
+            raise ValueError(
+                "config.schema is not set: give RunConfig(schema=...) or let `wager train` "
+                "take the schema the data loader suggests"
+            )
+        return self.config.schema
+
+    @property
+    def task(self) -> TaskKind:
+        """What the model learns: "click", "rating", "retrieval" or "implicit"."""
+        return task_of(self.config)
+
+    @property
+    def head(self) -> Any:
+        """The likelihood head of pointwise models (None for retrieval scores)."""
+        task = self.task
+        if task == "retrieval":
+            return None
+        if task in ("click", "implicit"):
+            return BernoulliHead()
+        rr = self.schema.rating_range
+        support = (float(rr[0]), float(rr[1])) if rr is not None else None
+        if self.config.model.likelihood == "gaussian":
+            return GaussianHead(support=support)
+        return PointHead(support=support)
+
+    @property
+    def method(self) -> str:
+        """Provenance string of predictions."""
+        ens = self.config.ensemble
+        name = self.config.model.type
+        if ens is None:
+            return name
+        return f"ensemble(members={ens.members}, bootstrap={ens.bootstrap}) of {name}"
+
+    # ------------------------------------------------------------------ model
+    def _fields(self) -> list[Field]:
         assert self.encoder_ is not None
-        fields = [Field(k, kind, size) for k, kind, size in self.encoder_.fields()]  # type: ignore[arg-type]
-        cfg = self.config.model
-        return FeatureFactorization(
-            [f for f in fields if f.key.startswith("user.")],
-            [f for f in fields if f.key.startswith("item.")],
-            [f for f in fields if f.key.startswith("context.")],
-            dim=cfg.dim,
-            init_std=cfg.init_std,
+        return [Field(k, kind, size) for k, kind, size in self.encoder_.fields()]  # type: ignore[arg-type]
+
+    def _factory(self) -> nn.Module:
+        fields = self._fields()
+        user = [f for f in fields if f.key.startswith("user.")]
+        item = [f for f in fields if f.key.startswith("item.")]
+        context = [f for f in fields if f.key.startswith("context.")]
+        m = self.config.model
+        if m.type == "factorization":
+            return FeatureFactorization(user, item, context, dim=m.dim, init_std=m.init_std)
+        if m.type == "biased_mf":
+            return BiasedMF(
+                user,
+                item,
+                dim=m.dim,
+                init_std=m.init_std,
+                head=self.head,
+                reg=m.reg,
+                global_mean=self.global_mean_,
+                dropout=m.dropout,
+            )
+        if m.type == "two_tower":
+            return TwoTower(
+                user,
+                item,
+                dim=m.dim,
+                hidden=m.hidden,
+                dropout=m.dropout,
+                init_std=m.init_std,
+                temperature=m.temperature,
+                logq_correction=m.logq_correction and not m.full_softmax,
+                in_batch_negatives=m.in_batch_negatives and not m.full_softmax,
+                remove_accidental_hits=m.remove_accidental_hits,
+                item_id_key=f"item.{self.schema.item}",
+                item_bias=m.item_bias,
+                user_dropout=m.user_dropout,
+                reg=m.reg,
+                normalize=m.normalize,
+                reduction=m.loss_reduction,
+            )
+        if m.type == "neumf":
+            return NeuMF(
+                user,
+                item,
+                gmf_dim=m.dim,
+                mlp_dim=m.dim,
+                hidden=m.hidden or (2 * m.dim, m.dim),
+                dropout=m.dropout,
+                init_std=m.init_std,
+            )
+        return DCNRanker(
+            user,
+            item,
+            context,
+            dim=m.dim,
+            cross_layers=m.cross_layers,
+            low_rank=m.low_rank,
+            deep=m.hidden or (256, 128),
+            dropout=m.dropout,
+            init_std=m.init_std,
+            tasks=(Task("label", "label", self.head, 1.0),),
         )
 
+    def _members(self) -> int:
+        return self.config.ensemble.members if self.config.ensemble is not None else 1
+
+    def _require_fit(self) -> tuple[InteractionEncoder, StackedModel]:
+        if self.encoder_ is None or self.stack_ is None:
+            raise NotFittedError("this Recommender is not fitted: call fit() (or load()) first")
+        return self.encoder_, self.stack_
+
+    # ------------------------------------------------------------------ fitting
     def _check_columns(self, df: pd.DataFrame, what: str, need_label: bool) -> None:
-        s = self.config.schema
+        s = self.schema
         need = [s.user, s.item] + [f.name for f in s.context]
         if need_label and s.label is not None:
             need.append(s.label)
@@ -108,6 +269,13 @@ class Recommender:
                 fix=f"Available columns: {', '.join(map(str, df.columns))}.",
             )
 
+    def _positives(self, df: pd.DataFrame) -> pd.DataFrame:
+        """Rows that count as positives for retrieval / implicit training."""
+        thr = self.config.model.positive_threshold
+        if thr is None or self.schema.label is None:
+            return df
+        return df[df[self.schema.label].to_numpy(dtype=float) >= thr]
+
     def fit(
         self,
         train: pd.DataFrame,
@@ -117,83 +285,285 @@ class Recommender:
         item_features: pd.DataFrame | None = None,
         show_progress: bool = False,
     ) -> Recommender:
-        """Fit encoders (training split only) and train the ensemble; returns self.
+        """Fit encoders (training split only) and train the model; returns self.
 
         Args:
             train: interaction rows with the schema's user, item, label and context columns.
-            valid: rows for early stopping (validation log-loss), or None.
+            valid: rows for early stopping (validation RMSE for ratings, log-loss for clicks,
+                NDCG@k for retrieval / implicit), or None (no early stopping).
             user_features: user feature table keyed by ``schema.user``, or None.
             item_features: item feature table keyed by ``schema.item``, or None.
             show_progress: draw a progress bar.
         """
-        s = self.config.schema
-        if s.label is None:
-            raise ValueError("Schema.label is None: a click model needs a label column")
-        self._check_columns(train, "train", need_label=True)
+        s = self.schema
+        task = self.task
+        if s.label is None and task in ("click", "rating"):
+            raise ValueError(
+                f"Schema.label is None: a {task} model needs a label column; set schema.label"
+            )
+        self._check_columns(train, "train", need_label=task in ("click", "rating"))
         if valid is not None:
-            self._check_columns(valid, "valid", need_label=True)
-        if len(train) == 0:
+            self._check_columns(valid, "valid", need_label=task in ("click", "rating"))
+        fit_rows = self._positives(train) if task in ("retrieval", "implicit") else train
+        if len(fit_rows) == 0:
             raise data_error(
                 "empty_data",
-                "the training split has no rows",
+                "the training split has no rows"
+                + (" at or above model.positive_threshold" if len(train) else ""),
                 source="train",
-                fix="Check the split and any filters applied before fit().",
+                fix="Check the split, any filters applied before fit() and "
+                "model.positive_threshold.",
             )
+        device = resolve_device(self.config.training.device)
         mc = self.config.model
+        self._item_cache = {}
         self.encoder_ = InteractionEncoder.from_schema(s, mc.user_min_count, mc.item_min_count)
-        self.encoder_.fit(train, user_features, item_features)
-        self.user_features_ = user_features
-        self.item_features_ = item_features
-        train_t = to_tensors(self.encoder_.transform(train))
-        valid_t = to_tensors(self.encoder_.transform(valid)) if valid is not None else None
-        head = self.head
+        self.encoder_.fit(fit_rows, user_features, item_features)
+        self._fit_catalogue(train, fit_rows, item_features)
+        if task == "rating":
+            self.global_mean_ = float(np.mean(fit_rows[s.label].to_numpy(dtype=float)))
+        train_t = to_tensors(self.encoder_.transform(fit_rows), device)
+        n_rows = len(fit_rows)
+        seed = self.config.seed if self.config.seed is not None else 0
+        gen = torch.Generator().manual_seed(seed)
+        self.stack_ = StackedModel(self._factory, self._members(), self.config.seed, device)
+        stack = self.stack_
+        ens = self.config.ensemble
+        row_w = train_t.pop("weight", torch.ones(n_rows, device=device))
+        member_w = bootstrap_weights(
+            row_w, self._members(), ens is not None and ens.bootstrap, gen
+        ).to(device)
+        make_batch = self._batch_builder(train_t, fit_rows, gen, device)
 
-        def loss(out: Tensor, batch: dict[str, Tensor], w: Tensor) -> Tensor:
-            return head.loss(out, batch["label"], w)
+        def batch_losses(p: dict[str, Tensor], idx: Tensor) -> Tensor:
+            idx = idx.to(device)
+            return stack.call_weighted("loss", make_batch(idx), member_w[:, idx], params=p)
 
-        def valid_metric(out: Tensor, batch: dict[str, Tensor]) -> Tensor:
-            y = batch["label"].expand_as(out)
-            return torch.nn.functional.binary_cross_entropy_with_logits(
-                out, y, reduction="none"
-            ).mean(dim=1)
-
-        self.ensemble_ = Ensemble(self.config.ensemble, seed=self.config.seed).fit(
-            self._factory,
-            loss,
-            train_t,
+        validate = self._validator(valid, device) if valid is not None and len(valid) else None
+        stack.train(True)
+        self.history_ = train_stacked(
+            stack.params,
+            batch_losses,
+            n_rows,
             self.config.training,
-            valid=valid_t,
-            valid_metric=valid_metric,
+            validate=validate,
+            generator=gen,
             show_progress=show_progress,
+            description=f"{self.method}",
         )
+        stack.train(False)
+        hist = self.history_
+        self.metrics_ = {
+            "train_seconds": hist.seconds,
+            "epoch_seconds": float(np.mean(hist.epoch_seconds)) if hist.epoch_seconds else 0.0,
+            "epochs": len(hist.train_loss),
+            "best_epoch": hist.best_epoch,
+        }
+        return self
+
+    def _fit_catalogue(
+        self, train: pd.DataFrame, fit_rows: pd.DataFrame, item_features: pd.DataFrame | None
+    ) -> None:
+        """Known users and items, per-item positive counts, and the users x items matrix of
+        seen items (what recommend() excludes: rated / interacted items; clicked ones for
+        click logs)."""
+        s = self.schema
         items = categorical_keys(train[s.item]).dropna()
         if item_features is not None and s.item in item_features.columns:
             items = pd.concat([items, categorical_keys(item_features[s.item]).dropna()])
-        self.items_ = pd.unique(items.to_numpy())
-        users = categorical_keys(train[s.user]).to_numpy()
-        its = categorical_keys(train[s.item]).to_numpy()
-        seen: dict[str, set[str]] = {}
-        for u, i in zip(users, its, strict=True):
-            seen.setdefault(u, set()).add(i)
-        self.seen_ = seen
-        hist = self.ensemble_.history_
-        self.metrics_ = {"train_seconds": hist.seconds if hist else float("nan")}
-        return self
+        self.items_ = np.asarray(pd.unique(items.to_numpy()), dtype=object)
+        self.item_index_ = {k: i for i, k in enumerate(self.items_)}
+        fit_items = categorical_keys(fit_rows[s.item]).map(self.item_index_).to_numpy()
+        self.item_counts_ = np.bincount(
+            fit_items.astype(np.int64), minlength=len(self.items_)
+        ).astype(np.float64)
+        users = categorical_keys(train[s.user])
+        uniq = pd.unique(users.dropna().to_numpy())
+        self.user_index_ = {k: i for i, k in enumerate(uniq)}
+        # "seen" = what recommend() excludes: every rated / interacted item, but for click
+        # logs only clicked items (an impression without a click may be shown again)
+        interacted = train
+        if self.task == "click" and s.label is not None:
+            interacted = train[train[s.label].to_numpy(dtype=float) > 0]
+        users = categorical_keys(interacted[s.user])
+        rows = users.map(self.user_index_).to_numpy()
+        cols = categorical_keys(interacted[s.item]).map(self.item_index_).to_numpy()
+        ok = ~(pd.isna(rows) | pd.isna(cols))
+        self.seen_ = sp.csr_matrix(
+            (
+                np.ones(int(ok.sum()), dtype=np.float32),
+                (rows[ok].astype(np.int64), cols[ok].astype(np.int64)),
+            ),
+            shape=(len(uniq), len(self.items_)),
+        )
+        self.seen_.data[:] = 1.0  # duplicates count once
 
-    def _require_fit(self) -> tuple[InteractionEncoder, Ensemble]:
-        if self.encoder_ is None or self.ensemble_ is None:
-            raise NotFittedError("this Recommender is not fitted: call fit() (or load()) first")
-        return self.encoder_, self.ensemble_
+    def _item_batch(self, device: torch.device | None = None) -> Batch:
+        """Encoded features of every catalogue item: "item.*" tensors with n_items rows.
 
-    # ------------------------------------------------------------------ inference
-    def _rows(
+        Encoded once per fit / load and cached (per device).
+        """
+        assert self.encoder_ is not None and self.items_ is not None
+        key = str(device)
+        if key not in self._item_cache:
+            self._item_cache[key] = to_tensors(
+                self.encoder_.transform_items(list(self.items_)), device
+            )
+        return self._item_cache[key]
+
+    def _batch_builder(
         self,
-        user_ids: Sequence[Any] | np.ndarray,
-        item_ids: Sequence[Any] | np.ndarray,
-        context: pd.DataFrame | Mapping[str, Any] | None,
+        train_t: Batch,
+        fit_rows: pd.DataFrame,
+        gen: torch.Generator,
+        device: torch.device,
+    ) -> Callable[[Tensor], Batch]:
+        """Row indices -> training batch (negatives and log-Q terms added as the task needs)."""
+        task = self.task
+        if task in ("click", "rating"):
+            return lambda idx: _gather(train_t, idx)
+        assert self.item_counts_ is not None and self.item_index_ is not None
+        m = self.config.model
+        items = self._item_batch(device)
+        n_items = len(self.item_counts_)
+        row_item = torch.tensor(
+            categorical_keys(fit_rows[self.schema.item])
+            .map(self.item_index_)
+            .to_numpy(dtype=np.int64),
+            device=device,
+        )
+        if task == "retrieval":
+            # expected count of item i among the B in-batch candidates: B * count_i / n
+            p_item = torch.as_tensor(
+                self.item_counts_ / self.item_counts_.sum(), dtype=torch.float32, device=device
+            )
+            all_rows = torch.arange(n_items, device=device)
+
+            def retrieval_batch(idx: Tensor) -> Batch:
+                batch = _gather(train_t, idx)
+                batch["item.logq"] = torch.log(p_item[row_item[idx]] * idx.numel())
+                if m.full_softmax:
+                    batch.update(_gather(items, all_rows, "neg."))
+                    batch["neg.item.logq"] = torch.zeros(n_items, device=device)
+                elif m.negatives > 0:
+                    neg = torch.randint(0, n_items, (m.negatives,), generator=gen).to(device)
+                    batch.update(_gather(items, neg, "neg."))
+                    batch["neg.item.logq"] = torch.full(
+                        (m.negatives,), math.log(m.negatives / n_items), device=device
+                    )
+                return batch
+
+            return retrieval_batch
+
+        # implicit: K uniform negatives per positive, resampled (3 rounds) when already seen
+        assert self.seen_ is not None and self.user_index_ is not None
+        seen = self.seen_.tocoo()
+        seen_keys = torch.as_tensor(
+            np.sort(seen.row.astype(np.int64) * n_items + seen.col.astype(np.int64)),
+            device=device,
+        )
+        row_user = torch.tensor(
+            categorical_keys(fit_rows[self.schema.user])
+            .map(self.user_index_)
+            .to_numpy(dtype=np.int64),
+            device=device,
+        )
+        k = m.negatives
+
+        def is_seen(users: Tensor, cand: Tensor) -> Tensor:
+            key = users.unsqueeze(1) * n_items + cand
+            pos = torch.searchsorted(seen_keys, key).clamp_max(seen_keys.numel() - 1)
+            return seen_keys[pos] == key
+
+        def implicit_batch(idx: Tensor) -> Batch:
+            batch = _gather(train_t, idx)
+            users = row_user[idx]
+            neg = torch.randint(0, n_items, (idx.numel(), k), generator=gen).to(device)
+            for _ in range(3):
+                bad = is_seen(users, neg)
+                if not bool(bad.any()):
+                    break
+                fresh = torch.randint(0, n_items, neg.shape, generator=gen).to(device)
+                neg = torch.where(bad, fresh, neg)
+            batch.update(_gather(items, neg, "neg."))
+            return batch
+
+        return implicit_batch
+
+    def _validator(
+        self, valid: pd.DataFrame, device: torch.device
+    ) -> Callable[[dict[str, Tensor]], Tensor]:
+        """params -> (M,) validation metric, lower is better."""
+        assert self.encoder_ is not None and self.stack_ is not None
+        stack = self.stack_
+        task = self.task
+        if task in ("click", "rating"):
+            valid_t = to_tensors(self.encoder_.transform(valid), device)
+            valid_t.pop("weight", None)
+            head = self.head
+            labels = valid_t["label"]
+
+            def pointwise(p: dict[str, Tensor]) -> Tensor:
+                stack.train(False)
+                try:
+                    out = stack.call("forward", valid_t, params=p)
+                finally:
+                    stack.train(True)
+                if task == "rating":
+                    means = torch.stack([head.mean(out[m]) for m in range(out.shape[0])])
+                    return (means - labels).square().mean(dim=1).sqrt()
+                return torch.stack(
+                    [
+                        torch.nn.functional.binary_cross_entropy_with_logits(out[m], labels)
+                        for m in range(out.shape[0])
+                    ]
+                )
+
+            return pointwise
+
+        # ranking tasks: NDCG@k / recall@k / top-k accuracy on the validation rows
+        rows = self._positives(valid)
+        users, relevant = self._relevant_lists(rows, threshold=None)
+        metric = self.config.training.validation_metric or f"ndcg@{self.config.evaluation.k}"
+        if metric in ("rmse", "log_loss"):
+            raise ValueError(
+                f"[training] validation_metric = {metric!r} does not apply to a {task} model; "
+                "use 'ndcg@K', 'recall@K' or 'top_k_accuracy@K'"
+            )
+        name, _, k_text = metric.partition("@")
+        k = int(k_text)
+        assert self.user_index_ is not None and self.item_index_ is not None
+        v_users = categorical_keys(rows[self.schema.user]).to_numpy()
+        v_items = categorical_keys(rows[self.schema.item]).map(self.item_index_).to_numpy()
+        in_cat = ~pd.isna(v_items)
+
+        def ranking_metric(p: dict[str, Tensor]) -> Tensor:
+            stack.train(False)
+            try:
+                if name == "top_k_accuracy":
+                    return -self._top_k_accuracy_members(v_users[in_cat], v_items[in_cat], k, p)
+                scores = self._member_scores(users, params=p)  # (M, U, I)
+            finally:
+                stack.train(True)
+            exclude = self._seen_rows(users)
+            out = []
+            for m in range(scores.shape[0]):
+                top = ranking.top_k_from_scores(scores[m], k, exclude)
+                out.append(-ranking.ranking_metrics(top, relevant, k)[f"{name}@{k}"])
+            return torch.tensor(out)
+
+        return ranking_metric
+
+    # ------------------------------------------------------------------ scoring
+    def _encode_users(self, user_ids: Sequence[Any], device: torch.device | None = None) -> Batch:
+        assert self.encoder_ is not None
+        return to_tensors(self.encoder_.transform_users(list(user_ids)), device)
+
+    def _encode_context(
+        self, n: int, context: pd.DataFrame | Mapping[str, Any] | None
     ) -> pd.DataFrame:
-        s = self.config.schema
-        rows = pd.DataFrame({s.user: list(user_ids), s.item: list(item_ids)})
+        s = self.schema
+        rows = pd.DataFrame(index=range(n))
         for f in s.context:
             if isinstance(context, pd.DataFrame):
                 rows[f.name] = context[f.name].to_numpy()
@@ -203,6 +573,92 @@ class Recommender:
                 rows[f.name] = None  # missing context: OOV / missing indicator
         return rows
 
+    def _member_scores(
+        self,
+        user_ids: Sequence[Any],
+        items: Sequence[Any] | None = None,
+        context: Mapping[str, Any] | None = None,
+        params: dict[str, Tensor] | None = None,
+    ) -> Tensor:
+        """(M, n_users, n_items) per-member predicted means (ratings, CTRs or scores).
+
+        ``items`` defaults to the catalogue. Users / items unknown at fit time use the OOV
+        row plus their features.
+        """
+        encoder, stack = self._require_fit()
+        device = stack.device
+        ub = self._encode_users(user_ids, device)
+        ib = (
+            self._item_batch(device)
+            if items is None
+            else to_tensors(encoder.transform_items(list(items)), device)
+        )
+        n_u = len(user_ids)
+        n_i = len(next(iter(ib.values())))
+        with torch.no_grad():
+            head = self.head
+            model = stack.model
+            if hasattr(model, "user_factors") and getattr(model, "context", None) is None:
+                u = stack.call("user_factors", ub, params=params)  # (M, U, d')
+                v = stack.call("item_factors", ib, params=params)  # (M, I, d')
+                loc = torch.einsum("mud,mid->mui", u, v)
+                return _mean_of_location(head, loc)
+            ctx: Batch = {}
+            if self.schema.context:
+                ctx = {
+                    f"context.{k}": v
+                    for k, v in encoder.context.transform(self._encode_context(1, context)).items()
+                }
+                ctx = to_tensors(ctx, device)
+            chunk = max(1, _PAIRS_PER_PASS // max(n_i, 1))
+            parts = []
+            for start in range(0, n_u, chunk):
+                c = min(chunk, n_u - start)
+                pair: Batch = {
+                    k: v[start : start + c].repeat_interleave(n_i, dim=0) for k, v in ub.items()
+                }
+                pair.update({k: v.repeat((c,) + (1,) * (v.ndim - 1)) for k, v in ib.items()})
+                pair.update({k: v.expand(c * n_i, *v.shape[1:]) for k, v in ctx.items()})
+                out = stack.call("forward", pair, params=params)
+                means = torch.stack([head.mean(out[m]) for m in range(out.shape[0])])
+                parts.append(means.reshape(-1, c, n_i))
+            return torch.cat(parts, dim=1)
+
+    def _seen_rows(self, user_ids: Sequence[Any]) -> sp.csr_matrix:
+        """(n_users, n_items) CSR of each user's training items (empty row: unknown user)."""
+        assert self.seen_ is not None and self.user_index_ is not None
+        n = self.seen_.shape[0]
+        idx = np.fromiter(
+            (self.user_index_.get(k, n) for k in categorical_keys(list(user_ids))),
+            dtype=np.int64,
+            count=len(user_ids),
+        )
+        padded = sp.vstack([self.seen_, sp.csr_matrix((1, self.seen_.shape[1]))], format="csr")
+        return padded[idx]
+
+    def known_users(self, user_ids: Sequence[Any]) -> np.ndarray:
+        """(n,) bool: which users had training interactions (False = cold start)."""
+        self._require_fit()
+        assert self.user_index_ is not None
+        return np.array([k in self.user_index_ for k in categorical_keys(list(user_ids))])
+
+    def _prediction(self, member_means: Tensor, member_std: Tensor | None) -> Prediction:
+        head = self.head
+        support = head.support if head is not None else None
+        if member_means.shape[0] >= 2:
+            return Prediction.from_members(
+                member_means, member_std, method=self.method, support=support
+            )
+        std = member_std[0] if member_std is not None else None
+        return Prediction(
+            mean=member_means[0],
+            std=std,
+            aleatoric_std=std,
+            epistemic_std=None,
+            method=self.method,
+            support=support,
+        )
+
     def predict(
         self,
         user_ids: Sequence[Any] | np.ndarray,
@@ -210,7 +666,7 @@ class Recommender:
         context: pd.DataFrame | Mapping[str, Any] | None = None,
         batch_size: int = 65536,
     ) -> Prediction:
-        """Predicted click probability with uncertainty for (user, item) pairs.
+        """Predictions with uncertainty for (user, item) pairs.
 
         Args:
             user_ids: (n,) user ids (unknown ids go through the OOV path).
@@ -220,24 +676,39 @@ class Recommender:
             batch_size: pairs per forward pass.
 
         Returns:
-            Prediction with mean (n,) CTR, std = epistemic std (n,) (the members' spread:
-            uncertainty about the CTR itself), samples (M, n), support (0, 1).
+            Prediction of the rating / click probability / retrieval score, mean (n,). With
+            an ensemble, std combines the members' spread (epistemic) and, for Gaussian
+            heads, the predicted rating noise (aleatoric); samples (M, n) are the members'
+            means. A single point model has std None. For clicks, std is uncertainty about the
+            CTR itself (Bernoulli click noise is not added).
         """
-        encoder, ensemble = self._require_fit()
+        encoder, stack = self._require_fit()
         if len(user_ids) != len(item_ids):
             raise ValueError(
                 f"user_ids and item_ids must pair up: got {len(user_ids)} and {len(item_ids)}"
             )
-        rows = self._rows(user_ids, item_ids, context)
-        parts = []
+        s = self.schema
+        rows = self._encode_context(len(user_ids), context)
+        rows[s.user] = list(user_ids)
+        rows[s.item] = list(item_ids)
+        head = self.head
+        means, stds = [], []
         for start in range(0, max(len(rows), 1), batch_size):
             chunk = rows.iloc[start : start + batch_size]
-            batch = to_tensors(encoder.transform(chunk))
-            parts.append(ensemble.predict(batch, self.head.mean, support=self.head.support))
-        if len(parts) == 1:
-            return parts[0]
-        samples = torch.cat([p.samples for p in parts if p.samples is not None], dim=1)
-        return Prediction.from_members(samples, method=ensemble.method, support=self.head.support)
+            batch = to_tensors(encoder.transform(chunk), stack.device)
+            batch.pop("label", None)
+            batch.pop("weight", None)
+            with torch.no_grad():
+                out = stack.call("forward", batch)
+            if head is None:
+                means.append(out)
+                continue
+            means.append(torch.stack([head.mean(out[m]) for m in range(out.shape[0])]))
+            if isinstance(head, GaussianHead):
+                stds.append(torch.stack([head.aleatoric_std(out[m]) for m in range(out.shape[0])]))
+        mean = torch.cat(means, dim=1).cpu()
+        std = torch.cat(stds, dim=1).cpu() if stds else None
+        return self._prediction(mean, std)
 
     def recommend(
         self,
@@ -248,64 +719,231 @@ class Recommender:
         exclude_seen: bool = True,
         context: Mapping[str, Any] | None = None,
         confidence_level: float = 0.9,
+        batch_users: int = 256,
+        progress: Callable[[int], None] | None = None,
     ) -> pd.DataFrame:
         """Top-k items per user, ranked by predicted mean, with std and interval.
 
         Args:
-            user_ids: users to recommend for (unknown users get cold-start recommendations).
+            user_ids: users to recommend for (unknown users get cold-start recommendations
+                from the OOV row and their features).
             k: list length per user (>= 1).
             items: candidate items (default: every item known at fit time).
             exclude_seen: drop items the user interacted with in training.
             context: context applied to every candidate (e.g. {"position": 1}).
             confidence_level: level of the [low, high] interval.
+            batch_users: users scored per pass.
+            progress: called with the number of users done after each pass.
 
         Returns:
             DataFrame with columns user, item, rank (1-based), score (the ranking score,
-            here the mean), mean, std, low, high, one row per recommended item.
+            here the mean), mean, std, low, high (NaN when the model has no uncertainty),
+            one row per recommended item.
         """
         self._require_fit()
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
-        assert self.items_ is not None and self.seen_ is not None
-        cand = np.asarray(categorical_keys(items if items is not None else self.items_).to_numpy())
+        assert self.items_ is not None and self.item_index_ is not None
+        cand = (
+            self.items_
+            if items is None
+            else np.asarray(categorical_keys(list(items)).to_numpy(), dtype=object)
+        )
+        users = list(user_ids)
         frames = []
-        for user in user_ids:
-            ukey = categorical_keys([user]).iloc[0]
-            pool = cand
-            if exclude_seen and ukey in self.seen_:
-                pool = cand[~np.isin(cand, list(self.seen_[ukey]))]
-            if pool.size == 0:
-                continue
-            pred = self.predict([user] * pool.size, pool, context)
-            top = torch.topk(pred.mean, min(k, pool.size)).indices
-            sel = pred[top]
-            iv = sel.interval(confidence_level)
-            frames.append(
-                pd.DataFrame(
-                    {
-                        "user": user,
-                        "item": pool[top.numpy()],
-                        "rank": np.arange(1, top.numel() + 1),
-                        "score": sel.mean.numpy(),
-                        "mean": sel.mean.numpy(),
-                        "std": sel.std.numpy() if sel.std is not None else np.nan,
-                        "low": iv.low.numpy(),
-                        "high": iv.high.numpy(),
-                    }
+        cols = ["user", "item", "rank", "score", "mean", "std", "low", "high"]
+        for start in range(0, len(users), batch_users):
+            chunk = users[start : start + batch_users]
+            scores = self._member_scores(chunk, None if items is None else cand, context)
+            exclude = None
+            if exclude_seen:
+                seen = self._seen_rows(chunk)
+                if items is not None:
+                    cols_idx = [self.item_index_.get(c, -1) for c in cand]
+                    keep = np.array([c >= 0 for c in cols_idx])
+                    mapped = sp.lil_matrix((len(chunk), len(cand)), dtype=np.float32)
+                    sub = seen[:, [c for c in cols_idx if c >= 0]]
+                    mapped[:, np.flatnonzero(keep)] = sub
+                    seen = sp.csr_matrix(mapped)
+                exclude = seen
+            top = ranking.top_k_from_scores(scores.mean(dim=0), k, exclude)  # (U, k), -1 padded
+            for r, user in enumerate(chunk):
+                sel = top[r][top[r] >= 0]
+                if sel.size == 0:
+                    continue
+                pred = self._prediction(scores[:, r, torch.as_tensor(sel)], None)
+                has_std = pred.std is not None
+                iv = pred.interval(confidence_level) if has_std else None
+                frames.append(
+                    pd.DataFrame(
+                        {
+                            "user": user,
+                            "item": cand[sel],
+                            "rank": np.arange(1, sel.size + 1),
+                            "score": pred.mean.cpu().numpy(),
+                            "mean": pred.mean.cpu().numpy(),
+                            "std": pred.std.cpu().numpy() if has_std else np.nan,
+                            "low": iv.low.cpu().numpy() if iv is not None else np.nan,
+                            "high": iv.high.cpu().numpy() if iv is not None else np.nan,
+                        }
+                    )
+                )
+            if progress is not None:
+                progress(len(chunk))
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols)
+
+    # ------------------------------------------------------------------ evaluation
+    def _relevant_lists(
+        self, test: pd.DataFrame, threshold: float | None
+    ) -> tuple[list[Any], list[np.ndarray]]:
+        """Test users (first-seen order) and each one's relevant catalogue rows."""
+        assert self.item_index_ is not None
+        s = self.schema
+        rows = test
+        if threshold is not None and s.label is not None and s.label in test.columns:
+            rows = test[test[s.label].to_numpy(dtype=float) >= threshold]
+        ukeys = categorical_keys(rows[s.user])
+        icol = categorical_keys(rows[s.item]).map(self.item_index_)
+        frame = pd.DataFrame({"u": ukeys.to_numpy(), "i": icol.to_numpy()}).dropna()
+        users, relevant = [], []
+        for u, g in frame.groupby("u", sort=False):
+            users.append(u)
+            relevant.append(np.unique(g["i"].to_numpy(dtype=np.int64)))
+        return users, relevant
+
+    def evaluate(self, test: pd.DataFrame, *, show_progress: bool = False) -> dict[str, Any]:
+        """Every metric that applies, on a test table (keys as in the metrics JSON).
+
+        Pointwise models report rmse / mae (ratings) or auc / log_loss (clicks) on the test
+        rows; every model reports the full-ranking metrics @k over the catalogue with each
+        user's training items excluded (relevant = test rows with label >=
+        ``evaluation.relevance_threshold``), catalogue coverage, intra-list diversity (cosine
+        over the model's item embeddings, NaN when it has none), novelty and popularity bias
+        @k, and the factorized top-k accuracy of the test rows (TensorFlow Recommenders'
+        metric: seen items are not excluded).
+        """
+        _encoder, _stack = self._require_fit()
+        assert self.items_ is not None and self.item_counts_ is not None
+        ev = self.config.evaluation
+        s = self.schema
+        task = self.task
+        out: dict[str, Any] = {"n_test_rows": len(test)}
+        if task in ("click", "rating") and s.label is not None and s.label in test.columns:
+            pred = self.predict(test[s.user].to_numpy(), test[s.item].to_numpy(), test)
+            y = test[s.label].to_numpy(dtype=np.float64)
+            mean = pred.mean.numpy().astype(np.float64)
+            if task == "rating":
+                out["rmse"] = rmse(mean, y)
+                out["mae"] = mae(mean, y)
+            else:
+                out["auc"] = auc(y, mean) if 0 < y.mean() < 1 else float("nan")
+                out["log_loss"] = log_loss(y, mean)
+        users, relevant = self._relevant_lists(test, ev.relevance_threshold)
+        if ev.max_users is not None and len(users) > ev.max_users:
+            rng = np.random.default_rng(self.config.seed)
+            pick = np.sort(rng.choice(len(users), ev.max_users, replace=False))
+            users = [users[i] for i in pick]
+            relevant = [relevant[i] for i in pick]
+        k = ev.k
+        n_items = len(self.items_)
+        tops = []
+        chunk = max(1, min(1024, _PAIRS_PER_PASS * 4 // max(n_items, 1)))
+        for start in range(0, len(users), chunk):
+            part = users[start : start + chunk]
+            scores = self._member_scores(part).mean(dim=0)
+            tops.append(ranking.top_k_from_scores(scores, k, self._seen_rows(part)))
+        if users:
+            top = np.concatenate(tops)
+            out.update({key: v for key, v in ranking.ranking_metrics(top, relevant, k).items()})
+            assert self.seen_ is not None
+            # popularity = share of training users who interacted with the item
+            pop = np.asarray(self.seen_.getnnz(axis=0), dtype=np.float64) / max(
+                self.seen_.shape[0], 1
+            )
+            vectors = self.item_vectors()
+            out.update(
+                ranking.beyond_accuracy_metrics(
+                    top,
+                    n_items,
+                    pop,
+                    max(len(self.user_index_ or {}), 1),
+                    item_vectors=vectors,
                 )
             )
-        cols = ["user", "item", "rank", "score", "mean", "std", "low", "high"]
-        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols)
+        out.update(self._top_k_accuracy(test))
+        out["train_seconds"] = self.metrics_.get("train_seconds", float("nan"))
+        return out
+
+    def _top_k_accuracy_members(
+        self,
+        user_keys: np.ndarray,
+        item_rows: np.ndarray,
+        k: int,
+        params: dict[str, Tensor] | None = None,
+    ) -> Tensor:
+        """(M,) per-member factorized top-k accuracy of (user, catalogue row) pairs."""
+        codes, uniq = pd.factorize(user_keys)
+        items = item_rows.astype(np.int64)
+        n_items = len(self.item_index_ or {})
+        hits: Tensor | None = None
+        chunk = max(1, _PAIRS_PER_PASS * 4 // max(n_items, 1))
+        for start in range(0, len(uniq), chunk):
+            part = list(uniq[start : start + chunk])
+            scores = self._member_scores(part, params=params)  # (M, U, I)
+            sel = np.flatnonzero((codes >= start) & (codes < start + len(part)))
+            rows = torch.as_tensor(codes[sel] - start)
+            cols = torch.as_tensor(items[sel])
+            all_scores = scores[:, rows]  # (M, n, I)
+            pos = all_scores[:, torch.arange(sel.size), cols]  # (M, n)
+            beaten = (all_scores > pos.unsqueeze(-1)).sum(-1)  # strictly greater, as TFRS
+            h = (beaten < k).sum(-1).float()
+            hits = h if hits is None else hits + h
+        assert hits is not None
+        return hits / max(len(items), 1)
+
+    def _top_k_accuracy(self, test: pd.DataFrame) -> dict[str, float]:
+        """Factorized top-k accuracy of the test rows whose item is in the catalogue."""
+        assert self.item_index_ is not None
+        s = self.schema
+        ks = self.config.evaluation.top_k_accuracy
+        icol = categorical_keys(test[s.item]).map(self.item_index_).to_numpy()
+        ok = ~pd.isna(icol)
+        if not ok.any() or not ks:
+            return {f"top_k_accuracy@{k}": float("nan") for k in ks}
+        ukeys = categorical_keys(test[s.user]).to_numpy()[ok]
+        items = icol[ok].astype(np.int64)
+        codes, uniq = pd.factorize(ukeys)
+        hits = {k: 0.0 for k in ks}
+        chunk = max(1, _PAIRS_PER_PASS * 4 // max(len(self.item_index_), 1))
+        for start in range(0, len(uniq), chunk):
+            part = list(uniq[start : start + chunk])
+            scores = self._member_scores(part).mean(dim=0)  # (U, I)
+            sel = np.flatnonzero((codes >= start) & (codes < start + len(part)))
+            all_scores = scores[torch.as_tensor(codes[sel] - start)]
+            pos = all_scores[torch.arange(sel.size), torch.as_tensor(items[sel])]
+            res = ranking.factorized_top_k_accuracy(pos, all_scores, ks)
+            for k in ks:
+                hits[k] += res[f"top_k_accuracy@{k}"] * sel.size
+        return {f"top_k_accuracy@{k}": hits[k] / len(items) for k in ks}
+
+    def item_vectors(self) -> np.ndarray | None:
+        """(n_items, d) catalogue item embeddings (members averaged) if the model has them."""
+        _, stack = self._require_fit()
+        if not hasattr(stack.model, "item_embedding"):
+            return None
+        with torch.no_grad():
+            v = stack.call("item_embedding", self._item_batch(stack.device)).mean(dim=0)
+        return v.cpu().numpy()
 
     # ------------------------------------------------------------------ persistence
     def save(self, directory: str | Path) -> Path:
         """Write the run directory; returns its path."""
-        encoder, ensemble = self._require_fit()
+        encoder, stack = self._require_fit()
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         self.config.save(d / RUN_FILES["config"])
         save_file(
-            {k: v.contiguous() for k, v in ensemble.state_dict().items()},
+            {k: v.contiguous() for k, v in stack.state_dict().items()},
             str(d / RUN_FILES["weights"]),
         )
         (d / RUN_FILES["encoders"]).write_text(json.dumps(encoder.state_dict(), indent=1))
@@ -320,12 +958,20 @@ class Recommender:
                 out.to_parquet(path)
             elif path.exists():
                 path.unlink()
-        assert self.items_ is not None and self.seen_ is not None
+        assert self.items_ is not None and self.seen_ is not None and self.user_index_ is not None
+        seen = self.seen_.tocsr()
+        users = list(self.user_index_)
         (d / RUN_FILES["catalogue"]).write_text(
             json.dumps(
                 {
                     "items": [str(i) for i in self.items_],
-                    "seen": {u: sorted(v) for u, v in self.seen_.items()},
+                    "item_counts": self.item_counts_.tolist()
+                    if self.item_counts_ is not None
+                    else [],
+                    "global_mean": self.global_mean_,
+                    "users": [str(u) for u in users],
+                    "seen_indptr": seen.indptr.tolist(),
+                    "seen_indices": seen.indices.tolist(),
                 }
             )
         )
@@ -339,16 +985,29 @@ class Recommender:
         return path
 
     @classmethod
-    def load(cls, directory: str | Path) -> Recommender:
-        """Read a run directory written by :meth:`save`."""
+    def load(cls, directory: str | Path, device: str | None = None) -> Recommender:
+        """Read a run directory written by :meth:`save`.
+
+        Args:
+            directory: the run directory.
+            device: "cpu" / "cuda" / "auto" to override ``training.device`` for inference.
+        """
         d = Path(directory)
+        if not d.is_dir():
+            raise FileNotFoundError(
+                f"{d}: run directory not found; pass a directory written by `wager train`, "
+                "`wager quickstart` or Recommender.save()"
+            )
         for key in ("config", "weights", "encoders", "catalogue"):
             if not (d / RUN_FILES[key]).exists():
                 raise FileNotFoundError(
                     f"{d / RUN_FILES[key]}: missing from the run directory; is '{d}' a directory "
-                    "written by Recommender.save() / wager quickstart?"
+                    "written by Recommender.save() / wager train / wager quickstart?"
                 )
-        rec = cls(RunConfig.load(d / RUN_FILES["config"]))
+        config = RunConfig.load(d / RUN_FILES["config"])
+        if device is not None:
+            config = replace(config, training=replace(config.training, device=device))
+        rec = cls(config)
         tables = {}
         for name in ("user_features", "item_features"):
             p = d / RUN_FILES[name]
@@ -358,12 +1017,24 @@ class Recommender:
             tables["user_features"],
             tables["item_features"],
         )
-        rec.ensemble_ = Ensemble(rec.config.ensemble, seed=rec.config.seed).load_state_dict(
-            rec._factory, load_file(str(d / RUN_FILES["weights"]))
-        )
         cat = json.loads((d / RUN_FILES["catalogue"]).read_text())
         rec.items_ = np.asarray(cat["items"], dtype=object)
-        rec.seen_ = {u: set(v) for u, v in cat["seen"].items()}
+        rec.item_index_ = {k: i for i, k in enumerate(rec.items_)}
+        rec.item_counts_ = np.asarray(cat["item_counts"], dtype=np.float64)
+        rec.global_mean_ = float(cat["global_mean"])
+        rec.user_index_ = {k: i for i, k in enumerate(cat["users"])}
+        rec.seen_ = sp.csr_matrix(
+            (
+                np.ones(len(cat["seen_indices"]), dtype=np.float32),
+                np.asarray(cat["seen_indices"], dtype=np.int64),
+                np.asarray(cat["seen_indptr"], dtype=np.int64),
+            ),
+            shape=(len(rec.user_index_), len(rec.items_)),
+        )
+        dev = resolve_device(rec.config.training.device)
+        rec.stack_ = StackedModel(rec._factory, rec._members(), rec.config.seed, dev)
+        rec.stack_.load_state_dict(load_file(str(d / RUN_FILES["weights"])))
+        rec.stack_.train(False)
         mp = d / RUN_FILES["metrics"]
         rec.metrics_ = json.loads(mp.read_text()) if mp.exists() else {}
         return rec

@@ -43,7 +43,7 @@ def test_vmap_equals_loop_over_members():
     stacked = ens.member_outputs(batch)
     model = _factory()
     for m in range(4):
-        params = {k: v[m] for k, v in ens.params_.items()}
+        params = {k.removeprefix("model."): v[m] for k, v in ens.params_.items()}
         loop = functional_call(model, params, (batch,))
         torch.testing.assert_close(stacked[m], loop, atol=1e-6, rtol=1e-6)
 
@@ -51,7 +51,7 @@ def test_vmap_equals_loop_over_members():
 def test_members_differ_and_same_seed_same_members():
     a = Ensemble(EnsembleConfig(members=3), seed=1).build(_factory)
     b = Ensemble(EnsembleConfig(members=3), seed=1).build(_factory)
-    w = "user.vectors.user__u.weight"
+    w = "model.user.vectors.user__u.weight"
     torch.testing.assert_close(a.params_[w], b.params_[w])
     assert not torch.equal(a.params_[w][0], a.params_[w][1])
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
+import torch
 from scipy.stats import rankdata
 
 
@@ -95,3 +96,97 @@ def mean_interval_width(low: np.ndarray, high: np.ndarray) -> float:
     """Mean of high - low (NaN for no rows)."""
     lo, hi = _arr(low, "low"), _arr(high, "high")
     return float(np.mean(hi - lo)) if lo.size else float("nan")
+
+
+def _to_numpy(x: object) -> np.ndarray:
+    """Return ``x`` as a numpy array; torch tensors are detached and copied to the CPU."""
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def _error_vectors(
+    predictions: np.ndarray | torch.Tensor,
+    targets: np.ndarray | torch.Tensor,
+    weights: np.ndarray | torch.Tensor | None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Validate rmse/mae inputs; return (errors, weights) as float64 (n,) arrays."""
+    arrays: dict[str, np.ndarray] = {}
+    named = [("predictions", predictions), ("targets", targets)]
+    if weights is not None:
+        named.append(("weights", weights))
+    for name, value in named:
+        a = _to_numpy(value).astype(np.float64, copy=False)
+        if a.ndim != 1:
+            raise ValueError(
+                f"{name} must be a 1-D array of shape (n,), got shape {a.shape}; "
+                "flatten it with .reshape(-1) first"
+            )
+        if a.size == 0:
+            raise ValueError(f"{name} is empty; pass at least one prediction")
+        if not np.all(np.isfinite(a)):
+            raise ValueError(f"{name} contains NaN or inf")
+        arrays[name] = a
+    n = arrays["predictions"].shape[0]
+    for name, a in arrays.items():
+        if a.shape[0] != n:
+            raise ValueError(
+                f"{name} has {a.shape[0]} entries but predictions has {n}; "
+                "pass one entry per prediction"
+            )
+    w = arrays.get("weights")
+    if w is not None:
+        if np.any(w < 0):
+            raise ValueError("weights must be >= 0, got a negative weight")
+        if w.sum() <= 0:
+            raise ValueError("weights sum to 0; give at least one prediction a positive weight")
+    return arrays["predictions"] - arrays["targets"], w
+
+
+def rmse(
+    predictions: np.ndarray | torch.Tensor,
+    targets: np.ndarray | torch.Tensor,
+    weights: np.ndarray | torch.Tensor | None = None,
+) -> float:
+    """Root mean squared error, ``sqrt(sum(w * (p - t)**2) / sum(w))``.
+
+    Args:
+        predictions: (n,) predicted values, e.g. ratings (numpy array or torch tensor).
+        targets: (n,) observed values, same units as ``predictions``.
+        weights: optional (n,) non-negative weights; ``None`` weighs every row 1.
+
+    Returns:
+        RMSE in the units of ``targets``.
+
+    Raises:
+        ValueError: an argument is not 1-D, is empty, contains NaN/inf, or its length differs
+            from ``predictions``; weights are negative or sum to 0.
+    """
+    err, w = _error_vectors(predictions, targets, weights)
+    if w is None:
+        return float(np.sqrt(np.mean(err**2)))
+    return float(np.sqrt(np.sum(w * err**2) / np.sum(w)))
+
+
+def mae(
+    predictions: np.ndarray | torch.Tensor,
+    targets: np.ndarray | torch.Tensor,
+    weights: np.ndarray | torch.Tensor | None = None,
+) -> float:
+    """Mean absolute error, ``sum(w * |p - t|) / sum(w)``.
+
+    Args:
+        predictions: (n,) predicted values, e.g. ratings (numpy array or torch tensor).
+        targets: (n,) observed values, same units as ``predictions``.
+        weights: optional (n,) non-negative weights; ``None`` weighs every row 1.
+
+    Returns:
+        MAE in the units of ``targets``.
+
+    Raises:
+        ValueError: as :func:`rmse`.
+    """
+    err, w = _error_vectors(predictions, targets, weights)
+    if w is None:
+        return float(np.mean(np.abs(err)))
+    return float(np.sum(w * np.abs(err)) / np.sum(w))

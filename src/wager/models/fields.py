@@ -39,16 +39,29 @@ class FieldEmbedding(nn.Module):
     contributes zero). Implemented with plain ``nn.Embedding`` so that it works under
     ``torch.func.vmap`` (ensembles with stacked parameters).
 
+    Every method accepts any leading shape: an index field of shape (...,) or a bag field of
+    shape (..., L) gives (..., dim) vectors and (...,) biases.
+
     Args:
         fields: the input fields.
         dim: embedding dimension (0 = biases only).
         init_std: std of the normal initialisation of embedding vectors.
+        bias: whether to hold per-field scalar biases (zero-initialised). Without them
+            :meth:`forward` returns zero biases and no bias parameters exist.
     """
 
-    def __init__(self, fields: list[Field], dim: int, init_std: float = 0.05) -> None:
+    def __init__(
+        self, fields: list[Field], dim: int, init_std: float = 0.05, bias: bool = True
+    ) -> None:
         super().__init__()
+        if dim < 0 or (dim == 0 and not bias):
+            raise ValueError(
+                f"FieldEmbedding needs dim >= 1, or dim = 0 with bias=True; got dim={dim}, "
+                f"bias={bias}"
+            )
         self.fields = list(fields)
         self.dim = dim
+        self.has_bias = bias
         self.vectors = nn.ModuleDict()
         self.biases = nn.ModuleDict()
         for f in self.fields:
@@ -57,17 +70,22 @@ class FieldEmbedding(nn.Module):
                 if dim:
                     self.vectors[name] = nn.Linear(f.size, dim, bias=False)
                     nn.init.normal_(self.vectors[name].weight, std=init_std)
-                self.biases[name] = nn.Linear(f.size, 1, bias=False)
-                nn.init.zeros_(self.biases[name].weight)
+                if bias:
+                    self.biases[name] = nn.Linear(f.size, 1, bias=False)
+                    nn.init.zeros_(self.biases[name].weight)
             else:
                 if dim:
                     self.vectors[name] = nn.Embedding(f.size, dim)
                     nn.init.normal_(self.vectors[name].weight, std=init_std)
-                self.biases[name] = nn.Embedding(f.size, 1)
-                nn.init.zeros_(self.biases[name].weight)
+                if bias:
+                    self.biases[name] = nn.Embedding(f.size, 1)
+                    nn.init.zeros_(self.biases[name].weight)
 
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor | None, Tensor]:
-        """Returns ((B, dim) summed vectors or None when dim == 0, (B,) summed biases)."""
+        """Returns ((B, dim) summed vectors or None when dim == 0, (B,) summed biases).
+
+        With ``bias=False`` the biases are zeros.
+        """
         vec: Tensor | None = None
         bias: Tensor | None = None
         for f in self.fields:
@@ -75,7 +93,7 @@ class FieldEmbedding(nn.Module):
             x = batch[f.key]
             if f.kind == "numeric" or f.kind == "index":
                 v = self.vectors[name](x) if self.dim else None
-                b = self.biases[name](x).squeeze(-1)
+                b = self.biases[name](x).squeeze(-1) if self.has_bias else None
             else:
                 mask = (x > 0).to(torch.float32)
                 count = mask.sum(-1, keepdim=True).clamp_min(1.0)
@@ -84,9 +102,42 @@ class FieldEmbedding(nn.Module):
                     if self.dim
                     else None
                 )
-                b = (self.biases[name](x).squeeze(-1) * mask).sum(-1) / count.squeeze(-1)
+                b = (
+                    (self.biases[name](x).squeeze(-1) * mask).sum(-1) / count.squeeze(-1)
+                    if self.has_bias
+                    else None
+                )
             vec = v if vec is None else (vec + v if v is not None else vec)
-            bias = b if bias is None else bias + b
-        if bias is None:
+            bias = b if bias is None else (bias + b if b is not None else bias)
+        if vec is None and bias is None:
             raise ValueError("FieldEmbedding has no fields")
+        if bias is None:
+            assert vec is not None
+            bias = vec.new_zeros(vec.shape[:-1])
         return vec, bias
+
+    def forward_fields(self, batch: dict[str, Tensor]) -> Tensor:
+        """Per-field vectors, not summed (the input of feature-crossing models such as DCN).
+
+        Args:
+            batch: encoded inputs; reads the key of every field.
+
+        Returns:
+            (B, n_fields, dim) float32: field f's vector in slot f, in ``fields`` order (a bag
+            field's vector is the mean over its non-padding entries; a numeric field's is
+            its linear projection).
+        """
+        if not self.dim:
+            raise ValueError("forward_fields needs dim >= 1 (this FieldEmbedding has dim=0)")
+        if not self.fields:
+            raise ValueError("FieldEmbedding has no fields")
+        out = []
+        for f in self.fields:
+            x = batch[f.key]
+            v = self.vectors[f.key.replace(".", "__")](x)
+            if f.kind == "bag":
+                mask = (x > 0).to(v.dtype)
+                count = mask.sum(-1, keepdim=True).clamp_min(1.0)
+                v = (v * mask.unsqueeze(-1)).sum(-2) / count
+            out.append(v)
+        return torch.stack(out, dim=-2)

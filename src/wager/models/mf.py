@@ -1,4 +1,7 @@
-"""Feature-aware factorisation model (a factorisation machine restricted to user x item).
+"""Matrix-factorisation models over any user/item features.
+
+:class:`FeatureFactorization` is a feature-aware factorisation model (a factorisation machine
+restricted to user x item) with a Bernoulli head:
 
 logit(u, i, c) = b0 + bias_user(u) + bias_item(i) + bias_context(c) + <e_user(u), e_item(i)>
 
@@ -6,6 +9,9 @@ where e_user(u) is the sum of the embeddings of the user's id and of every user 
 (categorical, multi-valued, text, numeric), likewise for items; context features contribute
 biases (e.g. a position bias). Because cold-start users/items have the OOV id row, their
 vector comes from their features (plus the shared OOV row), never a KeyError.
+
+:class:`BiasedMF` is biased matrix factorisation (Koren's SVD, as in Surprise) with side
+features and a choice of head (point, Gaussian, Bernoulli) for explicit ratings.
 """
 
 from __future__ import annotations
@@ -14,7 +20,9 @@ import torch
 from torch import Tensor, nn
 
 from wager.models.fields import Field, FieldEmbedding
-from wager.models.heads import BernoulliHead
+from wager.models.heads import BernoulliHead, Head, PointHead
+from wager.models.losses import weighted_mean
+from wager.models.towers import check_rate
 
 
 class FeatureFactorization(nn.Module):
@@ -60,8 +68,172 @@ class FeatureFactorization(nn.Module):
             logit = logit + self.context(batch)[1]
         return logit
 
+    def user_factors(self, batch: dict[str, Tensor]) -> Tensor:
+        """(B, dim + 2) user side of the factorised logit: [e_user, b0 + b_user, 1].
+
+        <user_factors(u), item_factors(i)> equals forward(u, i) when the model has no
+        context fields (context biases are not separable), so a (users x items) score matrix
+        is one matrix product.
+        """
+        u, bu = self.user(batch)
+        assert u is not None
+        one = torch.ones_like(bu)
+        return torch.cat([u, (self.global_bias + bu).unsqueeze(-1), one.unsqueeze(-1)], -1)
+
+    def item_factors(self, batch: dict[str, Tensor]) -> Tensor:
+        """(B, dim + 2) item side of the factorised logit: [e_item, 1, b_item]."""
+        v, bv = self.item(batch)
+        assert v is not None
+        return torch.cat([v, torch.ones_like(bv).unsqueeze(-1), bv.unsqueeze(-1)], -1)
+
+    def item_embedding(self, batch: dict[str, Tensor]) -> Tensor:
+        """(B, dim) item vectors (for similarity and diversity)."""
+        v, _ = self.item(batch)
+        assert v is not None
+        return v
+
     def loss(self, batch: dict[str, Tensor], weights: Tensor | None = None) -> Tensor:
         """Scalar weighted BCE of the batch's "label" (weights default to batch["weight"])."""
         if weights is None:
             weights = batch.get("weight")
         return self.head.loss(self(batch), batch["label"], weights)
+
+
+class BiasedMF(nn.Module):
+    """Biased matrix factorisation with side features (SVD with side features).
+
+    prediction(u, i) = mu + b_u + b_i + <p_u, q_i>, where p_u / b_u are the sums of the
+    embeddings / scalar biases of ALL the user's fields (id and features), likewise q_i /
+    b_i for the item, and mu is a learned global offset initialised to ``global_mean``.
+
+    With a two-output head (:class:`~wager.models.heads.GaussianHead`) the second output is
+    a learned raw scale s0 + s_u + s_i (per-field scalar biases of the user's and the item's
+    fields, zero-initialised), so the aleatoric std varies by user and by item.
+
+    Batch keys read: ``"user.<field>"`` and ``"item.<field>"`` (B, ...); ``"label"`` (B,)
+    and optional ``"weight"`` (B,) in :meth:`loss`.
+
+    Args:
+        user_fields: encoded user fields (keys "user.*").
+        item_fields: encoded item fields (keys "item.*").
+        dim: latent dimension.
+        init_std: std of the latent-vector initialisation.
+        head: output head with ``out_dim`` 1 (:class:`PointHead`, :class:`BernoulliHead`)
+            or 2 (:class:`GaussianHead`).
+        reg: L2 weight of the per-example regulariser (see :meth:`loss`).
+        global_mean: initial value of mu; pass the training mean of the labels.
+        dropout: dropout rate on p_u and q_i.
+
+    Example:
+        >>> m = BiasedMF([Field("user.user_id", "index", 3)], [Field("item.item_id", "index", 4)],
+        ...              dim=2, global_mean=3.5)
+        >>> m({"user.user_id": torch.tensor([1]), "item.item_id": torch.tensor([0])}).shape
+        torch.Size([1])
+    """
+
+    def __init__(
+        self,
+        user_fields: list[Field],
+        item_fields: list[Field],
+        dim: int = 32,
+        init_std: float = 0.05,
+        head: Head = PointHead(),
+        reg: float = 0.0,
+        global_mean: float = 0.0,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if dim < 1:
+            raise ValueError(f"dim must be >= 1, got {dim!r}")
+        if not reg >= 0:
+            raise ValueError(f"reg must be >= 0, got {reg!r}")
+        check_rate("dropout", dropout)
+        if head.out_dim not in (1, 2):
+            raise ValueError(
+                f"BiasedMF supports heads with out_dim 1 (PointHead, BernoulliHead) or 2 "
+                f"(GaussianHead), got {head!r} with out_dim {head.out_dim}"
+            )
+        if not user_fields or not item_fields:
+            raise ValueError("BiasedMF needs at least one user field and one item field")
+        self.head = head
+        self.reg = float(reg)
+        self.user = FieldEmbedding(user_fields, dim, init_std)
+        self.item = FieldEmbedding(item_fields, dim, init_std)
+        self.global_mean = nn.Parameter(torch.tensor(float(global_mean)))
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.user_scale: FieldEmbedding | None = None
+        self.item_scale: FieldEmbedding | None = None
+        if head.out_dim == 2:
+            self.user_scale = FieldEmbedding(user_fields, 0)
+            self.item_scale = FieldEmbedding(item_fields, 0)
+            self.scale_bias = nn.Parameter(torch.zeros(()))
+
+    def _parts(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        p, bu = self.user(batch)
+        q, bi = self.item(batch)
+        assert p is not None and q is not None
+        return p, q, bu, bi
+
+    def _output(
+        self, batch: dict[str, Tensor], p: Tensor, q: Tensor, bu: Tensor, bi: Tensor
+    ) -> Tensor:
+        mean = self.global_mean + bu + bi + (self.dropout(p) * self.dropout(q)).sum(-1)
+        if self.user_scale is None or self.item_scale is None:
+            return mean
+        raw = self.scale_bias + self.user_scale(batch)[1] + self.item_scale(batch)[1]
+        return torch.stack([mean, raw], dim=-1)
+
+    def user_factors(self, batch: dict[str, Tensor]) -> Tensor:
+        """(B, dim + 2) user side of the mean: [p_u, mu + b_u, 1].
+
+        <user_factors(u), item_factors(i)> equals the predicted mean's location (before the
+        head's clipping) with dropout off, so a (users x items) matrix is one matrix product.
+        """
+        p, bu = self.user(batch)
+        assert p is not None
+        one = torch.ones_like(bu)
+        return torch.cat([p, (self.global_mean + bu).unsqueeze(-1), one.unsqueeze(-1)], -1)
+
+    def item_factors(self, batch: dict[str, Tensor]) -> Tensor:
+        """(B, dim + 2) item side of the mean: [q_i, 1, b_i]."""
+        q, bi = self.item(batch)
+        assert q is not None
+        return torch.cat([q, torch.ones_like(bi).unsqueeze(-1), bi.unsqueeze(-1)], -1)
+
+    def item_embedding(self, batch: dict[str, Tensor]) -> Tensor:
+        """(B, dim) item vectors q_i (for similarity and diversity)."""
+        q, _ = self.item(batch)
+        assert q is not None
+        return q
+
+    def forward(self, batch: dict[str, Tensor]) -> Tensor:
+        """(B,) predictions (head out_dim 1) or (B, 2) (mean, raw scale) for a Gaussian head."""
+        return self._output(batch, *self._parts(batch))
+
+    def loss(self, batch: dict[str, Tensor], weights: Tensor | None = None) -> Tensor:
+        """Head loss of batch["label"] plus the per-example L2 regulariser.
+
+        loss = head.loss(outputs, label, w)
+               + reg * weighted_mean(||p_u||^2 + ||q_i||^2 + b_u^2 + b_i^2, w)
+
+        As in Surprise's SVD (whose SGD step shrinks the factors and biases of each rating
+        it visits), the penalty is paid per example, so frequent users and items are
+        regularised in proportion to their number of ratings. p, q and b are the summed
+        per-example quantities (before dropout); the global offset and scale terms are not
+        penalised.
+
+        Args:
+            batch: encoded inputs plus "label" (B,) float32.
+            weights: (B,) non-negative row weights; None uses batch["weight"] when present.
+
+        Returns:
+            scalar loss.
+        """
+        if weights is None:
+            weights = batch.get("weight")
+        p, q, bu, bi = self._parts(batch)
+        loss = self.head.loss(self._output(batch, p, q, bu, bi), batch["label"], weights)
+        if self.reg > 0:
+            penalty = p.square().sum(-1) + q.square().sum(-1) + bu.square() + bi.square()
+            loss = loss + self.reg * weighted_mean(penalty, weights)
+        return loss

@@ -1,25 +1,37 @@
-"""The training loop for M stacked members (M = 1 for a single model).
+"""One training loop for every model: M stacked members (M = 1 for a single model).
 
 Parameters are held stacked (leading member dimension, as from
-``torch.func.stack_module_state``); the caller supplies a function that returns the
-per-member losses of a batch, so one loop trains single models and vmapped ensembles.
-Corpus-level validation runs between epochs, never inside the loss step. Early stopping is
-per member: each member keeps its best epoch's parameters.
+``torch.func.stack_module_state``) in a :class:`StackedModel`, which evaluates any method of
+the model (``forward``, ``loss``, ``user_embedding``...) for all members in one
+``torch.func.vmap`` pass (a plain call when M = 1). The caller supplies a function that
+returns the per-member losses of a batch (it builds the batch: slicing, negative sampling),
+so one loop trains single models and ensembles alike.
+
+The loop: AdamW / Adam / Adagrad, a per-step learning-rate schedule (constant, cosine or
+linear decay, with linear warm-up), gradient clipping, bfloat16 autocast on CUDA when
+``mixed_precision`` is set, and early stopping on a validation metric run between epochs
+(never inside the loss step); each member keeps its best epoch's parameters.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-from torch import Tensor
+from torch import Tensor, nn
+from torch.func import functional_call, stack_module_state, vmap
 
 from wager.config import TrainConfig
 
 Params = dict[str, Tensor]
+Batch = dict[str, Tensor]
 
 
 def resolve_device(device: str) -> torch.device:
@@ -34,12 +46,199 @@ def resolve_device(device: str) -> torch.device:
 
 
 def make_optimizer(params: list[Tensor], config: TrainConfig) -> torch.optim.Optimizer:
-    """The optimiser named by ``config.optimizer``."""
+    """The optimiser named by ``config.optimizer``.
+
+    Adagrad starts its accumulators at 0.1 (as Keras does), which keeps the first steps of
+    sparse embedding rows from being huge.
+    """
     if config.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
     if config.optimizer == "adam":
         return torch.optim.Adam(params, lr=config.learning_rate, weight_decay=config.weight_decay)
-    return torch.optim.Adagrad(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    return torch.optim.Adagrad(
+        params,
+        lr=config.learning_rate,
+        weight_decay=config.weight_decay,
+        initial_accumulator_value=0.1,
+        eps=1e-7,
+    )
+
+
+def lr_factor(step: int, total_steps: int, config: TrainConfig) -> float:
+    """Multiplier of the base learning rate at optimiser step ``step`` (0-based).
+
+    Linear warm-up over ``config.warmup_steps`` steps, then ``config.lr_schedule``:
+    "constant" (1), "cosine" (half cosine from 1 to 0 at ``total_steps``) or "linear"
+    (straight line from 1 to 0 at ``total_steps``).
+    """
+    warm = config.warmup_steps
+    if warm and step < warm:
+        return (step + 1) / warm
+    if config.lr_schedule == "constant":
+        return 1.0
+    span = max(total_steps - warm, 1)
+    t = min(max(step - warm, 0) / span, 1.0)
+    if config.lr_schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * t))
+    return 1.0 - t
+
+
+def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager[Any]:
+    """bfloat16 autocast on CUDA when ``enabled``; a no-op elsewhere (CPU stays float32)."""
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+class _Dispatch(nn.Module):
+    """Wraps a model so that ``functional_call`` can run any of its methods by name."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, method: str, *args: Any) -> Any:
+        return getattr(self.model, method)(*args)
+
+
+class StackedModel:
+    """M copies of a model with stacked parameters, evaluated together.
+
+    Member m is initialised under ``torch.manual_seed(seed + m)``. ``call("forward", batch)``
+    returns the (M, ...) outputs of every member in one ``torch.func.vmap`` pass (dropout
+    draws differ between members); with M = 1 the model is called directly (no vmap cost).
+
+    Args:
+        factory: () -> a fresh model (``nn.Module``).
+        members: M >= 1.
+        seed: base seed, or None for the current global RNG state.
+        device: where the parameters live.
+
+    Example:
+        >>> from wager.models.mf import FeatureFactorization
+        >>> from wager.models.fields import Field
+        >>> make = lambda: FeatureFactorization([Field("user.u", "index", 3)],
+        ...                                     [Field("item.i", "index", 3)], [], dim=2)
+        >>> stack = StackedModel(make, members=2, seed=0)
+        >>> stack.call("forward", {"user.u": torch.tensor([1]), "item.i": torch.tensor([2])}).shape
+        torch.Size([2, 1])
+    """
+
+    def __init__(
+        self,
+        factory: Callable[[], nn.Module],
+        members: int = 1,
+        seed: int | None = 0,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        if members < 1:
+            raise ValueError(f"members must be >= 1, got {members}")
+        models = []
+        for m in range(members):
+            if seed is not None:
+                torch.manual_seed(seed + m)
+            models.append(_Dispatch(factory()))
+        params, buffers = stack_module_state(models)
+        self.members = members
+        self.device = torch.device(device)
+        self.params: Params = {k: v.detach().clone().to(self.device) for k, v in params.items()}
+        self.buffers: Params = {k: v.detach().clone().to(self.device) for k, v in buffers.items()}
+        self.base = copy.deepcopy(models[0]).to("meta")
+
+    @property
+    def model(self) -> nn.Module:
+        """The (parameter-less, meta-device) model: its attributes, not its weights."""
+        return self.base.model
+
+    def train(self, mode: bool = True) -> StackedModel:
+        """Switch dropout etc. on (training) or off (evaluation)."""
+        self.base.train(mode)
+        return self
+
+    def call(self, method: str, *args: Any, params: Params | None = None) -> Any:
+        """Run ``model.<method>(*args)`` for every member; outputs gain a leading M dimension.
+
+        Args:
+            method: method name, e.g. "forward", "loss", "user_embedding".
+            args: arguments shared by all members (tensors / dicts of tensors).
+            params: stacked parameters to use instead of the held ones (for training).
+        """
+        p = self.params if params is None else params
+        if self.members == 1:
+            one = {k: v[0] for k, v in p.items()}
+            bufs = {k: v[0] for k, v in self.buffers.items()}
+            out = functional_call(self.base, (one, bufs), (method, *args))
+            return torch.utils._pytree.tree_map(lambda t: t.unsqueeze(0), out)
+
+        def run(p_m: Params, b_m: Params, *a: Any) -> Any:
+            return functional_call(self.base, (p_m, b_m), (method, *a))
+
+        in_dims = (0, 0) + (None,) * len(args)
+        return vmap(run, in_dims=in_dims, randomness="different")(p, self.buffers, *args)
+
+    def call_weighted(
+        self, method: str, batch: Batch, weights: Tensor, *, params: Params | None = None
+    ) -> Tensor:
+        """``model.<method>(batch, weights[m])`` per member: e.g. bootstrap-weighted losses.
+
+        Args:
+            method: usually "loss".
+            batch: shared batch.
+            weights: (M, B) per-member row weights.
+
+        Returns:
+            (M,) per-member results.
+        """
+        p = self.params if params is None else params
+        if self.members == 1:
+            one = {k: v[0] for k, v in p.items()}
+            bufs = {k: v[0] for k, v in self.buffers.items()}
+            return functional_call(self.base, (one, bufs), (method, batch, weights[0])).unsqueeze(0)
+
+        def run(p_m: Params, b_m: Params, x: Batch, w: Tensor) -> Tensor:
+            return functional_call(self.base, (p_m, b_m), (method, x, w))
+
+        return vmap(run, in_dims=(0, 0, None, 0), randomness="different")(
+            p, self.buffers, batch, weights
+        )
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """Stacked parameters and buffers (for safetensors), on CPU."""
+        return {
+            **{f"param.{k}": v.detach().cpu() for k, v in self.params.items()},
+            **{f"buffer.{k}": v.detach().cpu() for k, v in self.buffers.items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> StackedModel:
+        """Load tensors saved by :meth:`state_dict`; names and shapes must match."""
+        for store, prefix in ((self.params, "param."), (self.buffers, "buffer.")):
+            for k in store:
+                key = prefix + k
+                if key not in state:
+                    raise KeyError(
+                        f"saved weights lack '{key}': they were written by a different model "
+                        "configuration"
+                    )
+                if state[key].shape != store[k].shape:
+                    raise ValueError(
+                        f"saved weights '{key}' have shape {tuple(state[key].shape)}, the model "
+                        f"expects {tuple(store[k].shape)}: the config does not match the weights"
+                    )
+                store[k] = state[key].clone().to(self.device)
+        return self
+
+    def member(self, m: int) -> nn.Module:
+        """A standalone copy of member ``m`` (an ordinary module with real weights)."""
+        if not 0 <= m < self.members:
+            raise IndexError(f"member {m} out of range for {self.members} members")
+        module = copy.deepcopy(self.base).to_empty(device=self.device)
+        module.load_state_dict(
+            {
+                **{k: v[m] for k, v in self.params.items()},
+                **{k: v[m] for k, v in self.buffers.items()},
+            }
+        )
+        return module.model
 
 
 @dataclass
@@ -50,13 +249,31 @@ class History:
         train_loss: mean training loss per epoch (averaged over members).
         valid_metric: (epochs, M) validation metric per epoch and member (lower is better).
         best_epoch: per member, the 0-based epoch whose parameters were kept.
-        seconds: wall time of the loop.
+        seconds: wall time of the loop (validation included).
+        epoch_seconds: wall time of each epoch's training steps (validation excluded).
     """
 
     train_loss: list[float] = field(default_factory=list)
     valid_metric: list[list[float]] = field(default_factory=list)
     best_epoch: list[int] = field(default_factory=list)
     seconds: float = 0.0
+    epoch_seconds: list[float] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary."""
+        return {
+            "train_loss": self.train_loss,
+            "valid_metric": self.valid_metric,
+            "best_epoch": self.best_epoch,
+            "seconds": self.seconds,
+            "epoch_seconds": self.epoch_seconds,
+        }
+
+
+def _batches(n_rows: int, batch_size: int, generator: torch.Generator | None) -> Iterator[Tensor]:
+    order = torch.randperm(n_rows, generator=generator)
+    for start in range(0, n_rows, batch_size):
+        yield order[start : start + batch_size]
 
 
 def train_stacked(
@@ -76,7 +293,7 @@ def train_stacked(
         params: name -> (M, ...) leaf tensors; updated in place, best epoch restored.
         batch_losses: (params, row_indices (B,) int64) -> (M,) per-member mean losses.
         n_rows: number of training rows (indices 0..n_rows-1 are shuffled each epoch).
-        config: optimiser, epochs, batch size, patience, clipping.
+        config: optimiser, schedule, epochs, batch size, patience, clipping, precision.
         validate: params -> (M,) validation metric (lower is better), run between epochs;
             without it every epoch counts as an improvement (no early stopping).
         generator: seeded generator for the shuffles.
@@ -88,14 +305,19 @@ def train_stacked(
     leaves = list(params.values())
     for p in leaves:
         p.requires_grad_(True)
+    device = leaves[0].device
     opt = make_optimizer(leaves, config)
+    steps_per_epoch = (n_rows + config.batch_size - 1) // config.batch_size
+    total_steps = steps_per_epoch * config.epochs
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda step: lr_factor(step, total_steps, config)
+    )
     n_members = leaves[0].shape[0]
     history = History(best_epoch=[0] * n_members)
     best_metric = torch.full((n_members,), float("inf"))
     best = {k: v.detach().clone() for k, v in params.items()}
     stale = 0
     start = time.perf_counter()
-    steps_per_epoch = (n_rows + config.batch_size - 1) // config.batch_size
     progress = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -106,25 +328,31 @@ def train_stacked(
         transient=False,
     )
     with progress:
-        task = progress.add_task(description, total=steps_per_epoch * config.epochs, status="")
+        task = progress.add_task(description, total=total_steps, status="")
         for epoch in range(config.epochs):
-            order = torch.randperm(n_rows, generator=generator)
-            total, count = 0.0, 0
-            for start_i in range(0, n_rows, config.batch_size):
-                idx = order[start_i : start_i + config.batch_size]
-                losses = batch_losses(params, idx)
-                loss = losses.sum()
+            epoch_start = time.perf_counter()
+            total = torch.zeros((), device=device)
+            count = 0
+            for idx in _batches(n_rows, config.batch_size, generator):
+                with autocast(device, config.mixed_precision):
+                    losses = batch_losses(params, idx)
+                loss = losses.float().sum()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if config.grad_clip is not None:
                     torch.nn.utils.clip_grad_norm_(leaves, config.grad_clip)
                 opt.step()
-                total += float(loss.detach()) / n_members
+                sched.step()
+                total += loss.detach() / n_members
                 count += 1
-                progress.update(
-                    task, advance=1, status=f"epoch {epoch + 1} loss {total / count:.4f}"
-                )
-            history.train_loss.append(total / max(count, 1))
+                if show_progress:
+                    progress.update(
+                        task,
+                        advance=1,
+                        status=f"epoch {epoch + 1} loss {float(total) / count:.4f}",
+                    )
+            history.train_loss.append(float(total) / max(count, 1))
+            history.epoch_seconds.append(time.perf_counter() - epoch_start)
             if validate is None:
                 best = {k: v.detach().clone() for k, v in params.items()}
                 history.best_epoch = [epoch] * n_members
@@ -149,10 +377,11 @@ def train_stacked(
                 f"valid {float(metric.mean()):.4f}",
             )
             if stale >= config.patience:
-                progress.update(task, completed=steps_per_epoch * config.epochs)
+                progress.update(task, completed=total_steps)
                 break
     with torch.no_grad():
         for k, v in params.items():
             v.copy_(best[k])
+            v.requires_grad_(False)
     history.seconds = time.perf_counter() - start
     return history

@@ -1,7 +1,7 @@
 """Deep ensembles evaluated with stacked parameters through ``torch.func`` (no member loop).
 
-Members are built by a factory with different seeds, their parameters stacked with
-``torch.func.stack_module_state``, and trained and evaluated together through
+Members are built by a factory with different seeds, their parameters stacked in a
+:class:`~wager.training.trainer.StackedModel`, and trained and evaluated together through
 ``vmap(functional_call)``: one vectorised pass for all M members. With ``bootstrap=True``
 each member weights every training row by an independent Poisson(1) draw (the online
 bootstrap), so members differ in data as well as initialisation.
@@ -9,19 +9,37 @@ bootstrap), so members differ in data as well as initialisation.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, stack_module_state, vmap
 
 from wager.config import EnsembleConfig, TrainConfig
 from wager.errors import NotFittedError
 from wager.prediction import Prediction
-from wager.training.trainer import History, train_stacked
+from wager.training.trainer import History, StackedModel, train_stacked
 
 Batch = dict[str, Tensor]
+
+
+def bootstrap_weights(
+    weights: Tensor, members: int, bootstrap: bool, generator: torch.Generator
+) -> Tensor:
+    """(M, n) per-member row weights: the rows' own weights times Poisson(1) draws.
+
+    Args:
+        weights: (n,) non-negative row weights.
+        members: M.
+        bootstrap: multiply by independent Poisson(1) counts (the online bootstrap); when
+            False every member gets ``weights`` unchanged.
+        generator: seeded generator for the draws.
+    """
+    out = weights.expand(members, -1).clone()
+    if bootstrap:
+        out = out * torch.poisson(torch.ones(members, weights.shape[0]), generator=generator).to(
+            out.device
+        )
+    return out
 
 
 class Ensemble:
@@ -45,9 +63,7 @@ class Ensemble:
     def __init__(self, config: EnsembleConfig | None = None, seed: int | None = 0) -> None:
         self.config = config or EnsembleConfig()
         self.seed = seed
-        self.params_: dict[str, Tensor] | None = None
-        self.buffers_: dict[str, Tensor] | None = None
-        self.base_: nn.Module | None = None
+        self.stack_: StackedModel | None = None
         self.history_: History | None = None
 
     @property
@@ -55,38 +71,29 @@ class Ensemble:
         """Provenance string for predictions."""
         return f"ensemble(members={self.config.members}, bootstrap={self.config.bootstrap})"
 
-    def build(self, factory: Callable[[], nn.Module]) -> Ensemble:
+    @property
+    def params_(self) -> dict[str, Tensor]:
+        """Stacked (M, ...) parameters."""
+        return self._check().params
+
+    def build(self, factory: Callable[[], nn.Module], device: str = "cpu") -> Ensemble:
         """Create the members (seeded initialisation) and stack their parameters."""
-        members = []
-        for m in range(self.config.members):
-            if self.seed is not None:
-                torch.manual_seed(self.seed + m)
-            members.append(factory())
-        params, buffers = stack_module_state(members)
-        self.params_ = {k: v.detach().clone() for k, v in params.items()}
-        self.buffers_ = {k: v.detach().clone() for k, v in buffers.items()}
-        self.base_ = copy.deepcopy(members[0]).to("meta")
+        self.stack_ = StackedModel(factory, self.config.members, self.seed, device)
         return self
 
-    def _check(self) -> tuple[nn.Module, dict[str, Tensor], dict[str, Tensor]]:
-        if self.params_ is None or self.base_ is None or self.buffers_ is None:
+    def _check(self) -> StackedModel:
+        if self.stack_ is None:
             raise NotFittedError("Ensemble is not built: call build() / fit() first")
-        return self.base_, self.params_, self.buffers_
+        return self.stack_
 
     def member_outputs(self, batch: Batch, params: dict[str, Tensor] | None = None) -> Tensor:
         """(M, B) raw outputs (e.g. logits) of every member on ``batch``, one vmapped pass."""
-        base, own, buffers = self._check()
-        p = own if params is None else params
-
-        def one(p_m: dict[str, Tensor], b_m: dict[str, Tensor], x: Batch) -> Tensor:
-            return functional_call(base, (p_m, b_m), (x,))
-
-        return vmap(one, in_dims=(0, 0, None))(p, buffers, batch)
+        return self._check().call("forward", batch, params=params)
 
     def fit(
         self,
         factory: Callable[[], nn.Module],
-        loss: Callable[[Tensor, Batch, Tensor], Tensor],
+        loss: Callable[[Tensor, Batch, Tensor], Tensor] | None,
         train: Batch,
         config: TrainConfig,
         *,
@@ -94,11 +101,12 @@ class Ensemble:
         valid_metric: Callable[[Tensor, Batch], Tensor] | None = None,
         show_progress: bool = False,
     ) -> Ensemble:
-        """Build and train all members together.
+        """Build and train all members together on pointwise rows.
 
         Args:
             factory: () -> a fresh model (called once per member under its seed).
-            loss: (outputs (B,), batch, weights (B,)) -> scalar loss of one member.
+            loss: (outputs (B,), batch, weights (B,)) -> scalar loss of one member, or None
+                to use the model's own ``loss(batch, weights)``.
             train: full training tensors, each with leading dimension n_rows.
             config: training settings.
             valid: validation tensors (for early stopping), or None.
@@ -106,42 +114,50 @@ class Ensemble:
             show_progress: draw a progress bar.
         """
         self.build(factory)
-        base, params, buffers = self._check()
+        stack = self._check()
         n_rows = len(next(iter(train.values())))
         gen = torch.Generator().manual_seed(self.seed if self.seed is not None else 0)
-        m = self.config.members
-        weights = train.get("weight", torch.ones(n_rows))
-        member_w = weights.expand(m, n_rows).clone()
-        if self.config.bootstrap:
-            member_w = member_w * torch.poisson(torch.ones(m, n_rows), generator=gen)
+        member_w = bootstrap_weights(
+            train.get("weight", torch.ones(n_rows)), self.config.members, self.config.bootstrap, gen
+        )
+        if loss is None:
 
-        def one_loss(p_m: dict[str, Tensor], b_m: dict[str, Tensor], x: Batch, w: Tensor) -> Tensor:
-            return loss(functional_call(base, (p_m, b_m), (x,)), x, w)
+            def batch_losses(p: dict[str, Tensor], idx: Tensor) -> Tensor:
+                x = {k: v[idx] for k, v in train.items()}
+                return stack.call_weighted("loss", x, member_w[:, idx], params=p)
 
-        vloss = vmap(one_loss, in_dims=(0, 0, None, 0))
+        else:
+            user_loss = loss
 
-        def batch_losses(p: dict[str, Tensor], idx: Tensor) -> Tensor:
-            x = {k: v[idx] for k, v in train.items()}
-            return vloss(p, buffers, x, member_w[:, idx])
+            def batch_losses(p: dict[str, Tensor], idx: Tensor) -> Tensor:
+                x = {k: v[idx] for k, v in train.items()}
+                out = stack.call("forward", x, params=p)
+                return torch.stack(
+                    [user_loss(out[m], x, member_w[m, idx]) for m in range(out.shape[0])]
+                )
 
         validate = None
         if valid is not None and valid_metric is not None:
 
             def validate(p: dict[str, Tensor]) -> Tensor:
-                return valid_metric(self.member_outputs(valid, p), valid)
+                stack.train(False)
+                try:
+                    return valid_metric(stack.call("forward", valid, params=p), valid)
+                finally:
+                    stack.train(True)
 
+        stack.train(True)
         self.history_ = train_stacked(
-            params,
+            stack.params,
             batch_losses,
             n_rows,
             config,
             validate=validate,
             generator=gen,
             show_progress=show_progress,
-            description=f"ensemble x{m}",
+            description=f"ensemble x{self.config.members}",
         )
-        for v in params.values():
-            v.requires_grad_(False)
+        stack.train(False)
         return self
 
     def predict(
@@ -163,21 +179,13 @@ class Ensemble:
 
     def state_dict(self) -> dict[str, Tensor]:
         """Stacked parameters and buffers (for safetensors)."""
-        _, params, buffers = self._check()
-        return {
-            **{f"param.{k}": v for k, v in params.items()},
-            **{f"buffer.{k}": v for k, v in buffers.items()},
-        }
+        return self._check().state_dict()
 
     def load_state_dict(
         self, factory: Callable[[], nn.Module], state: dict[str, Tensor]
     ) -> Ensemble:
         """Rebuild members from ``factory`` and load stacked tensors saved by :meth:`state_dict`."""
         self.build(factory)
-        _, params, buffers = self._check()
-        for k in params:
-            params[k] = state[f"param.{k}"].clone()
-        for k in buffers:
-            buffers[k] = state[f"buffer.{k}"].clone()
-        self.params_, self.buffers_ = params, buffers
+        self._check().load_state_dict(state)
+        self._check().train(False)
         return self

@@ -1,0 +1,211 @@
+"""Deep & Cross Network v2 ranker (Wang et al. 2021) over user, item and context fields.
+
+The input x0 is the concatenation of every field's embedding (ids, categoricals, bags,
+projected numerics). A cross network learns explicit bounded-degree feature crosses and a
+deep MLP implicit ones, either stacked (cross then deep) or in parallel (concatenated). One
+linear output layer serves one or several tasks, each with its own head and label.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from wager.models.fields import Field, FieldEmbedding
+from wager.models.heads import BernoulliHead, Head
+from wager.models.towers import check_rate, check_widths, mlp
+
+
+class CrossNetwork(nn.Module):
+    """DCN-v2 cross layers: x_{l+1} = x0 * (W_l x_l + b_l) + x_l.
+
+    With ``low_rank = r`` each W_l is factorised as U_l V_l^T (U_l, V_l of shape
+    (in_dim, r)), i.e. W_l x = U_l (V_l^T x).
+
+    Args:
+        in_dim: width of x0.
+        layers: number of cross layers (0: the identity).
+        low_rank: rank r of the factorised weight matrices, or None for full matrices.
+
+    Example:
+        >>> net = CrossNetwork(6, layers=2, low_rank=2)
+        >>> net(torch.randn(4, 6)).shape
+        torch.Size([4, 6])
+    """
+
+    def __init__(self, in_dim: int, layers: int = 3, low_rank: int | None = None) -> None:
+        super().__init__()
+        if in_dim < 1:
+            raise ValueError(f"in_dim must be >= 1, got {in_dim!r}")
+        if layers < 0:
+            raise ValueError(f"layers must be >= 0, got {layers!r}")
+        if low_rank is not None and low_rank < 1:
+            raise ValueError(f"low_rank must be None or >= 1, got {low_rank!r}")
+        self.in_dim = in_dim
+        self.low_rank = low_rank
+        self.layers = nn.ModuleList()
+        for _ in range(layers):
+            if low_rank is None:
+                self.layers.append(nn.Linear(in_dim, in_dim))
+            else:
+                # first V^T (no bias), then U with the layer's bias b
+                v_t = nn.Linear(in_dim, low_rank, bias=False)
+                self.layers.append(nn.Sequential(v_t, nn.Linear(low_rank, in_dim)))
+
+    def forward(self, x0: Tensor) -> Tensor:
+        """(..., in_dim) -> (..., in_dim) crossed features."""
+        x = x0
+        for layer in self.layers:
+            x = x0 * layer(x) + x
+        return x
+
+
+@dataclass(frozen=True)
+class Task:
+    """One prediction task of a (multi-task) ranker.
+
+    Attributes:
+        name: task name, e.g. "click".
+        label_key: batch key of the task's label, e.g. "label" or "purchase".
+        head: the task's output head (its likelihood).
+        weight: the task's weight in the summed loss, >= 0.
+    """
+
+    name: str
+    label_key: str
+    head: Head
+    weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ValueError("Task.name must be a non-empty string")
+        if not self.weight >= 0:
+            raise ValueError(f"Task '{self.name}': weight must be >= 0, got {self.weight!r}")
+
+
+class DCNRanker(nn.Module):
+    """DCN-v2 ranking model with one output per task.
+
+    Output layout of :meth:`forward`: (B,) for one task whose head has ``out_dim`` 1;
+    (B, out_dim) for one task with a multi-output head (e.g. (B, 2) for a GaussianHead);
+    (B, T) for T tasks, column t belonging to ``tasks[t]`` (multi-task needs every head to
+    have ``out_dim`` 1).
+
+    Batch keys read: ``"user.<field>"``, ``"item.<field>"``, ``"context.<field>"`` (B, ...);
+    in :meth:`loss` each task's ``label_key`` (B,) and optional ``"weight"`` (B,).
+
+    Args:
+        user_fields: encoded user fields (keys "user.*").
+        item_fields: encoded item fields (keys "item.*").
+        context_fields: encoded context fields (keys "context.*"), possibly empty.
+        dim: embedding dimension of every field; x0 is n_fields * dim wide.
+        cross_layers: number of cross layers.
+        low_rank: rank of the cross layers' factorised weights, or None for full.
+        deep: widths of the deep MLP's layers (each followed by ReLU and dropout).
+        dropout: dropout rate after every deep layer.
+        init_std: std of the embedding initialisation.
+        tasks: the tasks; names must be unique.
+        structure: "parallel" (output from [cross(x0); deep(x0)]) or "stacked" (output
+            from deep(cross(x0))).
+
+    Attributes:
+        head: the single task's head, or None for multi-task models.
+
+    Example:
+        >>> m = DCNRanker([Field("user.user_id", "index", 3)], [Field("item.item_id", "index", 4)],
+        ...               [Field("context.hour", "numeric", 2)], dim=4, deep=(8,))
+        >>> batch = {"user.user_id": torch.tensor([1]), "item.item_id": torch.tensor([2]),
+        ...          "context.hour": torch.zeros(1, 2)}
+        >>> m(batch).shape
+        torch.Size([1])
+    """
+
+    def __init__(
+        self,
+        user_fields: list[Field],
+        item_fields: list[Field],
+        context_fields: list[Field],
+        dim: int = 16,
+        cross_layers: int = 3,
+        low_rank: int | None = None,
+        deep: tuple[int, ...] = (256, 128),
+        dropout: float = 0.0,
+        init_std: float = 0.05,
+        tasks: tuple[Task, ...] = (Task("label", "label", BernoulliHead(), 1.0),),
+        structure: Literal["stacked", "parallel"] = "parallel",
+    ) -> None:
+        super().__init__()
+        if dim < 1:
+            raise ValueError(f"dim must be >= 1, got {dim!r}")
+        check_widths("deep", deep)
+        check_rate("dropout", dropout)
+        if structure not in ("stacked", "parallel"):
+            raise ValueError(f"structure must be 'stacked' or 'parallel', got {structure!r}")
+        if not tasks:
+            raise ValueError("tasks must hold at least one Task")
+        names = [t.name for t in tasks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"task names must be unique, got {names}")
+        if len(tasks) > 1 and any(t.head.out_dim != 1 for t in tasks):
+            raise NotImplementedError(
+                "multi-task DCNRanker supports only heads with out_dim 1 (BernoulliHead, "
+                f"PointHead); got out_dims {[t.head.out_dim for t in tasks]} for tasks "
+                f"{names}. Train a separate DCNRanker for the GaussianHead task."
+            )
+        fields = [*user_fields, *item_fields, *context_fields]
+        if not fields:
+            raise ValueError("DCNRanker needs at least one field")
+        self.tasks = tuple(tasks)
+        self.structure = structure
+        self.head: Head | None = tasks[0].head if len(tasks) == 1 else None
+        self.embedding = FieldEmbedding(fields, dim, init_std, bias=False)
+        in_dim = len(fields) * dim
+        self.cross = CrossNetwork(in_dim, cross_layers, low_rank)
+        self.deep = mlp(in_dim, deep, dropout, final_activation=True)
+        deep_out = deep[-1] if deep else in_dim
+        top = in_dim + deep_out if structure == "parallel" else deep_out
+        self.n_outputs = sum(t.head.out_dim for t in tasks)
+        self.output = nn.Linear(top, self.n_outputs)
+
+    def forward(self, batch: dict[str, Tensor]) -> Tensor:
+        """Raw outputs: (B,), (B, out_dim) or (B, T); see the class docstring."""
+        x0 = self.embedding.forward_fields(batch).flatten(-2)
+        if self.structure == "parallel":
+            h = torch.cat([self.cross(x0), self.deep(x0)], dim=-1)
+        else:
+            h = self.deep(self.cross(x0))
+        out = self.output(h)
+        if len(self.tasks) == 1 and self.tasks[0].head.out_dim == 1:
+            return out.squeeze(-1)
+        return out
+
+    def loss(self, batch: dict[str, Tensor], weights: Tensor | None = None) -> Tensor:
+        """sum over tasks of weight_t * head_t.loss(output_t, batch[label_key_t], weights).
+
+        Args:
+            batch: encoded inputs plus each task's label (B,) float32.
+            weights: (B,) non-negative row weights; None uses batch["weight"] when present.
+
+        Returns:
+            scalar loss.
+        """
+        if weights is None:
+            weights = batch.get("weight")
+        missing = [t.label_key for t in self.tasks if t.label_key not in batch]
+        if missing:
+            raise ValueError(
+                f"batch lacks the label keys {missing} of tasks "
+                f"{[t.name for t in self.tasks if t.label_key in missing]}; add them to the "
+                "batch or change Task.label_key"
+            )
+        out = self(batch)
+        if len(self.tasks) == 1:
+            t = self.tasks[0]
+            return t.weight * t.head.loss(out, batch[t.label_key], weights)
+        total = out.new_zeros(())
+        for i, t in enumerate(self.tasks):
+            total = total + t.weight * t.head.loss(out[..., i], batch[t.label_key], weights)
+        return total

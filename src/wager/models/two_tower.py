@@ -1,0 +1,452 @@
+"""Two-tower retrieval model trained with a (sampled) softmax over candidate items.
+
+score(u, i) = <user_tower(u), item_tower(i)> / temperature. The loss treats every row's
+observed item as the positive class among candidate columns: the other rows' items
+(in-batch negatives) and/or extra negatives the caller supplies under ``"neg.item.*"``. With
+``in_batch_negatives=False`` and the whole catalogue as the extra negatives, it is the exact
+(full) softmax. The model never samples by itself.
+
+Retrieval scores rank items for a user; they are not probabilities or ratings.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from wager.models.fields import Field
+from wager.models.losses import sampled_softmax_loss, weighted_mean
+from wager.models.towers import Tower, check_rate
+
+NEG_PREFIX = "neg."
+
+
+class TwoTower(nn.Module):
+    """User tower and item tower whose dot product scores (user, item) pairs.
+
+    Batch keys read by :meth:`loss`:
+
+    - ``"user.<field>"`` (B, ...), ``"item.<field>"`` (B, ...): the positive pairs.
+    - ``"neg.item.<field>"`` (N, ...), optional: N extra negatives shared by every row.
+    - ``"item.logq"`` (B,) and ``"neg.item.logq"`` (N,) float32: log-probability that the
+      sampler / batch draws each item; required when ``logq_correction=True`` (for
+      ``"neg.item.logq"`` only when negatives are present).
+    - ``item_id_key`` (B,) and ``"neg." + item_id_key`` (N,) int64 when
+      ``remove_accidental_hits=True``.
+    - ``"weight"`` (B,) float32, optional (used when ``weights`` is None).
+
+    Args:
+        user_fields: encoded user fields (keys "user.*").
+        item_fields: encoded item fields (keys "item.*").
+        dim: embedding dimension of every field.
+        hidden: MLP layer widths of both towers (the last is the output dimension).
+        dropout: dropout rate in both towers.
+        init_std: std of the embedding initialisation.
+        temperature: divides the scores; below 1 sharpens the softmax.
+        logq_correction: subtract each candidate's sampling log-probability from its logit
+            (Yi et al. 2019), correcting the popularity bias of in-batch / sampled negatives.
+            Set False for uniform or full-catalogue negatives.
+        in_batch_negatives: use the other rows' items as negatives.
+        remove_accidental_hits: mask candidate columns whose ``item_id_key`` equals the
+            row's positive (other than the positive itself); OOV id 0 never matches.
+        item_id_key: batch key of the item id field, e.g. "item.movie_id".
+        normalize: L2-normalise both towers' outputs (cosine scores / temperature).
+        reduction: "mean" = weighted mean over rows; "sum" = weighted sum (as the
+            TensorFlow Recommenders retrieval tutorial does).
+        item_bias: add a learned per-item bias (a 1-wide tower over the item fields) to
+            every score: score = <u, v> / temperature + b_item (captures popularity).
+        user_dropout: dropout rate on the user vector only (regularises user factors).
+        reg: L2 weight on the embeddings in play (see :meth:`_penalty`), added to the loss.
+
+    Example:
+        >>> m = TwoTower([Field("user.user_id", "index", 4)], [Field("item.item_id", "index", 5)],
+        ...              dim=3, logq_correction=False)
+        >>> batch = {"user.user_id": torch.tensor([1, 2, 3]),
+        ...          "item.item_id": torch.tensor([1, 2, 2])}
+        >>> m(batch).shape, m.loss(batch).shape
+        (torch.Size([3]), torch.Size([]))
+    """
+
+    def __init__(
+        self,
+        user_fields: list[Field],
+        item_fields: list[Field],
+        dim: int = 32,
+        hidden: tuple[int, ...] = (),
+        dropout: float = 0.0,
+        init_std: float = 0.05,
+        temperature: float = 1.0,
+        logq_correction: bool = True,
+        in_batch_negatives: bool = True,
+        remove_accidental_hits: bool = True,
+        item_id_key: str = "item.item_id",
+        normalize: bool = False,
+        reduction: Literal["mean", "sum"] = "mean",
+        item_bias: bool = False,
+        user_dropout: float = 0.0,
+        reg: float = 0.0,
+    ) -> None:
+        super().__init__()
+        check_rate("user_dropout", user_dropout)
+        if not reg >= 0:
+            raise ValueError(f"reg must be >= 0, got {reg!r}")
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature!r}")
+        if reduction not in ("mean", "sum"):
+            raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+        self.user_tower = Tower(user_fields, dim, hidden, dropout, init_std, normalize)
+        self.item_tower = Tower(item_fields, dim, hidden, dropout, init_std, normalize)
+        self.temperature = float(temperature)
+        self.dropout = float(dropout)
+        self.logq_correction = logq_correction
+        self.in_batch_negatives = in_batch_negatives
+        self.remove_accidental_hits = remove_accidental_hits
+        self.item_id_key = item_id_key
+        self.reduction = reduction
+        self.out_dim = self.user_tower.out_dim
+        # a per-item bias is a 1-wide tower over the item fields (ids and features)
+        self.item_bias = Tower(item_fields, 1, (), 0.0, init_std) if item_bias else None
+        self.user_dropout = float(user_dropout)
+        self.user_drop = nn.Dropout(user_dropout) if user_dropout > 0 else None
+        self.reg = float(reg)
+
+    def user_embedding(self, batch: dict[str, Tensor]) -> Tensor:
+        """(B, out_dim) user vectors from the ``"user.*"`` keys (user dropout when training)."""
+        u = self.user_tower(batch)
+        return self.user_drop(u) if self.user_drop is not None else u
+
+    def _user_side(self, u: Tensor) -> Tensor:
+        """User vectors as they enter the logit: a constant temperature column when the
+        model has item biases, so that <[u, T], [v, b]> / T = <u, v> / T + b."""
+        if self.item_bias is None:
+            return u
+        return torch.cat([u, torch.full_like(u[..., :1], self.temperature)], dim=-1)
+
+    def _item_side(self, v: Tensor, batch: dict[str, Tensor], prefix: str) -> Tensor:
+        """Item vectors as they enter the logit: [v, item bias] when the model has biases."""
+        if self.item_bias is None:
+            return v
+        return torch.cat([v, self.item_bias(batch, prefix=prefix)], dim=-1)
+
+    def user_factors(self, batch: dict[str, Tensor]) -> Tensor:
+        """(B, d') user side of the score: <user_factors(u), item_factors(i)> = forward."""
+        return self._user_side(self.user_embedding(batch)) / self.temperature
+
+    def item_factors(self, batch: dict[str, Tensor]) -> Tensor:
+        """(B, d') item side of the score (the vector, then the bias when there is one)."""
+        return self._item_side(self.item_embedding(batch), batch, "item.")
+
+    def item_embedding(self, batch: dict[str, Tensor], prefix: str = "item.") -> Tensor:
+        """(..., out_dim) item vectors from the keys under ``prefix`` (leading shape kept)."""
+        return self.item_tower(batch, prefix=prefix)
+
+    def forward(self, batch: dict[str, Tensor]) -> Tensor:
+        """(B,) scores <user, item> / temperature of the batch's (user, item) pairs."""
+        u = self._user_side(self.user_embedding(batch))
+        v = self._item_side(self.item_embedding(batch), batch, "item.")
+        return (u * v).sum(-1) / self.temperature
+
+    def _logq(self, batch: dict[str, Tensor], key: str) -> Tensor:
+        if key not in batch:
+            raise ValueError(
+                f"TwoTower(logq_correction=True) needs the batch key '{key}' (log-probability "
+                "that the sampler draws each item); have the batch builder supply it, or "
+                "construct the model with logq_correction=False"
+            )
+        return batch[key]
+
+    def _ids(self, batch: dict[str, Tensor], key: str) -> Tensor:
+        if key not in batch:
+            item_keys = sorted(k for k in batch if k.startswith("item."))
+            raise ValueError(
+                f"TwoTower(remove_accidental_hits=True) needs the item id under '{key}' "
+                f"(batch item keys: {item_keys}); set item_id_key to the item id field, "
+                "or construct the model with remove_accidental_hits=False"
+            )
+        return batch[key]
+
+    def loss(self, batch: dict[str, Tensor], weights: Tensor | None = None) -> Tensor:
+        """Softmax cross-entropy of each row's positive item among the candidates.
+
+        Candidate columns: the B in-batch items (the row's positive on the diagonal) when
+        ``in_batch_negatives``, else the positive alone; then the N extra negatives when
+        ``"neg.item.*"`` keys are present. A row with weight 0 counts as absent: it adds no
+        loss and its item is not an in-batch negative for other rows.
+
+        With in-batch negatives the (B, B + N) logit matrix is never built: columns holding
+        the same item are identical, so they are merged into one column per distinct item
+        whose logit gains log(multiplicity), and rows of the same user share one row of
+        scores; see :meth:`_grouped_losses`. The value and gradients equal the column-by-column
+        softmax up to float rounding. The column-by-column path still runs when dropout is
+        active (rows of one item get different dropout draws) and under ``torch.func``
+        transforms of the batch itself (``torch.unique`` has no batching rule); parameters
+        vmapped over ensemble members with a shared batch keep the grouped path.
+
+        Args:
+            batch: see the class docstring for the keys read.
+            weights: (B,) non-negative row weights; None uses batch["weight"] when present,
+                else ones.
+
+        Returns:
+            scalar: weighted mean (``reduction="mean"``) or weighted sum of the rows'
+            cross-entropies, in nats.
+
+        Raises:
+            ValueError: no negatives at all, or a key the settings need is missing.
+        """
+        if weights is None:
+            weights = batch.get("weight")
+        has_neg = self.item_tower.has_inputs(batch, NEG_PREFIX + "item.")
+        if not self.in_batch_negatives and not has_neg:
+            raise ValueError(
+                "TwoTower has no negatives: in_batch_negatives=False and the batch has no "
+                f"'neg.item.*' keys ({self.item_tower.input_keys(NEG_PREFIX + 'item.')}); "
+                "supply negatives or set in_batch_negatives=True"
+            )
+        if self.in_batch_negatives and self._can_group(batch, has_neg):
+            per_row = self._grouped_losses(batch, weights, has_neg)
+        else:
+            per_row = self._dense_losses(batch, weights, has_neg)
+        if self.reduction == "sum":
+            loss = per_row.sum() if weights is None else (per_row * weights).sum()
+        else:
+            loss = weighted_mean(per_row, weights)
+        if self.reg > 0:
+            loss = loss + self.reg * self._penalty(batch, weights, has_neg)
+        return loss
+
+    def _penalty(self, batch: dict[str, Tensor], weights: Tensor | None, has_neg: bool) -> Tensor:
+        """L2 of the embeddings in play: weighted mean over rows of ||u||^2 + ||v||^2 (+ the
+        squared item bias), plus the mean over the extra negatives of ||v||^2 (+ bias^2)."""
+        u = self.user_tower(batch)
+        v = self._item_side(self.item_tower(batch), batch, "item.")
+        pen = weighted_mean(u.square().sum(-1) + v.square().sum(-1), weights)
+        if has_neg:
+            neg = NEG_PREFIX + "item."
+            vn = self._item_side(self.item_tower(batch, prefix=neg), batch, neg)
+            pen = pen + vn.square().sum(-1).mean()
+        return pen
+
+    def _can_group(self, batch: dict[str, Tensor], has_neg: bool) -> bool:
+        """Whether :meth:`_grouped_losses` gives exactly the column-by-column loss here."""
+        if self.training and (self.dropout > 0 or self.user_dropout > 0):
+            return False  # each row of an item draws its own dropout mask: columns differ
+        sources = ["item.", NEG_PREFIX + "item."] if has_neg else ["item."]
+        user_keys = self.user_tower.input_keys()
+        if user_keys[0] in batch and batch[user_keys[0]].shape[0] == 0:
+            return False  # an empty batch has no groups
+        keys = [*user_keys, self.item_id_key, NEG_PREFIX + self.item_id_key]
+        for prefix in sources:
+            keys += [*self.item_tower.input_keys(prefix), prefix + "logq"]
+        return not any(k in batch and _is_functorch_wrapped(batch[k]) for k in keys)
+
+    def _dense_losses(
+        self, batch: dict[str, Tensor], weights: Tensor | None, has_neg: bool
+    ) -> Tensor:
+        """(B,) per-row cross-entropies from the full (B, B + N) or (B, 1 + N) logit matrix."""
+        u = self._user_side(self.user_embedding(batch))
+        v = self._item_side(self.item_embedding(batch), batch, "item.")
+        n_rows = u.shape[0]
+        rows = torch.arange(n_rows, device=u.device)
+        logits: list[Tensor] = []
+        logq: list[Tensor] = []
+        invalid: list[Tensor] = []
+        if self.in_batch_negatives:
+            logits.append(u @ v.T / self.temperature)
+            diagonal = rows.unsqueeze(1) == rows.unsqueeze(0)
+            mask = torch.zeros_like(diagonal)
+            if self.logq_correction:
+                logq.append(self._logq(batch, "item.logq").expand(n_rows, n_rows))
+            if self.remove_accidental_hits:
+                ids = self._ids(batch, self.item_id_key)
+                mask = mask | ((ids.unsqueeze(1) == ids.unsqueeze(0)) & (ids > 0).unsqueeze(0))
+            if weights is not None:
+                mask = mask | (weights == 0).unsqueeze(0)
+            invalid.append(mask & ~diagonal)
+            positive = rows
+        else:
+            logits.append(((u * v).sum(-1) / self.temperature).unsqueeze(1))
+            if self.logq_correction:
+                logq.append(self._logq(batch, "item.logq").unsqueeze(1))
+            invalid.append(torch.zeros(n_rows, 1, dtype=torch.bool, device=u.device))
+            positive = torch.zeros_like(rows)
+        if has_neg:
+            vn = self._item_side(
+                self.item_embedding(batch, prefix=NEG_PREFIX + "item."),
+                batch,
+                NEG_PREFIX + "item.",
+            )
+            logits.append(u @ vn.T / self.temperature)
+            n_neg = vn.shape[0]
+            if self.logq_correction:
+                logq.append(self._logq(batch, NEG_PREFIX + "item.logq").expand(n_rows, n_neg))
+            mask = torch.zeros(n_rows, n_neg, dtype=torch.bool, device=u.device)
+            if self.remove_accidental_hits:
+                ids = self._ids(batch, self.item_id_key)
+                neg_ids = self._ids(batch, NEG_PREFIX + self.item_id_key)
+                mask = (ids.unsqueeze(1) == neg_ids.unsqueeze(0)) & (neg_ids > 0).unsqueeze(0)
+            invalid.append(mask)
+        return sampled_softmax_loss(
+            torch.cat(logits, dim=1),
+            positive,
+            torch.cat(logq, dim=1) if logq else None,
+            torch.cat(invalid, dim=1),
+        )
+
+    def _grouped_losses(
+        self, batch: dict[str, Tensor], weights: Tensor | None, has_neg: bool
+    ) -> Tensor:
+        """(B,) per-row cross-entropies with in-batch negatives, one column per distinct item.
+
+        Candidate columns (B in-batch rows, then N extra negatives) are grouped by everything
+        their logit depends on: the item tower's inputs, the logq value and the item id. A
+        group t of identical columns has logit ``c_t = s(u, v_t) / temperature - logq_t`` and
+        multiplicity ``n_t`` (its in-batch rows with non-zero weight plus its negatives), so
+        it enters the softmax once as ``c_t + log(n_t)``. Users are grouped by the user
+        tower's inputs, and scores are computed on (U distinct users, T distinct items).
+
+        Row i (user group a, item group t) sees every group except a block around its own:
+        with accidental-hit removal and an id > 0, the groups sharing its id (contiguous,
+        because the id is the first grouping key) are masked and its own column counts once
+        (the positive itself); otherwise the block is t alone and the own group counts
+        ``n_t`` plus 1 when row i itself has weight 0 (its diagonal is never masked). So
+
+            lse_i = log(sum_{groups g outside the block} n_g exp(c_ag) + own_i exp(c_at)),
+
+        with the sums outside a block read from prefix and suffix sums along each user's
+        columns (no subtraction, hence no cancellation), scaled by the user's largest logit.
+        """
+        user_keys = self.user_tower.input_keys()
+        n_rows = batch[user_keys[0]].shape[0]
+        sources = ["item.", NEG_PREFIX + "item."] if has_neg else ["item."]
+        item_keys = [self.item_tower.input_keys(prefix) for prefix in sources]
+        # grouping keys of the B + N candidate columns: id first (same-id groups contiguous)
+        columns: list[Tensor] = []
+        logq = None
+        if self.logq_correction:
+            logq = torch.cat([self._logq(batch, prefix + "logq") for prefix in sources])
+        ids = None
+        if self.remove_accidental_hits:
+            id_keys = [self.item_id_key, NEG_PREFIX + self.item_id_key][: len(sources)]
+            ids = torch.cat([self._ids(batch, key) for key in id_keys])
+            columns += _key_columns([ids])
+        for j, key in enumerate(item_keys[0]):
+            if ids is None or key != self.item_id_key:
+                columns += _key_columns([batch[keys[j]] for keys in item_keys])
+        if logq is not None:
+            columns += _key_columns([logq])
+        item_group, item_first = _group(columns)
+        user_group, user_first = _group([c for k in user_keys for c in _key_columns([batch[k]])])
+        # one tower pass per distinct user / item
+        u = self._user_side(self.user_tower({k: batch[k][user_first] for k in user_keys}))
+        from_batch = item_first < n_rows
+        parts: list[Tensor] = []
+        order: list[Tensor] = []
+        for prefix, keys, chosen, offset in zip(
+            sources, item_keys, (from_batch, ~from_batch), (0, n_rows), strict=False
+        ):
+            rows = item_first[chosen] - offset
+            if rows.numel():
+                sub = {k: batch[k][rows] for k in keys}
+                parts.append(self._item_side(self.item_tower(sub, prefix=prefix), sub, prefix))
+                order.append(chosen.nonzero().squeeze(1))
+        v = torch.cat(parts)[torch.argsort(torch.cat(order))]
+        scores = u @ v.T / self.temperature  # (U, T)
+        if logq is not None:
+            scores = scores - logq[item_first]
+        # multiplicity of each group: in-batch rows with non-zero weight + extra negatives
+        n_cand = item_group.shape[0]
+        present = (
+            torch.ones(n_rows, dtype=scores.dtype, device=scores.device)
+            if weights is None
+            else (weights != 0).to(scores.dtype)
+        )
+        ones = torch.ones(n_cand - n_rows, dtype=scores.dtype, device=scores.device)
+        counts = torch.zeros(item_first.shape[0], dtype=scores.dtype, device=scores.device)
+        counts = counts.index_add(0, item_group, torch.cat([present, ones]))
+        masked = torch.finfo(scores.dtype).min / 100.0
+        log_counts = torch.where(counts > 0, counts.log(), masked)
+        # own group: its own column counts once (hits removed) or n_t (+1 if absent itself)
+        own_group = item_group[:n_rows]
+        own_count = counts[own_group] - present + 1.0
+        n_groups = item_first.shape[0]
+        start = torch.arange(n_groups, device=scores.device)
+        stop = start + 1
+        if ids is not None:
+            group_ids = ids[item_first]
+            own_count = torch.where(ids[:n_rows] > 0, 1.0, own_count)
+            block_key = torch.where(group_ids > 0, group_ids, -1 - start)
+            _, block, sizes = torch.unique_consecutive(
+                block_key, return_inverse=True, return_counts=True
+            )
+            stop = sizes.cumsum(0)[block]
+            start = stop - sizes[block]
+        positive = scores[user_group, own_group]
+        own_logit = positive + own_count.log()
+        logits = scores + log_counts  # (U, T)
+        top = logits.detach().amax(dim=1, keepdim=True)
+        e = torch.exp(logits - top)
+        zero = torch.zeros(e.shape[0], 1, dtype=e.dtype, device=e.device)
+        before = torch.cat([zero, e.cumsum(1)], dim=1)  # [:, s] = sum of groups < s
+        after = torch.cat([e.flip(1).cumsum(1).flip(1), zero], dim=1)  # [:, s]: groups >= s
+        rest = before[user_group, start[own_group]] + after[user_group, stop[own_group]]
+        row_top = top[user_group, 0]
+        shift = torch.maximum(row_top, own_logit.detach())
+        total = rest * torch.exp(row_top - shift) + torch.exp(own_logit - shift)
+        lse = shift + total.clamp_min(torch.finfo(total.dtype).tiny).log()
+        return lse - positive
+
+
+def _is_functorch_wrapped(t: Tensor) -> bool:
+    """Whether ``t`` is batched (vmap) or wrapped by another ``torch.func`` transform."""
+    return bool(torch._C._functorch.is_functorch_wrapped_tensor(t))
+
+
+def _key_columns(parts: list[Tensor]) -> list[Tensor]:
+    """int64 columns that identify rows: the parts (one field, several sources) stacked.
+
+    Args:
+        parts: tensors shaped (R_k, ...) of one field, e.g. its in-batch and its negative
+            values; trailing widths may differ (bags, padded with 0 to the widest).
+
+    Returns:
+        list of (sum R_k,) int64 columns; floats are compared by their bit patterns.
+    """
+    flat = []
+    for part in parts:
+        if part.is_floating_point():
+            bits = {2: torch.int16, 4: torch.int32, 8: torch.int64}[part.element_size()]
+            part = part.contiguous().view(bits)
+        flat.append(part.reshape(part.shape[0], -1).long())
+    width = max(f.shape[1] for f in flat)
+    flat = [torch.nn.functional.pad(f, (0, width - f.shape[1])) for f in flat]
+    return list(torch.cat(flat).unbind(1))
+
+
+def _group(columns: list[Tensor]) -> tuple[Tensor, Tensor]:
+    """Group equal rows of a table given as columns (one 1-D ``torch.unique`` per column).
+
+    Args:
+        columns: (R,) int64 columns.
+
+    Returns:
+        ((R,) int64 group of each row, numbered in lexicographic order of the columns;
+        (G,) int64 first row of each group).
+    """
+    inverse: Tensor | None = None
+    n_groups = 1
+    for col in columns:
+        values, col_inverse = torch.unique(col, return_inverse=True)
+        if inverse is None:
+            inverse, n_groups = col_inverse, values.numel()
+        else:
+            values, inverse = torch.unique(
+                inverse * values.numel() + col_inverse, return_inverse=True
+            )
+            n_groups = values.numel()
+    assert inverse is not None
+    rows = torch.arange(inverse.shape[0], device=inverse.device)
+    first = torch.full((n_groups,), inverse.shape[0], dtype=torch.long, device=inverse.device)
+    return inverse, first.scatter_reduce(0, inverse, rows, "amin")

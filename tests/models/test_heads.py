@@ -1,0 +1,73 @@
+"""Output heads: losses, means, std and clipping against closed forms and SciPy."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import norm
+
+from wager.models.heads import BernoulliHead, GaussianHead, PointHead
+
+
+def test_bernoulli_head_matches_hand_worked_bce_and_std():
+    head = BernoulliHead()
+    logits = torch.tensor([0.0, math.log(3.0)])  # p = 0.5, 0.75
+    labels = torch.tensor([1.0, 0.0])
+    # bce = log 2, -log(0.25) = log 4 ; weights (1, 3): (log 2 + 3 log 4) / 4 = 7 log 2 / 4
+    got = head.loss(logits, labels, torch.tensor([1.0, 3.0]))
+    assert math.isclose(got.item(), 7 * math.log(2) / 4, rel_tol=1e-6)
+    torch.testing.assert_close(head.mean(logits), torch.tensor([0.5, 0.75]))
+    # sqrt(0.5*0.5) = 0.5, sqrt(0.75*0.25) = 0.4330
+    torch.testing.assert_close(head.aleatoric_std(logits), torch.tensor([0.5, math.sqrt(0.1875)]))
+    assert head.out_dim == 1 and head.support == (0.0, 1.0)
+
+
+def test_point_head_mse_and_clipping():
+    head = PointHead(support=(1.0, 5.0))
+    out = torch.tensor([0.0, 3.0, 6.0])
+    labels = torch.tensor([1.0, 3.0, 5.0])
+    # squared errors 1, 0, 1 ; weights 2, 1, 0 -> (2 + 0 + 0) / 3 ; the loss is unclipped
+    got = head.loss(out, labels, torch.tensor([2.0, 1.0, 0.0]))
+    assert math.isclose(got.item(), 2 / 3, rel_tol=1e-6)
+    torch.testing.assert_close(head.mean(out), torch.tensor([1.0, 3.0, 5.0]))
+    torch.testing.assert_close(PointHead().mean(out), out)
+    assert head.aleatoric_std(out) is None
+    assert head.out_dim == 1
+
+
+def test_gaussian_head_nll_matches_scipy():
+    head = GaussianHead(min_std=0.05)
+    rng = np.random.default_rng(0)
+    out = rng.normal(size=(6, 2))
+    y = rng.normal(size=6)
+    w = rng.uniform(0, 2, 6)
+    std = np.log1p(np.exp(out[:, 1])) + 0.05
+    ref = np.sum(-w * norm.logpdf(y, out[:, 0], std)) / w.sum()
+    got = head.loss(torch.tensor(out), torch.tensor(y), torch.tensor(w))
+    np.testing.assert_allclose(got.item(), ref, rtol=1e-10)
+    np.testing.assert_allclose(head.aleatoric_std(torch.tensor(out)).numpy(), std, rtol=1e-12)
+    np.testing.assert_allclose(head.mean(torch.tensor(out)).numpy(), out[:, 0])
+    assert head.out_dim == 2
+
+
+def test_gaussian_head_mean_clips_and_accepts_member_dimension():
+    head = GaussianHead(support=(1.0, 5.0))
+    out = torch.tensor([[[0.0, 0.0], [9.0, 0.0]], [[2.0, 0.0], [4.0, 0.0]]])  # (M=2, B=2, 2)
+    torch.testing.assert_close(head.mean(out), torch.tensor([[1.0, 5.0], [2.0, 4.0]]))
+    assert head.aleatoric_std(out).shape == (2, 2)
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: PointHead(support=(5.0, 1.0)), "low < high"),
+        (lambda: GaussianHead(min_std=-1.0), "min_std must be >= 0"),
+        (lambda: GaussianHead(support=(2.0, 2.0)), "low < high"),
+    ],
+)
+def test_bad_head_arguments(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()

@@ -1,0 +1,165 @@
+"""BiasedMF and FeatureFactorization against predictions computed by hand from their weights."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import pytest
+import torch
+
+from wager.models.fields import Field
+from wager.models.heads import GaussianHead, PointHead
+from wager.models.mf import BiasedMF, FeatureFactorization
+
+USER_FIELDS = [Field("user.user_id", "index", 4), Field("user.age", "numeric", 2)]
+ITEM_FIELDS = [Field("item.item_id", "index", 5), Field("item.genre", "bag", 4)]
+BATCH = {
+    "user.user_id": torch.tensor([1, 3, 0]),
+    "user.age": torch.tensor([[0.5, 0.0], [-1.0, 1.0], [2.0, 0.0]]),
+    "item.item_id": torch.tensor([2, 4, 1]),
+    "item.genre": torch.tensor([[1, 3], [2, 0], [0, 0]]),
+    "label": torch.tensor([4.0, 2.0, 5.0]),
+}
+
+
+def _randomise(model: torch.nn.Module) -> None:
+    # biases start at zero; give every parameter a distinct value
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g))
+
+
+def _side(emb, batch) -> tuple[np.ndarray, np.ndarray]:
+    """(B, dim) vectors and (B,) biases of one side, summed over fields by hand."""
+    vec, bias = 0.0, 0.0
+    for f in emb.fields:
+        name = f.key.replace(".", "__")
+        x = batch[f.key].numpy()
+        b_tab = emb.biases[name].weight.detach().numpy()
+        v_tab = emb.vectors[name].weight.detach().numpy() if emb.dim else None
+        if f.kind == "index":
+            bias = bias + b_tab[x, 0]
+            vec = vec + (v_tab[x] if v_tab is not None else 0.0)
+        elif f.kind == "numeric":  # Linear(width, out): x @ W.T
+            bias = bias + x @ b_tab[0]
+            vec = vec + (x @ v_tab.T if v_tab is not None else 0.0)
+        else:  # bag: mean over non-zero entries, empty bag -> 0
+            mask = (x > 0).astype(float)
+            n = np.maximum(mask.sum(1), 1.0)
+            bias = bias + (b_tab[x, 0] * mask).sum(1) / n
+            if v_tab is not None:
+                vec = vec + (v_tab[x] * mask[..., None]).sum(1) / n[:, None]
+    return np.asarray(vec), np.asarray(bias)
+
+
+def test_biased_mf_forward_is_mu_plus_biases_plus_dot():
+    model = BiasedMF(USER_FIELDS, ITEM_FIELDS, dim=3, global_mean=3.5)
+    assert model.global_mean.item() == 3.5
+    _randomise(model)
+    p, bu = _side(model.user, BATCH)
+    q, bi = _side(model.item, BATCH)
+    ref = model.global_mean.item() + bu + bi + (p * q).sum(1)
+    np.testing.assert_allclose(model(BATCH).detach().numpy(), ref, rtol=1e-5, atol=1e-6)
+
+
+def test_biased_mf_loss_adds_per_example_l2():
+    model = BiasedMF(USER_FIELDS, ITEM_FIELDS, dim=3, reg=0.1)
+    _randomise(model)
+    p, bu = _side(model.user, BATCH)
+    q, bi = _side(model.item, BATCH)
+    pred = model.global_mean.item() + bu + bi + (p * q).sum(1)
+    w = np.array([1.0, 2.0, 0.5])
+    se = (pred - BATCH["label"].numpy()) ** 2
+    penalty = (p**2).sum(1) + (q**2).sum(1) + bu**2 + bi**2
+    ref = (w * se).sum() / w.sum() + 0.1 * (w * penalty).sum() / w.sum()
+    got = model.loss(BATCH, torch.tensor(w, dtype=torch.float32))
+    np.testing.assert_allclose(got.item(), ref, rtol=1e-5)
+
+
+def test_biased_mf_gaussian_scale_varies_by_user_and_item():
+    head = GaussianHead(min_std=0.05)
+    model = BiasedMF(USER_FIELDS, ITEM_FIELDS, dim=3, head=head)
+    _randomise(model)
+    out = model(BATCH)
+    assert out.shape == (3, 2)
+    p, bu = _side(model.user, BATCH)
+    q, bi = _side(model.item, BATCH)
+    _, su = _side(model.user_scale, BATCH)
+    _, si = _side(model.item_scale, BATCH)
+    raw = model.scale_bias.item() + su + si
+    np.testing.assert_allclose(
+        out[:, 0].detach().numpy(),
+        model.global_mean.item() + bu + bi + (p * q).sum(1),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    np.testing.assert_allclose(out[:, 1].detach().numpy(), raw, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        head.aleatoric_std(out).detach().numpy(), np.log1p(np.exp(raw)) + 0.05, rtol=1e-5
+    )
+
+
+def test_feature_factorization_forward_is_bias_sum_plus_dot():
+    ctx = [Field("context.pos", "index", 3)]
+    model = FeatureFactorization(USER_FIELDS, ITEM_FIELDS, ctx, dim=3)
+    _randomise(model)
+    batch = {**BATCH, "context.pos": torch.tensor([0, 2, 1])}
+    u, bu = _side(model.user, batch)
+    v, bv = _side(model.item, batch)
+    _, bc = _side(model.context, batch)
+    ref = model.global_bias.item() + bu + bv + bc + (u * v).sum(1)
+    np.testing.assert_allclose(model(batch).detach().numpy(), ref, rtol=1e-5, atol=1e-6)
+
+
+def test_bad_head_and_arguments():
+    @dataclass(frozen=True)
+    class ThreeOutputs(PointHead):
+        out_dim: ClassVar[int] = 3
+
+    with pytest.raises(ValueError, match=r"out_dim 1 .* or 2"):
+        BiasedMF(USER_FIELDS, ITEM_FIELDS, head=ThreeOutputs())
+    with pytest.raises(ValueError, match="reg must be >= 0"):
+        BiasedMF(USER_FIELDS, ITEM_FIELDS, reg=-1.0)
+
+
+def test_training_on_block_ratings_predicts_held_out_in_block_ratings_high():
+    # 12 users x 12 items, 2 groups of 6: rating 5 inside the block, 1 outside. User u holds
+    # out one in-block item (a different one per user) and one off-block item.
+    users, items, ratings, held = [], [], [], []
+    for u in range(1, 13):
+        g = (u - 1) // 6
+        hold_in = 6 * g + 1 + (u - 1) % 6
+        hold_out = 6 * (1 - g) + 1 + (u - 1) % 6
+        held.append((u, hold_in, hold_out))
+        for i in range(1, 13):
+            if i in (hold_in, hold_out):
+                continue
+            users.append(u)
+            items.append(i)
+            ratings.append(5.0 if (i - 1) // 6 == g else 1.0)
+    batch = {
+        "user.user_id": torch.tensor(users),
+        "item.item_id": torch.tensor(items),
+        "label": torch.tensor(ratings),
+    }
+    torch.manual_seed(0)
+    model = BiasedMF(
+        [Field("user.user_id", "index", 13)],
+        [Field("item.item_id", "index", 13)],
+        dim=4,
+        global_mean=float(np.mean(ratings)),
+    )
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    for _ in range(200):
+        opt.zero_grad()
+        model.loss(batch).backward()
+        opt.step()
+    u, i_in, i_out = (torch.tensor(c) for c in zip(*held, strict=True))
+    with torch.no_grad():
+        pred_in = model({"user.user_id": u, "item.item_id": i_in})
+        pred_out = model({"user.user_id": u, "item.item_id": i_out})
+    assert (pred_in > 4.0).all(), pred_in
+    assert (pred_out < 2.0).all(), pred_out
