@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+import tomllib
 
 import pytest
 
-from wager.config import EnsembleConfig, ModelConfig, RunConfig, TrainConfig, dumps_toml
+from wager.config import (
+    DataConfig,
+    EnsembleConfig,
+    EvaluationConfig,
+    ModelConfig,
+    RunConfig,
+    TrainConfig,
+    dumps_toml,
+)
 from wager.data.schema import Categorical, MultiCategorical, Numeric, Schema, Text
 
 
@@ -67,3 +76,166 @@ def test_bad_toml_names_file(tmp_path):
 
 def test_dumps_toml_escapes_strings():
     assert dumps_toml({"a": 'x"y', "b": [1, 2], "c": True}) == 'a = "x\\"y"\nb = [1, 2]\nc = true\n'
+
+
+def _every_section(ensemble: EnsembleConfig | None) -> RunConfig:
+    return RunConfig(
+        schema=Schema(
+            user="uid",
+            item="iid",
+            label="stars",
+            label_kind="rating",
+            rating_range=(0.5, 5.0),
+            weight="w",
+            timestamp="ts",
+            user_features=(Categorical("zip", min_count=2),),
+        ),
+        data=DataConfig(
+            path="data/ratings.csv",
+            format="table",
+            split="temporal",
+            test_fraction=0.25,
+            valid_fraction=0.0,
+            user_features=False,
+            item_features=True,
+            drop_features=("zip", "title"),
+            synthetic_rows=5000,
+        ),
+        model=ModelConfig(
+            type="dcn",
+            dim=8,
+            init_std=0.01,
+            user_min_count=2,
+            item_min_count=3,
+            hidden=(32, 16),
+            dropout=0.25,
+            likelihood="gaussian",
+            reg=1e-4,
+            bias_reg=1e-3,
+            temperature=0.05,
+            logq_correction=False,
+            remove_accidental_hits=False,
+            item_bias=True,
+            user_dropout=0.1,
+            in_batch_negatives=False,
+            full_softmax=True,
+            negatives=4,
+            loss_reduction="sum",
+            normalize=True,
+            cross_layers=2,
+            low_rank=4,
+            positive_threshold=3.5,
+        ),
+        training=TrainConfig(
+            epochs=5,
+            batch_size=256,
+            learning_rate=3e-3,
+            weight_decay=1e-5,
+            optimizer="adamw",
+            patience=3,
+            grad_clip=2.0,
+            device="auto",
+            lr_schedule="cosine",
+            warmup_steps=10,
+            mixed_precision=True,
+            validation_metric="top_k_accuracy@50",
+        ),
+        ensemble=ensemble,
+        evaluation=EvaluationConfig(
+            k=20, top_k_accuracy=(1, 10), relevance_threshold=4.0, max_users=500
+        ),
+        seed=11,
+    )
+
+
+@pytest.mark.parametrize(
+    "ensemble", [EnsembleConfig(members=4, bootstrap=False), None], ids=["ensemble", "single"]
+)
+def test_toml_round_trip_with_every_section_set(tmp_path, ensemble):
+    cfg = _every_section(ensemble)
+    path = tmp_path / "run.toml"
+    cfg.save(path)
+    back = RunConfig.load(path)
+    assert back == cfg
+    assert back.model.hidden == (32, 16) and isinstance(back.model.hidden, tuple)
+    assert back.model.low_rank == 4
+    assert back.training.validation_metric == "top_k_accuracy@50"
+    assert back.ensemble == ensemble
+    text = path.read_text()
+    assert ("[ensemble]" in text) == (ensemble is not None)
+    # the file is plain TOML that tomllib reads back to the same dict
+    assert tomllib.loads(text) == cfg.to_dict()
+
+
+def test_round_trip_leaves_unset_optionals_unset(tmp_path):
+    cfg = RunConfig(seed=None)
+    path = tmp_path / "run.toml"
+    cfg.save(path)
+    back = RunConfig.load(path)
+    assert back == cfg
+    assert back.seed is None and back.schema is None and back.ensemble is None
+    assert back.model.low_rank is None and back.training.validation_metric is None
+
+
+@pytest.mark.parametrize(
+    ("build", "fragment"),
+    [
+        (lambda: ModelConfig(user_dropout=1.0), "[model] user_dropout = 1.0"),
+        (lambda: ModelConfig(user_dropout=-0.1), "[model] user_dropout = -0.1"),
+        (lambda: ModelConfig(type="svd"), "[model] type = 'svd'"),
+        (lambda: ModelConfig(type="neumf", negatives=0), "[model] negatives = 0"),
+        (lambda: ModelConfig(low_rank=0), "[model] low_rank = 0"),
+        (lambda: ModelConfig(hidden=(8, 0)), "[model] hidden = (8, 0)"),
+        (
+            lambda: ModelConfig(type="two_tower", in_batch_negatives=False),
+            "[model] in_batch_negatives = False",
+        ),
+        (
+            lambda: TrainConfig(validation_metric="ndcg"),
+            "[training] validation_metric = 'ndcg'",
+        ),
+        (
+            lambda: TrainConfig(validation_metric="ndcg@0"),
+            "[training] validation_metric = 'ndcg@0'",
+        ),
+        (lambda: TrainConfig(validation_metric="auc"), "[training] validation_metric = 'auc'"),
+        (lambda: TrainConfig(lr_schedule="step"), "[training] lr_schedule = 'step'"),
+        (lambda: TrainConfig(warmup_steps=-1), "[training] warmup_steps = -1"),
+        (lambda: DataConfig(valid_fraction=1.0), "[data] valid_fraction = 1.0"),
+        (lambda: DataConfig(valid_fraction=-0.1), "[data] valid_fraction = -0.1"),
+        (lambda: DataConfig(test_fraction=0.0), "[data] test_fraction = 0.0"),
+        (lambda: DataConfig(synthetic_rows=999), "[data] synthetic_rows = 999"),
+        (lambda: DataConfig(split=""), "[data] split = ''"),
+        (lambda: EvaluationConfig(k=0), "[evaluation] k = 0"),
+        (lambda: EvaluationConfig(max_users=0), "[evaluation] max_users = 0"),
+    ],
+)
+def test_invalid_values_name_section_field_and_value(build, fragment):
+    with pytest.raises(ValueError) as exc:
+        build()
+    assert fragment in str(exc.value)
+    assert "must be" in str(exc.value)
+
+
+def test_neumf_without_negatives_says_why():
+    with pytest.raises(ValueError, match=r">= 1 for type = 'neumf'"):
+        ModelConfig(type="neumf", negatives=0)
+    assert ModelConfig(type="neumf", negatives=1).negatives == 1
+
+
+@pytest.mark.parametrize(
+    ("toml", "fragment"),
+    [
+        ('[model]\ntype = "svd"\n', "[model] type = 'svd'"),
+        ('[training]\nvalidation_metric = "ndcg"\n', "[training] validation_metric = 'ndcg'"),
+        ("[data]\nvalid_fraction = 1.0\n", "[data] valid_fraction = 1.0"),
+        ("[model]\nuser_dropout = 1.5\n", "[model] user_dropout = 1.5"),
+        ("[data]\nsplitt = 'random'\n", "[data] has unknown keys ['splitt']"),
+    ],
+)
+def test_invalid_values_in_a_toml_file_name_the_field(tmp_path, toml, fragment):
+    path = tmp_path / "c.toml"
+    path.write_text(toml)
+    with pytest.raises(ValueError) as exc:
+        RunConfig.load(path)
+    assert fragment in str(exc.value)

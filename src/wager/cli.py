@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from wager.errors import DataError, WagerError
@@ -58,7 +59,9 @@ def _fail(exc: WagerError, as_json: bool) -> None:
         findings = [f.to_dict() for f in exc.findings] if isinstance(exc, DataError) else []
         print_json({"ok": False, "error": str(exc), "findings": findings})
     else:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err_console.print(
+            f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True
+        )
     raise typer.Exit(code=1)
 
 
@@ -228,7 +231,7 @@ def data_validate(
         if as_json:
             print_json({"ok": False, "error": str(exc), "findings": []})
         else:
-            err_console.print(f"[bold red]error:[/] {exc}")
+            err_console.print(f"[bold red]error:[/] {escape(str(exc))}")
         raise typer.Exit(code=1) from None
     report = validate_path(
         path,
@@ -353,7 +356,9 @@ def _run_error(exc: Exception, as_json: bool) -> None:
     if as_json:
         print_json({"ok": False, "error": str(exc), "findings": []})
     else:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err_console.print(
+            f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True
+        )
     raise typer.Exit(code=1)
 
 
@@ -387,7 +392,7 @@ def train(
     console.print(
         _metrics_table(f"{config.name}: {metrics['model']} on {metrics['split']}", metrics)
     )
-    console.print(f"run saved to [bold]{out}[/]")
+    console.print(f"run saved to [bold]{escape(str(out))}[/]")
 
 
 @app.command("evaluate")
@@ -485,7 +490,7 @@ def recommend(
         )
         return
     for n in notices:
-        err_console.print(f"[yellow]notice:[/] {n}", highlight=False, soft_wrap=True)
+        err_console.print(f"[yellow]notice:[/] {escape(n)}", highlight=False, soft_wrap=True)
     if out is not None:
         console.print(f"{len(frame):,} recommendations for {len(users):,} users written to {out}")
         return

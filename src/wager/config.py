@@ -52,6 +52,7 @@ class ModelConfig:
         reg: L2 on the embeddings of the batch rows (>= 0): biased_mf (factors and biases,
             per example); two_tower (user vectors of the batch rows and the candidate item
             vectors).
+        bias_reg: biased_mf: L2 on the user and item biases (>= 0); unset = ``reg``.
         temperature: two-tower softmax temperature (> 0).
         logq_correction: two-tower: subtract the log sampling probability of candidates.
         remove_accidental_hits: two-tower: mask in-batch / sampled candidates that are the
@@ -80,6 +81,7 @@ class ModelConfig:
     dropout: float = 0.0
     likelihood: Literal["point", "gaussian"] = "point"
     reg: float = 0.0
+    bias_reg: float | None = None
     temperature: float = 1.0
     logq_correction: bool = True
     remove_accidental_hits: bool = True
@@ -111,6 +113,13 @@ class ModelConfig:
             "'point' or 'gaussian'",
         )
         _check(self.reg >= 0, "model", "reg", self.reg, ">= 0")
+        _check(
+            self.bias_reg is None or self.bias_reg >= 0,
+            "model",
+            "bias_reg",
+            self.bias_reg,
+            ">= 0 or unset",
+        )
         _check(0 <= self.user_dropout < 1, "model", "user_dropout", self.user_dropout, "in [0, 1)")
         _check(self.temperature > 0, "model", "temperature", self.temperature, "> 0")
         _check(self.negatives >= 0, "model", "negatives", self.negatives, ">= 0")
@@ -165,6 +174,8 @@ class DataConfig:
             selection, in [0, 1) (0: no validation split).
         user_features: use the dataset's user feature table.
         item_features: use the dataset's item feature table.
+        drop_features: user / item feature columns to leave out (e.g. ["zip", "title"]);
+            names the dataset does not have are ignored, so one config serves every layout.
         synthetic_rows: logged impressions drawn when ``format = "synthetic"`` (the
             synthetic world of ``wager.data.synthetic``; ``path`` is then unused).
     """
@@ -176,9 +187,11 @@ class DataConfig:
     valid_fraction: float = 0.1
     user_features: bool = True
     item_features: bool = True
+    drop_features: tuple[str, ...] = ()
     synthetic_rows: int = 100_000
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "drop_features", tuple(str(f) for f in self.drop_features))
         _check(
             self.synthetic_rows >= 1000, "data", "synthetic_rows", self.synthetic_rows, ">= 1000"
         )
@@ -411,6 +424,10 @@ class RunConfig:
             data = tomllib.loads(p.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise FileNotFoundError(f"{p}: config file not found") from None
+        except IsADirectoryError:
+            raise ValueError(
+                f"{p}: is a directory, not a config file; pass a run config TOML (see examples/)"
+            ) from None
         except tomllib.TOMLDecodeError as exc:
             raise ValueError(f"{p}: invalid TOML: {exc}") from None
         return cls.from_dict(data)

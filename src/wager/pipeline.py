@@ -108,6 +108,17 @@ def load_run_data(
         schema = replace(schema, user_features=())
     if not data.item_features:
         schema = replace(schema, item_features=())
+    if data.drop_features:
+        # names absent from this dataset are ignored, so one config serves every layout
+        schema = replace(
+            schema,
+            user_features=tuple(
+                f for f in schema.user_features if f.name not in data.drop_features
+            ),
+            item_features=tuple(
+                f for f in schema.item_features if f.name not in data.drop_features
+            ),
+        )
     ds = replace(ds, schema=schema)
     seed = config.seed if config.seed is not None else 0
     sp = split_dataset(ds, split_name, seed=seed, test_fraction=data.test_fraction)

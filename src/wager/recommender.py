@@ -200,6 +200,7 @@ class Recommender:
                 init_std=m.init_std,
                 head=self.head,
                 reg=m.reg,
+                bias_reg=m.bias_reg,
                 global_mean=self.global_mean_,
                 dropout=m.dropout,
             )

@@ -479,3 +479,36 @@ def test_user_dropout_only_in_training():
     base = m.user_tower(batch)
     assert bool(((dropped == 0) | torch.isclose(dropped, 2 * base)).all())
     assert bool((dropped == 0).any())
+
+
+@pytest.mark.parametrize("hits", [True, False])
+@pytest.mark.parametrize("logq", [True, False])
+def test_shared_negative_path_equals_dense(hits, logq):
+    # full-catalogue softmax (the positive's own column among the negatives) and a sampled
+    # set with a duplicate id: the per-user path equals the row-by-row dense reference
+    torch.manual_seed(3)
+    m = TwoTower(
+        [Field("user.user_id", "index", 6)],
+        [Field("item.item_id", "index", 7)],
+        dim=4,
+        in_batch_negatives=False,
+        remove_accidental_hits=hits,
+        logq_correction=logq,
+        item_bias=True,
+    ).double()
+    batch = {
+        "user.user_id": torch.tensor([1, 2, 1, 3, 2, 5]),
+        "item.item_id": torch.tensor([1, 2, 3, 1, 0, 6]),
+        "item.logq": torch.randn(6, dtype=torch.float64),
+    }
+    for negs in (torch.arange(7), torch.tensor([0, 1, 1, 4, 6])):
+        b = {
+            **batch,
+            "neg.item.item_id": negs,
+            "neg.item.logq": torch.randn(negs.numel(), dtype=torch.float64),
+        }
+        w = torch.tensor([1.0, 2.0, 0.0, 1.0, 1.0, 0.5], dtype=torch.float64)
+        fast = m._shared_negative_losses(b)
+        dense = m._dense_losses(b, w, True)
+        torch.testing.assert_close(fast, dense, rtol=1e-9, atol=1e-9)
+        assert m._can_group_users(b)

@@ -120,7 +120,8 @@ class BiasedMF(nn.Module):
         init_std: std of the latent-vector initialisation.
         head: output head with ``out_dim`` 1 (:class:`PointHead`, :class:`BernoulliHead`)
             or 2 (:class:`GaussianHead`).
-        reg: L2 weight of the per-example regulariser (see :meth:`loss`).
+        reg: L2 weight of the per-example regulariser of the factors (see :meth:`loss`).
+        bias_reg: L2 weight of the per-example regulariser of the biases; None = ``reg``.
         global_mean: initial value of mu; pass the training mean of the labels.
         dropout: dropout rate on p_u and q_i.
 
@@ -139,6 +140,7 @@ class BiasedMF(nn.Module):
         init_std: float = 0.05,
         head: Head = PointHead(),
         reg: float = 0.0,
+        bias_reg: float | None = None,
         global_mean: float = 0.0,
         dropout: float = 0.0,
     ) -> None:
@@ -147,6 +149,8 @@ class BiasedMF(nn.Module):
             raise ValueError(f"dim must be >= 1, got {dim!r}")
         if not reg >= 0:
             raise ValueError(f"reg must be >= 0, got {reg!r}")
+        if bias_reg is not None and not bias_reg >= 0:
+            raise ValueError(f"bias_reg must be >= 0 or None, got {bias_reg!r}")
         check_rate("dropout", dropout)
         if head.out_dim not in (1, 2):
             raise ValueError(
@@ -157,6 +161,7 @@ class BiasedMF(nn.Module):
             raise ValueError("BiasedMF needs at least one user field and one item field")
         self.head = head
         self.reg = float(reg)
+        self.bias_reg = float(reg if bias_reg is None else bias_reg)
         self.user = FieldEmbedding(user_fields, dim, init_std)
         self.item = FieldEmbedding(item_fields, dim, init_std)
         self.global_mean = nn.Parameter(torch.tensor(float(global_mean)))
@@ -214,7 +219,7 @@ class BiasedMF(nn.Module):
         """Head loss of batch["label"] plus the per-example L2 regulariser.
 
         loss = head.loss(outputs, label, w)
-               + reg * weighted_mean(||p_u||^2 + ||q_i||^2 + b_u^2 + b_i^2, w)
+               + weighted_mean(reg * (||p_u||^2 + ||q_i||^2) + bias_reg * (b_u^2 + b_i^2), w)
 
         As in Surprise's SVD (whose SGD step shrinks the factors and biases of each rating
         it visits), the penalty is paid per example, so frequent users and items are
@@ -233,7 +238,9 @@ class BiasedMF(nn.Module):
             weights = batch.get("weight")
         p, q, bu, bi = self._parts(batch)
         loss = self.head.loss(self._output(batch, p, q, bu, bi), batch["label"], weights)
-        if self.reg > 0:
-            penalty = p.square().sum(-1) + q.square().sum(-1) + bu.square() + bi.square()
-            loss = loss + self.reg * weighted_mean(penalty, weights)
+        if self.reg > 0 or self.bias_reg > 0:
+            penalty = self.reg * (p.square().sum(-1) + q.square().sum(-1)) + self.bias_reg * (
+                bu.square() + bi.square()
+            )
+            loss = loss + weighted_mean(penalty, weights)
         return loss

@@ -207,6 +207,8 @@ class TwoTower(nn.Module):
             )
         if self.in_batch_negatives and self._can_group(batch, has_neg):
             per_row = self._grouped_losses(batch, weights, has_neg)
+        elif not self.in_batch_negatives and self._can_group_users(batch):
+            per_row = self._shared_negative_losses(batch)
         else:
             per_row = self._dense_losses(batch, weights, has_neg)
         if self.reduction == "sum":
@@ -241,6 +243,55 @@ class TwoTower(nn.Module):
         for prefix in sources:
             keys += [*self.item_tower.input_keys(prefix), prefix + "logq"]
         return not any(k in batch and _is_functorch_wrapped(batch[k]) for k in keys)
+
+    def _can_group_users(self, batch: dict[str, Tensor]) -> bool:
+        """Whether rows can share their user's scores against the shared negatives."""
+        if self.training and self.dropout > 0:
+            return False  # the item tower draws dropout per candidate row
+        keys = [*self.user_tower.input_keys(), self.item_id_key, NEG_PREFIX + self.item_id_key]
+        keys += [*self.item_tower.input_keys(NEG_PREFIX + "item."), NEG_PREFIX + "item.logq"]
+        first = batch[self.user_tower.input_keys()[0]]
+        if first.shape[0] == 0:
+            return False
+        return not any(k in batch and _is_functorch_wrapped(batch[k]) for k in keys)
+
+    def _shared_negative_losses(self, batch: dict[str, Tensor]) -> Tensor:
+        """(B,) cross-entropies against the N shared negatives only (no in-batch columns),
+        with the (U, N) score matrix computed once per distinct user (full-catalogue softmax).
+
+        Row i (user a, positive logit p_i) has lse_i = log(sum_{j not a hit} e^{c_aj} + e^{p_i}).
+        With L_a = logsumexp_j c_aj and h_i = sum over hit columns (same id > 0) of
+        e^{c_aj - L_a}: lse_i = L_a + log1p(e^{p_i - L_a} - h_i); when the negatives are the
+        whole catalogue (the positive's own column equals p_i) the log1p term is exactly 0.
+        User dropout, when training, draws one mask per distinct user.
+        """
+        user_keys = self.user_tower.input_keys()
+        user_group, user_first = _group([c for k in user_keys for c in _key_columns([batch[k]])])
+        u = self._user_side(self.user_embedding({k: batch[k][user_first] for k in user_keys}))
+        neg = NEG_PREFIX + "item."
+        vn = self._item_side(self.item_embedding(batch, prefix=neg), batch, neg)
+        v = self._item_side(self.item_embedding(batch), batch, "item.")
+        scores = u @ vn.T / self.temperature  # (U, N)
+        positive = (u[user_group] * v).sum(-1) / self.temperature
+        if self.logq_correction:
+            scores = scores - self._logq(batch, NEG_PREFIX + "item.logq")
+            positive = positive - self._logq(batch, "item.logq")
+        lse = torch.logsumexp(scores, dim=1)  # (U,)
+        rel = positive - lse[user_group]
+        hits = torch.zeros_like(rel)
+        if self.remove_accidental_hits:
+            ids = self._ids(batch, self.item_id_key)
+            neg_ids = self._ids(batch, NEG_PREFIX + self.item_id_key)
+            order = torch.argsort(neg_ids, stable=True)
+            sorted_ids = neg_ids[order]
+            e = torch.exp(scores[:, order] - lse.unsqueeze(1))
+            prefix = torch.cat([torch.zeros_like(e[:, :1]), e.cumsum(1)], dim=1)
+            lo = torch.searchsorted(sorted_ids, ids, side="left")
+            hi = torch.searchsorted(sorted_ids, ids, side="right")
+            hits = prefix[user_group, hi] - prefix[user_group, lo]
+            hits = torch.where(ids > 0, hits, torch.zeros_like(hits))
+        inner = (torch.exp(rel) - hits).clamp_min(-1.0 + 1e-6)
+        return lse[user_group] + torch.log1p(inner) - positive
 
     def _dense_losses(
         self, batch: dict[str, Tensor], weights: Tensor | None, has_neg: bool
