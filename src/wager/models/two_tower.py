@@ -284,11 +284,18 @@ class TwoTower(nn.Module):
             neg_ids = self._ids(batch, NEG_PREFIX + self.item_id_key)
             order = torch.argsort(neg_ids, stable=True)
             sorted_ids = neg_ids[order]
-            e = torch.exp(scores[:, order] - lse.unsqueeze(1))
-            prefix = torch.cat([torch.zeros_like(e[:, :1]), e.cumsum(1)], dim=1)
             lo = torch.searchsorted(sorted_ids, ids, side="left")
             hi = torch.searchsorted(sorted_ids, ids, side="right")
-            hits = prefix[user_group, hi] - prefix[user_group, lo]
+            if bool((hi - lo <= 1).all()):
+                # each positive matches at most one negative column (e.g. the catalogue):
+                # gather that one score instead of scanning the (U, N) matrix
+                col = order[lo.clamp_max(order.numel() - 1)]
+                hit = torch.exp(scores[user_group, col] - lse[user_group])
+                hits = torch.where(hi > lo, hit, torch.zeros_like(hit))
+            else:
+                e = torch.exp(scores[:, order] - lse.unsqueeze(1))
+                prefix = torch.cat([torch.zeros_like(e[:, :1]), e.cumsum(1)], dim=1)
+                hits = prefix[user_group, hi] - prefix[user_group, lo]
             hits = torch.where(ids > 0, hits, torch.zeros_like(hits))
         inner = (torch.exp(rel) - hits).clamp_min(-1.0 + 1e-6)
         return lse[user_group] + torch.log1p(inner) - positive
