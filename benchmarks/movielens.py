@@ -145,15 +145,22 @@ def mean_of(rows: Sequence[dict[str, Any]], key: str) -> float:
 
 
 def history_summary(rec: Recommender) -> dict[str, Any]:
-    """Epochs run, epoch kept (1-based, first member), training seconds per epoch."""
+    """Epochs run, epoch kept (1-based; one per member for an ensemble), seconds per epoch.
+
+    ``seconds_per_epoch`` is the mean wall time of an epoch's training steps (validation
+    excluded; all members together); ``train_seconds`` is the whole loop, validation included.
+    """
     hist = rec.history_
     assert hist is not None
-    return {
-        "epochs_run": len(hist.train_loss),
-        "epoch_chosen": int(hist.best_epoch[0]) + 1 if hist.best_epoch else None,
-        "seconds_per_epoch": float(np.mean(hist.epoch_seconds)) if hist.epoch_seconds else None,
-        "train_seconds": float(hist.seconds),
-    }
+    chosen = [int(e) + 1 for e in hist.best_epoch]
+    out: dict[str, Any] = {"epochs_run": len(hist.train_loss)}
+    if len(chosen) == 1:
+        out["epoch_chosen"] = chosen[0]
+    else:
+        out["epoch_chosen_per_member"] = chosen
+    out["seconds_per_epoch"] = float(np.mean(hist.epoch_seconds)) if hist.epoch_seconds else None
+    out["train_seconds"] = float(hist.seconds)
+    return out
 
 
 def rank_metrics(
