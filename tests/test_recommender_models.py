@@ -139,3 +139,11 @@ def test_errors_before_fit(kind, tmp_path):
         rec.save(tmp_path / "x")
     with pytest.raises(NotFittedError, match="call fit"):
         rec.evaluate(_block_data()[0])
+
+
+def test_validation_rows_count_as_seen():
+    # items a user rated in the validation rows are excluded from recommendations too
+    df, held = _block_data()
+    valid = pd.DataFrame({"user_id": [0], "item_id": [held[0]], "rating": [5.0]})
+    rec = Recommender(_config("biased_mf")).fit(df, valid)
+    assert str(held[0]) not in set(rec.recommend([0], k=12)["item"])

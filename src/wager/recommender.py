@@ -320,7 +320,9 @@ class Recommender:
         self._item_cache = {}
         self.encoder_ = InteractionEncoder.from_schema(s, mc.user_min_count, mc.item_min_count)
         self.encoder_.fit(fit_rows, user_features, item_features)
-        self._fit_catalogue(train, fit_rows, item_features)
+        # items seen in the validation rows are history too: recommend() / evaluate() exclude them
+        history = train if valid is None else pd.concat([train, valid], ignore_index=True)
+        self._fit_catalogue(history, fit_rows, item_features)
         if task == "rating":
             self.global_mean_ = float(np.mean(fit_rows[s.label].to_numpy(dtype=float)))
         train_t = to_tensors(self.encoder_.transform(fit_rows), device)
