@@ -877,6 +877,37 @@ class Recommender:
         out["train_seconds"] = self.metrics_.get("train_seconds", float("nan"))
         return out
 
+    def _n_beaten(
+        self,
+        user_keys: np.ndarray,
+        item_rows: np.ndarray,
+        params: dict[str, Tensor] | None = None,
+        per_member: bool = False,
+    ) -> Tensor:
+        """For each (user, catalogue row) pair, how many catalogue items score strictly
+        higher: (M, n) per member, or (1, n) for the members' mean score. A pair is a top-k
+        hit of the factorized top-k accuracy (TensorFlow Recommenders' rule) when this is < k.
+        """
+        codes, uniq = pd.factorize(user_keys)
+        items = torch.as_tensor(item_rows.astype(np.int64))
+        codes_t = torch.as_tensor(codes)
+        out: Tensor | None = None
+        chunk = max(1, _PAIRS_PER_PASS * 4 // max(len(self.item_index_ or {}), 1))
+        for start in range(0, len(uniq), chunk):
+            part = list(uniq[start : start + chunk])
+            scores = self._member_scores(part, params=params)  # (M, U, I)
+            if not per_member:
+                scores = scores.mean(dim=0, keepdim=True)
+            sel = torch.nonzero((codes_t >= start) & (codes_t < start + len(part))).flatten()
+            all_scores = scores[:, codes_t[sel] - start]  # (M, n_sel, I)
+            pos = all_scores[:, torch.arange(sel.numel()), items[sel]]
+            beaten = (all_scores > pos.unsqueeze(-1)).sum(-1)
+            if out is None:
+                out = torch.zeros(scores.shape[0], len(items), dtype=torch.long)
+            out[:, sel] = beaten.cpu()
+        assert out is not None
+        return out
+
     def _top_k_accuracy_members(
         self,
         user_keys: np.ndarray,
@@ -885,24 +916,8 @@ class Recommender:
         params: dict[str, Tensor] | None = None,
     ) -> Tensor:
         """(M,) per-member factorized top-k accuracy of (user, catalogue row) pairs."""
-        codes, uniq = pd.factorize(user_keys)
-        items = item_rows.astype(np.int64)
-        n_items = len(self.item_index_ or {})
-        hits: Tensor | None = None
-        chunk = max(1, _PAIRS_PER_PASS * 4 // max(n_items, 1))
-        for start in range(0, len(uniq), chunk):
-            part = list(uniq[start : start + chunk])
-            scores = self._member_scores(part, params=params)  # (M, U, I)
-            sel = np.flatnonzero((codes >= start) & (codes < start + len(part)))
-            rows = torch.as_tensor(codes[sel] - start)
-            cols = torch.as_tensor(items[sel])
-            all_scores = scores[:, rows]  # (M, n, I)
-            pos = all_scores[:, torch.arange(sel.size), cols]  # (M, n)
-            beaten = (all_scores > pos.unsqueeze(-1)).sum(-1)  # strictly greater, as TFRS
-            h = (beaten < k).sum(-1).float()
-            hits = h if hits is None else hits + h
-        assert hits is not None
-        return hits / max(len(items), 1)
+        beaten = self._n_beaten(user_keys, item_rows, params, per_member=True)
+        return (beaten < k).float().mean(dim=1)
 
     def _top_k_accuracy(self, test: pd.DataFrame) -> dict[str, float]:
         """Factorized top-k accuracy of the test rows whose item is in the catalogue."""
@@ -914,20 +929,8 @@ class Recommender:
         if not ok.any() or not ks:
             return {f"top_k_accuracy@{k}": float("nan") for k in ks}
         ukeys = categorical_keys(test[s.user]).to_numpy()[ok]
-        items = icol[ok].astype(np.int64)
-        codes, uniq = pd.factorize(ukeys)
-        hits = {k: 0.0 for k in ks}
-        chunk = max(1, _PAIRS_PER_PASS * 4 // max(len(self.item_index_), 1))
-        for start in range(0, len(uniq), chunk):
-            part = list(uniq[start : start + chunk])
-            scores = self._member_scores(part).mean(dim=0)  # (U, I)
-            sel = np.flatnonzero((codes >= start) & (codes < start + len(part)))
-            all_scores = scores[torch.as_tensor(codes[sel] - start)]
-            pos = all_scores[torch.arange(sel.size), torch.as_tensor(items[sel])]
-            res = ranking.factorized_top_k_accuracy(pos, all_scores, ks)
-            for k in ks:
-                hits[k] += res[f"top_k_accuracy@{k}"] * sel.size
-        return {f"top_k_accuracy@{k}": hits[k] / len(items) for k in ks}
+        beaten = self._n_beaten(ukeys, icol[ok])[0]
+        return {f"top_k_accuracy@{k}": float((beaten < k).float().mean()) for k in ks}
 
     def item_vectors(self) -> np.ndarray | None:
         """(n_items, d) catalogue item embeddings (members averaged) if the model has them."""
