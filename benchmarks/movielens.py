@@ -242,13 +242,24 @@ def surprise_peers(slow_peers: bool) -> dict[str, Callable[[], Any]] | None:
     return peers
 
 
+def early_stopping_text(cfg: RunConfig) -> str:
+    """How the rating config early-stops, for the protocol string."""
+    holdout = cfg.ensemble.holdout if cfg.ensemble is not None else 0.0
+    if holdout > 0:
+        return (
+            f"each wager ensemble member trains on a random {1 - holdout:g} of uK.base and "
+            "early-stops on its own remaining rows, so the ensemble sees all of uK.base"
+        )
+    return f"wager trains on {1 - cfg.data.valid_fraction:g} of uK.base and early-stops on the rest"
+
+
 def rating_section(ds: Dataset, opts: Options) -> dict:
     """u1..u5: wager's rating config, a global-mean baseline and Surprise's models."""
     cfg = opts.config("movielens-rating.toml")
     out: dict[str, Any] = {
         "protocol": "predefined folds u1..u5 of ml-100k: train on uK.base, test on uK.test; "
-        f"wager trains on {1 - cfg.data.valid_fraction:g} of uK.base and early-stops on the "
-        "rest (never on uK.test); the peers and the global mean use all of uK.base; RMSE/MAE "
+        + early_stopping_text(cfg)
+        + " (never on uK.test); the peers and the global mean use all of uK.base; RMSE/MAE "
         "over the test ratings; train_seconds include validation",
         "config": str(opts.examples / "movielens-rating.toml"),
     }

@@ -26,12 +26,20 @@ def test_run_config_toml_round_trip(tmp_path):
             rating_range=None,
             timestamp="day",
             context=(Categorical("position"),),
-            user_features=(Categorical("seg", min_count=3), Numeric("age", log1p=True)),
-            item_features=(MultiCategorical("tags", sep=";"), Text("title", n_buckets=64)),
+            user_features=(
+                Categorical("seg", min_count=3),
+                Numeric("age", log1p=True),
+                Numeric("age_group", bins=(18, 25.5, 35)),
+            ),
+            item_features=(
+                MultiCategorical("tags", sep=";"),
+                Text("title", n_buckets=64),
+                Numeric("year", bins=15),
+            ),
         ),
         model=ModelConfig(dim=8),
         training=TrainConfig(epochs=3, grad_clip=1.5),
-        ensemble=EnsembleConfig(members=3, bootstrap=False),
+        ensemble=EnsembleConfig(members=3, bootstrap=False, holdout=0.1),
         seed=7,
     )
     path = tmp_path / "config.toml"
@@ -207,6 +215,8 @@ def test_round_trip_leaves_unset_optionals_unset(tmp_path):
         (lambda: DataConfig(synthetic_rows=999), "[data] synthetic_rows = 999"),
         (lambda: DataConfig(split=""), "[data] split = ''"),
         (lambda: EvaluationConfig(k=0), "[evaluation] k = 0"),
+        (lambda: EnsembleConfig(holdout=1.0), "[ensemble] holdout = 1.0"),
+        (lambda: EnsembleConfig(holdout=-0.1), "[ensemble] holdout = -0.1"),
         (lambda: EvaluationConfig(max_users=0), "[evaluation] max_users = 0"),
     ],
 )

@@ -8,6 +8,8 @@ unseen in-block item must come back as the user's top-1 recommendation.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -147,3 +149,48 @@ def test_validation_rows_count_as_seen():
     valid = pd.DataFrame({"user_id": [0], "item_id": [held[0]], "rating": [5.0]})
     rec = Recommender(_config("biased_mf")).fit(df, valid)
     assert str(held[0]) not in set(rec.recommend([0], k=12)["item"])
+
+
+def test_holdout_members_skip_and_validate_on_their_own_rows(monkeypatch):
+    from wager.training.trainer import StackedModel
+
+    df, _ = _block_data()
+    cfg = _config("biased_mf", members=3)
+    cfg = dataclasses.replace(
+        cfg, ensemble=EnsembleConfig(members=3, bootstrap=False, holdout=0.25)
+    )
+    seen_weight = torch.zeros(3)
+    original = StackedModel.call_weighted
+
+    def spy(self, method, batch, weights, **kw):
+        seen_weight.add_(weights.sum(1))
+        return original(self, method, batch, weights, **kw)
+
+    monkeypatch.setattr(StackedModel, "call_weighted", spy)
+    rec = Recommender(cfg).fit(df)
+    n, k = len(df), round(0.25 * len(df))
+    epochs = rec.metrics_["epochs"]
+    # each epoch visits every row once; each member gives weight 0 to its k held-out rows
+    np.testing.assert_allclose(seen_weight.numpy(), [epochs * (n - k)] * 3)
+    assert rec.history_ is not None and rec.history_.valid_metric  # early stopping ran
+    # the validator scores member m on its own held-out rows only
+    encoded = {kk: torch.as_tensor(v) for kk, v in rec.encoder_.transform(df).items()}
+    mask = torch.zeros(3, n, dtype=torch.bool)
+    for m in range(3):
+        mask[m, torch.arange(m, n, 3)[:k]] = True
+    got = rec._pointwise_validator(encoded, mask)(rec.stack_.params)
+    for m in range(3):
+        rows = {kk: v[mask[m]] for kk, v in encoded.items()}
+        pred = rec.stack_.member(m)(rows).clamp(1.0, 5.0)
+        want = (pred - rows["label"]).square().mean().sqrt()
+        torch.testing.assert_close(got[m], want, rtol=1e-5, atol=1e-6)
+
+
+def test_holdout_on_a_ranking_model_says_what_to_do():
+    df, _ = _block_data()
+    cfg = dataclasses.replace(
+        _config("two_tower", members=2),
+        ensemble=EnsembleConfig(members=2, bootstrap=False, holdout=0.1),
+    )
+    with pytest.raises(ValueError, match=r"\[ensemble\] holdout = 0.1 .*set holdout = 0"):
+        Recommender(cfg).fit(df)

@@ -339,13 +339,25 @@ class EnsembleConfig:
     Attributes:
         members: number of members (>= 2).
         bootstrap: each member sees a bootstrap resample (Poisson(1) row weights).
+        holdout: fraction of the training rows each member holds out for its own early
+            stopping (a different random subset per member, so every row trains most
+            members and the ensemble as a whole sees all the data); 0 = members stop on
+            the shared validation split. Rating and click models only.
     """
 
     members: int = 5
     bootstrap: bool = True
+    holdout: float = 0.0
 
     def __post_init__(self) -> None:
         _check(self.members >= 2, "ensemble", "members", self.members, "an integer >= 2")
+        _check(
+            isinstance(self.holdout, int | float) and 0 <= self.holdout < 1,
+            "ensemble",
+            "holdout",
+            self.holdout,
+            "a fraction in [0, 1), e.g. 0.1",
+        )
 
 
 @dataclass(frozen=True)

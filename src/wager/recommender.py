@@ -58,7 +58,7 @@ from wager.models.ranking import DCNRanker, Task
 from wager.models.two_tower import TwoTower
 from wager.prediction import Prediction
 from wager.training.trainer import History, StackedModel, resolve_device, train_stacked
-from wager.uncertainty.ensemble import bootstrap_weights
+from wager.uncertainty.ensemble import bootstrap_weights, holdout_mask
 
 RUN_FILES = {
     "config": "config.toml",
@@ -342,7 +342,20 @@ class Recommender:
             idx = idx.to(device)
             return stack.call_weighted("loss", make_batch(idx), member_w[:, idx], params=p)
 
-        validate = self._validator(valid, device) if valid is not None and len(valid) else None
+        holdout = ens.holdout if ens is not None else 0.0
+        if holdout > 0:
+            if task not in ("click", "rating"):
+                raise ValueError(
+                    f"[ensemble] holdout = {holdout!r} applies to rating and click models, not "
+                    f"to a {task} model; set holdout = 0 and early-stop on the validation split"
+                )
+            held_out = holdout_mask(n_rows, self._members(), holdout, gen).to(device)
+            member_w = member_w * (~held_out)
+            validate = self._pointwise_validator(train_t, held_out)
+        elif valid is not None and len(valid):
+            validate = self._validator(valid, device)
+        else:
+            validate = None
         stack.train(True)
         self.history_ = train_stacked(
             stack.params,
@@ -493,6 +506,44 @@ class Recommender:
 
         return implicit_batch
 
+    def _pointwise_validator(
+        self, rows: Batch, mask: Tensor | None
+    ) -> Callable[[dict[str, Tensor]], Tensor]:
+        """params -> (M,) validation RMSE (ratings) or log-loss (clicks) on encoded ``rows``.
+
+        Args:
+            rows: encoded rows with "label" (n,).
+            mask: (M, n) bool with the same number of True per member: the rows each member
+                is scored on (its own holdout), or None to score every member on all rows.
+        """
+        assert self.stack_ is not None
+        stack = self.stack_
+        task = self.task
+        head = self.head
+        inputs = {k: v for k, v in rows.items() if k != "weight"}
+        per_member = mask is not None
+        if mask is not None:
+            # member m's held-out rows, gathered into a leading M dimension
+            idx = torch.stack([torch.nonzero(mask[m]).squeeze(1) for m in range(len(mask))])
+            inputs = {k: v[idx] for k, v in inputs.items()}
+        labels = inputs.pop("label")
+
+        def pointwise(p: dict[str, Tensor]) -> Tensor:
+            stack.train(False)
+            try:
+                with torch.no_grad():
+                    out = stack.call("forward", inputs, params=p, per_member=per_member)
+            finally:
+                stack.train(True)
+            if task == "rating":
+                means = torch.stack([head.mean(out[m]) for m in range(out.shape[0])])
+                return (means - labels).square().mean(dim=-1).sqrt()
+            return torch.nn.functional.binary_cross_entropy_with_logits(
+                out, labels.expand_as(out), reduction="none"
+            ).mean(dim=-1)
+
+        return pointwise
+
     def _validator(
         self, valid: pd.DataFrame, device: torch.device
     ) -> Callable[[dict[str, Tensor]], Tensor]:
@@ -503,26 +554,7 @@ class Recommender:
         if task in ("click", "rating"):
             valid_t = to_tensors(self.encoder_.transform(valid), device)
             valid_t.pop("weight", None)
-            head = self.head
-            labels = valid_t["label"]
-
-            def pointwise(p: dict[str, Tensor]) -> Tensor:
-                stack.train(False)
-                try:
-                    out = stack.call("forward", valid_t, params=p)
-                finally:
-                    stack.train(True)
-                if task == "rating":
-                    means = torch.stack([head.mean(out[m]) for m in range(out.shape[0])])
-                    return (means - labels).square().mean(dim=1).sqrt()
-                return torch.stack(
-                    [
-                        torch.nn.functional.binary_cross_entropy_with_logits(out[m], labels)
-                        for m in range(out.shape[0])
-                    ]
-                )
-
-            return pointwise
+            return self._pointwise_validator(valid_t, None)
 
         # ranking tasks: NDCG@k / recall@k / top-k accuracy on the validation rows
         rows = self._positives(valid)

@@ -62,6 +62,61 @@ def test_numeric_standardises_with_training_stats_and_flags_missing():
     np.testing.assert_array_equal(out[:, 1], [0.0, 0.0, 1.0])
 
 
+def test_numeric_explicit_bins_one_hot_with_missing_column():
+    enc = NumericEncoder(Numeric("age", bins=[18, 25, 35])).fit([20.0, 30.0])
+    assert enc.edges_ == [18.0, 25.0, 35.0] and enc.width == 5
+    out = enc.transform([5.0, 18.0, 24.9, 25.0, 99.0, np.nan])
+    # bucket = number of boundaries <= value; a missing value has no bucket
+    want = np.zeros((6, 5), dtype=np.float32)
+    for row, col in enumerate([0, 1, 1, 2, 3, 4]):
+        want[row, col] = 1.0
+    np.testing.assert_array_equal(out, want)
+    state = enc.state_dict()
+    back = NumericEncoder(Numeric("age", bins=[18, 25, 35])).load_state_dict(state)
+    np.testing.assert_array_equal(back.transform([5.0, 40.0]), enc.transform([5.0, 40.0]))
+
+
+def test_numeric_quantile_bins_are_equal_mass_on_training_values():
+    x = np.arange(100, dtype=float)  # quartile edges at 24.75, 49.5, 74.25
+    enc = NumericEncoder(Numeric("x", bins=4)).fit(x)
+    np.testing.assert_allclose(enc.edges_, np.quantile(x, [0.25, 0.5, 0.75]))
+    counts = enc.transform(x).sum(0)
+    np.testing.assert_array_equal(counts, [25, 25, 25, 25, 0])
+    # ties collapse to distinct edges; an edge at the minimum is dropped (empty bucket)
+    tied = NumericEncoder(Numeric("t", bins=4)).fit([1.0] * 8 + [2.0, 3.0])
+    assert tied.edges_ == [] or min(tied.edges_) > 1.0
+    assert tied.transform([1.0, 3.0]).sum() == 2.0
+
+
+@given(
+    st.lists(st.floats(-1e6, 1e6), min_size=1, max_size=40),
+    st.integers(2, 8),
+)
+@settings(max_examples=40, deadline=None)
+def test_numeric_bins_one_hot_property(values, bins):
+    enc = NumericEncoder(Numeric("x", bins=bins)).fit(values)
+    out = enc.transform([*values, np.nan])
+    assert out.shape == (len(values) + 1, enc.width)
+    np.testing.assert_array_equal(out.sum(1), 1.0)  # exactly one bucket (or missing)
+    assert out[-1, -1] == 1.0 and out[:-1, -1].sum() == 0
+
+
+@pytest.mark.parametrize(
+    "bins, fragment",
+    [
+        (1, ">= 2"),
+        ([3, 2], "increasing"),
+        (["a"], "numbers"),
+        (True, "bins"),
+        ([1, float("inf")], "finite"),
+    ],
+)
+def test_numeric_bad_bins_name_the_feature(bins, fragment):
+    with pytest.raises(ValueError, match=fragment) as info:
+        Numeric("age", bins=bins)
+    assert "Numeric('age')" in str(info.value)
+
+
 def test_numeric_log1p():
     enc = NumericEncoder(Numeric("p", log1p=True)).fit([0.0, np.e - 1])
     # log1p -> [0, 1]; mean 0.5, std 0.5

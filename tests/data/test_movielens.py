@@ -115,10 +115,10 @@ def test_100k_schema_and_folds(tmp_path: Path) -> None:
     assert s.item_features == (
         Text("title"),
         MultiCategorical("genres", sep="|"),
-        Numeric("release_year"),
+        Numeric("release_year", bins=15),
     )
     assert s.user_features == (
-        Numeric("age"),
+        Numeric("age", bins=(18, 25, 35, 45, 50, 56)),
         Categorical("gender"),
         Categorical("occupation"),
         Categorical("zip"),

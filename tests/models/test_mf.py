@@ -32,27 +32,37 @@ def _randomise(model: torch.nn.Module) -> None:
             p.copy_(torch.randn(p.shape, generator=g))
 
 
-def _side(emb, batch) -> tuple[np.ndarray, np.ndarray]:
-    """(B, dim) vectors and (B,) biases of one side, summed over fields by hand."""
-    vec, bias = 0.0, 0.0
+def _side_fields(emb, batch) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per field: (B, dim) vector (zeros when dim == 0) and (B,) bias, by hand."""
+    out = []
     for f in emb.fields:
         name = f.key.replace(".", "__")
         x = batch[f.key].numpy()
         b_tab = emb.biases[name].weight.detach().numpy()
         v_tab = emb.vectors[name].weight.detach().numpy() if emb.dim else None
         if f.kind == "index":
-            bias = bias + b_tab[x, 0]
-            vec = vec + (v_tab[x] if v_tab is not None else 0.0)
+            b = b_tab[x, 0]
+            v = v_tab[x] if v_tab is not None else np.zeros((len(x), 1))
         elif f.kind == "numeric":  # Linear(width, out): x @ W.T
-            bias = bias + x @ b_tab[0]
-            vec = vec + (x @ v_tab.T if v_tab is not None else 0.0)
+            b = x @ b_tab[0]
+            v = x @ v_tab.T if v_tab is not None else np.zeros((len(x), 1))
         else:  # bag: mean over non-zero entries, empty bag -> 0
             mask = (x > 0).astype(float)
             n = np.maximum(mask.sum(1), 1.0)
-            bias = bias + (b_tab[x, 0] * mask).sum(1) / n
-            if v_tab is not None:
-                vec = vec + (v_tab[x] * mask[..., None]).sum(1) / n[:, None]
-    return np.asarray(vec), np.asarray(bias)
+            b = (b_tab[x, 0] * mask).sum(1) / n
+            v = (
+                (v_tab[x] * mask[..., None]).sum(1) / n[:, None]
+                if v_tab is not None
+                else np.zeros((len(x), 1))
+            )
+        out.append((v, b))
+    return out
+
+
+def _side(emb, batch) -> tuple[np.ndarray, np.ndarray]:
+    """(B, dim) vectors and (B,) biases of one side, summed over fields by hand."""
+    parts = _side_fields(emb, batch)
+    return sum(v for v, _ in parts), sum(b for _, b in parts)
 
 
 def test_biased_mf_forward_is_mu_plus_biases_plus_dot():
@@ -65,18 +75,45 @@ def test_biased_mf_forward_is_mu_plus_biases_plus_dot():
     np.testing.assert_allclose(model(BATCH).detach().numpy(), ref, rtol=1e-5, atol=1e-6)
 
 
-def test_biased_mf_loss_adds_per_example_l2():
-    model = BiasedMF(USER_FIELDS, ITEM_FIELDS, dim=3, reg=0.1)
+@pytest.mark.parametrize("bias_reg", [None, 0.02])
+def test_biased_mf_loss_adds_per_example_per_field_l2(bias_reg):
+    model = BiasedMF(USER_FIELDS, ITEM_FIELDS, dim=3, reg=0.1, bias_reg=bias_reg)
     _randomise(model)
     p, bu = _side(model.user, BATCH)
     q, bi = _side(model.item, BATCH)
     pred = model.global_mean.item() + bu + bi + (p * q).sum(1)
     w = np.array([1.0, 2.0, 0.5])
     se = (pred - BATCH["label"].numpy()) ** 2
-    penalty = (p**2).sum(1) + (q**2).sum(1) + bu**2 + bi**2
-    ref = (w * se).sum() / w.sum() + 0.1 * (w * penalty).sum() / w.sum()
+    # each field's own vector and bias is penalised (not the summed p_u, q_i)
+    fields = _side_fields(model.user, BATCH) + _side_fields(model.item, BATCH)
+    sq_vec = sum((v**2).sum(1) for v, _ in fields)
+    sq_bias = sum(b**2 for _, b in fields)
+    penalty = 0.1 * sq_vec + (0.1 if bias_reg is None else bias_reg) * sq_bias
+    ref = (w * se).sum() / w.sum() + (w * penalty).sum() / w.sum()
     got = model.loss(BATCH, torch.tensor(w, dtype=torch.float32))
     np.testing.assert_allclose(got.item(), ref, rtol=1e-5)
+    # with ids only, per-field L2 is the classic ||p_u||^2 + ||q_i||^2 (+ biases)
+    ids = BiasedMF(USER_FIELDS[:1], ITEM_FIELDS[:1], dim=3, reg=0.1)
+    _randomise(ids)
+    p, bu = _side(ids.user, BATCH)
+    q, bi = _side(ids.item, BATCH)
+    se = (ids.global_mean.item() + bu + bi + (p * q).sum(1) - BATCH["label"].numpy()) ** 2
+    classic = se.mean() + 0.1 * ((p**2).sum(1) + (q**2).sum(1) + bu**2 + bi**2).mean()
+    np.testing.assert_allclose(ids.loss(BATCH).item(), classic, rtol=1e-5)
+
+
+def test_forward_with_norms_matches_forward_and_hand_norms():
+    model = BiasedMF(USER_FIELDS, ITEM_FIELDS, dim=3)
+    _randomise(model)
+    vec, bias, sq_vec, sq_bias = model.item.forward_with_norms(BATCH)
+    v0, b0 = model.item(BATCH)
+    torch.testing.assert_close(vec, v0, rtol=0, atol=0)
+    torch.testing.assert_close(bias, b0, rtol=0, atol=0)
+    fields = _side_fields(model.item, BATCH)
+    np.testing.assert_allclose(
+        sq_vec.detach().numpy(), sum((v**2).sum(1) for v, _ in fields), rtol=1e-5
+    )
+    np.testing.assert_allclose(sq_bias.detach().numpy(), sum(b**2 for _, b in fields), rtol=1e-5)
 
 
 def test_biased_mf_gaussian_scale_varies_by_user_and_item():

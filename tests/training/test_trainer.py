@@ -219,6 +219,18 @@ def test_three_members_equal_a_loop_over_members(factory):
         )
 
 
+@pytest.mark.parametrize("members", [1, 3])
+def test_call_per_member_gives_each_member_its_own_slice(members):
+    stack = StackedModel(_mf, members=members, seed=0)
+    _perturb(stack)
+    slices = [_batch(5, seed=10 + m) for m in range(members)]
+    batch = {k: torch.stack([b[k] for b in slices]) for k in slices[0]}
+    out = stack.call("forward", batch, per_member=True)
+    loop = torch.stack([stack.member(m)(slices[m]) for m in range(members)])
+    assert out.shape == (members, 5)
+    torch.testing.assert_close(out, loop, rtol=1e-6, atol=1e-6)
+
+
 def test_call_weighted_equals_per_member_weighted_loss():
     stack = StackedModel(_mf, members=3, seed=0)
     _perturb(stack)

@@ -10,7 +10,7 @@ from torch.func import functional_call
 from wager.config import EnsembleConfig, TrainConfig
 from wager.models.fields import Field
 from wager.models.mf import FeatureFactorization
-from wager.uncertainty.ensemble import Ensemble
+from wager.uncertainty.ensemble import Ensemble, holdout_mask
 
 
 def _factory():
@@ -114,3 +114,19 @@ def test_state_dict_round_trip():
 def test_unbuilt_ensemble_raises():
     with pytest.raises(Exception, match="call build"):
         Ensemble().member_outputs(_batch())
+
+
+def test_holdout_mask_counts_independence_and_seed():
+    mask = holdout_mask(1000, 4, 0.1, torch.Generator().manual_seed(0))
+    assert mask.shape == (4, 1000) and mask.dtype == torch.bool
+    np.testing.assert_array_equal(mask.sum(1).numpy(), [100] * 4)
+    # independent draws: two members share about 0.1 * 0.1 * 1000 = 10 held-out rows,
+    # far from all 100; every row trains most members
+    overlap = (mask[0] & mask[1]).sum().item()
+    assert 0 <= overlap < 40
+    assert int(mask.sum(0).max()) < 4
+    again = holdout_mask(1000, 4, 0.1, torch.Generator().manual_seed(0))
+    assert torch.equal(mask, again)
+    assert not holdout_mask(10, 2, 0.0, torch.Generator()).any()
+    with pytest.raises(ValueError, match="holdout fraction"):
+        holdout_mask(10, 2, 1.0, torch.Generator())

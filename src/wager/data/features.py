@@ -136,17 +136,25 @@ class CategoricalEncoder:
 
 @dataclass
 class NumericEncoder:
-    """Standardise a numeric column with training mean and std; NaN handled explicitly.
+    """Standardise (or bucketise) a numeric column, fitted on training values; NaN explicit.
+
+    Without ``spec.bins`` the output is (value standardised with the training mean and std,
+    missing indicator). With bins it is one-hot over the buckets followed by the missing
+    indicator (a missing value has no bucket).
 
     Example:
         >>> enc = NumericEncoder(Numeric("age")).fit(pd.Series([20.0, 40.0]))
         >>> enc.transform(pd.Series([30.0, float("nan")])).tolist()
         [[0.0, 0.0], [0.0, 1.0]]
+        >>> enc = NumericEncoder(Numeric("age", bins=(18, 35))).fit(pd.Series([20.0]))
+        >>> enc.transform(pd.Series([10.0, 18.0, 60.0])).tolist()
+        [[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]]
     """
 
     spec: Numeric
     mean_: float | None = None
     std_: float | None = None
+    edges_: list[float] | None = None
     source: str = ""
 
     def _prepare(self, values: pd.Series | Sequence[Any] | np.ndarray) -> np.ndarray:
@@ -198,25 +206,44 @@ class NumericEncoder:
         return x
 
     def fit(self, values: pd.Series | Sequence[Any] | np.ndarray) -> NumericEncoder:
-        """Learn mean and std over the finite training values (std 1 when constant/empty)."""
+        """Learn mean and std (std 1 when constant/empty) and, for ``bins=n``, the bucket
+        edges (distinct training quantiles at 1/n, ..., (n-1)/n) from the finite values."""
         x = self._prepare(values)
         finite = x[~np.isnan(x)]
         self.mean_ = float(finite.mean()) if finite.size else 0.0
         std = float(finite.std()) if finite.size else 0.0
         self.std_ = std if std > 1e-12 else 1.0
+        bins = self.spec.bins
+        if isinstance(bins, tuple):
+            self.edges_ = [float(b) for b in bins]
+        elif bins:
+            q = np.quantile(finite, np.arange(1, bins) / bins) if finite.size else np.array([])
+            # an edge equal to the minimum would leave the first bucket empty
+            self.edges_ = [float(e) for e in np.unique(q) if finite.size and e > finite.min()]
+        else:
+            self.edges_ = None
         return self
 
     @property
     def width(self) -> int:
-        """Number of output columns (value, missing indicator)."""
+        """Number of output columns: (value, missing), or one per bucket plus missing."""
+        if self.edges_ is not None:
+            return len(self.edges_) + 2
         return 2
 
     def transform(self, values: pd.Series | Sequence[Any] | np.ndarray) -> np.ndarray:
-        """(n, 2) float32: standardised value (0 where missing) and the missing indicator."""
+        """(n, width) float32: (standardised value, 0 where missing; missing indicator), or
+        the one-hot bucket (all zeros where missing) followed by the missing indicator."""
         if self.mean_ is None or self.std_ is None:
             raise _not_fitted(self.spec.name)
         x = self._prepare(values)
         missing = np.isnan(x)
+        if self.edges_ is not None:
+            out = np.zeros((len(x), self.width), dtype=np.float32)
+            bucket = np.searchsorted(np.asarray(self.edges_), x[~missing], side="right")
+            out[np.flatnonzero(~missing), bucket] = 1.0
+            out[:, -1] = missing
+            return out
         z = np.where(missing, 0.0, (x - self.mean_) / self.std_)
         return np.stack([z, missing.astype(np.float64)], axis=1).astype(np.float32)
 
@@ -224,12 +251,17 @@ class NumericEncoder:
         """JSON-ready state."""
         if self.mean_ is None:
             raise _not_fitted(self.spec.name)
-        return {"mean": self.mean_, "std": self.std_}
+        state: dict[str, Any] = {"mean": self.mean_, "std": self.std_}
+        if self.edges_ is not None:
+            state["edges"] = list(self.edges_)
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> NumericEncoder:
         """Restore from :meth:`state_dict`."""
         self.mean_ = float(state["mean"])
         self.std_ = float(state["std"])
+        edges = state.get("edges")
+        self.edges_ = None if edges is None else [float(e) for e in edges]
         return self
 
 

@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -65,11 +66,18 @@ class Numeric:
         name: column name.
         missing: "indicator" or "error".
         log1p: apply log(1 + x) before standardising (for counts, prices); needs x > -1.
+        bins: 0 (default) standardises the value. A positive integer n bucketises it into
+            n equal-mass buckets whose edges are training quantiles; a sequence of
+            increasing boundaries gives explicit buckets (value < b[0], b[0] <= value <
+            b[1], ..., value >= b[-1]). A bucketised value is encoded one-hot (one column
+            per bucket plus the missing indicator), so the model learns one vector per
+            bucket: right for non-monotone effects such as age or release year.
     """
 
     name: str
     missing: Literal["indicator", "error"] = "indicator"
     log1p: bool = False
+    bins: int | tuple[float, ...] = 0
 
     def __post_init__(self) -> None:
         _check_name("Numeric", self.name)
@@ -78,6 +86,34 @@ class Numeric:
                 f"Numeric('{self.name}').missing must be 'indicator' or 'error', "
                 f"got {self.missing!r}"
             )
+        bins = self.bins
+        if isinstance(bins, bool) or not isinstance(bins, int | list | tuple):
+            raise ValueError(
+                f"Numeric('{self.name}').bins must be 0, a number of buckets >= 2 or a list "
+                f"of increasing boundaries, got {bins!r}"
+            )
+        if isinstance(bins, int):
+            if bins != 0 and bins < 2:
+                raise ValueError(
+                    f"Numeric('{self.name}').bins must be 0 (no buckets) or >= 2, got {bins}"
+                )
+            return
+        try:
+            edges = tuple(float(b) for b in bins)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"Numeric('{self.name}').bins must hold numbers, got {bins!r}"
+            ) from None
+        if (
+            not edges
+            or any(not a < b for a, b in itertools.pairwise(edges))
+            or any(e != e or e in (float("inf"), float("-inf")) for e in edges)
+        ):
+            raise ValueError(
+                f"Numeric('{self.name}').bins must be finite, strictly increasing boundaries, "
+                f"got {bins!r}"
+            )
+        object.__setattr__(self, "bins", edges)
 
 
 @dataclass(frozen=True)

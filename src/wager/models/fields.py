@@ -81,13 +81,13 @@ class FieldEmbedding(nn.Module):
                     self.biases[name] = nn.Embedding(f.size, 1)
                     nn.init.zeros_(self.biases[name].weight)
 
-    def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor | None, Tensor]:
-        """Returns ((B, dim) summed vectors or None when dim == 0, (B,) summed biases).
-
-        With ``bias=False`` the biases are zeros.
-        """
+    def _embed(
+        self, batch: dict[str, Tensor], norms: bool
+    ) -> tuple[Tensor | None, Tensor, Tensor | None, Tensor | None]:
         vec: Tensor | None = None
         bias: Tensor | None = None
+        sq_vec: Tensor | None = None
+        sq_bias: Tensor | None = None
         for f in self.fields:
             name = f.key.replace(".", "__")
             x = batch[f.key]
@@ -107,14 +107,50 @@ class FieldEmbedding(nn.Module):
                     if self.has_bias
                     else None
                 )
-            vec = v if vec is None else (vec + v if v is not None else vec)
-            bias = b if bias is None else (bias + b if b is not None else bias)
+            if v is not None:
+                vec = v if vec is None else vec + v
+                if norms:
+                    sq = v.square().sum(-1)
+                    sq_vec = sq if sq_vec is None else sq_vec + sq
+            if b is not None:
+                bias = b if bias is None else bias + b
+                if norms:
+                    sq_bias = b.square() if sq_bias is None else sq_bias + b.square()
         if vec is None and bias is None:
             raise ValueError("FieldEmbedding has no fields")
         if bias is None:
             assert vec is not None
             bias = vec.new_zeros(vec.shape[:-1])
+        return vec, bias, sq_vec, sq_bias
+
+    def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor | None, Tensor]:
+        """Returns ((B, dim) summed vectors or None when dim == 0, (B,) summed biases).
+
+        With ``bias=False`` the biases are zeros.
+        """
+        vec, bias, _, _ = self._embed(batch, norms=False)
         return vec, bias
+
+    def forward_with_norms(
+        self, batch: dict[str, Tensor]
+    ) -> tuple[Tensor | None, Tensor, Tensor, Tensor]:
+        """:meth:`forward` plus the per-field L2 norms that regularisers penalise.
+
+        Returns:
+            (vectors (B, dim) or None, biases (B,), sum over fields of ||v_f||^2 (B,),
+            sum over fields of b_f^2 (B,)), where v_f / b_f are field f's own vector and
+            bias for the row (a bag's mean entry). Penalising each field separately, rather
+            than the summed vector, shrinks every feature embedding in proportion to how
+            often it is used, as per-example L2 on ids does.
+        """
+        vec, bias, sq_vec, sq_bias = self._embed(batch, norms=True)
+        zeros = bias.new_zeros(bias.shape)
+        return (
+            vec,
+            bias,
+            sq_vec if sq_vec is not None else zeros,
+            sq_bias if sq_bias is not None else zeros,
+        )
 
     def forward_fields(self, batch: dict[str, Tensor]) -> Tensor:
         """Per-field vectors, not summed (the input of feature-crossing models such as DCN).

@@ -219,13 +219,15 @@ class BiasedMF(nn.Module):
         """Head loss of batch["label"] plus the per-example L2 regulariser.
 
         loss = head.loss(outputs, label, w)
-               + weighted_mean(reg * (||p_u||^2 + ||q_i||^2) + bias_reg * (b_u^2 + b_i^2), w)
+               + weighted_mean(reg * sum_f ||v_f||^2 + bias_reg * sum_f b_f^2, w)
 
-        As in Surprise's SVD (whose SGD step shrinks the factors and biases of each rating
-        it visits), the penalty is paid per example, so frequent users and items are
-        regularised in proportion to their number of ratings. p, q and b are the summed
-        per-example quantities (before dropout); the global offset and scale terms are not
-        penalised.
+        where f runs over the fields of the user and of the item (ids and features) and
+        v_f / b_f are that field's own vector and bias for the row. As in Surprise's SVD
+        (whose SGD step shrinks the factors and biases of each rating it visits), the
+        penalty is paid per example, so frequent users, items and feature values are
+        regularised in proportion to their number of ratings; penalising each field rather
+        than the summed p_u keeps features from cancelling ids. Vectors are taken before
+        dropout; the global offset and scale terms are not penalised.
 
         Args:
             batch: encoded inputs plus "label" (B,) float32.
@@ -236,11 +238,11 @@ class BiasedMF(nn.Module):
         """
         if weights is None:
             weights = batch.get("weight")
-        p, q, bu, bi = self._parts(batch)
+        p, bu, sq_p, sq_bu = self.user.forward_with_norms(batch)
+        q, bi, sq_q, sq_bi = self.item.forward_with_norms(batch)
+        assert p is not None and q is not None
         loss = self.head.loss(self._output(batch, p, q, bu, bi), batch["label"], weights)
         if self.reg > 0 or self.bias_reg > 0:
-            penalty = self.reg * (p.square().sum(-1) + q.square().sum(-1)) + self.bias_reg * (
-                bu.square() + bi.square()
-            )
+            penalty = self.reg * (sq_p + sq_q) + self.bias_reg * (sq_bu + sq_bi)
             loss = loss + weighted_mean(penalty, weights)
         return loss

@@ -155,25 +155,32 @@ class StackedModel:
         self.base.train(mode)
         return self
 
-    def call(self, method: str, *args: Any, params: Params | None = None) -> Any:
+    def call(
+        self, method: str, *args: Any, params: Params | None = None, per_member: bool = False
+    ) -> Any:
         """Run ``model.<method>(*args)`` for every member; outputs gain a leading M dimension.
 
         Args:
             method: method name, e.g. "forward", "loss", "user_embedding".
-            args: arguments shared by all members (tensors / dicts of tensors).
+            args: arguments shared by all members (tensors / dicts of tensors), or with
+                ``per_member`` one slice per member along a leading M dimension (member m
+                gets ``arg[m]``, e.g. each member's own held-out rows).
             params: stacked parameters to use instead of the held ones (for training).
+            per_member: whether ``args`` carry a leading M dimension.
         """
         p = self.params if params is None else params
         if self.members == 1:
             one = {k: v[0] for k, v in p.items()}
             bufs = {k: v[0] for k, v in self.buffers.items()}
+            if per_member:
+                args = torch.utils._pytree.tree_map(lambda t: t[0], args)
             out = functional_call(self.base, (one, bufs), (method, *args))
             return torch.utils._pytree.tree_map(lambda t: t.unsqueeze(0), out)
 
         def run(p_m: Params, b_m: Params, *a: Any) -> Any:
             return functional_call(self.base, (p_m, b_m), (method, *a))
 
-        in_dims = (0, 0) + (None,) * len(args)
+        in_dims = (0, 0) + (0 if per_member else None,) * len(args)
         return vmap(run, in_dims=in_dims, randomness="different")(p, self.buffers, *args)
 
     def call_weighted(

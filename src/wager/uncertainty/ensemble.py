@@ -42,6 +42,25 @@ def bootstrap_weights(
     return out
 
 
+def holdout_mask(n_rows: int, members: int, fraction: float, generator: torch.Generator) -> Tensor:
+    """(M, n) bool, True where member m holds row i out of its training (for its own early
+    stopping): round(fraction * n) rows per member, drawn independently for each member.
+
+    Args:
+        n_rows: n training rows.
+        members: M.
+        fraction: share of rows each member holds out, in [0, 1).
+        generator: seeded generator for the draws.
+    """
+    if not 0 <= fraction < 1:
+        raise ValueError(f"holdout fraction must lie in [0, 1), got {fraction!r}")
+    k = round(fraction * n_rows)
+    mask = torch.zeros(members, n_rows, dtype=torch.bool)
+    for m in range(members):
+        mask[m, torch.randperm(n_rows, generator=generator)[:k]] = True
+    return mask
+
+
 class Ensemble:
     """M copies of a model trained with different seeds; spread = epistemic uncertainty.
 

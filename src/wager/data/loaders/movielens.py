@@ -387,7 +387,8 @@ def _schema(layout: str, *, with_users: bool, item_numeric: str) -> Schema:
     users: tuple[Categorical | Numeric, ...] = ()
     if with_users:
         users = (
-            Numeric("age"),
+            # the MovieLens-1M age groups; 100k ages fall into the same buckets
+            Numeric("age", bins=(18, 25, 35, 45, 50, 56)),
             Categorical("gender"),
             Categorical("occupation"),
             Categorical("zip"),
@@ -400,7 +401,11 @@ def _schema(layout: str, *, with_users: bool, item_numeric: str) -> Schema:
         rating_range=_RATING_RANGE[layout],
         timestamp="timestamp",
         user_features=users,
-        item_features=(Text("title"), MultiCategorical("genres", sep="|"), Numeric(item_numeric)),
+        item_features=(
+            Text("title"),
+            MultiCategorical("genres", sep="|"),
+            Numeric(item_numeric, bins=15),  # equal-mass release-year buckets
+        ),
     )
 
 
