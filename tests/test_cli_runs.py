@@ -234,7 +234,7 @@ def test_evaluate_reproduces_train_time_metrics(request, run_name):
     assert again["n_test"] == trained["n_test"]
     shared = _numbers(again).keys() & _numbers(trained).keys()
     assert {k for k in RANKING_KEYS if k in trained} <= shared
-    for key in shared:
+    for key in shared - {k for k in shared if k.endswith("_seconds")}:  # timings vary
         a, b = float(trained[key]), float(again[key])
         assert (math.isnan(a) and math.isnan(b)) or abs(a - b) <= 1e-6, (key, a, b)
 

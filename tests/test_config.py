@@ -14,6 +14,7 @@ from wager.config import (
     ModelConfig,
     RunConfig,
     TrainConfig,
+    UncertaintyConfig,
     dumps_toml,
 )
 from wager.data.schema import Categorical, MultiCategorical, Numeric, Schema, Text
@@ -152,6 +153,14 @@ def _every_section(ensemble: EnsembleConfig | None) -> RunConfig:
         evaluation=EvaluationConfig(
             k=20, top_k_accuracy=(1, 10), relevance_threshold=4.0, max_users=500
         ),
+        uncertainty=UncertaintyConfig(
+            mc_dropout_samples=30,
+            calibrator="isotonic",
+            conformal="normalized",
+            variance_scaling=True,
+            confidence_levels=(0.8, 0.9),
+            plots=False,
+        ),
         seed=11,
     )
 
@@ -216,6 +225,13 @@ def test_round_trip_leaves_unset_optionals_unset(tmp_path):
         (lambda: DataConfig(split=""), "[data] split = ''"),
         (lambda: EvaluationConfig(k=0), "[evaluation] k = 0"),
         (lambda: EnsembleConfig(holdout=1.0), "[ensemble] holdout = 1.0"),
+        (lambda: UncertaintyConfig(mc_dropout_samples=1), "[uncertainty] mc_dropout_samples = 1"),
+        (lambda: UncertaintyConfig(calibrator="beta"), "[uncertainty] calibrator = 'beta'"),
+        (lambda: UncertaintyConfig(conformal="cqr"), "[uncertainty] conformal = 'cqr'"),
+        (
+            lambda: UncertaintyConfig(confidence_levels=(0.9, 1.0)),
+            "[uncertainty] confidence_levels = (0.9, 1.0)",
+        ),
         (lambda: EnsembleConfig(holdout=-0.1), "[ensemble] holdout = -0.1"),
         (lambda: EvaluationConfig(max_users=0), "[evaluation] max_users = 0"),
     ],

@@ -107,7 +107,17 @@ def test_save_load_round_trip(fitted, tmp_path):
 def test_recommend_columns_exclusion_and_cold_start(fitted):
     rec, df, _, _ = fitted
     out = rec.recommend([1, "never-seen-user"], k=5)
-    assert list(out.columns) == ["user", "item", "rank", "score", "mean", "std", "low", "high"]
+    assert list(out.columns) == [
+        "user",
+        "item",
+        "rank",
+        "score",
+        "mean",
+        "std",
+        "low",
+        "high",
+        "confidence",
+    ]
     # for a click log, "seen" = clicked in training (impressions without a click may recur)
     seen = set(df.iloc[:2500].query("user_id == 1 and click == 1").item_id.astype(str))
     assert seen  # the check below is not vacuous

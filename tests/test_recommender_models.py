@@ -194,3 +194,31 @@ def test_holdout_on_a_ranking_model_says_what_to_do():
     )
     with pytest.raises(ValueError, match=r"\[ensemble\] holdout = 0.1 .*set holdout = 0"):
         Recommender(cfg).fit(df)
+
+
+@pytest.mark.parametrize("kind", ["two_tower", "biased_mf"])
+def test_mean_scores_is_one_product_of_concatenated_member_factors(kind):
+    df, _ = _block_data()
+    rec = Recommender(_config(kind, members=3)).fit(df)
+    users = list(range(12))
+    got = rec._mean_scores(users)
+    members = rec._member_scores(users)  # (M, U, I), each member's own head
+    if kind == "two_tower":  # linear scores: the mean of products is the product of means
+        torch.testing.assert_close(got, members.mean(0), rtol=1e-5, atol=1e-5)
+    else:  # clipped ratings: equal wherever no member's location leaves [1, 5]
+        u = rec.stack_.call("user_factors", rec._encode_users(users, rec.stack_.device))
+        v = rec.stack_.call("item_factors", rec._item_batch(rec.stack_.device))
+        loc = torch.einsum("mud,mid->mui", u, v)
+        inside = ((loc > 1) & (loc < 5)).all(0)
+        assert inside.any()
+        torch.testing.assert_close(got[inside], members.mean(0)[inside], rtol=1e-5, atol=1e-5)
+
+
+def test_validation_ranks_the_validation_items_not_excluding_them():
+    # regression: validation rows are history for recommend(), but early stopping must rank
+    # them (excluding only the training rows), else NDCG@k is 0 at every epoch
+    df, held = _block_data()
+    valid = pd.DataFrame({"user_id": list(held), "item_id": list(held.values()), "rating": 5.0})
+    rec = Recommender(_config("two_tower")).fit(df, valid)
+    best = min(v[0] for v in rec.history_.valid_metric)  # -NDCG@k, lower is better
+    assert best < -0.5

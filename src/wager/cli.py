@@ -331,6 +331,15 @@ _METRIC_ORDER = (
     "hit_rate@",
     "top_k_accuracy@",
     "coverage@",
+    "width@",
+    "ece",
+    "mce",
+    "brier",
+    "nll",
+    "crps",
+    "spearman_std_abs_error",
+    "auroc_std_error",
+    "rmse_most_confident_50pct",
     "diversity@",
     "novelty@",
     "popularity_bias@",
@@ -347,6 +356,10 @@ def _metrics_table(title: str, metrics: dict[str, Any]) -> Table:
             if key.startswith(prefix) and key not in shown and isinstance(value, int | float):
                 shown.add(key)
                 table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    for key, value in metrics.get("oov_std_ratio", {}).items():
+        table.add_row(f"oov_std_ratio[{key}]", f"{value:.4f}")
+    for name, file in metrics.get("plots", {}).items():
+        table.add_row(f"plot: {name}", str(file))
     return table
 
 
@@ -486,6 +499,9 @@ def recommend(
                 "notices": notices,
                 "out": str(out) if out is not None else None,
                 "recommendations": [] if out is not None else frame.to_dict(orient="records"),
+                "lists": []
+                if out is not None
+                else rec.list_confidence(frame).to_dict(orient="records"),
             }
         )
         return
@@ -494,7 +510,11 @@ def recommend(
     if out is not None:
         console.print(f"{len(frame):,} recommendations for {len(users):,} users written to {out}")
         return
-    table = _table(f"top-{k} from {run}", ["user", "rank", "item", "mean", "std", "low", "high"])
+    level = f"{confidence_level:.0%}"
+    table = _table(
+        f"top-{k} from {run}",
+        ["user", "rank", "item", "mean", "std", f"{level} low", f"{level} high", "confidence"],
+    )
     for r in frame.itertuples(index=False):
         table.add_row(
             str(r.user),
@@ -504,8 +524,18 @@ def recommend(
             f"{r.std:.4f}",
             f"{r.low:.4f}",
             f"{r.high:.4f}",
+            f"{r.confidence:.3f}",
         )
     console.print(table)
+    lists = rec.list_confidence(frame)
+    if lists["expected_hits"].notna().any():
+        for r in lists.itertuples(index=False):
+            console.print(
+                f"user {escape(str(r.user))}: expected relevant items in the list "
+                f"{r.expected_hits:.2f}, probability of at least one "
+                f"{r.prob_at_least_one:.3f}",
+                highlight=False,
+            )
 
 
 def _table(title: str, columns: list[str]) -> Table:

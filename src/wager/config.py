@@ -360,6 +360,76 @@ class EnsembleConfig:
         )
 
 
+CALIBRATORS = ("none", "platt", "isotonic", "temperature")
+CONFORMAL = ("none", "normalized", "homoscedastic")
+
+
+@dataclass(frozen=True)
+class UncertaintyConfig:
+    """How predictions get (and check) their confidence beyond the model's own head.
+
+    The estimator that makes the spread is the model's head (Gaussian / mixture), the
+    ``[ensemble]`` section, and MC dropout here; the post-hoc steps below are fitted on the
+    validation rows after training (with ``[ensemble] holdout`` those rows are never seen
+    by training; otherwise they also served early stopping).
+
+    Attributes:
+        mc_dropout_samples: S >= 2 turns on Monte Carlo dropout at inference (needs
+            ``model.dropout > 0``), all S samples in one batched pass; 0 = off.
+        calibrator: probability calibration of click models: "none", "platt",
+            "isotonic" or "temperature".
+        conformal: intervals of rating models: "none" (Gaussian mean +- z std),
+            "normalized" (split conformal on |y - mean| / std: adapts per prediction) or
+            "homoscedastic" (split conformal on |y - mean|: constant width, the baseline).
+        variance_scaling: rescale std by one factor fitted on the validation rows
+            (Gaussian NLL), before any conformal step.
+        confidence_levels: levels at which evaluation reports coverage and width.
+        plots: ``wager evaluate`` writes reliability / coverage / confidence plots (PNG)
+            into the run directory.
+    """
+
+    mc_dropout_samples: int = 0
+    calibrator: str = "none"
+    conformal: str = "none"
+    variance_scaling: bool = False
+    confidence_levels: tuple[float, ...] = (0.5, 0.8, 0.9, 0.95)
+    plots: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(
+            self, "confidence_levels", tuple(float(x) for x in self.confidence_levels)
+        )
+        s = self.mc_dropout_samples
+        _check(
+            isinstance(s, int) and not isinstance(s, bool) and (s == 0 or s >= 2),
+            "uncertainty",
+            "mc_dropout_samples",
+            s,
+            "0 (off) or an integer >= 2",
+        )
+        _check(
+            self.calibrator in CALIBRATORS,
+            "uncertainty",
+            "calibrator",
+            self.calibrator,
+            f"one of {list(CALIBRATORS)}",
+        )
+        _check(
+            self.conformal in CONFORMAL,
+            "uncertainty",
+            "conformal",
+            self.conformal,
+            f"one of {list(CONFORMAL)}",
+        )
+        _check(
+            len(self.confidence_levels) > 0 and all(0 < x < 1 for x in self.confidence_levels),
+            "uncertainty",
+            "confidence_levels",
+            self.confidence_levels,
+            "a non-empty list of levels in (0, 1), e.g. [0.5, 0.8, 0.9, 0.95]",
+        )
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Everything a run needs: data, schema, model, training, uncertainty, evaluation, seed.
@@ -373,6 +443,7 @@ class RunConfig:
         ensemble: a deep ensemble of the model, or None for a single model (then
             predictions carry only the head's own uncertainty, if any).
         evaluation: what ``evaluate`` reports.
+        uncertainty: MC dropout, calibration and conformal intervals.
         seed: seed of initialisation, shuffling, splits and sampling (None: not seeded).
     """
 
@@ -382,6 +453,7 @@ class RunConfig:
     training: TrainConfig = field(default_factory=TrainConfig)
     ensemble: EnsembleConfig | None = None
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    uncertainty: UncertaintyConfig = field(default_factory=UncertaintyConfig)
     seed: int | None = 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -451,6 +523,7 @@ _SECTIONS: dict[str, type] = {
     "training": TrainConfig,
     "ensemble": EnsembleConfig,
     "evaluation": EvaluationConfig,
+    "uncertainty": UncertaintyConfig,
 }
 
 

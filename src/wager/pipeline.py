@@ -172,7 +172,7 @@ def train_run(
         show_progress=show_progress,
     )
     start = time.perf_counter()
-    metrics = rec.evaluate(rd.test)
+    metrics = rec.evaluate(rd.test, plots_dir=out)
     metrics["evaluate_seconds"] = time.perf_counter() - start
     metrics.update(
         {
@@ -204,6 +204,6 @@ def evaluate_run(
     """
     rec = Recommender.load(run_dir)
     rd = load_run_data(rec.config, data_dir, split)
-    metrics = rec.evaluate(rd.test)
+    metrics = rec.evaluate(rd.test, plots_dir=run_dir)
     metrics.update({"split": rd.split, "source": rd.source, "n_test": len(rd.test)})
     return metrics

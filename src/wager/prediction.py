@@ -7,6 +7,9 @@ law of total variance: mean of the members' aleatoric variances + variance of th
 
 A deterministic model returns ``std=None`` — never a fake zero.
 
+:class:`MixturePrediction` is a Prediction that also carries Gaussian-mixture components
+(mixture density heads); its quantiles, intervals and samples come from the mixture itself.
+
 Example:
     >>> import torch
     >>> p = Prediction(mean=torch.tensor([0.2]), std=torch.tensor([0.1]), support=(0.0, 1.0))
@@ -17,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from statistics import NormalDist
 from typing import Any
@@ -220,4 +224,291 @@ class Prediction:
                 "low": lst(iv.low),
                 "high": lst(iv.high),
             }
+        return out
+
+
+_QUANTILE_TOL = 1e-6  # bisection accuracy of MixturePrediction.quantile, in the quantity's units
+_BRACKET_STDS = 10.0  # the quantile search brackets [min(mu - 10 s), max(mu + 10 s)]
+_WEIGHT_SUM_ATOL = 1e-4  # how far from 1 the mixture weights of an element may sum
+
+
+def _check_components(
+    weights: Tensor, means: Tensor, stds: Tensor, batch_shape: torch.Size | None = None
+) -> None:
+    """Shape checks shared by the constructor and :meth:`MixturePrediction.from_components`."""
+    for name, value in (("weights", weights), ("means", means), ("stds", stds)):
+        if not isinstance(value, Tensor) or value.ndim < 1 or value.shape[-1] < 1:
+            shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+            raise ValueError(
+                f"MixturePrediction.{name} must be a tensor of shape (..., K) with K >= 1 "
+                f"components, got {shape}"
+            )
+    if means.shape != weights.shape:
+        raise ValueError(
+            f"MixturePrediction.means has shape {tuple(means.shape)}, expected the weights' "
+            f"shape {tuple(weights.shape)} (one mean per component)"
+        )
+    if stds.shape != weights.shape:
+        raise ValueError(
+            f"MixturePrediction.stds has shape {tuple(stds.shape)}, expected the weights' "
+            f"shape {tuple(weights.shape)} (one std per component)"
+        )
+    if batch_shape is not None and weights.shape[:-1] != batch_shape:
+        raise ValueError(
+            f"MixturePrediction.weights has shape {tuple(weights.shape)}, expected "
+            f"(*mean.shape, K) = ({', '.join(map(str, (*batch_shape, 'K')))})"
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class MixturePrediction(Prediction):
+    """A predictive distribution that is a Gaussian mixture per element (MDN / DDN heads).
+
+    It is a :class:`Prediction` (``mean``, ``std``, ``aleatoric_std``, ``epistemic_std``
+    keep their meaning, so every consumer of Prediction accepts it) that also carries the
+    mixture components, from which quantiles, intervals, samples, the CDF and the density
+    are derived exactly rather than from a Gaussian approximation. Build it with
+    :meth:`from_components`, which derives ``mean`` and ``std`` from the components; the
+    components are the whole predictive distribution (pool an ensemble's members into one
+    mixture with weights ``w / M``).
+
+    The components live on the real line. ``support`` clips the mean, quantiles, intervals
+    and samples (as for :class:`Prediction`); ``std`` is that of the unclipped mixture.
+    ``__getitem__`` indexes the batch dimensions only (no ``Ellipsis``).
+
+    Attributes:
+        weights: (..., K) mixture weights, >= 0, summing to 1 over the last dimension.
+        means: (..., K) component means, in the predicted quantity's units.
+        stds: (..., K) component standard deviations, > 0, same units.
+        measurement_std: (...) std of the measurement noise of an observed CTR around the
+            predicted (clean) one, reported separately by the deep density network when the
+            impressions are known; it is not part of ``std``, quantiles or samples. None
+            otherwise.
+
+    Example:
+        >>> import torch
+        >>> p = MixturePrediction.from_components(
+        ...     torch.tensor([[0.5, 0.5]]), torch.tensor([[-1.0, 1.0]]), torch.tensor([[1.0, 1.0]])
+        ... )
+        >>> p.mean, p.std  # variance = 0.5 (1 + 1) + 0.5 (1 + 1) - 0 = 2
+        (tensor([0.]), tensor([1.4142]))
+        >>> round(float(p.quantile(0.9)[0]), 5), round(float(p.cdf(torch.tensor([0.0]))[0]), 6)
+        (1.84947, 0.5)
+    """
+
+    weights: Tensor
+    means: Tensor
+    stds: Tensor
+    measurement_std: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_components(self.weights, self.means, self.stds, self.mean.shape)
+        if not bool((self.stds > 0).all()):
+            raise ValueError(
+                "MixturePrediction.stds must be > 0 everywhere, got a minimum of "
+                f"{float(self.stds.min())}; floor the head's std (e.g. min_std=1e-3)"
+            )
+        if not bool((self.weights >= 0).all()):
+            raise ValueError(
+                "MixturePrediction.weights must be >= 0, got a minimum of "
+                f"{float(self.weights.min())}; map raw logits through a softmax"
+            )
+        total = self.weights.sum(dim=-1)
+        if total.numel() > 0 and not bool(((total - 1.0).abs() <= _WEIGHT_SUM_ATOL).all()):
+            worst = float(total.flatten()[(total - 1.0).abs().argmax()])
+            raise ValueError(
+                "MixturePrediction.weights must sum to 1 over the last (component) dimension, "
+                f"found a sum of {worst}; normalise them (softmax of the logits)"
+            )
+        if self.measurement_std is not None:
+            if self.measurement_std.shape != self.mean.shape:
+                raise ValueError(
+                    "MixturePrediction.measurement_std has shape "
+                    f"{tuple(self.measurement_std.shape)}, expected the mean's shape "
+                    f"{tuple(self.mean.shape)}"
+                )
+            if not bool((self.measurement_std >= 0).all()):
+                raise ValueError("MixturePrediction.measurement_std must be >= 0")
+
+    @classmethod
+    def from_components(
+        cls,
+        weights: Tensor,
+        means: Tensor,
+        stds: Tensor,
+        *,
+        method: str = "",
+        support: tuple[float, float] | None = None,
+        measurement_std: Tensor | None = None,
+        epistemic_std: Tensor | None = None,
+    ) -> MixturePrediction:
+        """Build a mixture prediction, deriving its mean and std from the components.
+
+        Args:
+            weights: (..., K) mixture weights (>= 0, summing to 1 over K).
+            means: (..., K) component means.
+            stds: (..., K) component stds, > 0.
+            method: provenance string, e.g. "mdn(components=3)".
+            support: (low, high) range of the predicted quantity, or None.
+            measurement_std: (...) measurement-noise std (deep density network), or None.
+            epistemic_std: (...) model-uncertainty part already contained in the mixture
+                (e.g. the spread of pooled ensemble members' means), or None.
+
+        Returns:
+            mean = sum_k w_k mu_k (clamped into ``support`` when set);
+            std = sqrt(sum_k w_k (s_k^2 + (mu_k - mean)^2)), the mixture's std (equal to
+            sqrt(sum_k w_k (s_k^2 + mu_k^2) - mean^2)); aleatoric_std = std when
+            ``epistemic_std`` is None, else sqrt(max(std^2 - epistemic_std^2, 0)) (law of
+            total variance: the mixture already holds both parts).
+        """
+        _check_components(weights, means, stds)
+        mean = (weights * means).sum(dim=-1)
+        var = (weights * (stds.square() + (means - mean.unsqueeze(-1)).square())).sum(dim=-1)
+        std = var.clamp_min(0.0).sqrt()
+        if epistemic_std is None:
+            aleatoric = std
+        else:
+            aleatoric = (var - epistemic_std.square()).clamp_min(0.0).sqrt()
+        if support is not None:
+            mean = mean.clamp(float(support[0]), float(support[1]))
+        return cls(
+            mean=mean,
+            std=std,
+            aleatoric_std=aleatoric,
+            epistemic_std=epistemic_std,
+            method=method,
+            support=support,
+            weights=weights,
+            means=means,
+            stds=stds,
+            measurement_std=measurement_std,
+        )
+
+    @property
+    def components(self) -> int:
+        """K, the number of mixture components."""
+        return int(self.weights.shape[-1])
+
+    def cdf(self, x: Tensor | float) -> Tensor:
+        """Mixture CDF ``sum_k w_k Phi((x - mu_k) / s_k)`` of the unclipped mixture.
+
+        Args:
+            x: (...) values (or a float), broadcastable to the mean's shape.
+
+        Returns:
+            (...) probabilities, the broadcast shape of ``x`` and the mean.
+        """
+        x = torch.as_tensor(x, dtype=self.means.dtype, device=self.means.device)
+        z = (x.unsqueeze(-1) - self.means) / self.stds
+        return (self.weights * torch.special.ndtr(z)).sum(dim=-1)
+
+    def log_prob(self, x: Tensor | float) -> Tensor:
+        """Log-density of the unclipped mixture, ``logsumexp_k(log w_k + log N(x; mu_k, s_k))``.
+
+        Args:
+            x: (...) values (or a float), broadcastable to the mean's shape.
+
+        Returns:
+            (...) log-densities in nats (per unit of the quantity).
+        """
+        x = torch.as_tensor(x, dtype=self.means.dtype, device=self.means.device)
+        z = (x.unsqueeze(-1) - self.means) / self.stds
+        log_pdf = -0.5 * z.square() - torch.log(self.stds) - 0.5 * math.log(2.0 * math.pi)
+        return torch.logsumexp(torch.log(self.weights) + log_pdf, dim=-1)
+
+    def _quantiles(self, qs: list[float]) -> list[Tensor]:
+        """Quantiles by vectorised bisection on the mixture CDF (float64), clipped."""
+        for q in qs:
+            if not 0.0 < q < 1.0:
+                raise ValueError(f"quantile q must be in (0, 1), got {q!r}")
+        w = self.weights.detach().double()
+        mu = self.means.detach().double()
+        s = self.stds.detach().double()
+        target = torch.tensor(qs, dtype=torch.float64, device=mu.device)
+        target = target.view(-1, *([1] * (mu.ndim - 1)))  # (Q, 1, ..., 1)
+        lo = (mu - _BRACKET_STDS * s).amin(dim=-1).expand(len(qs), *mu.shape[:-1])
+        hi = (mu + _BRACKET_STDS * s).amax(dim=-1).expand(len(qs), *mu.shape[:-1])
+        # every element's bracket shrinks by half per step: after n steps the midpoint is
+        # within width / 2^(n+1) <= _QUANTILE_TOL of the root
+        width = float((hi - lo).max()) if lo.numel() > 0 else 0.0
+        steps = max(0, math.ceil(math.log2(width / _QUANTILE_TOL))) if width > 0 else 0
+        for _ in range(steps):
+            mid = 0.5 * (lo + hi)
+            below = (w * torch.special.ndtr((mid.unsqueeze(-1) - mu) / s)).sum(-1) < target
+            lo = torch.where(below, mid, lo)
+            hi = torch.where(below, hi, mid)
+        out = (0.5 * (lo + hi)).to(self.means.dtype)
+        return [self._clip(out[i]) for i in range(len(qs))]
+
+    def quantile(self, q: float) -> Tensor:
+        """(...) the q-quantile of the mixture, clipped to the support.
+
+        Found by bisection on the mixture CDF between min_k(mu_k - 10 s_k) and
+        max_k(mu_k + 10 s_k), to within 1e-6 in the quantity's units (computed in float64,
+        returned in the components' dtype). Monotone in ``q``.
+        """
+        return self._quantiles([q])[0]
+
+    def interval(self, confidence_level: float = 0.9) -> Interval:
+        """Central interval between the mixture's (1 - level)/2 and (1 + level)/2 quantiles."""
+        _check_level(confidence_level)
+        tail = (1.0 - confidence_level) / 2.0
+        low, high = self._quantiles([tail, 1.0 - tail])
+        return Interval(low=low, high=high, confidence_level=confidence_level)
+
+    def sample(self, generator: torch.Generator | None = None) -> Tensor:
+        """(...) one draw per element: a component by weight, then its Gaussian, clipped."""
+        u = torch.rand(
+            self.mean.shape, generator=generator, device=self.means.device, dtype=self.means.dtype
+        )
+        cum = self.weights.cumsum(dim=-1)
+        idx = (cum < u.unsqueeze(-1)).sum(dim=-1).clamp_max(self.components - 1).unsqueeze(-1)
+        mu = self.means.gather(-1, idx).squeeze(-1)
+        s = self.stds.gather(-1, idx).squeeze(-1)
+        noise = torch.randn(
+            self.mean.shape, generator=generator, device=self.means.device, dtype=self.means.dtype
+        )
+        return self._clip(mu + s * noise)
+
+    def __getitem__(self, index: Any) -> MixturePrediction:
+        """Select predictions (indexing applies to the batch dimensions; no ``Ellipsis``)."""
+
+        def pick(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t[index]
+
+        samples = None if self.samples is None else self.samples[(slice(None), index)]
+        return MixturePrediction(
+            mean=self.mean[index],
+            std=pick(self.std),
+            aleatoric_std=pick(self.aleatoric_std),
+            epistemic_std=pick(self.epistemic_std),
+            samples=samples,
+            method=self.method,
+            support=self.support,
+            weights=self.weights[index],
+            means=self.means[index],
+            stds=self.stds[index],
+            measurement_std=pick(self.measurement_std),
+        )
+
+    def to_dict(self, confidence_level: float = 0.9) -> dict[str, Any]:
+        """Prediction's JSON form plus ``components`` and ``measurement_std``.
+
+        ``components`` holds ``weights``, ``means`` and ``stds`` as lists (one per element,
+        batch dimensions flattened) of K floats; ``measurement_std`` is a flat list or None.
+        """
+        out = super().to_dict(confidence_level)
+        k = self.components
+
+        def rows(t: Tensor) -> list[list[float]]:
+            return t.detach().cpu().reshape(-1, k).tolist()
+
+        out["components"] = {
+            "weights": rows(self.weights),
+            "means": rows(self.means),
+            "stds": rows(self.stds),
+        }
+        ms = self.measurement_std
+        out["measurement_std"] = None if ms is None else ms.detach().cpu().reshape(-1).tolist()
         return out

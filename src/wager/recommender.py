@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -50,6 +51,8 @@ from wager.data.schema import Schema
 from wager.errors import NotFittedError, data_error
 from wager.evaluation import ranking
 from wager.evaluation.metrics import auc, log_loss, mae, rmse
+from wager.evaluation.plots import uncertainty_plots
+from wager.evaluation.uncertainty import uncertainty_report
 from wager.models.fields import Field
 from wager.models.heads import BernoulliHead, GaussianHead, PointHead
 from wager.models.mf import BiasedMF, FeatureFactorization
@@ -58,7 +61,27 @@ from wager.models.ranking import DCNRanker, Task
 from wager.models.two_tower import TwoTower
 from wager.prediction import Prediction
 from wager.training.trainer import History, StackedModel, resolve_device, train_stacked
+from wager.uncertainty.calibration import (
+    IsotonicCalibration,
+    PlattScaling,
+    TemperatureScaling,
+)
+from wager.uncertainty.conformal import SplitConformal, VarianceScaling
 from wager.uncertainty.ensemble import bootstrap_weights, holdout_mask
+from wager.uncertainty.mc_dropout import MCDropout
+from wager.uncertainty.relevance import (
+    RelevanceCalibrator,
+    expected_hits,
+    prob_at_least_one,
+    relevance_probability,
+)
+
+ProbabilityCalibrator = PlattScaling | IsotonicCalibration | TemperatureScaling
+_CALIBRATORS: dict[str, type[PlattScaling | IsotonicCalibration | TemperatureScaling]] = {
+    "platt": PlattScaling,
+    "isotonic": IsotonicCalibration,
+    "temperature": TemperatureScaling,
+}
 
 RUN_FILES = {
     "config": "config.toml",
@@ -68,6 +91,7 @@ RUN_FILES = {
     "item_features": "item_features.parquet",
     "catalogue": "catalogue.json",
     "metrics": "metrics.json",
+    "uncertainty": "uncertainty.json",
 }
 
 TaskKind = Literal["click", "rating", "retrieval", "implicit"]
@@ -138,6 +162,10 @@ class Recommender:
         self.global_mean_: float = 0.0
         self.history_: History | None = None
         self.metrics_: dict[str, Any] = {}
+        self.calibrator_: ProbabilityCalibrator | None = None
+        self.variance_scaling_: VarianceScaling | None = None
+        self.conformal_: SplitConformal | None = None
+        self.relevance_calibrator_: RelevanceCalibrator | None = None
         self._item_cache: dict[str, Batch] = {}
 
     # ------------------------------------------------------------------ properties
@@ -175,9 +203,26 @@ class Recommender:
         """Provenance string of predictions."""
         ens = self.config.ensemble
         name = self.config.model.type
+        mc = self._mc_dropout()
+        if mc is not None:
+            name = f"{mc.method} of {name}"
         if ens is None:
             return name
         return f"ensemble(members={ens.members}, bootstrap={ens.bootstrap}) of {name}"
+
+    def _mc_dropout(self) -> MCDropout | None:
+        """The MC-dropout sampler when ``[uncertainty] mc_dropout_samples`` is set."""
+        samples = self.config.uncertainty.mc_dropout_samples
+        return MCDropout(samples, seed=self.config.seed) if samples else None
+
+    def _outputs(self, batch: Batch) -> Tensor:
+        """(R, B, ...) raw outputs: R = M members, or M * S with MC dropout (one pass)."""
+        assert self.stack_ is not None
+        mc = self._mc_dropout()
+        if mc is not None:
+            return mc.sample_outputs(self.stack_, batch)
+        with torch.no_grad():
+            return self.stack_.call("forward", batch)
 
     # ------------------------------------------------------------------ model
     def _fields(self) -> list[Field]:
@@ -315,6 +360,12 @@ class Recommender:
                 fix="Check the split, any filters applied before fit() and "
                 "model.positive_threshold.",
             )
+        if self.config.uncertainty.mc_dropout_samples and not self.config.model.dropout > 0:
+            raise ValueError(
+                f"[uncertainty] mc_dropout_samples = "
+                f"{self.config.uncertainty.mc_dropout_samples} needs dropout in the model: set "
+                "[model] dropout > 0 (e.g. 0.1), or mc_dropout_samples = 0"
+            )
         device = resolve_device(self.config.training.device)
         mc = self.config.model
         self._item_cache = {}
@@ -353,7 +404,8 @@ class Recommender:
             member_w = member_w * (~held_out)
             validate = self._pointwise_validator(train_t, held_out)
         elif valid is not None and len(valid):
-            validate = self._validator(valid, device)
+            # validation ranks the validation items: exclude the training rows only
+            validate = self._validator(valid, device, self._seen_matrix(train))
         else:
             validate = None
         stack.train(True)
@@ -368,6 +420,7 @@ class Recommender:
             description=f"{self.method}",
         )
         stack.train(False)
+        self._fit_post_hoc(valid)
         hist = self.history_
         self.metrics_ = {
             "train_seconds": hist.seconds,
@@ -376,6 +429,88 @@ class Recommender:
             "best_epoch": hist.best_epoch,
         }
         return self
+
+    def _fit_post_hoc(self, valid: pd.DataFrame | None) -> None:
+        """Fit the ``[uncertainty]`` calibrators on the validation rows (after training)."""
+        uc = self.config.uncertainty
+        s = self.schema
+        task = self.task
+        self.calibrator_ = self.variance_scaling_ = self.conformal_ = None
+        self.relevance_calibrator_ = None
+        wanted = {
+            "calibrator": uc.calibrator != "none",
+            "conformal": uc.conformal != "none",
+            "variance_scaling": uc.variance_scaling,
+        }
+        asked = [k for k, v in wanted.items() if v]
+        if asked and task not in ("click", "rating"):
+            raise ValueError(
+                f"[uncertainty] {asked[0]} applies to rating and click models, not to a {task} "
+                "model; remove it from [uncertainty]"
+            )
+        if task not in ("click", "rating") or s.label is None:
+            return
+        if valid is None or not len(valid):
+            if asked:
+                raise ValueError(
+                    f"[uncertainty] {asked[0]} is fitted on validation rows, but there are "
+                    "none: set [data] valid_fraction > 0 (or pass valid to fit())"
+                )
+            return
+        y = torch.tensor(valid[s.label].to_numpy(dtype=np.float64), dtype=torch.float32)
+        pred = self._predict_raw(valid[s.user].to_numpy(), valid[s.item].to_numpy(), valid)
+        if task == "click":
+            if uc.calibrator != "none":
+                self.calibrator_ = _CALIBRATORS[uc.calibrator]().fit(pred.mean, y)
+            elif asked:
+                raise ValueError(
+                    f"[uncertainty] {asked[0]} applies to rating models; for clicks use "
+                    "calibrator = 'platt' | 'isotonic' | 'temperature'"
+                )
+            return
+        if uc.calibrator != "none":
+            raise ValueError(
+                f"[uncertainty] calibrator = {uc.calibrator!r} calibrates click probabilities; "
+                "for ratings use conformal = 'normalized' and/or variance_scaling = true"
+            )
+        if (uc.variance_scaling or uc.conformal == "normalized") and pred.std is None:
+            raise ValueError(
+                "[uncertainty] variance_scaling / conformal = 'normalized' need a predicted "
+                "std, but this model is deterministic: set [model] likelihood = 'gaussian', "
+                "add an [ensemble] or set mc_dropout_samples; or use conformal = "
+                "'homoscedastic'"
+            )
+        if uc.variance_scaling:
+            self.variance_scaling_ = VarianceScaling().fit(pred, y)
+            pred = self.variance_scaling_.transform(pred)
+        if uc.conformal != "none":
+            self.conformal_ = SplitConformal(normalized=uc.conformal == "normalized").fit(
+                pred, y, confidence_levels=uc.confidence_levels
+            )
+        thr = self.config.evaluation.relevance_threshold
+        if thr is not None and pred.std is not None:
+            raw = relevance_probability(pred, thr)
+            relevant = (y >= thr).to(torch.float32)
+            if 0 < float(relevant.mean()) < 1:
+                self.relevance_calibrator_ = RelevanceCalibrator().fit(raw, relevant)
+
+    def relevance_confidence(self, prediction: Prediction) -> Tensor | None:
+        """(...) probability that each prediction is relevant, or None when undefined.
+
+        Ratings: P(rating >= ``evaluation.relevance_threshold``) under the predicted
+        N(mean, std), mapped by the isotonic calibrator fitted on the validation rows when
+        there is one. Clicks: the (calibrated) click probability. None for deterministic
+        rating models and for retrieval / implicit scores.
+        """
+        thr = self.config.evaluation.relevance_threshold
+        if self.task == "click":
+            return prediction.mean
+        if self.task != "rating" or thr is None or prediction.std is None:
+            return None
+        p = relevance_probability(prediction, thr)
+        if self.relevance_calibrator_ is not None:
+            p = self.relevance_calibrator_.transform(p)
+        return p
 
     def _fit_catalogue(
         self, train: pd.DataFrame, fit_rows: pd.DataFrame, item_features: pd.DataFrame | None
@@ -396,23 +531,30 @@ class Recommender:
         users = categorical_keys(train[s.user])
         uniq = pd.unique(users.dropna().to_numpy())
         self.user_index_ = {k: i for i, k in enumerate(uniq)}
-        # "seen" = what recommend() excludes: every rated / interacted item, but for click
-        # logs only clicked items (an impression without a click may be shown again)
-        interacted = train
+        self.seen_ = self._seen_matrix(train)
+
+    def _seen_matrix(self, rows: pd.DataFrame) -> sp.csr_matrix:
+        """(known users, catalogue items) 0/1 CSR of what ``rows`` count as seen: every
+        rated / interacted item, but for click logs only clicked items (an impression
+        without a click may be shown again). Users / items outside the catalogue are
+        skipped."""
+        assert self.user_index_ is not None and self.item_index_ is not None
+        s = self.schema
+        interacted = rows
         if self.task == "click" and s.label is not None:
-            interacted = train[train[s.label].to_numpy(dtype=float) > 0]
-        users = categorical_keys(interacted[s.user])
-        rows = users.map(self.user_index_).to_numpy()
-        cols = categorical_keys(interacted[s.item]).map(self.item_index_).to_numpy()
-        ok = ~(pd.isna(rows) | pd.isna(cols))
-        self.seen_ = sp.csr_matrix(
+            interacted = rows[rows[s.label].to_numpy(dtype=float) > 0]
+        r = categorical_keys(interacted[s.user]).map(self.user_index_).to_numpy()
+        c = categorical_keys(interacted[s.item]).map(self.item_index_).to_numpy()
+        ok = ~(pd.isna(r) | pd.isna(c))
+        seen = sp.csr_matrix(
             (
                 np.ones(int(ok.sum()), dtype=np.float32),
-                (rows[ok].astype(np.int64), cols[ok].astype(np.int64)),
+                (r[ok].astype(np.int64), c[ok].astype(np.int64)),
             ),
-            shape=(len(uniq), len(self.items_)),
+            shape=(len(self.user_index_), len(self.item_index_)),
         )
-        self.seen_.data[:] = 1.0  # duplicates count once
+        seen.data[:] = 1.0  # duplicates count once
+        return seen
 
     def _item_batch(self, device: torch.device | None = None) -> Batch:
         """Encoded features of every catalogue item: "item.*" tensors with n_items rows.
@@ -545,7 +687,7 @@ class Recommender:
         return pointwise
 
     def _validator(
-        self, valid: pd.DataFrame, device: torch.device
+        self, valid: pd.DataFrame, device: torch.device, train_seen: sp.csr_matrix
     ) -> Callable[[dict[str, Tensor]], Tensor]:
         """params -> (M,) validation metric, lower is better."""
         assert self.encoder_ is not None and self.stack_ is not None
@@ -580,7 +722,7 @@ class Recommender:
                 scores = self._member_scores(users, params=p)  # (M, U, I)
             finally:
                 stack.train(True)
-            exclude = self._seen_rows(users)
+            exclude = self._seen_rows(users, train_seen)
             out = []
             for m in range(scores.shape[0]):
                 top = ranking.top_k_from_scores(scores[m], k, exclude)
@@ -607,6 +749,42 @@ class Recommender:
             else:
                 rows[f.name] = None  # missing context: OOV / missing indicator
         return rows
+
+    def _mean_scores(
+        self,
+        user_ids: Sequence[Any],
+        items: Sequence[Any] | None = None,
+        context: Mapping[str, Any] | None = None,
+    ) -> Tensor:
+        """(n_users, n_items) ensemble-mean scores, what recommend() and evaluate() rank by.
+
+        For factorised models (no context) this is ONE matrix product of the members'
+        concatenated factors, [u_1 .. u_M] . [v_1 .. v_M] / M = the mean location, mapped
+        through the head (exact for linear heads; for clipped ratings and sigmoid CTRs the
+        head of the mean location, which ranks like the mean of the heads up to members
+        straddling a bound). Dropout is off: for a dot product of inverted-dropout vectors
+        the mean over dropout masks is the dropout-free score, so MC dropout needs no
+        sampling here. Other models average the members' outputs.
+        """
+        encoder, stack = self._require_fit()
+        model = stack.model
+        if not (hasattr(model, "user_factors") and getattr(model, "context", None) is None):
+            return self._member_scores(user_ids, items, context).mean(dim=0)
+        device = stack.device
+        ub = self._encode_users(user_ids, device)
+        ib = (
+            self._item_batch(device)
+            if items is None
+            else to_tensors(encoder.transform_items(list(items)), device)
+        )
+        with torch.no_grad():
+            u = stack.call("user_factors", ub)  # (M, U, d')
+            v = stack.call("item_factors", ib)  # (M, I, d')
+            m = u.shape[0]
+            u_cat = u.permute(1, 0, 2).reshape(u.shape[1], -1)  # (U, M d')
+            v_cat = v.permute(1, 0, 2).reshape(v.shape[1], -1)  # (I, M d')
+            loc = (u_cat @ v_cat.T) / m
+            return _mean_of_location(self.head, loc)
 
     def _member_scores(
         self,
@@ -659,16 +837,25 @@ class Recommender:
                 parts.append(means.reshape(-1, c, n_i))
             return torch.cat(parts, dim=1)
 
-    def _seen_rows(self, user_ids: Sequence[Any]) -> sp.csr_matrix:
-        """(n_users, n_items) CSR of each user's training items (empty row: unknown user)."""
+    def _seen_rows(
+        self, user_ids: Sequence[Any], seen: sp.csr_matrix | None = None
+    ) -> sp.csr_matrix:
+        """(n_users, n_items) CSR of each user's seen items (empty row: unknown user).
+
+        Args:
+            user_ids: users, in output row order.
+            seen: the (known users, items) matrix to read; default ``seen_`` (training and
+                validation history).
+        """
         assert self.seen_ is not None and self.user_index_ is not None
-        n = self.seen_.shape[0]
+        seen = self.seen_ if seen is None else seen
+        n = seen.shape[0]
         idx = np.fromiter(
             (self.user_index_.get(k, n) for k in categorical_keys(list(user_ids))),
             dtype=np.int64,
             count=len(user_ids),
         )
-        padded = sp.vstack([self.seen_, sp.csr_matrix((1, self.seen_.shape[1]))], format="csr")
+        padded = sp.vstack([seen, sp.csr_matrix((1, seen.shape[1]))], format="csr")
         return padded[idx]
 
     def known_users(self, user_ids: Sequence[Any]) -> np.ndarray:
@@ -717,33 +904,77 @@ class Recommender:
             means. A single point model has std None. For clicks, std is uncertainty about the
             CTR itself (Bernoulli click noise is not added).
         """
-        encoder, stack = self._require_fit()
+        return self._post_hoc(self._predict_raw(user_ids, item_ids, context, batch_size))
+
+    def _post_hoc(self, pred: Prediction) -> Prediction:
+        """Apply the calibrators fitted on the validation rows (probability calibration for
+        clicks; variance scaling, then conformal intervals, for ratings)."""
+        if self.calibrator_ is not None:
+            pred = self.calibrator_.calibrate(pred)
+        if self.variance_scaling_ is not None and pred.std is not None:
+            pred = self.variance_scaling_.transform(pred)
+        if self.conformal_ is not None:
+            pred = self.conformal_.conformalize(pred)
+        return pred
+
+    def _predict_raw(
+        self,
+        user_ids: Sequence[Any] | np.ndarray,
+        item_ids: Sequence[Any] | np.ndarray,
+        context: pd.DataFrame | Mapping[str, Any] | None = None,
+        batch_size: int = 65536,
+    ) -> Prediction:
+        """:meth:`predict` before the post-hoc calibrators."""
         if len(user_ids) != len(item_ids):
             raise ValueError(
                 f"user_ids and item_ids must pair up: got {len(user_ids)} and {len(item_ids)}"
             )
+        means, stds = [], []
+        for start in range(0, max(len(user_ids), 1), batch_size):
+            stop = start + batch_size
+            ctx = context.iloc[start:stop] if isinstance(context, pd.DataFrame) else context
+            batch = self.encode_pairs(user_ids[start:stop], item_ids[start:stop], ctx)
+            m, sd = self._member_outputs(batch)
+            means.append(m)
+            if sd is not None:
+                stds.append(sd)
+        mean = torch.cat(means, dim=1).cpu()
+        std = torch.cat(stds, dim=1).cpu() if stds else None
+        return self._prediction(mean, std)
+
+    def encode_pairs(
+        self,
+        user_ids: Sequence[Any] | np.ndarray,
+        item_ids: Sequence[Any] | np.ndarray,
+        context: pd.DataFrame | Mapping[str, Any] | None = None,
+    ) -> Batch:
+        """Model inputs for (user, item) pairs: the encoded "user.*", "item.*" and
+        "context.*" tensors (B, ...) on the model's device, B = len(user_ids)."""
+        encoder, stack = self._require_fit()
         s = self.schema
         rows = self._encode_context(len(user_ids), context)
         rows[s.user] = list(user_ids)
         rows[s.item] = list(item_ids)
+        batch = to_tensors(encoder.transform(rows), stack.device)
+        batch.pop("label", None)
+        batch.pop("weight", None)
+        return batch
+
+    def _member_outputs(self, batch: Batch) -> tuple[Tensor, Tensor | None]:
+        """(R, B) member / sample means and (R, B) head stds (None without a noise head)."""
+        out = self._outputs(batch)
         head = self.head
-        means, stds = [], []
-        for start in range(0, max(len(rows), 1), batch_size):
-            chunk = rows.iloc[start : start + batch_size]
-            batch = to_tensors(encoder.transform(chunk), stack.device)
-            batch.pop("label", None)
-            batch.pop("weight", None)
-            with torch.no_grad():
-                out = stack.call("forward", batch)
-            if head is None:
-                means.append(out)
-                continue
-            means.append(torch.stack([head.mean(out[m]) for m in range(out.shape[0])]))
-            if isinstance(head, GaussianHead):
-                stds.append(torch.stack([head.aleatoric_std(out[m]) for m in range(out.shape[0])]))
-        mean = torch.cat(means, dim=1).cpu()
-        std = torch.cat(stds, dim=1).cpu() if stds else None
-        return self._prediction(mean, std)
+        if head is None:
+            return out, None
+        means = torch.stack([head.mean(out[r]) for r in range(out.shape[0])])
+        if isinstance(head, GaussianHead):
+            return means, torch.stack([head.aleatoric_std(out[r]) for r in range(out.shape[0])])
+        return means, None
+
+    def _prediction_from_batch(self, batch: Batch) -> Prediction:
+        """Raw (pre-calibration) Prediction for an encoded batch."""
+        mean, std = self._member_outputs(batch)
+        return self._prediction(mean.cpu(), None if std is None else std.cpu())
 
     def recommend(
         self,
@@ -772,8 +1003,10 @@ class Recommender:
 
         Returns:
             DataFrame with columns user, item, rank (1-based), score (the ranking score,
-            here the mean), mean, std, low, high (NaN when the model has no uncertainty),
-            one row per recommended item.
+            here the mean), mean, std, low, high (NaN when the model has no uncertainty;
+            conformal when ``[uncertainty] conformal`` is set) and confidence (the
+            probability that the item is relevant, see :meth:`relevance_confidence`; NaN
+            when undefined), one row per recommended item.
         """
         self._require_fit()
         if k < 1:
@@ -786,10 +1019,15 @@ class Recommender:
         )
         users = list(user_ids)
         frames = []
-        cols = ["user", "item", "rank", "score", "mean", "std", "low", "high"]
+        cols = ["user", "item", "rank", "score", "mean", "std", "low", "high", "confidence"]
         for start in range(0, len(users), batch_users):
             chunk = users[start : start + batch_users]
-            scores = self._member_scores(chunk, None if items is None else cand, context)
+            pointwise = self.task in ("click", "rating")
+            cand_arg = None if items is None else cand
+            if pointwise:
+                scores = self._mean_scores(chunk, cand_arg, context).unsqueeze(0)
+            else:
+                scores = self._member_scores(chunk, cand_arg, context)
             exclude = None
             if exclude_seen:
                 seen = self._seen_rows(chunk)
@@ -802,30 +1040,100 @@ class Recommender:
                     seen = sp.csr_matrix(mapped)
                 exclude = seen
             top = ranking.top_k_from_scores(scores.mean(dim=0), k, exclude)  # (U, k), -1 padded
-            for r, user in enumerate(chunk):
-                sel = top[r][top[r] >= 0]
-                if sel.size == 0:
-                    continue
-                pred = self._prediction(scores[:, r, torch.as_tensor(sel)], None)
-                has_std = pred.std is not None
-                iv = pred.interval(confidence_level) if has_std else None
-                frames.append(
-                    pd.DataFrame(
-                        {
-                            "user": user,
-                            "item": cand[sel],
-                            "rank": np.arange(1, sel.size + 1),
-                            "score": pred.mean.cpu().numpy(),
-                            "mean": pred.mean.cpu().numpy(),
-                            "std": pred.std.cpu().numpy() if has_std else np.nan,
-                            "low": iv.low.cpu().numpy() if iv is not None else np.nan,
-                            "high": iv.high.cpu().numpy() if iv is not None else np.nan,
-                        }
-                    )
+            rows = [(r, top[r][top[r] >= 0]) for r in range(len(chunk))]
+            rows = [(r, sel) for r, sel in rows if sel.size]
+            if not rows:
+                continue
+            if pointwise:
+                # ranked by the mean (one matrix product); the full uncertainty model (head
+                # noise, members, MC dropout, calibration) only for the k chosen items
+                pair_users = [chunk[r] for r, sel in rows for _ in range(sel.size)]
+                pair_items = np.concatenate([cand[sel] for _, sel in rows])
+                pred = self.predict(pair_users, pair_items, context)
+            else:
+                flat = [scores[:, r, torch.as_tensor(sel)] for r, sel in rows]
+                pred = self._prediction(torch.cat(flat, dim=1), None)
+            has_std = pred.std is not None
+            iv = pred.interval(confidence_level) if has_std else None
+            mean = pred.mean.cpu().numpy()
+            conf = self.relevance_confidence(pred)
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "user": [chunk[r] for r, sel in rows for _ in range(sel.size)],
+                        "item": np.concatenate([cand[sel] for _, sel in rows]),
+                        "rank": np.concatenate([np.arange(1, sel.size + 1) for _, sel in rows]),
+                        "score": mean,
+                        "mean": mean,
+                        "std": pred.std.cpu().numpy() if has_std else np.nan,
+                        "low": iv.low.cpu().numpy() if iv is not None else np.nan,
+                        "high": iv.high.cpu().numpy() if iv is not None else np.nan,
+                        "confidence": conf.cpu().numpy() if conf is not None else np.nan,
+                    }
                 )
+            )
             if progress is not None:
                 progress(len(chunk))
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols)
+
+    def oov_std_ratios(self, rows: pd.DataFrame, max_rows: int = 5000) -> dict[str, float]:
+        """Feature-level cold-start analysis (as in the deep density network paper).
+
+        For each categorical user / item field (ids included), the median over rows of
+        std(prediction with that field set to OOV) / std(prediction with its real value),
+        over rows whose value is known. A ratio above 1 means the model is less certain
+        when it does not know that feature.
+
+        Args:
+            rows: interaction rows (user, item and context columns).
+            max_rows: rows used (the first ones; the analysis is a median).
+
+        Returns:
+            {field key, e.g. "user.user_id": median ratio}; empty for deterministic models.
+        """
+        encoder, _stack = self._require_fit()
+        part = rows.iloc[:max_rows]
+        batch = to_tensors(encoder.transform(part), _stack.device)
+        batch.pop("label", None)
+        batch.pop("weight", None)
+        base = self._post_hoc(self._prediction_from_batch(batch))
+        if base.std is None:
+            return {}
+        out: dict[str, float] = {}
+        for key, kind, _size in encoder.fields():
+            if kind == "numeric" or not key.startswith(("user.", "item.")):
+                continue
+            known = batch[key] > 0 if kind == "index" else (batch[key] > 0).any(-1)
+            if not bool(known.any()):
+                continue
+            cold = dict(batch)
+            cold[key] = torch.zeros_like(batch[key])
+            std_cold = self._post_hoc(self._prediction_from_batch(cold)).std
+            assert std_cold is not None
+            ratio = (std_cold[known] / base.std[known].clamp_min(1e-12)).cpu().numpy()
+            out[key] = float(np.median(ratio))
+        return out
+
+    @staticmethod
+    def list_confidence(recommendations: pd.DataFrame) -> pd.DataFrame:
+        """Per user, what a top-k list is likely to deliver.
+
+        Args:
+            recommendations: the output of :meth:`recommend` (needs user and confidence).
+
+        Returns:
+            DataFrame with user, expected_hits (sum of the items' relevance probabilities)
+            and prob_at_least_one (1 - prod(1 - p), treating items as independent); NaN
+            when the model has no relevance confidence.
+        """
+        rows = []
+        for user, g in recommendations.groupby("user", sort=False):
+            p = torch.tensor(g["confidence"].to_numpy(dtype=np.float64))
+            if p.numel() == 0 or bool(torch.isnan(p).any()):
+                rows.append((user, float("nan"), float("nan")))
+                continue
+            rows.append((user, float(expected_hits(p)), float(prob_at_least_one(p))))
+        return pd.DataFrame(rows, columns=["user", "expected_hits", "prob_at_least_one"])
 
     # ------------------------------------------------------------------ evaluation
     def _relevant_lists(
@@ -846,7 +1154,13 @@ class Recommender:
             relevant.append(np.unique(g["i"].to_numpy(dtype=np.int64)))
         return users, relevant
 
-    def evaluate(self, test: pd.DataFrame, *, show_progress: bool = False) -> dict[str, Any]:
+    def evaluate(
+        self,
+        test: pd.DataFrame,
+        *,
+        show_progress: bool = False,
+        plots_dir: str | Path | None = None,
+    ) -> dict[str, Any]:
         """Every metric that applies, on a test table (keys as in the metrics JSON).
 
         Pointwise models report rmse / mae (ratings) or auc / log_loss (clicks) on the test
@@ -856,6 +1170,13 @@ class Recommender:
         over the model's item embeddings, NaN when it has none), novelty and popularity bias
         @k, and the factorized top-k accuracy of the test rows (TensorFlow Recommenders'
         metric: seen items are not excluded).
+
+        Rating and click models also report the quality of their uncertainty (see
+        :func:`wager.evaluation.uncertainty.uncertainty_report`: ECE / MCE / Brier for
+        clicks; NLL, CRPS, coverage and width at ``[uncertainty] confidence_levels``,
+        Spearman and AUROC of std against the absolute error, the confidence curve), the
+        per-feature OOV std ratios and ``predict_seconds``; with ``plots_dir`` (and
+        ``[uncertainty] plots``) the plots are written there and listed under "plots".
         """
         _encoder, _stack = self._require_fit()
         assert self.items_ is not None and self.item_counts_ is not None
@@ -864,7 +1185,9 @@ class Recommender:
         task = self.task
         out: dict[str, Any] = {"n_test_rows": len(test)}
         if task in ("click", "rating") and s.label is not None and s.label in test.columns:
+            start = time.perf_counter()
             pred = self.predict(test[s.user].to_numpy(), test[s.item].to_numpy(), test)
+            out["predict_seconds"] = time.perf_counter() - start
             y = test[s.label].to_numpy(dtype=np.float64)
             mean = pred.mean.numpy().astype(np.float64)
             if task == "rating":
@@ -873,6 +1196,21 @@ class Recommender:
             else:
                 out["auc"] = auc(y, mean) if 0 < y.mean() < 1 else float("nan")
                 out["log_loss"] = log_loss(y, mean)
+            uc = self.config.uncertainty
+            out.update(
+                uncertainty_report(
+                    pred, y, levels=uc.confidence_levels, probability=task == "click"
+                )
+            )
+            if pred.std is not None:
+                out["oov_std_ratio"] = self.oov_std_ratios(test)
+            if plots_dir is not None and uc.plots:
+                oov = ~np.asarray(self.known_users(test[s.user].to_numpy()), dtype=bool)
+                plots = uncertainty_plots(
+                    pred, y, Path(plots_dir), probability=task == "click", oov_mask=oov
+                )
+                if plots:
+                    out["plots"] = plots
         users, relevant = self._relevant_lists(test, ev.relevance_threshold)
         if ev.max_users is not None and len(users) > ev.max_users:
             rng = np.random.default_rng(self.config.seed)
@@ -885,7 +1223,7 @@ class Recommender:
         chunk = max(1, min(1024, _PAIRS_PER_PASS * 4 // max(n_items, 1)))
         for start in range(0, len(users), chunk):
             part = users[start : start + chunk]
-            scores = self._member_scores(part).mean(dim=0)
+            scores = self._mean_scores(part)
             tops.append(ranking.top_k_from_scores(scores, k, self._seen_rows(part)))
         if users:
             top = np.concatenate(tops)
@@ -1013,6 +1351,17 @@ class Recommender:
                 }
             )
         )
+        post_hoc = {
+            name: obj.state_dict()
+            for name, obj in (
+                ("calibrator", self.calibrator_),
+                ("variance_scaling", self.variance_scaling_),
+                ("conformal", self.conformal_),
+                ("relevance_calibrator", self.relevance_calibrator_),
+            )
+            if obj is not None
+        }
+        (d / RUN_FILES["uncertainty"]).write_text(json.dumps(post_hoc, indent=1))
         self.save_metrics(d)
         return d
 
@@ -1073,6 +1422,19 @@ class Recommender:
         rec.stack_ = StackedModel(rec._factory, rec._members(), rec.config.seed, dev)
         rec.stack_.load_state_dict(load_file(str(d / RUN_FILES["weights"])))
         rec.stack_.train(False)
+        up = d / RUN_FILES["uncertainty"]
+        post_hoc = json.loads(up.read_text()) if up.exists() else {}
+        if "calibrator" in post_hoc:
+            kind = rec.config.uncertainty.calibrator
+            rec.calibrator_ = _CALIBRATORS[kind]().load_state_dict(post_hoc["calibrator"])
+        if "variance_scaling" in post_hoc:
+            rec.variance_scaling_ = VarianceScaling().load_state_dict(post_hoc["variance_scaling"])
+        if "conformal" in post_hoc:
+            rec.conformal_ = SplitConformal().load_state_dict(post_hoc["conformal"])
+        if "relevance_calibrator" in post_hoc:
+            rec.relevance_calibrator_ = RelevanceCalibrator().load_state_dict(
+                post_hoc["relevance_calibrator"]
+            )
         mp = d / RUN_FILES["metrics"]
         rec.metrics_ = json.loads(mp.read_text()) if mp.exists() else {}
         return rec

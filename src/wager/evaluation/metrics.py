@@ -48,6 +48,51 @@ def log_loss(labels: np.ndarray, probs: np.ndarray, eps: float = 1e-7) -> float:
     return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
 
 
+def calibration_bins(
+    probs: np.ndarray,
+    targets: np.ndarray,
+    n_bins: int = 15,
+    binning: Literal["equal_mass", "equal_width"] = "equal_mass",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-bin counts, mean prediction and mean target: the data of a reliability diagram.
+
+    "equal_mass" gives the i-th smallest prediction (stable sort) bin ``i * n_bins // n``
+    (equal counts); "equal_width" puts p in bin ``min(floor(p * n_bins), n_bins - 1)`` on
+    [0, 1]. ECE, MCE and the reliability diagram all use these bins.
+
+    Args:
+        probs: (n,) predicted probabilities.
+        targets: (n,) 0/1 outcomes or true probabilities.
+        n_bins: number of bins (>= 1).
+        binning: "equal_mass" or "equal_width".
+
+    Returns:
+        ``(counts, mean_prob, mean_target)``, each (n_bins,): counts int64; the means are
+        float64 and NaN for empty bins.
+    """
+    p = _arr(probs, "probs")
+    t = _arr(targets, "targets")
+    if p.size != t.size:
+        raise ValueError(f"probs and targets differ in length: {p.size} vs {t.size}")
+    if n_bins < 1:
+        raise ValueError(f"n_bins must be >= 1, got {n_bins}")
+    if binning == "equal_mass":
+        order = np.argsort(p, kind="stable")
+        bins = np.empty(p.size, dtype=np.int64)
+        bins[order] = np.arange(p.size) * n_bins // max(p.size, 1)
+    elif binning == "equal_width":
+        bins = np.clip(np.floor(p * n_bins).astype(np.int64), 0, n_bins - 1)
+    else:
+        raise ValueError(f"binning must be 'equal_mass' or 'equal_width', got {binning!r}")
+    counts = np.bincount(bins, minlength=n_bins)
+    sum_p = np.bincount(bins, weights=p, minlength=n_bins)
+    sum_t = np.bincount(bins, weights=t, minlength=n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_p = np.where(counts > 0, sum_p / np.maximum(counts, 1), np.nan)
+        mean_t = np.where(counts > 0, sum_t / np.maximum(counts, 1), np.nan)
+    return counts, mean_p, mean_t
+
+
 def expected_calibration_error(
     probs: np.ndarray,
     targets: np.ndarray,
@@ -60,28 +105,15 @@ def expected_calibration_error(
         probs: (n,) predicted probabilities.
         targets: (n,) 0/1 outcomes, or true probabilities when they are known
             (e.g. the synthetic world's true CTR: a noise-free calibration check).
-        n_bins: number of bins (>= 1).
+        n_bins: number of bins (>= 1); see :func:`calibration_bins`.
         binning: "equal_mass" (quantile bins, equal counts) or "equal_width" on [0, 1].
     """
-    p = _arr(probs, "probs")
-    t = _arr(targets, "targets")
-    if p.size == 0:
+    counts, mean_p, mean_t = calibration_bins(probs, targets, n_bins, binning)
+    n = int(counts.sum())
+    if n == 0:
         return float("nan")
-    if n_bins < 1:
-        raise ValueError(f"n_bins must be >= 1, got {n_bins}")
-    if binning == "equal_mass":
-        order = np.argsort(p, kind="stable")
-        bins = np.empty(p.size, dtype=np.int64)
-        bins[order] = np.arange(p.size) * n_bins // p.size
-    elif binning == "equal_width":
-        bins = np.minimum((p * n_bins).astype(np.int64), n_bins - 1)
-    else:
-        raise ValueError(f"binning must be 'equal_mass' or 'equal_width', got {binning!r}")
-    counts = np.bincount(bins, minlength=n_bins)
-    sum_p = np.bincount(bins, weights=p, minlength=n_bins)
-    sum_t = np.bincount(bins, weights=t, minlength=n_bins)
     used = counts > 0
-    return float(np.sum(np.abs(sum_p[used] - sum_t[used])) / p.size)
+    return float(np.sum(counts[used] * np.abs(mean_p[used] - mean_t[used])) / n)
 
 
 def interval_coverage(low: np.ndarray, high: np.ndarray, targets: np.ndarray) -> float:

@@ -1,0 +1,193 @@
+"""The facade's confidence: calibrators fitted on validation rows, conformal intervals,
+uncertainty metrics and plots in evaluate(), relevance confidence in recommend()."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from wager.config import (
+    EnsembleConfig,
+    EvaluationConfig,
+    ModelConfig,
+    RunConfig,
+    TrainConfig,
+    UncertaintyConfig,
+)
+from wager.data.schema import Schema
+from wager.recommender import Recommender
+from wager.uncertainty.conformal import ConformalPrediction
+
+RATING = Schema(label="rating", label_kind="rating", rating_range=(1.0, 5.0))
+CLICK = Schema(label="click", label_kind="click")
+
+
+def _ratings(n: int, seed: int) -> pd.DataFrame:
+    """30 users x 20 items; rating = 3 + user effect + item effect + noise whose std
+    depends on the user (0.2 for even users, 1.0 for odd ones): heteroscedastic."""
+    rng = np.random.default_rng(seed)
+    u, i = rng.integers(0, 30, n), rng.integers(0, 20, n)
+    ue = np.linspace(-1, 1, 30)[u]
+    ie = np.linspace(-0.5, 0.5, 20)[i]
+    noise = np.where(u % 2 == 0, 0.2, 1.0) * rng.standard_normal(n)
+    r = np.clip(3 + ue + ie + noise, 1, 5)
+    return pd.DataFrame({"user_id": u, "item_id": i, "rating": r})
+
+
+def _rating_config(**uncertainty) -> RunConfig:
+    return RunConfig(
+        schema=RATING,
+        model=ModelConfig(type="biased_mf", dim=2, likelihood="gaussian", init_std=0.05),
+        training=TrainConfig(
+            epochs=40, batch_size=256, learning_rate=0.03, optimizer="adam", patience=4
+        ),
+        ensemble=EnsembleConfig(members=3, bootstrap=False),
+        evaluation=EvaluationConfig(k=3, relevance_threshold=4.0, top_k_accuracy=(1,)),
+        uncertainty=UncertaintyConfig(**uncertainty),
+    )
+
+
+@pytest.fixture(scope="module")
+def conformal_run():
+    train, valid, test = _ratings(4000, 0), _ratings(1500, 1), _ratings(3000, 2)
+    rec = Recommender(_rating_config(conformal="normalized")).fit(train, valid)
+    return rec, test
+
+
+def test_conformal_intervals_cover_at_the_nominal_level(conformal_run):
+    rec, test = conformal_run
+    pred = rec.predict(test["user_id"], test["item_id"])
+    assert isinstance(pred, ConformalPrediction)
+    y = torch.tensor(test["rating"].to_numpy(), dtype=torch.float32)
+    cover = pred.interval(0.9).contains(y).float().mean().item()
+    # exchangeable calibration (1500 rows) and test rows: coverage ~ 0.9; 3000 test rows
+    # give a binomial se of 0.0055, the finite calibration set adds about as much
+    assert 0.87 <= cover <= 0.93
+    # normalized scores: the interval adapts: noisy (odd) users get wider intervals
+    width = pred.interval(0.9).width.numpy()
+    odd = test["user_id"].to_numpy() % 2 == 1
+    assert width[odd].mean() > 1.5 * width[~odd].mean()
+
+
+def test_evaluate_reports_uncertainty_keys_and_plots(conformal_run, tmp_path):
+    rec, test = conformal_run
+    m = rec.evaluate(test, plots_dir=tmp_path)
+    for key in (
+        "nll",
+        "crps",
+        "coverage@0.5",
+        "coverage@0.8",
+        "coverage@0.9",
+        "coverage@0.95",
+        "width@0.9",
+        "spearman_std_abs_error",
+        "auroc_std_error",
+        "rmse_most_confident_50pct",
+        "predict_seconds",
+    ):
+        assert np.isfinite(m[key]), key
+    assert "ece" not in m  # a probability metric: not for ratings
+    assert m["rmse_most_confident_50pct"] < m["rmse"]  # std tracks the error
+    assert set(m["oov_std_ratio"]) == {"user.user_id", "item.item_id"}
+    for name, file in m["plots"].items():
+        assert (tmp_path / file).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+
+
+def test_recommend_confidence_and_list_summary(conformal_run):
+    rec, _ = conformal_run
+    recs = rec.recommend([0, 1], k=3, exclude_seen=False)  # they rated every item
+    assert len(recs) == 6 and recs["confidence"].between(0, 1).all()
+    lists = rec.list_confidence(recs)
+    want = recs.groupby("user", sort=False)["confidence"].sum().to_numpy()
+    np.testing.assert_allclose(lists["expected_hits"].to_numpy(), want)
+    first = recs["user"].iloc[0]
+    p = recs.loc[recs["user"] == first, "confidence"].to_numpy()
+    assert lists.loc[0, "prob_at_least_one"] == pytest.approx(1 - np.prod(1 - p))
+
+
+def test_save_load_keeps_the_calibrators(conformal_run, tmp_path):
+    rec, test = conformal_run
+    rec.save(tmp_path / "run")
+    back = Recommender.load(tmp_path / "run")
+    a = rec.predict(test["user_id"][:50], test["item_id"][:50]).interval(0.9)
+    b = back.predict(test["user_id"][:50], test["item_id"][:50]).interval(0.9)
+    torch.testing.assert_close(a.low, b.low)
+    torch.testing.assert_close(a.high, b.high)
+    assert back.relevance_calibrator_ is not None
+
+
+def _clicks(n: int, seed: int) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    u, i = rng.integers(0, 40, n), rng.integers(0, 25, n)
+    logit = np.linspace(-2, 1, 40)[u] + np.linspace(-1, 1, 25)[i]
+    click = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(float)
+    return pd.DataFrame({"user_id": u, "item_id": i, "click": click})
+
+
+@pytest.mark.parametrize("calibrator", ["platt", "isotonic", "temperature"])
+def test_click_calibrators_are_fitted_saved_and_reported(calibrator, tmp_path):
+    cfg = RunConfig(
+        schema=CLICK,
+        model=ModelConfig(type="factorization", dim=2),
+        training=TrainConfig(epochs=5, batch_size=256, learning_rate=0.05, optimizer="adam"),
+        evaluation=EvaluationConfig(k=3, relevance_threshold=1.0, top_k_accuracy=(1,)),
+        uncertainty=UncertaintyConfig(calibrator=calibrator),
+    )
+    rec = Recommender(cfg).fit(_clicks(3000, 0), _clicks(1500, 1))
+    assert rec.calibrator_ is not None
+    assert f"+{calibrator}" in rec.predict([0], [0]).method
+    m = rec.evaluate(_clicks(2000, 2))
+    for key in ("ece", "ece_equal_width", "mce", "brier", "nll"):
+        assert np.isfinite(m[key]), key
+    rec.save(tmp_path / "run")
+    back = Recommender.load(tmp_path / "run")
+    torch.testing.assert_close(rec.predict([1, 2], [3, 4]).mean, back.predict([1, 2], [3, 4]).mean)
+
+
+@pytest.mark.parametrize(
+    ("config", "valid", "fragment"),
+    [
+        (_rating_config(conformal="normalized"), False, r"valid_fraction > 0"),
+        (
+            RunConfig(
+                schema=RATING,
+                model=ModelConfig(type="biased_mf", dim=2),
+                uncertainty=UncertaintyConfig(conformal="normalized"),
+            ),
+            True,
+            r"needs? a predicted std.*homoscedastic",
+        ),
+        (_rating_config(calibrator="platt"), True, r"calibrator = 'platt' calibrates click"),
+    ],
+)
+def test_post_hoc_misuse_says_how_to_fix(config, valid, fragment):
+    train = _ratings(600, 0)
+    cfg = RunConfig(
+        schema=config.schema,
+        model=config.model,
+        training=TrainConfig(epochs=1, batch_size=256),
+        ensemble=config.ensemble,
+        uncertainty=config.uncertainty,
+    )
+    with pytest.raises(ValueError, match=fragment):
+        Recommender(cfg).fit(train, _ratings(200, 1) if valid else None)
+
+
+def test_homoscedastic_conformal_works_for_a_point_model():
+    cfg = RunConfig(
+        schema=RATING,
+        model=ModelConfig(type="biased_mf", dim=2),
+        training=TrainConfig(epochs=5, batch_size=256, learning_rate=0.03, optimizer="adam"),
+        uncertainty=UncertaintyConfig(conformal="homoscedastic"),
+    )
+    rec = Recommender(cfg).fit(_ratings(3000, 0), _ratings(1000, 1))
+    test = _ratings(500, 2)
+    pred = rec.predict(test["user_id"], test["item_id"])
+    assert pred.std is None  # still deterministic; the interval has one constant width
+    iv = pred.interval(0.9)
+    q = rec.conformal_.score_quantile(0.9)
+    unclipped = ((iv.low > 1) & (iv.high < 5)).numpy()
+    assert unclipped.sum() > 50
+    np.testing.assert_allclose((iv.high - iv.low).numpy()[unclipped], 2 * q, rtol=1e-5)
