@@ -50,7 +50,14 @@ from wager.data.features import InteractionEncoder, categorical_keys
 from wager.data.schema import Schema
 from wager.errors import NotFittedError, data_error
 from wager.evaluation import ranking
-from wager.evaluation.metrics import auc, log_loss, mae, rmse
+from wager.evaluation.metrics import (
+    auc,
+    expected_calibration_error,
+    interval_coverage,
+    log_loss,
+    mae,
+    rmse,
+)
 from wager.evaluation.plots import uncertainty_plots
 from wager.evaluation.uncertainty import uncertainty_report
 from wager.models.fields import Field
@@ -484,9 +491,13 @@ class Recommender:
             self.variance_scaling_ = VarianceScaling().fit(pred, y)
             pred = self.variance_scaling_.transform(pred)
         if uc.conformal != "none":
-            self.conformal_ = SplitConformal(normalized=uc.conformal == "normalized").fit(
-                pred, y, confidence_levels=uc.confidence_levels
-            )
+            floor = 0.0
+            if pred.std is not None and bool((pred.std > 0).any()):
+                # members that agree exactly (all clipped to a bound) give std 0
+                floor = 0.01 * float(pred.std[pred.std > 0].median())
+            self.conformal_ = SplitConformal(
+                normalized=uc.conformal == "normalized", std_floor=floor
+            ).fit(pred, y, confidence_levels=uc.confidence_levels)
         thr = self.config.evaluation.relevance_threshold
         if thr is not None and pred.std is not None:
             raw = relevance_probability(pred, thr)
@@ -1202,6 +1213,16 @@ class Recommender:
                     pred, y, levels=uc.confidence_levels, probability=task == "click"
                 )
             )
+            if task == "click" and "true_ctr" in test.columns:
+                # simulated data: check the CTR itself, free of click noise
+                truth = test["true_ctr"].to_numpy(dtype=np.float64)
+                out["ece_true_ctr"] = expected_calibration_error(mean, truth)
+                if pred.std is not None:
+                    for level in uc.confidence_levels:
+                        iv = pred.interval(level)
+                        out[f"coverage_true_ctr@{level:g}"] = interval_coverage(
+                            iv.low.numpy(), iv.high.numpy(), truth
+                        )
             if pred.std is not None:
                 out["oov_std_ratio"] = self.oov_std_ratios(test)
             if plots_dir is not None and uc.plots:

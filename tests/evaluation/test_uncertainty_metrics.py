@@ -335,7 +335,12 @@ def test_report_probability_keys_and_values():
         mean=torch.tensor(p), std=torch.full((300,), 0.05, dtype=torch.float64), support=(0, 1)
     )
     report = uncertainty_report(pred, clicks, probability=True)
-    assert set(report) == STD_KEYS | PROBABILITY_KEYS
+    # a CTR interval is not checked against 0/1 clicks: no coverage keys, widths kept
+    coverage = {k for k in STD_KEYS if k.startswith("coverage@")}
+    assert set(report) == (STD_KEYS - coverage) | PROBABILITY_KEYS
+    # against true probabilities the coverage is reported
+    with_truth = uncertainty_report(pred, p, probability=True)
+    assert coverage <= set(with_truth)
     assert report["nll"] == pytest.approx(log_loss(clicks, p))
     assert report["ece"] == pytest.approx(expected_calibration_error(p, clicks))
     assert report["brier"] == pytest.approx(np.mean((p - clicks) ** 2))

@@ -250,3 +250,20 @@ _GOOD = Prediction(mean=torch.zeros(3), std=torch.ones(3))
 def test_bad_input_messages(make, message):
     with pytest.raises(ValueError, match=message):
         make()
+
+
+def test_std_floor_keeps_zero_std_predictions_usable():
+    # scores divide by max(std, floor): a zero std behaves like the floor, in fit and interval
+    cal = Prediction(mean=torch.zeros(4), std=torch.tensor([0.0, 1.0, 1.0, 2.0]))
+    y = torch.tensor([0.1, 0.5, 1.0, 1.0])
+    cp = SplitConformal(std_floor=0.5).fit(cal, y, confidence_levels=(0.5,))
+    # scores 0.1/0.5=0.2, 0.5, 1.0, 0.5 -> sorted [0.2, 0.5, 0.5, 1.0]; rank ceil(5*0.5)=3
+    assert cp.score_quantile(0.5) == pytest.approx(0.5)
+    iv = cp.interval(Prediction(mean=torch.tensor([2.0]), std=torch.tensor([0.0])), 0.5)
+    assert iv.high.item() == pytest.approx(2.25)
+    back = SplitConformal().load_state_dict(cp.state_dict())
+    assert back.std_floor == 0.5
+    with pytest.raises(ValueError, match="entries <= 0"):
+        SplitConformal().fit(cal, y)
+    with pytest.raises(ValueError, match="std_floor"):
+        SplitConformal(std_floor=-1.0)

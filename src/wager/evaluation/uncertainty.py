@@ -458,8 +458,10 @@ def uncertainty_report(
       prediction has ``weights``/``means``/``stds`` of shape (..., K); NaN when some std
       is 0, where the density is undefined), ``crps`` (Gaussian, or mixture closed form;
       for probability=True it scores the predicted distribution of the probability
-      itself against the targets), ``coverage@{level:g}`` and ``width@{level:g}`` for
-      each level (``prediction.interval(level)``), ``spearman_std_abs_error``,
+      itself against the targets), ``coverage@{level:g}`` (omitted when probability=True
+      and the targets are 0/1 outcomes: a CTR interval is checked against true CTRs, not
+      clicks) and ``width@{level:g}`` for each level (``prediction.interval(level)``),
+      ``spearman_std_abs_error``,
       ``auroc_std_error`` (median split), ``rmse_most_confident_50pct``, and
       ``confidence_curve`` = {"0.1": rmse, ..., "1": rmse} (a nested dict).
 
@@ -521,11 +523,13 @@ def uncertainty_report(
         if not probability:
             report["nll"] = gaussian_nll(mean, std, y) if np.all(std > 0) else float("nan")
         report["crps"] = gaussian_crps(mean, std, y)
+    outcomes = bool(np.all((y == 0) | (y == 1)))
     for level in levels:
         interval = prediction.interval(float(level))
         low = _vector(interval.low, "interval.low")
         high = _vector(interval.high, "interval.high")
-        report[f"coverage@{level:g}"] = interval_coverage(low, high, y)
+        if not (probability and outcomes):  # a CTR interval cannot "cover" a 0/1 click
+            report[f"coverage@{level:g}"] = interval_coverage(low, high, y)
         report[f"width@{level:g}"] = mean_interval_width(low, high)
     abs_error = np.abs(mean - y)
     report["spearman_std_abs_error"] = spearman_std_abs_error(std, abs_error)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
@@ -113,6 +113,9 @@ class SplitConformal:
 
     Args:
         normalized: divide scores by the prediction's std (True) or not (False).
+        std_floor: with ``normalized``, the std is taken as max(std, std_floor), both in
+            scores and intervals; > 0 keeps predictions whose std is 0 (e.g. all ensemble
+            members clipped to the same bound) usable.
 
     Attributes:
         scores_: (n,) sorted calibration scores, float64 (None before fit).
@@ -130,8 +133,11 @@ class SplitConformal:
         (tensor([-1.5000]), tensor([7.5000]))
     """
 
-    def __init__(self, normalized: bool = True) -> None:
+    def __init__(self, normalized: bool = True, std_floor: float = 0.0) -> None:
+        if not std_floor >= 0:
+            raise ValueError(f"std_floor must be >= 0, got {std_floor!r}")
         self.normalized = normalized
+        self.std_floor = float(std_floor)
         self.scores_: np.ndarray | None = None
         self.quantiles_: dict[float, float] = {}
 
@@ -166,10 +172,17 @@ class SplitConformal:
         mu = _flat(prediction.mean, "prediction.mean")
         residual = np.abs(y - mu)
         if self.normalized:
-            residual = residual / _positive_std(prediction, "SplitConformal(normalized=True)")
+            residual = residual / self._std(prediction)
         self.scores_ = np.sort(residual)
         self.quantiles_ = {level: self.score_quantile(level) for level in levels}
         return self
+
+    def _std(self, prediction: Prediction) -> np.ndarray:
+        """(n,) the std the scores divide by: max(std, std_floor), which must be > 0."""
+        if self.std_floor > 0 and prediction.std is not None:
+            floored = replace(prediction, std=prediction.std.clamp_min(self.std_floor))
+            return _positive_std(floored, "SplitConformal(normalized=True)")
+        return _positive_std(prediction, "SplitConformal(normalized=True)")
 
     def score_quantile(self, confidence_level: float) -> float:
         """The finite-sample score quantile q for ``confidence_level``.
@@ -206,7 +219,8 @@ class SplitConformal:
                     "SplitConformal was fitted with normalized=True; pass a prediction with a "
                     "std or fit SplitConformal(normalized=False)"
                 )
-            half = prediction.std * q if math.isfinite(q) else torch.full_like(mean, math.inf)
+            std = prediction.std.clamp_min(self.std_floor)
+            half = std * q if math.isfinite(q) else torch.full_like(mean, math.inf)
         else:
             half = torch.full_like(mean, q)
         low, high = mean - half, mean + half
@@ -233,6 +247,7 @@ class SplitConformal:
         return {
             "kind": "split_conformal",
             "normalized": bool(self.normalized),
+            "std_floor": self.std_floor,
             "scores": [float(s) for s in scores],
             "confidence_levels": sorted(self.quantiles_),
         }
@@ -244,6 +259,7 @@ class SplitConformal:
         if scores.ndim != 1 or scores.size == 0 or not np.all(np.isfinite(scores)):
             raise ValueError("state['scores'] must be a non-empty list of finite numbers")
         self.normalized = bool(state["normalized"])
+        self.std_floor = float(state.get("std_floor", 0.0))
         self.scores_ = np.sort(scores)
         self.quantiles_ = {
             _check_level(c, "state['confidence_levels'] entry"): 0.0
