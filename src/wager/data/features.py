@@ -618,13 +618,27 @@ class InteractionEncoder:
 
     ``transform`` returns a flat dict of numpy arrays keyed "user.<field>", "item.<field>",
     "context.<field>" (see the module docstring for each encoding), plus "label" (n,)
-    float32 and "weight" (n,) float32 when the schema has them and the rows hold them.
+    float32 and "weight" (n,) float32 when the schema has them and the rows hold them, and
+    "impressions" (n,) float32 (the impression count behind each aggregated CTR label, as
+    :class:`~wager.models.heads.DeepDensityHead` needs) when ``Schema.impressions`` is set
+    and the rows hold that column.
 
     Attributes:
         users: encoder of user ids and user features.
         items: encoder of item ids and item features.
         context: encoders of context columns of the interaction table.
         label: label column (or None), weight: weight column (or None).
+        impressions: impression-count column (or None).
+
+    Example:
+        >>> from wager.data.schema import Schema
+        >>> schema = Schema(label="ctr", label_kind="ctr", impressions="n", clicks="k")
+        >>> rows = pd.DataFrame({"user_id": [1, 2], "item_id": [7, 7], "n": [10, 40],
+        ...                      "k": [1, 2], "ctr": [0.1, 0.05]})
+        >>> enc = InteractionEncoder.from_schema(schema).fit(rows)
+        >>> out = enc.transform(rows)
+        >>> out["impressions"], out["label"]
+        (array([10., 40.], dtype=float32), array([0.1 , 0.05], dtype=float32))
     """
 
     users: EntityEncoder
@@ -632,6 +646,7 @@ class InteractionEncoder:
     context: FeatureEncoders
     label: str | None = None
     weight: str | None = None
+    impressions: str | None = None
 
     @classmethod
     def from_schema(
@@ -654,6 +669,7 @@ class InteractionEncoder:
             context=FeatureEncoders(tuple(schema.context)),
             label=schema.label,
             weight=schema.weight,
+            impressions=schema.impressions,
         )
 
     def fit(
@@ -689,7 +705,18 @@ class InteractionEncoder:
         return {f"item.{k}": v for k, v in self.items.transform(ids).items()}
 
     def transform(self, rows: pd.DataFrame) -> dict[str, np.ndarray]:
-        """Encode interaction rows (user, item, context, label, weight)."""
+        """Encode interaction rows (user, item, context, label, weight, impressions).
+
+        Args:
+            rows: interaction rows holding the user and item id columns, every context
+                column, and optionally the label, weight and impressions columns.
+
+        Returns:
+            {"user.*", "item.*", "context.*": encoded fields (see the module docstring),
+            "label": (n,) float32 when the label column is present, "weight": (n,) float32
+            row weights when the weight column is present, "impressions": (n,) float32
+            impression counts when ``Schema.impressions`` is set and its column is present}.
+        """
         out = self.transform_users(rows[self.users.key])
         out.update(self.transform_items(rows[self.items.key]))
         if self.context.specs:
@@ -698,6 +725,8 @@ class InteractionEncoder:
             out["label"] = rows[self.label].to_numpy(dtype=np.float32)
         if self.weight is not None and self.weight in rows.columns:
             out["weight"] = rows[self.weight].to_numpy(dtype=np.float32)
+        if self.impressions is not None and self.impressions in rows.columns:
+            out["impressions"] = rows[self.impressions].to_numpy(dtype=np.float32)
         return out
 
     def state_dict(self) -> dict[str, Any]:
@@ -708,6 +737,7 @@ class InteractionEncoder:
             "context": self.context.state_dict(),
             "label": self.label,
             "weight": self.weight,
+            "impressions": self.impressions,
         }
 
     @classmethod
@@ -724,4 +754,5 @@ class InteractionEncoder:
             context=FeatureEncoders.from_state_dict(state["context"]),
             label=state.get("label"),
             weight=state.get("weight"),
+            impressions=state.get("impressions"),
         )

@@ -4,10 +4,17 @@ The input x0 is the concatenation of every field's embedding (ids, categoricals,
 projected numerics). A cross network learns explicit bounded-degree feature crosses and a
 deep MLP implicit ones, either stacked (cross then deep) or in parallel (concatenated). One
 linear output layer serves one or several tasks, each with its own head and label.
+
+Any head of :mod:`wager.models.heads` fits, density heads included: the output layer has
+``head.out_dim`` units per task (3K for a K-component :class:`MixtureDensityHead` or
+:class:`DeepDensityHead`), and heads whose ``loss`` takes the keyword ``impressions`` (the
+deep density head, for aggregated CTR labels) get ``batch["impressions"]``.
 """
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -86,16 +93,35 @@ class Task:
             raise ValueError(f"Task '{self.name}': weight must be >= 0, got {self.weight!r}")
 
 
+def needs_impressions(head: Head) -> bool:
+    """Whether ``head.loss`` takes the keyword ``impressions`` (e.g. DeepDensityHead).
+
+    Example:
+        >>> from wager.models.heads import DeepDensityHead, MixtureDensityHead
+        >>> needs_impressions(DeepDensityHead()), needs_impressions(MixtureDensityHead())
+        (True, False)
+    """
+    try:
+        params = inspect.signature(head.loss).parameters
+    except (TypeError, ValueError):  # builtins without a signature: no impressions
+        return False
+    p = params.get("impressions")
+    return p is not None and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+
+
 class DCNRanker(nn.Module):
     """DCN-v2 ranking model with one output per task.
 
     Output layout of :meth:`forward`: (B,) for one task whose head has ``out_dim`` 1;
-    (B, out_dim) for one task with a multi-output head (e.g. (B, 2) for a GaussianHead);
-    (B, T) for T tasks, column t belonging to ``tasks[t]`` (multi-task needs every head to
-    have ``out_dim`` 1).
+    (B, out_dim) for one task with a multi-output head (e.g. (B, 2) for a GaussianHead,
+    (B, 3K) for a K-component MixtureDensityHead or DeepDensityHead); (B, T) for T tasks,
+    column t belonging to ``tasks[t]`` (multi-task needs every head to have ``out_dim`` 1).
 
     Batch keys read: ``"user.<field>"``, ``"item.<field>"``, ``"context.<field>"`` (B, ...);
-    in :meth:`loss` each task's ``label_key`` (B,) and optional ``"weight"`` (B,).
+    in :meth:`loss` each task's ``label_key`` (B,), optional ``"weight"`` (B,), and
+    ``"impressions"`` (B,) float32 counts n >= 1 when a task's head needs them
+    (:class:`~wager.models.heads.DeepDensityHead`; the encoder adds the key when
+    ``Schema.impressions`` is set).
 
     Args:
         user_fields: encoded user fields (keys "user.*").
@@ -121,6 +147,14 @@ class DCNRanker(nn.Module):
         ...          "context.hour": torch.zeros(1, 2)}
         >>> m(batch).shape
         torch.Size([1])
+        >>> from wager.models.heads import DeepDensityHead
+        >>> task = Task("ctr", "label", DeepDensityHead(components=2))
+        >>> users, items = [Field("user.user_id", "index", 3)], [Field("item.item_id", "index", 4)]
+        >>> ddn = DCNRanker(users, items, [], dim=4, deep=(8,), tasks=(task,))
+        >>> batch = {"user.user_id": torch.tensor([1, 2]), "item.item_id": torch.tensor([2, 3]),
+        ...          "label": torch.tensor([0.1, 0.0]), "impressions": torch.tensor([10.0, 3.0])}
+        >>> ddn(batch).shape, ddn.loss(batch).shape
+        (torch.Size([2, 6]), torch.Size([]))
     """
 
     def __init__(
@@ -153,12 +187,14 @@ class DCNRanker(nn.Module):
             raise NotImplementedError(
                 "multi-task DCNRanker supports only heads with out_dim 1 (BernoulliHead, "
                 f"PointHead); got out_dims {[t.head.out_dim for t in tasks]} for tasks "
-                f"{names}. Train a separate DCNRanker for the GaussianHead task."
+                f"{names}. Train a separate DCNRanker for each multi-output task (GaussianHead, "
+                "MixtureDensityHead, DeepDensityHead)."
             )
         fields = [*user_fields, *item_fields, *context_fields]
         if not fields:
             raise ValueError("DCNRanker needs at least one field")
         self.tasks = tuple(tasks)
+        self._needs_impressions = tuple(needs_impressions(t.head) for t in self.tasks)
         self.structure = structure
         self.head: Head | None = tasks[0].head if len(tasks) == 1 else None
         self.embedding = FieldEmbedding(fields, dim, init_std, bias=False)
@@ -185,8 +221,12 @@ class DCNRanker(nn.Module):
     def loss(self, batch: dict[str, Tensor], weights: Tensor | None = None) -> Tensor:
         """sum over tasks of weight_t * head_t.loss(output_t, batch[label_key_t], weights).
 
+        Heads whose ``loss`` takes the keyword ``impressions`` (DeepDensityHead) get
+        ``impressions=batch["impressions"]``.
+
         Args:
-            batch: encoded inputs plus each task's label (B,) float32.
+            batch: encoded inputs plus each task's label (B,) float32, and "impressions"
+                (B,) float32 impression counts n >= 1 when a head needs them.
             weights: (B,) non-negative row weights; None uses batch["weight"] when present.
 
         Returns:
@@ -201,11 +241,42 @@ class DCNRanker(nn.Module):
                 f"{[t.name for t in self.tasks if t.label_key in missing]}; add them to the "
                 "batch or change Task.label_key"
             )
+        impressions = batch.get("impressions")
+        if impressions is None and any(self._needs_impressions):
+            needy = [
+                f"'{t.name}' ({type(t.head).__name__})"
+                for t, need in zip(self.tasks, self._needs_impressions, strict=True)
+                if need
+            ]
+            raise ValueError(
+                f"batch lacks the key 'impressions' that task {', '.join(needy)} needs (the "
+                "impression count n >= 1 behind each CTR label): set the schema field "
+                "`impressions` (Schema(impressions=..., clicks=...)) so that "
+                "InteractionEncoder.transform adds it, or put a (B,) float32 'impressions' "
+                "tensor in the batch"
+            )
         out = self(batch)
         if len(self.tasks) == 1:
             t = self.tasks[0]
-            return t.weight * t.head.loss(out, batch[t.label_key], weights)
+            return t.weight * self._task_loss(0, out, batch, weights, impressions)
         total = out.new_zeros(())
         for i, t in enumerate(self.tasks):
-            total = total + t.weight * t.head.loss(out[..., i], batch[t.label_key], weights)
+            total = total + t.weight * self._task_loss(i, out[..., i], batch, weights, impressions)
         return total
+
+    def _task_loss(
+        self,
+        i: int,
+        out: Tensor,
+        batch: dict[str, Tensor],
+        weights: Tensor | None,
+        impressions: Tensor | None,
+    ) -> Tensor:
+        """Task ``i``'s head loss, with ``impressions=`` for heads that take it."""
+        t = self.tasks[i]
+        labels = batch[t.label_key]
+        if self._needs_impressions[i]:
+            # a DeepDensityHead-like loss: Head's protocol has no impressions keyword
+            loss_fn: Callable[..., Tensor] = t.head.loss
+            return loss_fn(out, labels, weights, impressions=impressions)
+        return t.head.loss(out, labels, weights)
