@@ -134,6 +134,7 @@ def _every_section(ensemble: EnsembleConfig | None) -> RunConfig:
             cross_layers=2,
             low_rank=4,
             positive_threshold=3.5,
+            oov_rate=0.05,
         ),
         training=TrainConfig(
             epochs=5,
@@ -199,6 +200,7 @@ def test_round_trip_leaves_unset_optionals_unset(tmp_path):
     [
         (lambda: ModelConfig(user_dropout=1.0), "[model] user_dropout = 1.0"),
         (lambda: ModelConfig(user_dropout=-0.1), "[model] user_dropout = -0.1"),
+        (lambda: ModelConfig(oov_rate=1.0), "[model] oov_rate = 1.0"),
         (lambda: ModelConfig(type="svd"), "[model] type = 'svd'"),
         (lambda: ModelConfig(type="neumf", negatives=0), "[model] negatives = 0"),
         (lambda: ModelConfig(low_rank=0), "[model] low_rank = 0"),

@@ -191,3 +191,37 @@ def test_homoscedastic_conformal_works_for_a_point_model():
     unclipped = ((iv.low > 1) & (iv.high < 5)).numpy()
     assert unclipped.sum() > 50
     np.testing.assert_allclose((iv.high - iv.low).numpy()[unclipped], 2 * q, rtol=1e-5)
+
+
+def test_oov_rate_trains_the_oov_rows_and_widens_cold_start(monkeypatch):
+    from wager.training.trainer import StackedModel
+
+    seen_frac = []
+    original = StackedModel.call_weighted
+
+    def spy(self, method, batch, weights, **kw):
+        seen_frac.append(float((batch["user.user_id"] == 0).float().mean()))
+        return original(self, method, batch, weights, **kw)
+
+    monkeypatch.setattr(StackedModel, "call_weighted", spy)
+    base = _rating_config()
+    cfg = RunConfig(
+        schema=RATING,
+        model=ModelConfig(
+            type="biased_mf", dim=2, likelihood="gaussian", init_std=0.05, oov_rate=0.2
+        ),
+        training=base.training,
+        ensemble=base.ensemble,
+        evaluation=base.evaluation,
+    )
+    train = _ratings(4000, 0)
+    rec = Recommender(cfg).fit(train, _ratings(1000, 1))
+    # every training user is known, so id 0 appears only through the replacement:
+    # about 20% of the rows (4000 rows per epoch: se of the mean share ~0.0063 / sqrt(epochs))
+    assert abs(np.mean(seen_frac) - 0.2) < 0.02
+    # the OOV rows moved away from their initialisation and carry the cold-start noise:
+    # an unknown user's predicted std exceeds the average known user's (the Gaussian head
+    # learned the spread over all users for the OOV row)
+    known = rec.predict(train["user_id"][:500], train["item_id"][:500])
+    cold = rec.predict(["nobody"] * 500, train["item_id"][:500])
+    assert float(cold.std.mean()) > float(known.std.mean())

@@ -68,6 +68,10 @@ class ModelConfig:
         normalize: two-tower: L2-normalise the tower outputs (cosine scores).
         cross_layers: dcn: cross layers (>= 1).
         low_rank: dcn: rank of the cross weight matrices, or None for full rank.
+        oov_rate: rating / click models: probability that a training row's user id and,
+            independently, its item id are replaced by the out-of-vocabulary index, so the
+            OOV rows learn what an unknown user / item looks like (and, with a noise head,
+            how uncertain it is) instead of keeping their random initialisation.
         positive_threshold: retrieval / implicit models: rows whose label is >= this are the
             positives (None: every row is a positive).
     """
@@ -95,6 +99,7 @@ class ModelConfig:
     cross_layers: int = 3
     low_rank: int | None = None
     positive_threshold: float | None = None
+    oov_rate: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
@@ -121,6 +126,7 @@ class ModelConfig:
             ">= 0 or unset",
         )
         _check(0 <= self.user_dropout < 1, "model", "user_dropout", self.user_dropout, "in [0, 1)")
+        _check(0 <= self.oov_rate < 1, "model", "oov_rate", self.oov_rate, "in [0, 1)")
         _check(self.temperature > 0, "model", "temperature", self.temperature, "> 0")
         _check(self.negatives >= 0, "model", "negatives", self.negatives, ">= 0")
         _check(

@@ -590,7 +590,21 @@ class Recommender:
         """Row indices -> training batch (negatives and log-Q terms added as the task needs)."""
         task = self.task
         if task in ("click", "rating"):
-            return lambda idx: _gather(train_t, idx)
+            rate = self.config.model.oov_rate
+            ids = [
+                k for k in (f"user.{self.schema.user}", f"item.{self.schema.item}") if k in train_t
+            ]
+            if rate == 0 or not ids:
+                return lambda idx: _gather(train_t, idx)
+
+            def pointwise_batch(idx: Tensor) -> Batch:
+                batch = _gather(train_t, idx)
+                for key in ids:  # cold-start practice: ids -> OOV (index 0) at random
+                    drop = (torch.rand(idx.numel(), generator=gen) < rate).to(device)
+                    batch[key] = batch[key].masked_fill(drop, 0)
+                return batch
+
+            return pointwise_batch
         assert self.item_counts_ is not None and self.item_index_ is not None
         m = self.config.model
         items = self._item_batch(device)
