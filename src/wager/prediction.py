@@ -187,22 +187,25 @@ class Prediction:
         )
         return self._clip(self.mean + std * noise)
 
-    def __getitem__(self, index: Any) -> Prediction:
-        """Select predictions (indexing applies to the batch dimensions)."""
+    def _selected(self, index: Any) -> dict[str, Any]:
+        """The Prediction fields of ``self[index]`` (batch dimensions indexed)."""
 
         def pick(t: Tensor | None) -> Tensor | None:
             return None if t is None else t[index]
 
-        samples = None if self.samples is None else self.samples[(slice(None), index)]
-        return Prediction(
-            mean=self.mean[index],
-            std=pick(self.std),
-            aleatoric_std=pick(self.aleatoric_std),
-            epistemic_std=pick(self.epistemic_std),
-            samples=samples,
-            method=self.method,
-            support=self.support,
-        )
+        return {
+            "mean": self.mean[index],
+            "std": pick(self.std),
+            "aleatoric_std": pick(self.aleatoric_std),
+            "epistemic_std": pick(self.epistemic_std),
+            "samples": None if self.samples is None else self.samples[(slice(None), index)],
+            "method": self.method,
+            "support": self.support,
+        }
+
+    def __getitem__(self, index: Any) -> Prediction:
+        """Select predictions (indexing applies to the batch dimensions)."""
+        return Prediction(**self._selected(index))
 
     def to_dict(self, confidence_level: float = 0.9) -> dict[str, Any]:
         """JSON-ready form (the serving schema): lists of floats, interval when std exists."""
@@ -473,23 +476,13 @@ class MixturePrediction(Prediction):
 
     def __getitem__(self, index: Any) -> MixturePrediction:
         """Select predictions (indexing applies to the batch dimensions; no ``Ellipsis``)."""
-
-        def pick(t: Tensor | None) -> Tensor | None:
-            return None if t is None else t[index]
-
-        samples = None if self.samples is None else self.samples[(slice(None), index)]
+        measurement = self.measurement_std
         return MixturePrediction(
-            mean=self.mean[index],
-            std=pick(self.std),
-            aleatoric_std=pick(self.aleatoric_std),
-            epistemic_std=pick(self.epistemic_std),
-            samples=samples,
-            method=self.method,
-            support=self.support,
+            **self._selected(index),
             weights=self.weights[index],
             means=self.means[index],
             stds=self.stds[index],
-            measurement_std=pick(self.measurement_std),
+            measurement_std=None if measurement is None else measurement[index],
         )
 
     def to_dict(self, confidence_level: float = 0.9) -> dict[str, Any]:

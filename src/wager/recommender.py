@@ -464,16 +464,18 @@ class Recommender:
                     "none: set [data] valid_fraction > 0 (or pass valid to fit())"
                 )
             return
+        if task == "click" and asked and uc.calibrator == "none":
+            raise ValueError(
+                f"[uncertainty] {asked[0]} applies to rating models; for clicks use "
+                "calibrator = 'platt' | 'isotonic' | 'temperature'"
+            )
+        thr = self.config.evaluation.relevance_threshold
+        if not asked and (task == "click" or thr is None):
+            return  # nothing to fit: skip scoring the validation rows
         y = torch.tensor(valid[s.label].to_numpy(dtype=np.float64), dtype=torch.float32)
         pred = self._predict_raw(valid[s.user].to_numpy(), valid[s.item].to_numpy(), valid)
         if task == "click":
-            if uc.calibrator != "none":
-                self.calibrator_ = _CALIBRATORS[uc.calibrator]().fit(pred.mean, y)
-            elif asked:
-                raise ValueError(
-                    f"[uncertainty] {asked[0]} applies to rating models; for clicks use "
-                    "calibrator = 'platt' | 'isotonic' | 'temperature'"
-                )
+            self.calibrator_ = _CALIBRATORS[uc.calibrator]().fit(pred.mean, y)
             return
         if uc.calibrator != "none":
             raise ValueError(
@@ -498,7 +500,6 @@ class Recommender:
             self.conformal_ = SplitConformal(
                 normalized=uc.conformal == "normalized", std_floor=floor
             ).fit(pred, y, confidence_levels=uc.confidence_levels)
-        thr = self.config.evaluation.relevance_threshold
         if thr is not None and pred.std is not None:
             raw = relevance_probability(pred, thr)
             relevant = (y >= thr).to(torch.float32)

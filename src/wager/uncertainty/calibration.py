@@ -118,6 +118,14 @@ def _require_both_classes(y: np.ndarray, who: str) -> None:
         )
 
 
+def _logit_inputs(probs: Any, labels: Any, who: str) -> tuple[np.ndarray, np.ndarray]:
+    """Checked (n,) logits of ``probs`` and (n,) 0/1 ``labels`` holding both classes."""
+    p = _check_probs(probs)
+    y = _check_labels(labels, p.size)
+    _require_both_classes(y, who)
+    return _logit_np(p), y
+
+
 def _probs_tensor(probs: Tensor | np.ndarray | Any) -> Tensor:
     t = torch.as_tensor(probs)
     if not torch.is_floating_point(t):
@@ -226,11 +234,12 @@ class _ProbabilityCalibrator:
         )
 
 
-def _check_kind(state: dict[str, Any], kind: str, keys: tuple[str, ...]) -> None:
+def check_state(state: dict[str, Any], kind: str, keys: tuple[str, ...]) -> None:
+    """Check a saved calibrator state: its "kind" tag and required keys (for load_state_dict)."""
     if state.get("kind") != kind:
         raise ValueError(
             f"state['kind'] is {state.get('kind')!r}, expected {kind!r}; load the state into "
-            "the calibrator class that saved it"
+            "the class that saved it"
         )
     missing = [k for k in keys if k not in state]
     if missing:
@@ -281,10 +290,7 @@ class PlattScaling(_ProbabilityCalibrator):
         Returns:
             self.
         """
-        p = _check_probs(probs)
-        y = _check_labels(labels, p.size)
-        _require_both_classes(y, "PlattScaling")
-        x = _logit_np(p)
+        x, y = _logit_inputs(probs, labels, "PlattScaling")
         n = x.size
 
         def loss_grad(theta: np.ndarray) -> tuple[float, np.ndarray]:
@@ -324,7 +330,7 @@ class PlattScaling(_ProbabilityCalibrator):
 
     def load_state_dict(self, state: dict[str, Any]) -> PlattScaling:
         """Restore from :meth:`state_dict`; returns self."""
-        _check_kind(state, "platt", ("slope", "intercept"))
+        check_state(state, "platt", ("slope", "intercept"))
         self.slope_ = float(state["slope"])
         self.intercept_ = float(state["intercept"])
         return self
@@ -372,10 +378,7 @@ class TemperatureScaling(_ProbabilityCalibrator):
         Returns:
             self.
         """
-        p = _check_probs(probs)
-        y = _check_labels(labels, p.size)
-        _require_both_classes(y, "TemperatureScaling")
-        x = _logit_np(p)
+        x, y = _logit_inputs(probs, labels, "TemperatureScaling")
 
         def slope(beta: float) -> float:
             # d/d(beta) of mean log-loss of sigmoid(beta * x); increasing in beta
@@ -416,7 +419,7 @@ class TemperatureScaling(_ProbabilityCalibrator):
 
     def load_state_dict(self, state: dict[str, Any]) -> TemperatureScaling:
         """Restore from :meth:`state_dict`; returns self."""
-        _check_kind(state, "temperature", ("temperature",))
+        check_state(state, "temperature", ("temperature",))
         t = float(state["temperature"])
         if not (np.isfinite(t) and t > 0):
             raise ValueError(f"state['temperature'] must be a finite number > 0, got {t!r}")
@@ -509,7 +512,7 @@ class IsotonicCalibration(_ProbabilityCalibrator):
 
     def load_state_dict(self, state: dict[str, Any]) -> IsotonicCalibration:
         """Restore from :meth:`state_dict`; returns self."""
-        _check_kind(state, "isotonic", ("x_thresholds", "y_thresholds"))
+        check_state(state, "isotonic", ("x_thresholds", "y_thresholds"))
         xs = [float(v) for v in state["x_thresholds"]]
         ys = [float(v) for v in state["y_thresholds"]]
         if not xs or len(xs) != len(ys):

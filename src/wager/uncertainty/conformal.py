@@ -25,6 +25,7 @@ from torch import Tensor
 
 from wager.errors import NotFittedError
 from wager.prediction import Interval, Prediction
+from wager.uncertainty.calibration import check_state
 
 # relative slack on (n + 1) * level, absorbing floating-point error such as 10 * 0.9 landing
 # a hair above 9 (which would otherwise pick the 10th score instead of the 9th)
@@ -254,7 +255,7 @@ class SplitConformal:
 
     def load_state_dict(self, state: dict[str, Any]) -> SplitConformal:
         """Restore from :meth:`state_dict` (quantiles are recomputed); returns self."""
-        _check_state(state, "split_conformal", ("normalized", "scores", "confidence_levels"))
+        check_state(state, "split_conformal", ("normalized", "scores", "confidence_levels"))
         scores = np.asarray(state["scores"], dtype=np.float64)
         if scores.ndim != 1 or scores.size == 0 or not np.all(np.isfinite(scores)):
             raise ValueError("state['scores'] must be a non-empty list of finite numbers")
@@ -267,17 +268,6 @@ class SplitConformal:
         }
         self.quantiles_ = {level: self.score_quantile(level) for level in self.quantiles_}
         return self
-
-
-def _check_state(state: dict[str, Any], kind: str, keys: tuple[str, ...]) -> None:
-    if state.get("kind") != kind:
-        raise ValueError(
-            f"state['kind'] is {state.get('kind')!r}, expected {kind!r}; load the state into "
-            "the class that saved it"
-        )
-    missing = [k for k in keys if k not in state]
-    if missing:
-        raise ValueError(f"state is missing {missing}; pass a dict saved by state_dict()")
 
 
 class VarianceScaling:
@@ -378,7 +368,7 @@ class VarianceScaling:
 
     def load_state_dict(self, state: dict[str, Any]) -> VarianceScaling:
         """Restore from :meth:`state_dict`; returns self."""
-        _check_state(state, "variance_scaling", ("scale",))
+        check_state(state, "variance_scaling", ("scale",))
         s = float(state["scale"])
         if not (math.isfinite(s) and s > 0.0):
             raise ValueError(f"state['scale'] must be a finite number > 0, got {s!r}")
