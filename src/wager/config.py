@@ -49,6 +49,15 @@ class ModelConfig:
         hidden: MLP widths on top of the embeddings (towers; NeuMF's MLP; DCN's deep tower).
         dropout: dropout rate in [0, 1) on hidden layers.
         likelihood: rating models: "point" (MSE) or "gaussian" (heteroscedastic NLL).
+            "mdn" / "ddn": click / CTR models of type "dcn": a mixture density network /
+            deep density network of the CTR (:class:`~wager.models.heads.MixtureDensityHead`
+            / :class:`~wager.models.heads.DeepDensityHead`); "ddn" needs aggregated rows
+            with an impressions column (``Schema.impressions``). "point" for clicks is the
+            Bernoulli (BCE) head.
+        mean_loss: gaussian likelihood: "nll" fits mean and std jointly by the Gaussian NLL;
+            "mse" fits the mean by squared error (as the point model) and the std by the NLL
+            of the residuals with the mean held fixed (see
+            :class:`~wager.models.heads.GaussianHead`).
         reg: L2 on the embeddings of the batch rows (>= 0): biased_mf (factors and biases,
             per example); two_tower (user vectors of the batch rows and the candidate item
             vectors).
@@ -66,6 +75,7 @@ class ModelConfig:
         loss_reduction: two-tower: "mean" or "sum" (the TensorFlow Recommenders tutorial) over
             the batch.
         normalize: two-tower: L2-normalise the tower outputs (cosine scores).
+        components: "mdn" / "ddn" likelihood: mixture components K (>= 1).
         cross_layers: dcn: cross layers (>= 1).
         low_rank: dcn: rank of the cross weight matrices, or None for full rank.
         oov_rate: rating / click models: probability that a training row's user id and,
@@ -83,7 +93,8 @@ class ModelConfig:
     item_min_count: int = 1
     hidden: tuple[int, ...] = ()
     dropout: float = 0.0
-    likelihood: Literal["point", "gaussian"] = "point"
+    likelihood: Literal["point", "gaussian", "mdn", "ddn"] = "point"
+    mean_loss: Literal["nll", "mse"] = "nll"
     reg: float = 0.0
     bias_reg: float | None = None
     temperature: float = 1.0
@@ -96,6 +107,7 @@ class ModelConfig:
     negatives: int = 0
     loss_reduction: Literal["mean", "sum"] = "mean"
     normalize: bool = False
+    components: int = 3
     cross_layers: int = 3
     low_rank: int | None = None
     positive_threshold: float | None = None
@@ -111,11 +123,23 @@ class ModelConfig:
         _check(all(h >= 1 for h in self.hidden), "model", "hidden", self.hidden, "widths >= 1")
         _check(0 <= self.dropout < 1, "model", "dropout", self.dropout, "in [0, 1)")
         _check(
-            self.likelihood in ("point", "gaussian"),
+            self.likelihood in ("point", "gaussian", "mdn", "ddn"),
             "model",
             "likelihood",
             self.likelihood,
-            "'point' or 'gaussian'",
+            "'point', 'gaussian', 'mdn' or 'ddn'",
+        )
+        _check(
+            not isinstance(self.components, bool)
+            and isinstance(self.components, int)
+            and self.components >= 1,
+            "model",
+            "components",
+            self.components,
+            "an integer >= 1 (3 to 5 mixture components are common)",
+        )
+        _check(
+            self.mean_loss in ("nll", "mse"), "model", "mean_loss", self.mean_loss, "'nll' or 'mse'"
         )
         _check(self.reg >= 0, "model", "reg", self.reg, ">= 0")
         _check(
@@ -258,6 +282,12 @@ class TrainConfig:
         batch_size: rows per step (>= 1).
         learning_rate: optimiser step size (> 0).
         weight_decay: decoupled weight decay (AdamW) / L2 (Adam, Adagrad) (>= 0).
+        anchored: the weight decay pulls every parameter towards its own initial value
+            instead of towards 0 (anchored ensembles, Pearce et al. 2020). Each ensemble
+            member starts from its own random draw, so members keep a prior-sized
+            disagreement where the data say little (rare users and items, OOV rows) and
+            agree where the data are plentiful; with ``init_std ~ 1 / sqrt(weight_decay *
+            n_rows)`` each member is approximately a posterior sample of the embeddings.
         optimizer: "adamw", "adam" or "adagrad".
         patience: epochs without validation improvement before stopping (>= 1); the best
             epoch's parameters are restored.
@@ -275,6 +305,7 @@ class TrainConfig:
     batch_size: int = 2048
     learning_rate: float = 0.01
     weight_decay: float = 0.0
+    anchored: bool = False
     optimizer: Literal["adamw", "adam", "adagrad"] = "adam"
     patience: int = 2
     grad_clip: float | None = None
@@ -389,6 +420,12 @@ class UncertaintyConfig:
             "homoscedastic" (split conformal on |y - mean|: constant width, the baseline).
         variance_scaling: rescale std by one factor fitted on the validation rows
             (Gaussian NLL), before any conformal step.
+        cold_start: how out-of-vocabulary users, items and feature values get their
+            uncertainty: "learned" (the OOV rows as trained) or "population" (after
+            training each ensemble member's OOV rows become a random known row's deviation
+            from the average: an unknown user is predicted as a random user, and the members
+            disagree by the population's spread; see
+            :func:`wager.uncertainty.cold_start.population_oov`). Needs an ensemble.
         confidence_levels: levels at which evaluation reports coverage and width.
         plots: ``wager evaluate`` writes reliability / coverage / confidence plots (PNG)
             into the run directory.
@@ -398,6 +435,7 @@ class UncertaintyConfig:
     calibrator: str = "none"
     conformal: str = "none"
     variance_scaling: bool = False
+    cold_start: Literal["learned", "population"] = "learned"
     confidence_levels: tuple[float, ...] = (0.5, 0.8, 0.9, 0.95)
     plots: bool = True
 
@@ -412,6 +450,13 @@ class UncertaintyConfig:
             "mc_dropout_samples",
             s,
             "0 (off) or an integer >= 2",
+        )
+        _check(
+            self.cold_start in ("learned", "population"),
+            "uncertainty",
+            "cold_start",
+            self.cold_start,
+            "'learned' or 'population'",
         )
         _check(
             self.calibrator in CALIBRATORS,

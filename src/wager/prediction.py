@@ -26,6 +26,7 @@ from statistics import NormalDist
 from typing import Any
 
 import torch
+from scipy.stats import t as student_t
 from torch import Tensor
 
 
@@ -154,12 +155,33 @@ class Prediction:
             return x
         return x.clamp(self.support[0], self.support[1])
 
+    def _draws(self) -> int | None:
+        """M when the spread is the population std of M equally weighted draws alone."""
+        if self.aleatoric_std is not None or self.samples is None or self.std is None:
+            return None
+        m = int(self.samples.shape[0])
+        return m if m >= 2 else None
+
     def quantile(self, q: float) -> Tensor:
-        """(...) the q-quantile of a Gaussian with this mean and std, clipped to the support."""
+        """(...) the q-quantile of the predictive distribution, clipped to the support.
+
+        Gaussian with this mean and std, except for a prediction whose whole spread comes
+        from M samples (ensemble members or dropout samples without a noise head: no
+        ``aleatoric_std``, ``samples`` set). Then the M samples are M draws from the
+        distribution of the predicted quantity, and the quantile is that of the Student-t
+        prediction distribution of one more draw, ``mean + t_{M-1}(q) * std *
+        sqrt((M + 1) / (M - 1))`` (std is the population std of the draws). With 5 members
+        the Gaussian 90% interval would hold only ~75% of such draws; the t interval holds
+        90% when the draws are normal, and tends to the Gaussian one as M grows.
+        """
         if not 0.0 < q < 1.0:
             raise ValueError(f"quantile q must be in (0, 1), got {q!r}")
         std = self._require_std("quantile()")
-        return self._clip(self.mean + NormalDist().inv_cdf(q) * std)
+        m = self._draws()
+        if m is None:
+            return self._clip(self.mean + NormalDist().inv_cdf(q) * std)
+        factor = float(student_t.ppf(q, m - 1)) * math.sqrt((m + 1) / (m - 1))
+        return self._clip(self.mean + factor * std)
 
     def interval(self, confidence_level: float = 0.9) -> Interval:
         """Central interval holding ``confidence_level`` of the predictive distribution."""

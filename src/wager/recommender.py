@@ -61,18 +61,25 @@ from wager.evaluation.metrics import (
 from wager.evaluation.plots import uncertainty_plots
 from wager.evaluation.uncertainty import uncertainty_report
 from wager.models.fields import Field
-from wager.models.heads import BernoulliHead, GaussianHead, PointHead
+from wager.models.heads import (
+    BernoulliHead,
+    DeepDensityHead,
+    GaussianHead,
+    MixtureDensityHead,
+    PointHead,
+)
 from wager.models.mf import BiasedMF, FeatureFactorization
 from wager.models.ncf import NeuMF
 from wager.models.ranking import DCNRanker, Task
 from wager.models.two_tower import TwoTower
-from wager.prediction import Prediction
+from wager.prediction import MixturePrediction, Prediction
 from wager.training.trainer import History, StackedModel, resolve_device, train_stacked
 from wager.uncertainty.calibration import (
     IsotonicCalibration,
     PlattScaling,
     TemperatureScaling,
 )
+from wager.uncertainty.cold_start import population_oov
 from wager.uncertainty.conformal import SplitConformal, VarianceScaling
 from wager.uncertainty.ensemble import bootstrap_weights, holdout_mask
 from wager.uncertainty.mc_dropout import MCDropout
@@ -103,6 +110,8 @@ RUN_FILES = {
 
 TaskKind = Literal["click", "rating", "retrieval", "implicit"]
 Batch = dict[str, Tensor]
+# heads whose outputs are a Gaussian mixture of the CTR ([model] likelihood "mdn" / "ddn")
+_MIXTURE_HEADS = (MixtureDensityHead, DeepDensityHead)
 
 # pairs scored per forward pass when a model has no factorised (dot-product) form
 _PAIRS_PER_PASS = 262_144
@@ -193,16 +202,26 @@ class Recommender:
 
     @property
     def head(self) -> Any:
-        """The likelihood head of pointwise models (None for retrieval scores)."""
+        """The likelihood head of pointwise models (None for retrieval scores).
+
+        Clicks: Bernoulli, or with ``[model] likelihood = "mdn"`` / ``"ddn"`` a K-component
+        mixture density / deep density head of the CTR (K = ``[model] components``).
+        Ratings: point or Gaussian.
+        """
         task = self.task
         if task == "retrieval":
             return None
+        likelihood = self.config.model.likelihood
+        if task == "click" and likelihood == "mdn":
+            return MixtureDensityHead(components=self.config.model.components, support=(0.0, 1.0))
+        if task == "click" and likelihood == "ddn":
+            return DeepDensityHead(components=self.config.model.components)
         if task in ("click", "implicit"):
             return BernoulliHead()
         rr = self.schema.rating_range
         support = (float(rr[0]), float(rr[1])) if rr is not None else None
         if self.config.model.likelihood == "gaussian":
-            return GaussianHead(support=support)
+            return GaussianHead(support=support, mean_loss=self.config.model.mean_loss)
         return PointHead(support=support)
 
     @property
@@ -329,6 +348,48 @@ class Recommender:
             return df
         return df[df[self.schema.label].to_numpy(dtype=float) >= thr]
 
+    def _check_likelihood(self, train: pd.DataFrame) -> None:
+        """Errors for ``[model] likelihood`` values the model type, task or data cannot take.
+
+        Args:
+            train: the training rows (checked for the impressions column of "ddn").
+        """
+        m = self.config.model
+        if m.likelihood not in ("mdn", "ddn"):
+            return
+        if m.type != "dcn":
+            raise ValueError(
+                f"[model] likelihood = {m.likelihood!r} needs [model] type = 'dcn' (got "
+                f"type = {m.type!r}): the mixture density heads model a CTR with the DCN "
+                "ranker; set type = 'dcn', or likelihood = 'point' for this model type"
+            )
+        if self.task != "click":
+            raise ValueError(
+                f"[model] likelihood = {m.likelihood!r} models a click-through rate, but this "
+                f"is a {self.task} model (Schema.label_kind = {self.schema.label_kind!r}); "
+                "use a click / CTR label (Schema.label_kind = 'click' or 'ctr'), or "
+                "likelihood = 'gaussian' for ratings"
+            )
+        if m.likelihood != "ddn":
+            return
+        col = self.schema.impressions
+        if col is None:
+            raise ValueError(
+                "[model] likelihood = 'ddn' needs aggregated CTR rows with their impression "
+                "counts, but Schema.impressions is not set: set Schema(impressions=<column>, "
+                "clicks=<column>), or use likelihood = 'mdn'"
+            )
+        if col not in train.columns:
+            raise data_error(
+                "missing_column",
+                f"[model] likelihood = 'ddn' needs the impressions column {col!r} "
+                "(Schema.impressions), which is missing from the train table",
+                source="train",
+                column=col,
+                fix=f"Add the impression counts as column {col!r}, or use likelihood = 'mdn'. "
+                f"Available columns: {', '.join(map(str, train.columns))}.",
+            )
+
     def fit(
         self,
         train: pd.DataFrame,
@@ -343,7 +404,8 @@ class Recommender:
         Args:
             train: interaction rows with the schema's user, item, label and context columns.
             valid: rows for early stopping (validation RMSE for ratings, log-loss for clicks,
-                NDCG@k for retrieval / implicit), or None (no early stopping).
+                impression-weighted squared error of the mean CTR for "mdn" / "ddn", NDCG@k
+                for retrieval / implicit), or None (no early stopping).
             user_features: user feature table keyed by ``schema.user``, or None.
             item_features: item feature table keyed by ``schema.item``, or None.
             show_progress: draw a progress bar.
@@ -354,6 +416,7 @@ class Recommender:
             raise ValueError(
                 f"Schema.label is None: a {task} model needs a label column; set schema.label"
             )
+        self._check_likelihood(train)
         self._check_columns(train, "train", need_label=task in ("click", "rating"))
         if valid is not None:
             self._check_columns(valid, "valid", need_label=task in ("click", "rating"))
@@ -427,6 +490,19 @@ class Recommender:
             description=f"{self.method}",
         )
         stack.train(False)
+        if self.config.uncertainty.cold_start == "population":
+            if self._members() < 2:
+                raise ValueError(
+                    "[uncertainty] cold_start = 'population' spreads the OOV rows over the "
+                    "ensemble members: add an [ensemble] section with members >= 2, or set "
+                    "cold_start = 'learned'"
+                )
+            learned = (
+                frozenset({f"user.{s.user}", f"item.{s.item}"})
+                if self.config.model.oov_rate > 0
+                else frozenset()
+            )
+            population_oov(stack.params, self._fields(), gen, learned)
         self._fit_post_hoc(valid)
         hist = self.history_
         self.metrics_ = {
@@ -679,8 +755,12 @@ class Recommender:
     ) -> Callable[[dict[str, Tensor]], Tensor]:
         """params -> (M,) validation RMSE (ratings) or log-loss (clicks) on encoded ``rows``.
 
+        Clicks with a mixture head ("mdn" / "ddn"): the impression-weighted squared error of
+        each member's predicted mean CTR against the label, ``sum n (mean - ctr)^2 / sum n``
+        (n = ``rows["impressions"]`` when present, else 1 per row).
+
         Args:
-            rows: encoded rows with "label" (n,).
+            rows: encoded rows with "label" (n,) and optionally "impressions" (n,).
             mask: (M, n) bool with the same number of True per member: the rows each member
                 is scored on (its own holdout), or None to score every member on all rows.
         """
@@ -695,6 +775,8 @@ class Recommender:
             idx = torch.stack([torch.nonzero(mask[m]).squeeze(1) for m in range(len(mask))])
             inputs = {k: v[idx] for k, v in inputs.items()}
         labels = inputs.pop("label")
+        mixture = isinstance(head, _MIXTURE_HEADS)
+        row_w = inputs.get("impressions", torch.ones_like(labels))  # (n,) or (M, n)
 
         def pointwise(p: dict[str, Tensor]) -> Tensor:
             stack.train(False)
@@ -706,6 +788,10 @@ class Recommender:
             if task == "rating":
                 means = torch.stack([head.mean(out[m]) for m in range(out.shape[0])])
                 return (means - labels).square().mean(dim=-1).sqrt()
+            if mixture:
+                means = torch.stack([head.mean(out[m]) for m in range(out.shape[0])])
+                sq = (means - labels).square() * row_w
+                return sq.sum(dim=-1) / row_w.sum(dim=-1).clamp_min(1e-12)
             return torch.nn.functional.binary_cross_entropy_with_logits(
                 out, labels.expand_as(out), reduction="none"
             ).mean(dim=-1)
@@ -928,9 +1014,112 @@ class Recommender:
             an ensemble, std combines the members' spread (epistemic) and, for Gaussian
             heads, the predicted rating noise (aleatoric); samples (M, n) are the members'
             means. A single point model has std None. For clicks, std is uncertainty about the
-            CTR itself (Bernoulli click noise is not added).
+            CTR itself (Bernoulli click noise is not added). Mixture likelihoods ("mdn" /
+            "ddn") also return this Gaussian-moment Prediction (mean, and std =
+            sqrt(aleatoric^2 + epistemic^2) with aleatoric = the members' mixture std), so
+            calibrators, evaluate(), recommend() and serving treat them like any click model;
+            :meth:`predict_mixture` gives the whole pooled mixture.
         """
         return self._post_hoc(self._predict_raw(user_ids, item_ids, context, batch_size))
+
+    def predict_mixture(
+        self,
+        user_ids: Sequence[Any] | np.ndarray,
+        item_ids: Sequence[Any] | np.ndarray,
+        context: pd.DataFrame | Mapping[str, Any] | None = None,
+        impressions: Sequence[float] | np.ndarray | Tensor | None = None,
+        batch_size: int = 65536,
+    ) -> MixturePrediction:
+        """The predictive CTR mixture of a "mdn" / "ddn" model for (user, item) pairs.
+
+        The R members' (ensemble members, times MC-dropout samples) K-component mixtures are
+        pooled into one mixture of R * K components, member r's weights divided by R (member
+        r's components at positions r K .. r K + K - 1). Its mean is the average of the
+        members' (unclipped) means and its variance the average of their mixture variances
+        plus the variance of their means (law of total variance); ``epistemic_std`` is the
+        std of the members' means (None for one member). This is the model's own mixture:
+        the post-hoc ``[uncertainty]`` calibrator that :meth:`predict` applies is not
+        applied here.
+
+        Args:
+            user_ids: (n,) user ids (unknown ids go through the OOV path).
+            item_ids: (n,) item ids, paired with ``user_ids``.
+            context: context values as in :meth:`predict`, or None.
+            impressions: (n,) impression counts n >= 1 at which the CTR will be measured,
+                for a "ddn" model only: fills ``measurement_std`` = sqrt(m (1 - m) / n), the
+                std of an observed CTR over n impressions around the pooled mean m (the DDN
+                head's measurement noise; not part of std, quantiles or samples). None
+                leaves ``measurement_std`` None.
+            batch_size: pairs per forward pass.
+
+        Returns:
+            MixturePrediction with weights, means, stds (n, R K) (CTR units), mean / std
+            (n,), support (0, 1).
+
+        Raises:
+            ValueError: the likelihood is not "mdn" / "ddn", the ids do not pair up, or
+                ``impressions`` is given for a non-"ddn" model or is not (n,) counts >= 1.
+        """
+        self._require_fit()
+        head = self.head
+        likelihood = self.config.model.likelihood
+        if not isinstance(head, _MIXTURE_HEADS):
+            raise ValueError(
+                f"predict_mixture needs a mixture likelihood, but [model] likelihood = "
+                f"{likelihood!r} for a {self.task} model of type {self.config.model.type!r}; "
+                "train with [model] type = 'dcn' and likelihood = 'mdn' or 'ddn' on a click / "
+                "CTR label, or use predict()"
+            )
+        n = len(user_ids)
+        if n != len(item_ids):
+            raise ValueError(f"user_ids and item_ids must pair up: got {n} and {len(item_ids)}")
+        n_imp: Tensor | None = None
+        if impressions is not None:
+            if not isinstance(head, DeepDensityHead):
+                raise ValueError(
+                    f"impressions apply to [model] likelihood = 'ddn' (measurement noise of an "
+                    f"observed CTR), not to {likelihood!r}; pass impressions=None"
+                )
+            n_imp = torch.as_tensor(np.asarray(impressions, dtype=np.float32))
+            if n_imp.shape != (n,):
+                raise ValueError(
+                    f"impressions must have shape ({n},), one count per pair, got "
+                    f"{tuple(n_imp.shape)}"
+                )
+            if n and not bool((n_imp >= 1).all()):
+                raise ValueError(
+                    "impressions must be counts >= 1 (the CTR is measured over n impressions), "
+                    f"got a minimum of {float(n_imp.min())}"
+                )
+        parts: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
+        for start in range(0, max(n, 1), batch_size):
+            stop = start + batch_size
+            ctx = context.iloc[start:stop] if isinstance(context, pd.DataFrame) else context
+            batch = self.encode_pairs(user_ids[start:stop], item_ids[start:stop], ctx)
+            w, mu, s = head.mixture_components(self._outputs(batch).cpu())  # (R, B, K)
+            parts.append((w, mu, s, (w * mu).sum(dim=-1)))
+        w, mu, s, member_means = (torch.cat(p, dim=1) for p in zip(*parts, strict=True))
+        r, b, k = w.shape
+
+        def pooled(x: Tensor) -> Tensor:  # (R, B, K) -> (B, R K), member-major
+            return x.permute(1, 0, 2).reshape(b, r * k)
+
+        weights, means = pooled(w / r), pooled(mu)
+        epistemic = member_means.std(dim=0, correction=0) if r >= 2 else None
+        measurement = None
+        if n_imp is not None:
+            assert isinstance(head, DeepDensityHead)
+            # the DDN head's noise variance m (1 - m) / n at the pooled mixture mean m
+            measurement = head._noise_var(weights, means, n_imp).sqrt()
+        return MixturePrediction.from_components(
+            weights,
+            means,
+            pooled(s),
+            method=f"{self.method}, {likelihood}(components={k})",
+            support=head.support,
+            measurement_std=measurement,
+            epistemic_std=epistemic,
+        )
 
     def _post_hoc(self, pred: Prediction) -> Prediction:
         """Apply the calibrators fitted on the validation rows (probability calibration for
@@ -987,13 +1176,17 @@ class Recommender:
         return batch
 
     def _member_outputs(self, batch: Batch) -> tuple[Tensor, Tensor | None]:
-        """(R, B) member / sample means and (R, B) head stds (None without a noise head)."""
+        """(R, B) member / sample means and (R, B) head stds (None without a noise head).
+
+        Mixture heads report the std of each member's mixture (for "ddn" the clean-CTR
+        mixture; the measurement noise of an observed CTR is not added).
+        """
         out = self._outputs(batch)
         head = self.head
         if head is None:
             return out, None
         means = torch.stack([head.mean(out[r]) for r in range(out.shape[0])])
-        if isinstance(head, GaussianHead):
+        if isinstance(head, (GaussianHead, *_MIXTURE_HEADS)):
             return means, torch.stack([head.aleatoric_std(out[r]) for r in range(out.shape[0])])
         return means, None
 
@@ -1107,7 +1300,7 @@ class Recommender:
 
         For each categorical user / item field (ids included), the median over rows of
         std(prediction with that field set to OOV) / std(prediction with its real value),
-        over rows whose value is known. A ratio above 1 means the model is less certain
+        over rows whose value is known (a bag field becomes a single OOV token). A ratio above 1 means the model is less certain
         when it does not know that feature.
 
         Args:
@@ -1133,7 +1326,9 @@ class Recommender:
             if not bool(known.any()):
                 continue
             cold = dict(batch)
-            cold[key] = torch.zeros_like(batch[key])
+            cold[key] = torch.zeros_like(batch[key])  # index fields: OOV row 0
+            if kind != "index":  # bags: one OOV token (row 1), not an empty (padding) bag
+                cold[key][..., 0] = 1
             std_cold = self._post_hoc(self._prediction_from_batch(cold)).std
             assert std_cold is not None
             ratio = (std_cold[known] / base.std[known].clamp_min(1e-12)).cpu().numpy()

@@ -399,3 +399,20 @@ def test_report_uses_mixture_formulas_when_components_exist():
     assert report["crps"] == pytest.approx(mixture_crps(w, mu, s, y), rel=1e-12)
     # bimodal: differs from the Gaussian moment-matched score
     assert report["nll"] != pytest.approx(gaussian_nll(mix.mean, mix.std, y), rel=1e-3)
+
+
+def test_report_of_a_constant_width_interval_without_std():
+    # split conformal on a point model: std None, intervals mean +- 1. Targets 0, 0.5, 3
+    # around means 0, 0, 0: covered 2 of 3; width 2 everywhere
+    from wager.uncertainty.conformal import SplitConformal
+
+    cal = Prediction(mean=torch.zeros(9))
+    cp = SplitConformal(normalized=False).fit(cal, torch.linspace(-1.0, 1.0, 9))
+    pred = cp.conformalize(Prediction(mean=torch.zeros(3)))
+    half = float(pred.interval(0.9).high[0])
+    r = uncertainty_report(pred, np.array([0.0, 0.5, 3.0]), levels=(0.9,))
+    assert r["coverage@0.9"] == pytest.approx(2 / 3)
+    assert r["width@0.9"] == pytest.approx(2 * half)
+    assert "spearman_std_abs_error" not in r  # no std: no std-based metrics
+    # a plain deterministic prediction has no interval at all
+    assert "width@0.9" not in uncertainty_report(Prediction(mean=torch.zeros(3)), np.zeros(3))

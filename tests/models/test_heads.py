@@ -60,12 +60,36 @@ def test_gaussian_head_mean_clips_and_accepts_member_dimension():
     assert head.aleatoric_std(out).shape == (2, 2)
 
 
+def test_gaussian_head_mse_mean_loss_value_and_gradients_by_hand():
+    # mean_loss="mse": loss = w-mean of (mu - y)^2 + nll(stop_grad(mu), std, y)
+    head = GaussianHead(min_std=0.0, mean_loss="mse")
+    out = torch.tensor([[3.0, 0.0], [1.0, 1.0]], dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([4.0, 1.5], dtype=torch.float64)
+    w = torch.tensor([1.0, 3.0], dtype=torch.float64)
+    std = np.log1p(np.exp([0.0, 1.0]))
+    mu = np.array([3.0, 1.0])
+    per_row = (mu - y.numpy()) ** 2 - norm.logpdf(y.numpy(), mu, std)
+    loss = head.loss(out, y, w)
+    np.testing.assert_allclose(loss.item(), np.sum(w.numpy() * per_row) / 4.0, rtol=1e-12)
+    loss.backward()
+    grad = out.grad.numpy()
+    # the mean sees only the squared error: d/dmu = w * 2 (mu - y) / sum(w), as a point head
+    np.testing.assert_allclose(grad[:, 0], w.numpy() * 2 * (mu - y.numpy()) / 4.0, rtol=1e-12)
+    # the raw scale sees only the NLL with mu fixed: d nll / d std = 1/std - r^2 / std^3,
+    # d std / d raw = sigmoid(raw)
+    r = y.numpy() - mu
+    dstd = 1 / std - r**2 / std**3
+    sig = 1 / (1 + np.exp(-np.array([0.0, 1.0])))
+    np.testing.assert_allclose(grad[:, 1], w.numpy() * dstd * sig / 4.0, rtol=1e-12)
+
+
 @pytest.mark.parametrize(
     ("make", "message"),
     [
         (lambda: PointHead(support=(5.0, 1.0)), "low < high"),
         (lambda: GaussianHead(min_std=-1.0), "min_std must be >= 0"),
         (lambda: GaussianHead(support=(2.0, 2.0)), "low < high"),
+        (lambda: GaussianHead(mean_loss="mae"), "mean_loss must be 'nll' or 'mse'"),
     ],
 )
 def test_bad_head_arguments(make, message):

@@ -282,3 +282,58 @@ def test_member_index_out_of_range():
         stack.member(2)
     with pytest.raises(ValueError, match="members must be >= 1"):
         StackedModel(_mf, members=0)
+
+
+def test_anchored_weight_decay_converges_to_the_anchored_minimum():
+    # per-member loss 0.5 (w - c)^2 plus Adam's L2 decay wd towards the member's own start
+    # w0: stationary where (w - c) + wd (w - w0) = 0 -> w = (c + wd w0) / (1 + wd);
+    # the plain decay (towards 0) ends at c / (1 + wd) for every member.
+    c, wd = 1.0, 0.5
+    w0 = torch.tensor([[2.0], [-1.0]])  # two members, different anchors
+
+    def losses(p, idx):
+        return 0.5 * (p["w"][:, 0] - c).square()
+
+    def run(anchored: bool) -> torch.Tensor:
+        params = {"w": w0.clone()}
+        cfg = TrainConfig(
+            epochs=400,
+            batch_size=1,
+            learning_rate=0.05,
+            optimizer="adam",
+            weight_decay=wd,
+            anchored=anchored,
+            lr_schedule="cosine",
+        )
+        train_stacked(params, losses, 1, cfg)
+        return params["w"][:, 0]
+
+    expected = (c + wd * w0[:, 0]) / (1 + wd)  # 4/3 and 1/3
+    torch.testing.assert_close(run(True), expected, atol=2e-3, rtol=0)
+    torch.testing.assert_close(run(False), torch.full((2,), c / (1 + wd)), atol=2e-3, rtol=0)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw", "adagrad"])
+def test_anchored_decay_keeps_an_untouched_parameter_at_its_start(optimizer):
+    # a coordinate that never gets data (an OOV embedding row) stays at its random start
+    # with anchored decay, and shrinks towards 0 with the plain decay
+    start = torch.tensor([[0.7, 0.0], [-0.4, 0.0]])
+
+    def losses(p, idx):
+        return (p["w"][:, 1] - 1.0).square()
+
+    def run(anchored: bool) -> torch.Tensor:
+        params = {"w": start.clone()}
+        cfg = TrainConfig(
+            epochs=50,
+            batch_size=1,
+            learning_rate=0.05,
+            weight_decay=0.1,
+            anchored=anchored,
+            optimizer=optimizer,
+        )
+        train_stacked(params, losses, 1, cfg)
+        return params["w"][:, 0]
+
+    torch.testing.assert_close(run(True), start[:, 0])
+    assert bool((run(False).abs() < start[:, 0].abs() - 1e-3).all())

@@ -439,6 +439,22 @@ def _components(x: Any) -> np.ndarray:
     return a.reshape(-1, a.shape[-1])
 
 
+def _interval_report(
+    prediction: Any, y: np.ndarray, levels: Sequence[float], clicks: bool
+) -> dict[str, float]:
+    """coverage@L (not against 0/1 clicks: a CTR interval cannot "cover" a click) and
+    width@L of ``prediction.interval(L)`` for each level."""
+    out: dict[str, float] = {}
+    for level in levels:
+        interval = prediction.interval(float(level))
+        low = _vector(interval.low, "interval.low")
+        high = _vector(interval.high, "interval.high")
+        if not clicks:
+            out[f"coverage@{level:g}"] = interval_coverage(low, high, y)
+        out[f"width@{level:g}"] = mean_interval_width(low, high)
+    return out
+
+
 def uncertainty_report(
     prediction: Prediction,
     targets: npt.ArrayLike | torch.Tensor,
@@ -509,7 +525,14 @@ def uncertainty_report(
         report["mce"] = max_calibration_error(mean, y, binning="equal_mass")
         report["brier"] = brier_score(mean, y)
         report["nll"] = log_loss(y, mean)
+    outcomes = bool(np.all((y == 0) | (y == 1)))
     if prediction.std is None:
+        # a deterministic mean can still carry intervals (split conformal with one
+        # constant width): report their coverage and width
+        try:
+            report.update(_interval_report(prediction, y, levels, probability and outcomes))
+        except ValueError:
+            pass
         return report
     std = _vector(prediction.std, "prediction.std")
     if _is_mixture(prediction):
@@ -523,14 +546,7 @@ def uncertainty_report(
         if not probability:
             report["nll"] = gaussian_nll(mean, std, y) if np.all(std > 0) else float("nan")
         report["crps"] = gaussian_crps(mean, std, y)
-    outcomes = bool(np.all((y == 0) | (y == 1)))
-    for level in levels:
-        interval = prediction.interval(float(level))
-        low = _vector(interval.low, "interval.low")
-        high = _vector(interval.high, "interval.high")
-        if not (probability and outcomes):  # a CTR interval cannot "cover" a 0/1 click
-            report[f"coverage@{level:g}"] = interval_coverage(low, high, y)
-        report[f"width@{level:g}"] = mean_interval_width(low, high)
+    report.update(_interval_report(prediction, y, levels, probability and outcomes))
     abs_error = np.abs(mean - y)
     report["spearman_std_abs_error"] = spearman_std_abs_error(std, abs_error)
     report["auroc_std_error"] = auroc_std_error(std, abs_error)

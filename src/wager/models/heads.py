@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar, Protocol
+from typing import ClassVar, Literal, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -157,6 +157,13 @@ class GaussianHead:
     Args:
         min_std: floor of the std (label units), keeps the likelihood bounded.
         support: (low, high) label range used only to clip the predicted mean, or None.
+        mean_loss: how the mean is fitted. "nll": the joint Gaussian NLL (the classic
+            heteroscedastic regression; its mean gradient is divided by the predicted
+            variance, which slows and biases the mean where the noise is high). "mse":
+            the mean is fitted by squared error exactly as a point model, and the std by
+            the NLL of the residuals with the mean held fixed
+            (``(mu - y)^2 + nll(stop_grad(mu), std, y)``), so the mean is as accurate as
+            the point model's and the std is a pure noise model on top of it.
 
     Example:
         >>> head = GaussianHead(min_std=0.0)
@@ -167,9 +174,15 @@ class GaussianHead:
 
     min_std: float = 0.01
     support: tuple[float, float] | None = None
+    mean_loss: Literal["nll", "mse"] = "nll"
     out_dim: ClassVar[int] = 2
 
     def __post_init__(self) -> None:
+        if self.mean_loss not in ("nll", "mse"):
+            raise ValueError(
+                f"mean_loss must be 'nll' or 'mse', got {self.mean_loss!r}; 'mse' fits the "
+                "mean by squared error and the std by the NLL of the residuals"
+            )
         if not self.min_std >= 0.0:
             raise ValueError(
                 f"min_std must be >= 0, got {self.min_std!r}; a small positive floor such "
@@ -189,9 +202,14 @@ class GaussianHead:
             weights: (B,) non-negative sample weights, or None for all ones.
 
         Returns:
-            scalar: sum(w * nll) / max(sum(w), eps).
+            scalar: sum(w * nll) / max(sum(w), eps) with ``mean_loss="nll"``; with
+            ``mean_loss="mse"`` sum(w * ((mu - y)^2 + nll(stop_grad(mu), std, y))) / sum(w).
         """
-        return weighted_mean(gaussian_nll(outputs[..., 0], self._std(outputs), labels), weights)
+        mu, std = outputs[..., 0], self._std(outputs)
+        if self.mean_loss == "nll":
+            return weighted_mean(gaussian_nll(mu, std, labels), weights)
+        per_row = (mu - labels).square() + gaussian_nll(mu.detach(), std, labels)
+        return weighted_mean(per_row, weights)
 
     def mean(self, outputs: Tensor) -> Tensor:
         """(B,) predicted means, clipped to ``support`` when it is set."""

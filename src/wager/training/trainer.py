@@ -20,7 +20,7 @@ import copy
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -283,6 +283,25 @@ def _batches(n_rows: int, batch_size: int, generator: torch.Generator | None) ->
         yield order[start : start + batch_size]
 
 
+def _anchored_decay(
+    leaves: list[Tensor], anchors: list[Tensor], config: TrainConfig, lr: float
+) -> None:
+    """Anchored weight decay towards ``anchors`` (same-shape initial values), in the
+    optimiser's own convention: Adam / Adagrad (L2 through the gradient) grad += wd * (p - p0);
+    AdamW (decoupled) p -= lr * wd * (p - p0) with the step's scheduled ``lr``, before the
+    optimiser step. Every parameter decays every step, as with the built-in decay.
+    """
+    wd = config.weight_decay
+    with torch.no_grad():
+        for p, p0 in zip(leaves, anchors, strict=True):
+            if config.optimizer == "adamw":
+                p.sub_(p - p0, alpha=lr * wd)
+            elif p.grad is not None:
+                p.grad.add_(p - p0, alpha=wd)
+            else:
+                p.grad = wd * (p - p0)
+
+
 def train_stacked(
     params: Params,
     batch_losses: Callable[[Params, Tensor], Tensor],
@@ -313,7 +332,13 @@ def train_stacked(
     for p in leaves:
         p.requires_grad_(True)
     device = leaves[0].device
-    opt = make_optimizer(leaves, config)
+    anchors: list[Tensor] | None = None
+    if config.anchored and config.weight_decay > 0:
+        # anchored weight decay: the decay term wd * (p - p0) replaces the optimiser's own
+        anchors = [p.detach().clone() for p in leaves]
+        opt = make_optimizer(leaves, replace(config, weight_decay=0.0))
+    else:
+        opt = make_optimizer(leaves, config)
     steps_per_epoch = (n_rows + config.batch_size - 1) // config.batch_size
     total_steps = steps_per_epoch * config.epochs
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -348,6 +373,8 @@ def train_stacked(
                 loss.backward()
                 if config.grad_clip is not None:
                     torch.nn.utils.clip_grad_norm_(leaves, config.grad_clip)
+                if anchors is not None:
+                    _anchored_decay(leaves, anchors, config, opt.param_groups[0]["lr"])
                 opt.step()
                 sched.step()
                 total += loss.detach() / n_members
