@@ -1300,8 +1300,8 @@ class Recommender:
 
         For each categorical user / item field (ids included), the median over rows of
         std(prediction with that field set to OOV) / std(prediction with its real value),
-        over rows whose value is known (a bag field becomes a single OOV token). A ratio above 1 means the model is less certain
-        when it does not know that feature.
+        over rows whose value is known (a bag field becomes a single OOV token). A ratio
+        above 1 means the model is less certain when it does not know that feature.
 
         Args:
             rows: interaction rows (user, item and context columns).

@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -529,10 +530,8 @@ def uncertainty_report(
     if prediction.std is None:
         # a deterministic mean can still carry intervals (split conformal with one
         # constant width): report their coverage and width
-        try:
+        with contextlib.suppress(ValueError):  # no interval either: nothing to report
             report.update(_interval_report(prediction, y, levels, probability and outcomes))
-        except ValueError:
-            pass
         return report
     std = _vector(prediction.std, "prediction.std")
     if _is_mixture(prediction):
