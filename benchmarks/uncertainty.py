@@ -145,20 +145,23 @@ def mean_report(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def rating_section(
-    data_dir: Path, keep: dict[str, Recommender], partial: Path | None = None
+    data_dir: Path,
+    keep: dict[str, Recommender],
+    partial: Path | None = None,
+    folds: tuple[str, ...] = FOLDS,
 ) -> dict[str, Any]:
     """Part 1 (see the module docstring); per-fold results also go to ``partial``."""
     base = RunConfig.load(EXAMPLES / "movielens-rating.toml")
     variants = rating_variants(base)
     per_fold: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}
-    for fold in FOLDS:
+    for fold in folds:
         rd = load_run_data(replace(base, data=replace(base.data, split=fold)), data_dir, fold)
         for name, cfg in variants.items():
             cfg = replace(cfg, schema=rd.schema, data=replace(cfg.data, split=fold))
             log(f"rating: {name} on {fold}")
             rec, out = rating_fold(cfg, rd)
             per_fold[name].append({"fold": fold, **out})
-            if fold == "u1":
+            if fold == folds[0]:
                 keep[name] = rec
         if partial is not None:  # survive a crash in a later fold or in the summary
             partial.write_text(json.dumps(json_ready(per_fold), indent=1) + "\n", encoding="utf-8")
@@ -348,6 +351,12 @@ def main() -> None:
     )
     ap.add_argument("--out", type=Path, default=None, help="also write the JSON to this file")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    ap.add_argument(
+        "--folds",
+        default=",".join(FOLDS),
+        help="rating part: comma-separated MovieLens-100k folds (default u1..u5; the cost "
+        "part times the u1 models, so keep u1 first)",
+    )
     args = ap.parse_args()
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     unknown = sorted(set(parts) - set(PARTS))
@@ -364,7 +373,8 @@ def main() -> None:
         start = time.perf_counter()
         if part == "rating":
             partial = None if args.out is None else args.out.with_suffix(".rating_folds.json")
-            result[part] = rating_section(args.data_dir, kept, partial)
+            folds = tuple(f.strip() for f in args.folds.split(",") if f.strip())
+            result[part] = rating_section(args.data_dir, kept, partial, folds)
         elif part == "clicks":
             result[part] = clicks_section()
         elif part == "density":

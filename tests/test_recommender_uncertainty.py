@@ -88,7 +88,13 @@ def test_evaluate_reports_uncertainty_keys_and_plots(conformal_run, tmp_path):
         "predict_seconds",
     ):
         assert np.isfinite(m[key]), key
-    assert "ece" not in m  # a probability metric: not for ratings
+    # ratings: ece / mce / brier calibrate P(rating >= relevance_threshold) against hits
+    pred = rec.predict(test["user_id"].to_numpy(), test["item_id"].to_numpy())
+    prob = rec.relevance_confidence(pred).numpy().astype(np.float64)
+    hit = (test["rating"].to_numpy() >= 4.0).astype(np.float64)
+    assert m["brier"] == pytest.approx(float(np.mean((prob - hit) ** 2)), rel=1e-6)
+    assert 0 <= m["ece"] <= m["mce"] <= 1
+    assert "relevance_reliability_diagram" in m["plots"]
     assert m["rmse_most_confident_50pct"] < m["rmse"]  # std tracks the error
     assert set(m["oov_std_ratio"]) == {"user.user_id", "item.item_id"}
     for name, file in m["plots"].items():

@@ -58,8 +58,8 @@ from wager.evaluation.metrics import (
     mae,
     rmse,
 )
-from wager.evaluation.plots import uncertainty_plots
-from wager.evaluation.uncertainty import uncertainty_report
+from wager.evaluation.plots import reliability_diagram, uncertainty_plots
+from wager.evaluation.uncertainty import brier_score, max_calibration_error, uncertainty_report
 from wager.models.fields import Field
 from wager.models.heads import (
     BernoulliHead,
@@ -1433,6 +1433,19 @@ class Recommender:
                         out[f"coverage_true_ctr@{level:g}"] = interval_coverage(
                             iv.low.numpy(), iv.high.numpy(), truth
                         )
+            relevance = None
+            if task == "rating" and ev.relevance_threshold is not None:
+                conf = self.relevance_confidence(pred)
+                if conf is not None:
+                    # ratings: the probabilities to calibrate are P(rating >= threshold)
+                    relevance = conf.numpy().astype(np.float64)
+                    hit = (y >= ev.relevance_threshold).astype(np.float64)
+                    out["ece"] = expected_calibration_error(relevance, hit)
+                    out["ece_equal_width"] = expected_calibration_error(
+                        relevance, hit, binning="equal_width"
+                    )
+                    out["mce"] = max_calibration_error(relevance, hit)
+                    out["brier"] = brier_score(relevance, hit)
             if pred.std is not None:
                 out["oov_std_ratio"] = self.oov_std_ratios(test)
             if plots_dir is not None and uc.plots:
@@ -1440,6 +1453,11 @@ class Recommender:
                 plots = uncertainty_plots(
                     pred, y, Path(plots_dir), probability=task == "click", oov_mask=oov
                 )
+                if relevance is not None:
+                    path = reliability_diagram(
+                        relevance, hit, Path(plots_dir) / "relevance_reliability_diagram.png"
+                    )
+                    plots["relevance_reliability_diagram"] = path.name
                 if plots:
                     out["plots"] = plots
         users, relevant = self._relevant_lists(test, ev.relevance_threshold)

@@ -72,7 +72,50 @@ def test_one_forward_call_for_all_samples(monkeypatch):
 
     monkeypatch.setattr(StackedModel, "call", spy)
     MCDropout(samples=30).sample_outputs(stack, BATCH)
-    assert calls == ["forward"]
+    # BiasedMF draws the S masks itself after one embedding lookup per row
+    assert calls == ["forward_samples"]
+    calls.clear()
+    MCDropout(samples=30).sample_outputs(stack, BATCH, method="user_factors")
+    assert calls == ["user_factors"]  # other methods: the batch tiled S times, one call
+
+
+def test_large_batches_run_in_passes_of_whole_pairs(monkeypatch):
+    # max_rows 6 with S = 3: 2 pairs per pass, so 3 pairs take 2 passes of all 3 draws;
+    # without dropout every draw equals the deterministic output, chunked or not
+    stack = _stack(members=2, dropout=0.0)
+    calls = []
+    original = StackedModel.call
+
+    def spy(self, method, *args, **kw):
+        calls.append(len(next(iter(args[0].values()))))
+        return original(self, method, *args, **kw)
+
+    monkeypatch.setattr(StackedModel, "call", spy)
+    out = MCDropout(samples=3, max_rows=6).sample_outputs(stack, BATCH)
+    assert calls == [2, 1]  # pairs per pass: 2 (x 3 draws = 6 rows), then 1
+    det = original(stack, "forward", BATCH)  # (M, 3)
+    assert out.shape == (6, 3)
+    torch.testing.assert_close(out, det.repeat_interleave(3, dim=0))
+    with pytest.raises(ValueError, match="max_rows must be >= 1"):
+        MCDropout(max_rows=0)
+
+
+def test_forward_samples_equals_forward_on_the_tiled_batch_and_draws_masks_per_row():
+    # without dropout: identical to forward() on the tiled batch (Gaussian head included)
+    from wager.models.heads import GaussianHead
+
+    m = BiasedMF(
+        [Field("user.u", "index", 3)], [Field("item.i", "index", 3)], dim=4, head=GaussianHead()
+    ).eval()
+    torch.testing.assert_close(m.forward_samples(BATCH, 4), m(tile_batch(BATCH, 4)))
+    # with dropout: draws differ, and their mean approaches forward() (inverted dropout on p
+    # and q: E[d(p) . d(q)] = p . q); 4 standard errors
+    stack = _stack(dropout=0.5)
+    det = stack.call("forward", BATCH)[0]
+    out = MCDropout(samples=4000, seed=1).sample_outputs(stack, BATCH)
+    assert bool((out.std(0) > 0).all())
+    se = out.std(0) / np.sqrt(4000)
+    assert bool(((out.mean(0) - det).abs() <= 4 * se).all())
 
 
 @pytest.mark.parametrize("samples", [1, 0, 2.5])
