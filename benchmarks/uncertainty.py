@@ -60,7 +60,10 @@ MC_DROPOUT = 0.1  # dropout on p_u and q_i for the MC-dropout variant
 
 def rating_variants(base: RunConfig) -> dict[str, RunConfig]:
     """The four rating models, all from the example config (same data, same features)."""
-    single = replace(base, ensemble=None)
+    # population cold-start rows need ensemble members to spread over
+    single = replace(
+        base, ensemble=None, uncertainty=replace(base.uncertainty, cold_start="learned")
+    )
     point = replace(single, model=replace(base.model, likelihood="point", oov_rate=0.0))
     gauss = replace(single, model=replace(base.model, likelihood="gaussian"))
     ensemble = replace(
