@@ -33,7 +33,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
@@ -1071,8 +1071,7 @@ class Recommender:
                 "CTR label, or use predict()"
             )
         n = len(user_ids)
-        if n != len(item_ids):
-            raise ValueError(f"user_ids and item_ids must pair up: got {n} and {len(item_ids)}")
+        encoded = self._pair_batches(user_ids, item_ids, context, batch_size)
         n_imp: Tensor | None = None
         if impressions is not None:
             if not isinstance(head, DeepDensityHead):
@@ -1092,10 +1091,7 @@ class Recommender:
                     f"got a minimum of {float(n_imp.min())}"
                 )
         parts: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
-        for start in range(0, max(n, 1), batch_size):
-            stop = start + batch_size
-            ctx = context.iloc[start:stop] if isinstance(context, pd.DataFrame) else context
-            batch = self.encode_pairs(user_ids[start:stop], item_ids[start:stop], ctx)
+        for batch in encoded:
             w, mu, s = head.mixture_components(self._outputs(batch).cpu())  # (R, B, K)
             parts.append((w, mu, s, (w * mu).sum(dim=-1)))
         w, mu, s, member_means = (torch.cat(p, dim=1) for p in zip(*parts, strict=True))
@@ -1140,15 +1136,8 @@ class Recommender:
         batch_size: int = 65536,
     ) -> Prediction:
         """:meth:`predict` before the post-hoc calibrators."""
-        if len(user_ids) != len(item_ids):
-            raise ValueError(
-                f"user_ids and item_ids must pair up: got {len(user_ids)} and {len(item_ids)}"
-            )
         means, stds = [], []
-        for start in range(0, max(len(user_ids), 1), batch_size):
-            stop = start + batch_size
-            ctx = context.iloc[start:stop] if isinstance(context, pd.DataFrame) else context
-            batch = self.encode_pairs(user_ids[start:stop], item_ids[start:stop], ctx)
+        for batch in self._pair_batches(user_ids, item_ids, context, batch_size):
             m, sd = self._member_outputs(batch)
             means.append(m)
             if sd is not None:
@@ -1156,6 +1145,28 @@ class Recommender:
         mean = torch.cat(means, dim=1).cpu()
         std = torch.cat(stds, dim=1).cpu() if stds else None
         return self._prediction(mean, std)
+
+    def _pair_batches(
+        self,
+        user_ids: Sequence[Any] | np.ndarray,
+        item_ids: Sequence[Any] | np.ndarray,
+        context: pd.DataFrame | Mapping[str, Any] | None,
+        batch_size: int,
+    ) -> Iterator[Batch]:
+        """Encoded batches of at most ``batch_size`` (user, item) pairs, in order (one empty
+        batch for no pairs); the ids are checked to pair up before any batch is made."""
+        if len(user_ids) != len(item_ids):
+            raise ValueError(
+                f"user_ids and item_ids must pair up: got {len(user_ids)} and {len(item_ids)}"
+            )
+
+        def batches() -> Iterator[Batch]:
+            for start in range(0, max(len(user_ids), 1), batch_size):
+                stop = start + batch_size
+                ctx = context.iloc[start:stop] if isinstance(context, pd.DataFrame) else context
+                yield self.encode_pairs(user_ids[start:stop], item_ids[start:stop], ctx)
+
+        return batches()
 
     def encode_pairs(
         self,

@@ -180,13 +180,27 @@ class BiasedMF(nn.Module):
         return p, q, bu, bi
 
     def _output(
-        self, batch: dict[str, Tensor], p: Tensor, q: Tensor, bu: Tensor, bi: Tensor
+        self,
+        batch: dict[str, Tensor],
+        p: Tensor,
+        q: Tensor,
+        bu: Tensor,
+        bi: Tensor,
+        samples: int = 1,
     ) -> Tensor:
-        mean = self.global_mean + bu + bi + (self.dropout(p) * self.dropout(q)).sum(-1)
+        """Outputs from the looked-up parts; with ``samples`` > 1 the rows are repeated
+        draw-major (rows s * B .. (s + 1) * B - 1 are draw s), each draw with its own
+        dropout masks on p and q."""
+
+        def rep(t: Tensor) -> Tensor:
+            return t if samples == 1 else t.repeat(samples, *([1] * (t.ndim - 1)))
+
+        dot = (self.dropout(rep(p)) * self.dropout(rep(q))).sum(-1)
+        mean = self.global_mean + rep(bu) + rep(bi) + dot
         if self.user_scale is None or self.item_scale is None:
             return mean
         raw = self.scale_bias + self.user_scale(batch)[1] + self.item_scale(batch)[1]
-        return torch.stack([mean, raw], dim=-1)
+        return torch.stack([mean, rep(raw)], dim=-1)
 
     def user_factors(self, batch: dict[str, Tensor]) -> Tensor:
         """(B, dim + 2) user side of the mean: [p_u, mu + b_u, 1].
@@ -229,18 +243,7 @@ class BiasedMF(nn.Module):
         Returns:
             (S * B,) or (S * B, 2) outputs, draw-major.
         """
-        p, q, bu, bi = self._parts(batch)
-
-        def rep(t: Tensor) -> Tensor:
-            return t.repeat(samples, *([1] * (t.ndim - 1)))
-
-        mean = (
-            self.global_mean + rep(bu + bi) + (self.dropout(rep(p)) * self.dropout(rep(q))).sum(-1)
-        )
-        if self.user_scale is None or self.item_scale is None:
-            return mean
-        raw = self.scale_bias + self.user_scale(batch)[1] + self.item_scale(batch)[1]
-        return torch.stack([mean, rep(raw)], dim=-1)
+        return self._output(batch, *self._parts(batch), samples=samples)
 
     def loss(self, batch: dict[str, Tensor], weights: Tensor | None = None) -> Tensor:
         """Head loss of batch["label"] plus the per-example L2 regulariser.
