@@ -421,11 +421,13 @@ class UncertaintyConfig:
         variance_scaling: rescale std by one factor fitted on the validation rows
             (Gaussian NLL), before any conformal step.
         cold_start: how out-of-vocabulary users, items and feature values get their
-            uncertainty: "learned" (the OOV rows as trained) or "population" (after
-            training each ensemble member's OOV rows become a random known row's deviation
-            from the average: an unknown user is predicted as a random user, and the members
-            disagree by the population's spread; see
-            :func:`wager.uncertainty.cold_start.population_oov`). Needs an ensemble.
+            uncertainty: "learned" (the OOV rows as trained) or "population" (an unknown
+            value is a random known value: each member averages its prediction over
+            ``population_draws`` known values drawn for it, and the spread over those draws
+            adds to the members' spread; see :mod:`wager.uncertainty.cold_start`). Needs an
+            ensemble, without MC dropout.
+        population_draws: K >= 1 known values per member that stand in for an unknown one
+            under cold_start = "population" (rows with an OOV value cost K forward passes).
         confidence_levels: levels at which evaluation reports coverage and width.
         plots: ``wager evaluate`` writes reliability / coverage / confidence plots (PNG)
             into the run directory.
@@ -436,6 +438,7 @@ class UncertaintyConfig:
     conformal: str = "none"
     variance_scaling: bool = False
     cold_start: Literal["learned", "population"] = "learned"
+    population_draws: int = 16
     confidence_levels: tuple[float, ...] = (0.5, 0.8, 0.9, 0.95)
     plots: bool = True
 
@@ -450,6 +453,14 @@ class UncertaintyConfig:
             "mc_dropout_samples",
             s,
             "0 (off) or an integer >= 2",
+        )
+        k = self.population_draws
+        _check(
+            isinstance(k, int) and not isinstance(k, bool) and k >= 1,
+            "uncertainty",
+            "population_draws",
+            k,
+            "an integer >= 1",
         )
         _check(
             self.cold_start in ("learned", "population"),

@@ -105,6 +105,7 @@ class Prediction:
         *,
         method: str = "",
         support: tuple[float, float] | None = None,
+        population_var: Tensor | None = None,
     ) -> Prediction:
         """Combine M members by the law of total variance.
 
@@ -114,17 +115,24 @@ class Prediction:
                 members predict a mean only (then std = epistemic std).
             method: provenance string.
             support: range of the predicted quantity.
+            population_var: (...) variance of each member's mean over the values an
+                unknown (OOV) input may take, averaged over the members (0 for known
+                inputs; see :mod:`wager.uncertainty.cold_start`), or None. It is part of the
+                epistemic variance: not knowing the user is not knowing the model's input.
 
         Returns:
             mean = average of member means; epistemic variance = (population) variance of
-            member means; aleatoric variance = average of member variances;
-            std = sqrt(epistemic variance + aleatoric variance). ``samples`` = member means.
+            member means + population_var; aleatoric variance = average of member
+            variances; std = sqrt(epistemic variance + aleatoric variance). ``samples`` =
+            member means.
         """
         if member_means.ndim < 1 or member_means.shape[0] < 2:
             raise ValueError("from_members needs at least 2 members along dimension 0")
         mean = member_means.mean(dim=0)
         # sum-of-squares form: cheaper than torch.var on large tensors
         epi_var = (member_means.square().mean(dim=0) - mean.square()).clamp_min(0.0)
+        if population_var is not None:
+            epi_var = epi_var + population_var.to(epi_var.dtype)
         epistemic = epi_var.sqrt()
         aleatoric = None
         total_var = epi_var

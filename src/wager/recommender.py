@@ -79,7 +79,12 @@ from wager.uncertainty.calibration import (
     PlattScaling,
     TemperatureScaling,
 )
-from wager.uncertainty.cold_start import population_oov
+from wager.uncertainty.cold_start import (
+    centre_oov,
+    draw_known_rows,
+    oov_rows,
+    population_batch,
+)
 from wager.uncertainty.conformal import SplitConformal, VarianceScaling
 from wager.uncertainty.ensemble import bootstrap_weights, holdout_mask
 from wager.uncertainty.mc_dropout import MCDropout
@@ -182,6 +187,8 @@ class Recommender:
         self.variance_scaling_: VarianceScaling | None = None
         self.conformal_: SplitConformal | None = None
         self.relevance_calibrator_: RelevanceCalibrator | None = None
+        # cold_start = "population": {field key: (M, K) known rows standing in for OOV}
+        self.population_picks_: dict[str, Tensor] | None = None
         self._item_cache: dict[str, Batch] = {}
 
     # ------------------------------------------------------------------ properties
@@ -436,6 +443,14 @@ class Recommender:
                 f"{self.config.uncertainty.mc_dropout_samples} needs dropout in the model: set "
                 "[model] dropout > 0 (e.g. 0.1), or mc_dropout_samples = 0"
             )
+        if self.config.uncertainty.cold_start == "population" and (
+            self._members() < 2 or self.config.uncertainty.mc_dropout_samples
+        ):
+            raise ValueError(
+                "[uncertainty] cold_start = 'population' averages an unknown value over known "
+                "values drawn for each ensemble member: it needs an [ensemble] section with "
+                "members >= 2 and no mc_dropout_samples; or set cold_start = 'learned'"
+            )
         device = resolve_device(self.config.training.device)
         mc = self.config.model
         self._item_cache = {}
@@ -490,19 +505,18 @@ class Recommender:
             description=f"{self.method}",
         )
         stack.train(False)
-        if self.config.uncertainty.cold_start == "population":
-            if self._members() < 2:
-                raise ValueError(
-                    "[uncertainty] cold_start = 'population' spreads the OOV rows over the "
-                    "ensemble members: add an [ensemble] section with members >= 2, or set "
-                    "cold_start = 'learned'"
-                )
+        self.population_picks_ = None
+        unc = self.config.uncertainty
+        if unc.cold_start == "population":
             learned = (
                 frozenset({f"user.{s.user}", f"item.{s.item}"})
                 if self.config.model.oov_rate > 0
                 else frozenset()
             )
-            population_oov(stack.params, self._fields(), gen, learned)
+            centre_oov(stack.params, self._fields(), learned)
+            self.population_picks_ = draw_known_rows(
+                self._fields(), self._members(), unc.population_draws, gen
+            )
         self._fit_post_hoc(valid)
         hist = self.history_
         self.metrics_ = {
@@ -976,12 +990,21 @@ class Recommender:
         assert self.user_index_ is not None
         return np.array([k in self.user_index_ for k in categorical_keys(list(user_ids))])
 
-    def _prediction(self, member_means: Tensor, member_std: Tensor | None) -> Prediction:
+    def _prediction(
+        self,
+        member_means: Tensor,
+        member_std: Tensor | None,
+        population_var: Tensor | None = None,
+    ) -> Prediction:
         head = self.head
         support = head.support if head is not None else None
         if member_means.shape[0] >= 2:
             return Prediction.from_members(
-                member_means, member_std, method=self.method, support=support
+                member_means,
+                member_std,
+                method=self.method,
+                support=support,
+                population_var=population_var,
             )
         std = member_std[0] if member_std is not None else None
         return Prediction(
@@ -1032,7 +1055,8 @@ class Recommender:
     ) -> MixturePrediction:
         """The predictive CTR mixture of a "mdn" / "ddn" model for (user, item) pairs.
 
-        The R members' (ensemble members, times MC-dropout samples) K-component mixtures are
+        The R members' (ensemble members, times MC-dropout samples or, with ``cold_start =
+        "population"``, times the population draws, every row K-fold) K-component mixtures are
         pooled into one mixture of R * K components, member r's weights divided by R (member
         r's components at positions r K .. r K + K - 1). Its mean is the average of the
         members' (unclipped) means and its variance the average of their mixture variances
@@ -1092,7 +1116,12 @@ class Recommender:
                 )
         parts: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
         for batch in encoded:
-            w, mu, s = head.mixture_components(self._outputs(batch).cpu())  # (R, B, K)
+            if self.population_picks_:  # R = M * draws: known rows repeat each member
+                raw = self._population_outputs(batch)
+                raw = raw.reshape(raw.shape[0] * raw.shape[1], *raw.shape[2:])
+            else:
+                raw = self._outputs(batch)
+            w, mu, s = head.mixture_components(raw.cpu())  # (R, B, K)
             parts.append((w, mu, s, (w * mu).sum(dim=-1)))
         w, mu, s, member_means = (torch.cat(p, dim=1) for p in zip(*parts, strict=True))
         r, b, k = w.shape
@@ -1136,15 +1165,17 @@ class Recommender:
         batch_size: int = 65536,
     ) -> Prediction:
         """:meth:`predict` before the post-hoc calibrators."""
-        means, stds = [], []
+        means, stds, pops = [], [], []
         for batch in self._pair_batches(user_ids, item_ids, context, batch_size):
-            m, sd = self._member_outputs(batch)
+            m, sd, pop = self._member_outputs(batch)
             means.append(m)
+            pops.append(torch.zeros(m.shape[1], dtype=m.dtype) if pop is None else pop.cpu())
             if sd is not None:
                 stds.append(sd)
         mean = torch.cat(means, dim=1).cpu()
         std = torch.cat(stds, dim=1).cpu() if stds else None
-        return self._prediction(mean, std)
+        population = torch.cat(pops) if self.population_picks_ else None
+        return self._prediction(mean, std, population)
 
     def _pair_batches(
         self,
@@ -1186,13 +1217,10 @@ class Recommender:
         batch.pop("weight", None)
         return batch
 
-    def _member_outputs(self, batch: Batch) -> tuple[Tensor, Tensor | None]:
-        """(R, B) member / sample means and (R, B) head stds (None without a noise head).
-
-        Mixture heads report the std of each member's mixture (for "ddn" the clean-CTR
-        mixture; the measurement noise of an observed CTR is not added).
-        """
-        out = self._outputs(batch)
+    def _head_moments(self, out: Tensor) -> tuple[Tensor, Tensor | None]:
+        """(R, B) means and (R, B) head stds (None without a noise head) of raw (R, B, ...)
+        outputs. Mixture heads report the std of each member's mixture (for "ddn" the
+        clean-CTR mixture; the measurement noise of an observed CTR is not added)."""
         head = self.head
         if head is None:
             return out, None
@@ -1201,10 +1229,56 @@ class Recommender:
             return means, torch.stack([head.aleatoric_std(out[r]) for r in range(out.shape[0])])
         return means, None
 
+    def _population_outputs(self, batch: Batch) -> Tensor:
+        """(M, K, B, ...) raw outputs of every row under each member's K population draws
+        (``[uncertainty] cold_start = "population"``; known values are left as they are)."""
+        assert self.stack_ is not None and self.population_picks_ is not None
+        pm = population_batch(batch, self.population_picks_)
+        with torch.no_grad():
+            raw = self.stack_.call("forward", pm, per_member=True)  # (M, K B, ...)
+        m, k = next(iter(self.population_picks_.values())).shape
+        return raw.reshape(m, k, -1, *raw.shape[2:])
+
+    def _member_outputs(self, batch: Batch) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """(R, B) member / sample means, (R, B) head stds (None without a noise head) and
+        (B,) population variance (None when no row has a population-drawn OOV value).
+
+        With ``cold_start = "population"`` a row holding an OOV value gets, per member, the
+        average of its K draws' means (and the root mean square of their head stds), and
+        the population variance is the variance over the draws averaged over the members,
+        so that adding it to the variance of the member means gives the variance over all
+        M * K draws (law of total variance). Other rows cost one pass as usual.
+        """
+        means, stds = self._head_moments(self._outputs(batch))
+        picks = self.population_picks_
+        if not picks:
+            return means, stds, None
+        rows = oov_rows(batch, picks)
+        if not bool(rows.any()):
+            return means, stds, None
+        raw = self._population_outputs({k: v[rows] for k, v in batch.items()})
+        m, k, b = raw.shape[:3]
+        d_means, d_stds = self._head_moments(raw.reshape(m, k * b, *raw.shape[3:]))
+        d_means = d_means.reshape(m, k, b)
+        member_mean = d_means.mean(dim=1)
+        means = means.clone()
+        means[:, rows] = member_mean
+        population = torch.zeros(means.shape[1], dtype=means.dtype, device=means.device)
+        within = (d_means.square().mean(dim=1) - member_mean.square()).clamp_min(0.0)
+        population[rows] = within.mean(dim=0)
+        if stds is not None and d_stds is not None:
+            stds = stds.clone()
+            stds[:, rows] = d_stds.reshape(m, k, b).square().mean(dim=1).sqrt()
+        return means, stds, population
+
     def _prediction_from_batch(self, batch: Batch) -> Prediction:
         """Raw (pre-calibration) Prediction for an encoded batch."""
-        mean, std = self._member_outputs(batch)
-        return self._prediction(mean.cpu(), None if std is None else std.cpu())
+        mean, std, population = self._member_outputs(batch)
+        return self._prediction(
+            mean.cpu(),
+            None if std is None else std.cpu(),
+            None if population is None else population.cpu(),
+        )
 
     def recommend(
         self,
@@ -1621,6 +1695,10 @@ class Recommender:
             )
             if obj is not None
         }
+        if self.population_picks_:
+            post_hoc["population_picks"] = {
+                k: v.tolist() for k, v in self.population_picks_.items()
+            }
         (d / RUN_FILES["uncertainty"]).write_text(json.dumps(post_hoc, indent=1))
         self.save_metrics(d)
         return d
@@ -1695,6 +1773,11 @@ class Recommender:
             rec.relevance_calibrator_ = RelevanceCalibrator().load_state_dict(
                 post_hoc["relevance_calibrator"]
             )
+        if "population_picks" in post_hoc:
+            rec.population_picks_ = {
+                k: torch.tensor(v, dtype=torch.int64)
+                for k, v in post_hoc["population_picks"].items()
+            }
         mp = d / RUN_FILES["metrics"]
         rec.metrics_ = json.loads(mp.read_text()) if mp.exists() else {}
         return rec

@@ -185,7 +185,9 @@ class _ProbabilityCalibrator:
         carries ``samples`` (S, ...) — ensemble members' or dropout samples' probabilities —
         each sample is mapped too and ``std`` = ``epistemic_std`` is recomputed as the
         population std of the mapped samples (the law of total variance of
-        :meth:`Prediction.from_members` with no aleatoric part). A deterministic prediction
+        :meth:`Prediction.from_members` with no aleatoric part), plus any spread the samples
+        do not carry (std^2 - their variance: the population part of cold-start rows) mapped
+        as half the calibrator's rise over mean -+ that spread. A deterministic prediction
         (``std`` None) stays deterministic.
 
         Args:
@@ -221,7 +223,17 @@ class _ProbabilityCalibrator:
             samples = None
         else:
             samples = self.transform(prediction.samples)
-            std = samples.var(dim=0, unbiased=False).sqrt()
+            var = samples.var(dim=0, unbiased=False)
+            if prediction.std is not None:
+                # spread the samples do not carry (the population part of cold-start rows,
+                # Prediction.from_members(population_var=...)): mapped by the calibrator's
+                # secant over mean +- that spread
+                raw = prediction.samples.var(dim=0, unbiased=False)
+                extra = (prediction.std.square() - raw).clamp_min(0.0).sqrt()
+                lo = (prediction.mean - extra).clamp(_EPS, 1.0 - _EPS)
+                hi = (prediction.mean + extra).clamp(_EPS, 1.0 - _EPS)
+                var = var + ((self.transform(hi) - self.transform(lo)) / 2).square()
+            std = var.sqrt()
         method = f"{prediction.method}+{self._suffix}" if prediction.method else self._suffix
         return Prediction(
             mean=mean,
