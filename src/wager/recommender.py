@@ -116,6 +116,8 @@ RUN_FILES = {
 TaskKind = Literal["click", "rating", "retrieval", "implicit"]
 Batch = dict[str, Tensor]
 # heads whose outputs are a Gaussian mixture of the CTR ([model] likelihood "mdn" / "ddn")
+# rows x population draws per forward pass of cold_start = "population"
+_POPULATION_ROWS = 65536
 _MIXTURE_HEADS = (MixtureDensityHead, DeepDensityHead)
 
 # pairs scored per forward pass when a model has no factorised (dot-product) form
@@ -1256,10 +1258,20 @@ class Recommender:
         rows = oov_rows(batch, picks)
         if not bool(rows.any()):
             return means, stds, None
-        raw = self._population_outputs({k: v[rows] for k, v in batch.items()})
-        m, k, b = raw.shape[:3]
-        d_means, d_stds = self._head_moments(raw.reshape(m, k * b, *raw.shape[3:]))
-        d_means = d_means.reshape(m, k, b)
+        idx = torch.nonzero(rows).squeeze(1)
+        k = next(iter(picks.values())).shape[1]
+        step = max(1, _POPULATION_ROWS // k)  # at most ~_POPULATION_ROWS rows per pass
+        parts_m, parts_s = [], []
+        for start in range(0, idx.numel(), step):
+            sel = idx[start : start + step]
+            raw = self._population_outputs({key: v[sel] for key, v in batch.items()})
+            m, _, b = raw.shape[:3]
+            pm, ps = self._head_moments(raw.reshape(m, k * b, *raw.shape[3:]))
+            parts_m.append(pm.reshape(m, k, b))
+            if ps is not None:
+                parts_s.append(ps.reshape(m, k, b))
+        d_means = torch.cat(parts_m, dim=2)
+        d_stds = torch.cat(parts_s, dim=2) if parts_s else None
         member_mean = d_means.mean(dim=1)
         means = means.clone()
         means[:, rows] = member_mean
@@ -1268,7 +1280,7 @@ class Recommender:
         population[rows] = within.mean(dim=0)
         if stds is not None and d_stds is not None:
             stds = stds.clone()
-            stds[:, rows] = d_stds.reshape(m, k, b).square().mean(dim=1).sqrt()
+            stds[:, rows] = d_stds.square().mean(dim=1).sqrt()
         return means, stds, population
 
     def _prediction_from_batch(self, batch: Batch) -> Prediction:

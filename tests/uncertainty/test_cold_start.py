@@ -192,6 +192,15 @@ def test_facade_population_prediction_equals_a_loop_over_members_and_draws(popul
     np.testing.assert_allclose(got.std.numpy()[[0, 2]], member.std(axis=0)[[0, 2]], rtol=1e-4)
 
 
+def test_population_rows_in_small_passes_equal_one_pass(population_model, monkeypatch):
+    users, items = ["nobody", 1, "x", "y", 5], [0, 1, 2, 3, 4]
+    one = population_model._predict_raw(users, items)
+    monkeypatch.setattr("wager.recommender._POPULATION_ROWS", 6)  # K = 6: one row per pass
+    small = population_model._predict_raw(users, items)
+    torch.testing.assert_close(small.mean, one.mean)
+    torch.testing.assert_close(small.std, one.std)
+
+
 def test_population_draws_survive_save_and_load(population_model, tmp_path):
     population_model.save(tmp_path / "run")
     back = Recommender.load(tmp_path / "run")
