@@ -90,7 +90,9 @@ from wager.uncertainty.ensemble import bootstrap_weights, holdout_mask
 from wager.uncertainty.mc_dropout import MCDropout
 from wager.uncertainty.relevance import (
     RelevanceCalibrator,
+    ScoreRelevanceCalibrator,
     expected_hits,
+    load_relevance_calibrator,
     prob_at_least_one,
     relevance_probability,
 )
@@ -188,7 +190,7 @@ class Recommender:
         self.calibrator_: ProbabilityCalibrator | None = None
         self.variance_scaling_: VarianceScaling | None = None
         self.conformal_: SplitConformal | None = None
-        self.relevance_calibrator_: RelevanceCalibrator | None = None
+        self.relevance_calibrator_: RelevanceCalibrator | ScoreRelevanceCalibrator | None = None
         # cold_start = "population": {field key: (M, K) known rows standing in for OOV}
         self.population_picks_: dict[str, Tensor] | None = None
         self._item_cache: dict[str, Batch] = {}
@@ -519,7 +521,7 @@ class Recommender:
             self.population_picks_ = draw_known_rows(
                 self._fields(), self._members(), unc.population_draws, gen
             )
-        self._fit_post_hoc(valid)
+        self._fit_post_hoc(valid, train)
         hist = self.history_
         self.metrics_ = {
             "train_seconds": hist.seconds,
@@ -529,8 +531,9 @@ class Recommender:
         }
         return self
 
-    def _fit_post_hoc(self, valid: pd.DataFrame | None) -> None:
-        """Fit the ``[uncertainty]`` calibrators on the validation rows (after training)."""
+    def _fit_post_hoc(self, valid: pd.DataFrame | None, train: pd.DataFrame) -> None:
+        """Fit the ``[uncertainty]`` calibrators on the validation rows (after training);
+        ``train`` = the training rows (what validation top-k lists exclude)."""
         uc = self.config.uncertainty
         s = self.schema
         task = self.task
@@ -547,6 +550,10 @@ class Recommender:
                 f"[uncertainty] {asked[0]} applies to rating and click models, not to a {task} "
                 "model; remove it from [uncertainty]"
             )
+        if task in ("retrieval", "implicit"):
+            if valid is not None and len(valid):
+                self.relevance_calibrator_ = self._fit_list_calibrator(valid, train)
+            return
         if task not in ("click", "rating") or s.label is None:
             return
         if valid is None or not len(valid):
@@ -598,17 +605,106 @@ class Recommender:
             if 0 < float(relevant.mean()) < 1:
                 self.relevance_calibrator_ = RelevanceCalibrator().fit(raw, relevant)
 
+    def _list_scores(
+        self,
+        users: list[Any],
+        relevant: list[np.ndarray],
+        k: int,
+        seen: sp.csr_matrix | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Top-k lists by the ensemble-mean score, ``seen`` items excluded (default
+        ``seen_``): (U, k) catalogue rows (-1 padded), (U, k) their scores and (U, k) 0/1
+        hits against ``relevant``."""
+        n_items = len(self.items_ if self.items_ is not None else [])
+        chunk = max(1, min(1024, _PAIRS_PER_PASS * 4 // max(n_items, 1)))
+        tops, scores_out, hits = [], [], []
+        for start in range(0, len(users), chunk):
+            part = users[start : start + chunk]
+            scores = self._mean_scores(part).cpu().numpy()
+            exclude = self._seen_rows(part, seen)
+            top = ranking.top_k_from_scores(torch.as_tensor(scores), k, exclude)
+            tops.append(top)
+            scores_out.append(np.take_along_axis(scores, np.maximum(top, 0), axis=1))
+            hits.append(
+                np.stack(
+                    [np.isin(top[r], relevant[start + r]) & (top[r] >= 0) for r in range(len(part))]
+                ).astype(np.float64)
+            )
+        return np.concatenate(tops), np.concatenate(scores_out), np.concatenate(hits)
+
+    def _list_confidence_report(
+        self,
+        top: np.ndarray,
+        scores: np.ndarray,
+        hits: np.ndarray,
+        plots_dir: str | Path | None,
+    ) -> dict[str, Any]:
+        """Calibration of the relevance confidence of ranking models' top-k lists: ece, mce,
+        brier of each listed item's P(relevant) against its hit, and per user the mean
+        expected hits and P(at least one hit) against the observed ones."""
+        cal = self.relevance_calibrator_
+        assert isinstance(cal, ScoreRelevanceCalibrator)
+        k = top.shape[1]
+        listed = top >= 0
+        p = cal.transform(torch.as_tensor(scores)).numpy().astype(np.float64) * listed
+        p_listed, h_listed = p[listed], hits[listed]
+        out: dict[str, Any] = {
+            "ece": expected_calibration_error(p_listed, h_listed),
+            "ece_equal_width": expected_calibration_error(
+                p_listed, h_listed, binning="equal_width"
+            ),
+            "mce": max_calibration_error(p_listed, h_listed),
+            "brier": brier_score(p_listed, h_listed),
+            f"expected_hits@{k}": float(p.sum(axis=1).mean()),
+            f"hits@{k}": float(hits.sum(axis=1).mean()),
+            f"prob_at_least_one@{k}": float(prob_at_least_one(torch.as_tensor(p)).mean()),
+        }
+        if plots_dir is not None and self.config.uncertainty.plots:
+            path = reliability_diagram(
+                p_listed, h_listed, Path(plots_dir) / "relevance_reliability_diagram.png"
+            )
+            out["plots"] = {"relevance_reliability_diagram": path.name}
+        return out
+
+    def _fit_list_calibrator(
+        self, valid: pd.DataFrame, train: pd.DataFrame
+    ) -> ScoreRelevanceCalibrator | None:
+        """Retrieval / implicit: the score -> P(relevant) map of listed items, fitted on the
+        validation users' top-max(k, 20) lists with their training items excluded (at most
+        2,000 users); None when the lists hold no hit or nothing else."""
+        ev = self.config.evaluation
+        users, relevant = self._relevant_lists(valid, ev.relevance_threshold)
+        if not users:
+            return None
+        if len(users) > 2000:
+            pick = np.sort(np.random.default_rng(self.config.seed).choice(len(users), 2000, False))
+            users, relevant = [users[i] for i in pick], [relevant[i] for i in pick]
+        top, scores, hits = self._list_scores(
+            users, relevant, max(ev.k, 20), self._seen_matrix(train)
+        )
+        listed = top >= 0
+        if not 0 < hits[listed].mean() < 1:
+            return None
+        return ScoreRelevanceCalibrator().fit(scores[listed], hits[listed])
+
     def relevance_confidence(self, prediction: Prediction) -> Tensor | None:
         """(...) probability that each prediction is relevant, or None when undefined.
 
         Ratings: P(rating >= ``evaluation.relevance_threshold``) under the predicted
         N(mean, std), mapped by the isotonic calibrator fitted on the validation rows when
-        there is one. Clicks: the (calibrated) click probability. None for deterministic
-        rating models and for retrieval / implicit scores.
+        there is one. Clicks: the (calibrated) click probability. Retrieval / implicit: the
+        isotonic map of the (ensemble-mean) score fitted on the validation users' top-k
+        lists (relevant = among the user's validation positives). None for deterministic
+        rating models and for ranking models fitted without validation rows.
         """
         thr = self.config.evaluation.relevance_threshold
         if self.task == "click":
             return prediction.mean
+        if self.task in ("retrieval", "implicit"):
+            cal = self.relevance_calibrator_
+            if isinstance(cal, ScoreRelevanceCalibrator):
+                return cal.transform(prediction.mean)
+            return None
         if self.task != "rating" or thr is None or prediction.std is None:
             return None
         p = relevance_probability(prediction, thr)
@@ -1565,14 +1661,11 @@ class Recommender:
             relevant = [relevant[i] for i in pick]
         k = ev.k
         n_items = len(self.items_)
-        tops = []
-        chunk = max(1, min(1024, _PAIRS_PER_PASS * 4 // max(n_items, 1)))
-        for start in range(0, len(users), chunk):
-            part = users[start : start + chunk]
-            scores = self._mean_scores(part)
-            tops.append(ranking.top_k_from_scores(scores, k, self._seen_rows(part)))
         if users:
-            top = np.concatenate(tops)
+            top, top_scores, top_hits = self._list_scores(users, relevant, k)
+            cal = self.relevance_calibrator_
+            if task in ("retrieval", "implicit") and isinstance(cal, ScoreRelevanceCalibrator):
+                out.update(self._list_confidence_report(top, top_scores, top_hits, plots_dir))
             out.update({key: v for key, v in ranking.ranking_metrics(top, relevant, k).items()})
             assert self.seen_ is not None
             # popularity = share of training users who interacted with the item
@@ -1782,9 +1875,7 @@ class Recommender:
         if "conformal" in post_hoc:
             rec.conformal_ = SplitConformal().load_state_dict(post_hoc["conformal"])
         if "relevance_calibrator" in post_hoc:
-            rec.relevance_calibrator_ = RelevanceCalibrator().load_state_dict(
-                post_hoc["relevance_calibrator"]
-            )
+            rec.relevance_calibrator_ = load_relevance_calibrator(post_hoc["relevance_calibrator"])
         if "population_picks" in post_hoc:
             rec.population_picks_ = {
                 k: torch.tensor(v, dtype=torch.int64)

@@ -188,3 +188,111 @@ class RelevanceCalibrator:
             )
         self.isotonic_ = IsotonicCalibration().load_state_dict(state["isotonic"])
         return self
+
+
+class ScoreRelevanceCalibrator:
+    """Isotonic map from a ranking score to the probability that a listed item is relevant.
+
+    For retrieval and implicit models, whose scores (dot products, cosines) are not
+    probabilities: fitted on validation users' top-k lists, each listed item's score against
+    whether the item is among that user's validation positives. Scores are first squashed
+    monotonically, ``sigmoid((score - centre) / scale)`` with the median and the
+    interquartile range / 1.349 of the fitting scores, so that the isotonic map of an
+    :class:`~wager.uncertainty.calibration.IsotonicCalibration` (inputs in [0, 1]) applies;
+    a monotone squash leaves the isotonic fit unchanged.
+
+    Attributes:
+        centre_: median fitting score (None before fit).
+        scale_: robust spread of the fitting scores (> 0).
+        isotonic_: the fitted isotonic map on the squashed scores.
+
+    Example:
+        >>> sc = ScoreRelevanceCalibrator().fit([1.0, 2.0, 3.0, 4.0], [0, 0, 1, 1])
+        >>> sc.transform(torch.tensor([1.5, 3.5])).tolist()
+        [0.0, 1.0]
+    """
+
+    def __init__(self) -> None:
+        self.centre_: float | None = None
+        self.scale_: float | None = None
+        self.isotonic_: IsotonicCalibration | None = None
+
+    def _squash(self, scores: Tensor) -> Tensor:
+        assert self.centre_ is not None and self.scale_ is not None
+        return torch.sigmoid((scores.to(torch.float64) - self.centre_) / self.scale_)
+
+    def fit(
+        self, scores: Tensor | np.ndarray | list[float], relevant: Tensor | np.ndarray | list[int]
+    ) -> ScoreRelevanceCalibrator:
+        """Fit on listed items' scores and their 0/1 relevance.
+
+        Args:
+            scores: (n,) finite ranking scores of listed items.
+            relevant: (n,) 0/1, 1 = the item turned out relevant for its user.
+
+        Returns:
+            self.
+        """
+        s = np.asarray(
+            scores.detach().cpu().numpy() if isinstance(scores, Tensor) else scores,
+            dtype=np.float64,
+        )
+        if s.ndim != 1 or s.size == 0 or not np.all(np.isfinite(s)):
+            raise ValueError(
+                f"scores must be a non-empty (n,) array of finite ranking scores, got shape "
+                f"{s.shape}; pass the scores of the listed items"
+            )
+        y = _check_labels(relevant, s.size, "relevant", "scores")
+        q1, med, q3 = np.quantile(s, [0.25, 0.5, 0.75])
+        spread = (q3 - q1) / 1.349
+        if not spread > 0:
+            spread = float(s.std()) if s.std() > 0 else 1.0
+        self.centre_, self.scale_ = float(med), float(spread)
+        self.isotonic_ = IsotonicCalibration().fit(self._squash(torch.from_numpy(s)), y)
+        return self
+
+    def transform(self, scores: Tensor) -> Tensor:
+        """(...) relevance probabilities of scores (...), dtype and device of the scores."""
+        if self.isotonic_ is None:
+            raise NotFittedError(
+                "ScoreRelevanceCalibrator is not fitted: call fit(scores, relevant) on "
+                "validation top-k lists first (or load_state_dict())"
+            )
+        dtype = scores.dtype if scores.is_floating_point() else torch.float32
+        return self.isotonic_.transform(self._squash(scores)).to(dtype)
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-ready state: kind "relevance_score_isotonic", centre, scale, isotonic."""
+        if self.isotonic_ is None:
+            raise NotFittedError("ScoreRelevanceCalibrator is not fitted: nothing to save")
+        return {
+            "kind": "relevance_score_isotonic",
+            "centre": self.centre_,
+            "scale": self.scale_,
+            "isotonic": self.isotonic_.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> ScoreRelevanceCalibrator:
+        """Restore from :meth:`state_dict`; returns self."""
+        if state.get("kind") != "relevance_score_isotonic" or not {
+            "centre",
+            "scale",
+            "isotonic",
+        } <= set(state):
+            raise ValueError(
+                f"state['kind'] is {state.get('kind')!r}, expected 'relevance_score_isotonic' "
+                "with centre, scale and isotonic; pass a dict saved by "
+                "ScoreRelevanceCalibrator.state_dict()"
+            )
+        self.centre_, self.scale_ = float(state["centre"]), float(state["scale"])
+        self.isotonic_ = IsotonicCalibration().load_state_dict(state["isotonic"])
+        return self
+
+
+def load_relevance_calibrator(
+    state: dict[str, Any],
+) -> RelevanceCalibrator | ScoreRelevanceCalibrator:
+    """The relevance calibrator a saved state describes (dispatch on its "kind")."""
+    if state.get("kind") == "relevance_score_isotonic":
+        return ScoreRelevanceCalibrator().load_state_dict(state)
+    return RelevanceCalibrator().load_state_dict(state)
