@@ -231,3 +231,24 @@ def test_oov_rate_trains_the_oov_rows_and_widens_cold_start(monkeypatch):
     known = rec.predict(train["user_id"][:500], train["item_id"][:500])
     cold = rec.predict(["nobody"] * 500, train["item_id"][:500])
     assert float(cold.std.mean()) > float(known.std.mean())
+
+
+def test_platt_with_a_negative_slope_warns_that_the_order_is_reversed():
+    # training: users 0..19 click 40% of the time, users 20..39 2%; validation: the reverse
+    def log(n: int, high: range, seed: int) -> pd.DataFrame:
+        g = np.random.default_rng(seed)
+        u, i = g.integers(0, 40, n), g.integers(0, 10, n)
+        p = np.where(np.isin(u, list(high)), 0.4, 0.02)
+        return pd.DataFrame({"user_id": u, "item_id": i, "click": (g.random(n) < p) * 1.0})
+
+    train, valid = log(4000, range(0, 20), 1), log(1500, range(20, 40), 2)
+    cfg = RunConfig(
+        schema=CLICK,
+        model=ModelConfig(type="factorization", dim=2, init_std=0.05),
+        training=TrainConfig(epochs=10, batch_size=256, learning_rate=0.05, patience=10),
+        uncertainty=UncertaintyConfig(calibrator="platt"),
+        seed=0,
+    )
+    with pytest.warns(UserWarning, match=r"negative slope .* 1500 validation rows"):
+        rec = Recommender(cfg).fit(train, valid)
+    assert rec.calibrator_.slope_ < 0

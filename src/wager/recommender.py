@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -575,6 +576,16 @@ class Recommender:
         pred = self._predict_raw(valid[s.user].to_numpy(), valid[s.item].to_numpy(), valid)
         if task == "click":
             self.calibrator_ = _CALIBRATORS[uc.calibrator]().fit(pred.mean, y)
+            slope = getattr(self.calibrator_, "slope_", None)
+            if slope is not None and slope < 0:
+                warnings.warn(
+                    f"[uncertainty] calibrator = 'platt' fitted a negative slope ({slope:.3g}) on "
+                    f"{len(y)} validation rows with {int(y.sum())} clicks: the model ranks "
+                    "them worse than chance, so the calibrated CTRs reverse its order. Use more "
+                    "validation rows ([data] valid_fraction) or calibrator = 'isotonic' "
+                    "(monotone non-decreasing)",
+                    stacklevel=2,
+                )
             return
         if uc.calibrator != "none":
             raise ValueError(
