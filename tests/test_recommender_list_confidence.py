@@ -2,46 +2,74 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from sklearn.isotonic import IsotonicRegression
 
 from wager.config import EvaluationConfig, ModelConfig, RunConfig, TrainConfig
 from wager.data.schema import Schema
 from wager.errors import NotFittedError
 from wager.recommender import Recommender
-from wager.uncertainty.relevance import ScoreRelevanceCalibrator, load_relevance_calibrator
+from wager.uncertainty.relevance import ListRelevanceCalibrator, load_relevance_calibrator
 
 
-def test_score_calibrator_equals_sklearn_isotonic_on_raw_scores_at_the_fitting_points():
-    rng = np.random.default_rng(0)
-    scores = rng.normal(3.0, 2.0, 400)
-    hits = (rng.random(400) < 1 / (1 + np.exp(-(scores - 3.0)))).astype(float)
-    ours = ScoreRelevanceCalibrator().fit(scores, hits)
-    ref = IsotonicRegression(y_min=0, y_max=1, out_of_bounds="clip").fit(scores, hits)
-    got = ours.transform(torch.tensor(scores, dtype=torch.float64)).numpy()
-    np.testing.assert_allclose(got, ref.predict(scores), atol=1e-9)
-    # PAV: the fitted probabilities sum to the hits
-    assert got.sum() == pytest.approx(hits.sum(), abs=1e-6)
-    assert ours.centre_ == pytest.approx(np.median(scores))
-    back = load_relevance_calibrator(ours.state_dict())
-    assert isinstance(back, ScoreRelevanceCalibrator)
-    torch.testing.assert_close(
-        back.transform(torch.tensor(scores)), ours.transform(torch.tensor(scores))
-    )
+def test_temperature_is_recovered_from_next_positives_drawn_from_a_softmax():
+    # 3000 users x 40 items, one positive each drawn from softmax(score / 0.5); items with
+    # index 39 are "seen" (-inf) and never drawn
+    gen = torch.Generator().manual_seed(0)
+    scores = torch.randn(3000, 40, generator=gen, dtype=torch.float64)
+    scores[:, 39] = -math.inf
+    pos = torch.multinomial(torch.softmax(scores / 0.5, dim=1), 1, generator=gen).squeeze(1)
+    chunks = [scores[:1500], scores[1500:]]
+    positives = [
+        [np.array([p]) for p in pos[:1500].tolist()],
+        [np.array([p]) for p in pos[1500:].tolist()],
+    ]
+    cal = ListRelevanceCalibrator().fit(chunks, positives)
+    assert cal.temperature_ == pytest.approx(0.5, rel=0.06)
+    assert cal.horizon_ == pytest.approx(1.0)
+
+    def nll(t: float) -> float:
+        return float(-(torch.log_softmax(scores / t, 1)[torch.arange(3000), pos]).mean())
+
+    t = cal.temperature_
+    assert nll(t) <= min(nll(t * 0.97), nll(t * 1.03)) + 1e-9  # the likelihood's minimum
 
 
-def test_score_calibrator_errors():
+def test_probability_by_hand_and_horizon():
+    cal = ListRelevanceCalibrator()
+    cal.temperature_, cal.horizon_ = 2.0, 3.0
+    rows = torch.tensor([[2.0, 0.0, -math.inf]], dtype=torch.float64)
+    norm = cal.log_normalizer(rows)
+    assert float(norm) == pytest.approx(math.log(math.e + 1.0))
+    pi = math.e / (math.e + 1.0)
+    got = cal.probability(rows[:, :2], norm)
+    assert got[0, 0].item() == pytest.approx(1 - (1 - pi) ** 3)
+    assert got[0, 1].item() == pytest.approx(1 - pi**3)
+    one = cal.probability(rows[:, :2], norm, horizon=1.0)
+    assert one[0].tolist() == pytest.approx([pi, 1 - pi])
+    with pytest.raises(ValueError, match="horizon must be > 0"):
+        cal.probability(rows[:, :2], norm, horizon=0.0)
+    back = load_relevance_calibrator(cal.state_dict())
+    assert isinstance(back, ListRelevanceCalibrator)
+    assert (back.temperature_, back.horizon_) == (2.0, 3.0)
+
+
+def test_list_calibrator_errors():
     with pytest.raises(NotFittedError):
-        ScoreRelevanceCalibrator().transform(torch.zeros(2))
-    with pytest.raises(ValueError, match="finite ranking scores"):
-        ScoreRelevanceCalibrator().fit([1.0, float("nan")], [0, 1])
-    with pytest.raises(ValueError, match="relevant"):
-        ScoreRelevanceCalibrator().fit([1.0, 2.0], [0, 2])
-    with pytest.raises(ValueError, match="relevance_score_isotonic"):
-        ScoreRelevanceCalibrator().load_state_dict({"kind": "isotonic"})
+        ListRelevanceCalibrator().log_normalizer(torch.zeros(1, 2))
+    with pytest.raises(ValueError, match="no validation positive is scorable"):
+        rows = torch.tensor([[0.0, -math.inf]])
+        ListRelevanceCalibrator().fit([rows], [[np.array([1])]])
+    with pytest.raises(ValueError, match="relevance_softmax"):
+        ListRelevanceCalibrator().load_state_dict({"kind": "isotonic"})
+    with pytest.raises(ValueError, match="must be > 0"):
+        ListRelevanceCalibrator().load_state_dict(
+            {"kind": "relevance_softmax", "temperature": 0.0, "horizon": 1.0}
+        )
 
 
 def _interactions(seed: int) -> pd.DataFrame:
@@ -80,20 +108,21 @@ def model(split) -> Recommender:
     return Recommender(_config()).fit(train, valid)
 
 
-def test_validation_lists_are_calibrated_in_the_mean(model, split):
+def test_horizon_is_the_mean_number_of_validation_positives(model, split):
     train, valid, _ = split
     cal = model.relevance_calibrator_
-    assert isinstance(cal, ScoreRelevanceCalibrator)
+    assert isinstance(cal, ListRelevanceCalibrator)
+    seen = model._seen_matrix(train)
     users, relevant = model._relevant_lists(valid, 4.0)
-    top, scores, hits = model._list_scores(users, relevant, 20, model._seen_matrix(train))
-    listed = top >= 0
-    p = cal.transform(torch.as_tensor(scores[listed])).numpy()
-    # the isotonic fit on exactly these lists: mean probability = hit rate (PAV)
-    assert p.mean() == pytest.approx(hits[listed].mean(), abs=1e-6)
+    rows = model._seen_rows(users, seen)
+    n = sum(len(r) - int(rows[u, r].sum()) for u, r in enumerate(relevant))
+    assert cal.horizon_ == pytest.approx(n / len(users))
 
 
 def test_recommend_confidence_follows_the_rank_and_list_summaries(model):
     recs = model.recommend(list(range(10)), k=5)
+    longer = model.recommend(list(range(10)), k=5, horizon=10.0)
+    assert np.all(longer["confidence"].to_numpy() > recs["confidence"].to_numpy())
     conf = recs["confidence"].to_numpy()
     assert np.all((conf >= 0) & (conf <= 1)) and not np.isnan(conf).any()
     for _, g in recs.groupby("user"):
@@ -108,7 +137,15 @@ def test_recommend_confidence_follows_the_rank_and_list_summaries(model):
 def test_evaluate_reports_list_calibration(model, split, tmp_path):
     _, _, test = split
     m = model.evaluate(test, plots_dir=tmp_path)
-    for key in ("ece", "ece_equal_width", "mce", "brier", "expected_hits@5", "hits@5"):
+    for key in (
+        "ece",
+        "ece_equal_width",
+        "mce",
+        "brier",
+        "expected_hits@5",
+        "hits@5",
+        "relevance_temperature",
+    ):
         assert np.isfinite(m[key]), key
     assert 0 <= m["ece"] <= m["mce"] <= 1
     assert 0 <= m["prob_at_least_one@5"] <= 1

@@ -90,8 +90,8 @@ from wager.uncertainty.conformal import SplitConformal, VarianceScaling
 from wager.uncertainty.ensemble import bootstrap_weights, holdout_mask
 from wager.uncertainty.mc_dropout import MCDropout
 from wager.uncertainty.relevance import (
+    ListRelevanceCalibrator,
     RelevanceCalibrator,
-    ScoreRelevanceCalibrator,
     expected_hits,
     load_relevance_calibrator,
     prob_at_least_one,
@@ -191,7 +191,7 @@ class Recommender:
         self.calibrator_: ProbabilityCalibrator | None = None
         self.variance_scaling_: VarianceScaling | None = None
         self.conformal_: SplitConformal | None = None
-        self.relevance_calibrator_: RelevanceCalibrator | ScoreRelevanceCalibrator | None = None
+        self.relevance_calibrator_: RelevanceCalibrator | ListRelevanceCalibrator | None = None
         # cold_start = "population": {field key: (M, K) known rows standing in for OOV}
         self.population_picks_: dict[str, Tensor] | None = None
         self._item_cache: dict[str, Batch] = {}
@@ -616,48 +616,73 @@ class Recommender:
             if 0 < float(relevant.mean()) < 1:
                 self.relevance_calibrator_ = RelevanceCalibrator().fit(raw, relevant)
 
+    @staticmethod
+    def _masked(scores: Tensor, exclude: sp.csr_matrix | None) -> Tensor:
+        """(U, I) scores with the ``exclude`` entries set to -inf."""
+        out = scores.clone()
+        if exclude is not None and exclude.nnz:
+            ex = exclude.tocoo()
+            out[
+                torch.as_tensor(ex.row.astype(np.int64)), torch.as_tensor(ex.col.astype(np.int64))
+            ] = -math.inf
+        return out
+
     def _list_scores(
         self,
         users: list[Any],
         relevant: list[np.ndarray],
         k: int,
         seen: sp.csr_matrix | None = None,
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
         """Top-k lists by the ensemble-mean score, ``seen`` items excluded (default
-        ``seen_``): (U, k) catalogue rows (-1 padded), (U, k) their scores and (U, k) 0/1
-        hits against ``relevant``."""
+        ``seen_``): (U, k) catalogue rows (-1 padded), (U, k) their scores, (U, k) 0/1 hits
+        against ``relevant`` and, with a list calibrator, (U, 1) the log-normaliser of each
+        user's softmax over the unseen items (else None)."""
         n_items = len(self.items_ if self.items_ is not None else [])
         chunk = max(1, min(1024, _PAIRS_PER_PASS * 4 // max(n_items, 1)))
-        tops, scores_out, hits = [], [], []
+        cal = self.relevance_calibrator_
+        tops, scores_out, hits, norms = [], [], [], []
         for start in range(0, len(users), chunk):
             part = users[start : start + chunk]
-            scores = self._mean_scores(part).cpu().numpy()
-            exclude = self._seen_rows(part, seen)
-            top = ranking.top_k_from_scores(torch.as_tensor(scores), k, exclude)
+            masked = self._masked(self._mean_scores(part).cpu(), self._seen_rows(part, seen))
+            top = ranking.top_k_from_scores(masked, k)
             tops.append(top)
-            scores_out.append(np.take_along_axis(scores, np.maximum(top, 0), axis=1))
+            scores_out.append(np.take_along_axis(masked.numpy(), np.maximum(top, 0), axis=1))
             hits.append(
                 np.stack(
                     [np.isin(top[r], relevant[start + r]) & (top[r] >= 0) for r in range(len(part))]
                 ).astype(np.float64)
             )
-        return np.concatenate(tops), np.concatenate(scores_out), np.concatenate(hits)
+            if isinstance(cal, ListRelevanceCalibrator):
+                norms.append(cal.log_normalizer(masked).numpy())
+        return (
+            np.concatenate(tops),
+            np.concatenate(scores_out),
+            np.concatenate(hits),
+            np.concatenate(norms) if norms else None,
+        )
 
     def _list_confidence_report(
         self,
         top: np.ndarray,
         scores: np.ndarray,
         hits: np.ndarray,
+        log_norm: np.ndarray,
+        relevant: list[np.ndarray],
         plots_dir: str | Path | None,
     ) -> dict[str, Any]:
-        """Calibration of the relevance confidence of ranking models' top-k lists: ece, mce,
-        brier of each listed item's P(relevant) against its hit, and per user the mean
-        expected hits and P(at least one hit) against the observed ones."""
+        """Calibration of ranking models' relevance confidence on test top-k lists: each
+        listed item's P(among the user's next H positives), H = the user's number of test
+        positives (the window the test holds), against whether it is one of them: ece, mce,
+        brier, and per user the mean expected hits and P(at least one hit)."""
         cal = self.relevance_calibrator_
-        assert isinstance(cal, ScoreRelevanceCalibrator)
+        assert isinstance(cal, ListRelevanceCalibrator)
         k = top.shape[1]
         listed = top >= 0
-        p = cal.transform(torch.as_tensor(scores)).numpy().astype(np.float64) * listed
+        horizon = torch.tensor([[max(len(r), 1)] for r in relevant], dtype=torch.float64)
+        p = cal.probability(
+            torch.as_tensor(np.where(listed, scores, -math.inf)), torch.as_tensor(log_norm), horizon
+        ).numpy()
         p_listed, h_listed = p[listed], hits[listed]
         out: dict[str, Any] = {
             "ece": expected_calibration_error(p_listed, h_listed),
@@ -669,6 +694,7 @@ class Recommender:
             f"expected_hits@{k}": float(p.sum(axis=1).mean()),
             f"hits@{k}": float(hits.sum(axis=1).mean()),
             f"prob_at_least_one@{k}": float(prob_at_least_one(torch.as_tensor(p)).mean()),
+            "relevance_temperature": cal.temperature_,
         }
         if plots_dir is not None and self.config.uncertainty.plots:
             path = reliability_diagram(
@@ -679,43 +705,43 @@ class Recommender:
 
     def _fit_list_calibrator(
         self, valid: pd.DataFrame, train: pd.DataFrame
-    ) -> ScoreRelevanceCalibrator | None:
-        """Retrieval / implicit: the score -> P(relevant) map of listed items, fitted on the
-        validation users' top-max(k, 20) lists with their training items excluded (at most
-        2,000 users); None when the lists hold no hit or nothing else."""
+    ) -> ListRelevanceCalibrator | None:
+        """Retrieval / implicit: the softmax temperature of the next-positive model, fitted
+        on the validation users' positives with their training items excluded (at most
+        2,000 users, and at most ~5e7 scored (user, item) cells); None without any."""
         ev = self.config.evaluation
         users, relevant = self._relevant_lists(valid, ev.relevance_threshold)
+        n_items = max(len(self.items_ if self.items_ is not None else []), 1)
+        cap = int(min(2000, max(50, 50_000_000 // n_items)))
+        if len(users) > cap:
+            pick = np.sort(np.random.default_rng(self.config.seed).choice(len(users), cap, False))
+            users, relevant = [users[i] for i in pick], [relevant[i] for i in pick]
         if not users:
             return None
-        if len(users) > 2000:
-            pick = np.sort(np.random.default_rng(self.config.seed).choice(len(users), 2000, False))
-            users, relevant = [users[i] for i in pick], [relevant[i] for i in pick]
-        top, scores, hits = self._list_scores(
-            users, relevant, max(ev.k, 20), self._seen_matrix(train)
-        )
-        listed = top >= 0
-        if not 0 < hits[listed].mean() < 1:
+        seen = self._seen_matrix(train)
+        chunk = max(1, min(1024, _PAIRS_PER_PASS * 4 // n_items))
+        rows, positives = [], []
+        for start in range(0, len(users), chunk):
+            part = users[start : start + chunk]
+            rows.append(self._masked(self._mean_scores(part).cpu(), self._seen_rows(part, seen)))
+            positives.append(relevant[start : start + chunk])
+        try:
+            return ListRelevanceCalibrator().fit(rows, positives)
+        except ValueError:
             return None
-        return ScoreRelevanceCalibrator().fit(scores[listed], hits[listed])
 
     def relevance_confidence(self, prediction: Prediction) -> Tensor | None:
         """(...) probability that each prediction is relevant, or None when undefined.
 
         Ratings: P(rating >= ``evaluation.relevance_threshold``) under the predicted
         N(mean, std), mapped by the isotonic calibrator fitted on the validation rows when
-        there is one. Clicks: the (calibrated) click probability. Retrieval / implicit: the
-        isotonic map of the (ensemble-mean) score fitted on the validation users' top-k
-        lists (relevant = among the user's validation positives). None for deterministic
-        rating models and for ranking models fitted without validation rows.
+        there is one. Clicks: the (calibrated) click probability. None for deterministic
+        rating models and for retrieval / implicit scores, whose relevance depends on the
+        whole catalogue row: :meth:`recommend` fills it from the list calibrator.
         """
         thr = self.config.evaluation.relevance_threshold
         if self.task == "click":
             return prediction.mean
-        if self.task in ("retrieval", "implicit"):
-            cal = self.relevance_calibrator_
-            if isinstance(cal, ScoreRelevanceCalibrator):
-                return cal.transform(prediction.mean)
-            return None
         if self.task != "rating" or thr is None or prediction.std is None:
             return None
         p = relevance_probability(prediction, thr)
@@ -1410,6 +1436,7 @@ class Recommender:
         confidence_level: float = 0.9,
         batch_users: int = 256,
         progress: Callable[[int], None] | None = None,
+        horizon: float | None = None,
     ) -> pd.DataFrame:
         """Top-k items per user, ranked by predicted mean, with std and interval.
 
@@ -1423,6 +1450,9 @@ class Recommender:
             confidence_level: level of the [low, high] interval.
             batch_users: users scored per pass.
             progress: called with the number of users done after each pass.
+            horizon: retrieval / implicit models: the relevance confidence is P(the item is
+                among the user's next ``horizon`` positive interactions); None = the mean
+                number of validation positives per user (the calibrator's ``horizon_``).
 
         Returns:
             DataFrame with columns user, item, rank (1-based), score (the ranking score,
@@ -1480,6 +1510,20 @@ class Recommender:
             iv = pred.interval(confidence_level) if has_std else None
             mean = pred.mean.cpu().numpy()
             conf = self.relevance_confidence(pred)
+            cal = self.relevance_calibrator_
+            if not pointwise and isinstance(cal, ListRelevanceCalibrator):
+                # P(among the next H positives) under the softmax over each user's candidates
+                norm = cal.log_normalizer(self._masked(scores.mean(dim=0).cpu(), exclude))
+                conf = torch.cat(
+                    [
+                        cal.probability(
+                            scores.mean(dim=0)[r, torch.as_tensor(sel)].cpu().unsqueeze(0),
+                            norm[r : r + 1],
+                            horizon,
+                        )[0]
+                        for r, sel in rows
+                    ]
+                )
             frames.append(
                 pd.DataFrame(
                     {
@@ -1673,10 +1717,13 @@ class Recommender:
         k = ev.k
         n_items = len(self.items_)
         if users:
-            top, top_scores, top_hits = self._list_scores(users, relevant, k)
-            cal = self.relevance_calibrator_
-            if task in ("retrieval", "implicit") and isinstance(cal, ScoreRelevanceCalibrator):
-                out.update(self._list_confidence_report(top, top_scores, top_hits, plots_dir))
+            top, top_scores, top_hits, log_norm = self._list_scores(users, relevant, k)
+            if task in ("retrieval", "implicit") and log_norm is not None:
+                out.update(
+                    self._list_confidence_report(
+                        top, top_scores, top_hits, log_norm, relevant, plots_dir
+                    )
+                )
             out.update({key: v for key, v in ranking.ranking_metrics(top, relevant, k).items()})
             assert self.seen_ is not None
             # popularity = share of training users who interacted with the item

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy.optimize import minimize_scalar
 from torch import Tensor
 
 from wager.errors import NotFittedError
@@ -190,109 +191,137 @@ class RelevanceCalibrator:
         return self
 
 
-class ScoreRelevanceCalibrator:
-    """Isotonic map from a ranking score to the probability that a listed item is relevant.
+class ListRelevanceCalibrator:
+    """Probability that a ranking model's listed item turns out relevant within a horizon.
 
-    For retrieval and implicit models, whose scores (dot products, cosines) are not
-    probabilities: fitted on validation users' top-k lists, each listed item's score against
-    whether the item is among that user's validation positives. Scores are first squashed
-    monotonically, ``sigmoid((score - centre) / scale)`` with the median and the
-    interquartile range / 1.349 of the fitting scores, so that the isotonic map of an
-    :class:`~wager.uncertainty.calibration.IsotonicCalibration` (inputs in [0, 1]) applies;
-    a monotone squash leaves the isotonic fit unchanged.
+    Retrieval and implicit models score every catalogue item; their scores are not
+    probabilities, and whether a listed item "is relevant" depends on how many future
+    positives one waits for. The calibrated model: the user's next positive interaction is
+    item i with probability
+
+        pi_i = softmax_j(score_j / T)_i   over the items the user has not seen,
+
+    the temperature T fitted on the validation rows by the log-likelihood of each validation
+    positive under that softmax (with the user's training items excluded); an item is among
+    the user's next H positives with probability ``1 - (1 - pi_i) ** H`` (independent draws).
+    ``horizon_`` is the mean number of validation positives per user, the default H.
 
     Attributes:
-        centre_: median fitting score (None before fit).
-        scale_: robust spread of the fitting scores (> 0).
-        isotonic_: the fitted isotonic map on the squashed scores.
+        temperature_: fitted T > 0 (None before fit).
+        horizon_: mean validation positives per user (the default horizon).
 
     Example:
-        >>> sc = ScoreRelevanceCalibrator().fit([1.0, 2.0, 3.0, 4.0], [0, 0, 1, 1])
-        >>> sc.transform(torch.tensor([1.5, 3.5])).tolist()
-        [0.0, 1.0]
+        >>> cal = ListRelevanceCalibrator()
+        >>> cal.temperature_, cal.horizon_ = 1.0, 1.0
+        >>> rows = torch.tensor([[0.0, 0.0, -float("inf")]])  # third item seen: excluded
+        >>> p = cal.probability(rows[:, :2], cal.log_normalizer(rows))
+        >>> [round(v, 4) for v in p[0].tolist()]
+        [0.5, 0.5]
     """
 
     def __init__(self) -> None:
-        self.centre_: float | None = None
-        self.scale_: float | None = None
-        self.isotonic_: IsotonicCalibration | None = None
+        self.temperature_: float | None = None
+        self.horizon_: float | None = None
 
-    def _squash(self, scores: Tensor) -> Tensor:
-        assert self.centre_ is not None and self.scale_ is not None
-        return torch.sigmoid((scores.to(torch.float64) - self.centre_) / self.scale_)
+    def _check_fitted(self) -> tuple[float, float]:
+        if self.temperature_ is None or self.horizon_ is None:
+            raise NotFittedError(
+                "ListRelevanceCalibrator is not fitted: call fit(score_rows, positives) on "
+                "the validation users first (or load_state_dict())"
+            )
+        return self.temperature_, self.horizon_
 
     def fit(
-        self, scores: Tensor | np.ndarray | list[float], relevant: Tensor | np.ndarray | list[int]
-    ) -> ScoreRelevanceCalibrator:
-        """Fit on listed items' scores and their 0/1 relevance.
+        self, score_rows: list[Tensor], positives: list[list[np.ndarray]]
+    ) -> ListRelevanceCalibrator:
+        """Fit T by maximum likelihood of the validation positives.
 
         Args:
-            scores: (n,) finite ranking scores of listed items.
-            relevant: (n,) 0/1, 1 = the item turned out relevant for its user.
+            score_rows: chunks of (U_c, I) catalogue scores of validation users, -inf where
+                the item is excluded (seen in training).
+            positives: per chunk, per user, the catalogue columns of the user's validation
+                positives (columns with a -inf score are skipped).
 
         Returns:
             self.
         """
-        s = np.asarray(
-            scores.detach().cpu().numpy() if isinstance(scores, Tensor) else scores,
-            dtype=np.float64,
-        )
-        if s.ndim != 1 or s.size == 0 or not np.all(np.isfinite(s)):
+        picked = []
+        for rows, pos in zip(score_rows, positives, strict=True):
+            r = np.concatenate([[u] * len(p) for u, p in enumerate(pos)]).astype(np.int64)
+            c = np.concatenate([np.asarray(p, dtype=np.int64) for p in pos])
+            keep = torch.isfinite(rows[torch.as_tensor(r), torch.as_tensor(c)]).numpy()
+            picked.append((rows.double(), torch.as_tensor(r[keep]), torch.as_tensor(c[keep])))
+        n = sum(int(r.numel()) for _, r, _ in picked)
+        users = sum(len(p) for p in positives)
+        if n == 0 or users == 0:
             raise ValueError(
-                f"scores must be a non-empty (n,) array of finite ranking scores, got shape "
-                f"{s.shape}; pass the scores of the listed items"
+                "no validation positive is scorable (all were seen in training or none "
+                "given); pass validation rows with new positive items"
             )
-        y = _check_labels(relevant, s.size, "relevant", "scores")
-        q1, med, q3 = np.quantile(s, [0.25, 0.5, 0.75])
-        spread = (q3 - q1) / 1.349
-        if not spread > 0:
-            spread = float(s.std()) if s.std() > 0 else 1.0
-        self.centre_, self.scale_ = float(med), float(spread)
-        self.isotonic_ = IsotonicCalibration().fit(self._squash(torch.from_numpy(s)), y)
+
+        def nll(log_t: float) -> float:
+            t = math.exp(log_t)
+            total = 0.0
+            for rows, r, c in picked:
+                lse = torch.logsumexp(rows / t, dim=1)
+                total -= float((rows[r, c] / t - lse[r]).sum())
+            return total / n
+
+        res = minimize_scalar(nll, bounds=(-6.0, 6.0), method="bounded")
+        self.temperature_ = float(math.exp(res.x))
+        self.horizon_ = n / users
         return self
 
-    def transform(self, scores: Tensor) -> Tensor:
-        """(...) relevance probabilities of scores (...), dtype and device of the scores."""
-        if self.isotonic_ is None:
-            raise NotFittedError(
-                "ScoreRelevanceCalibrator is not fitted: call fit(scores, relevant) on "
-                "validation top-k lists first (or load_state_dict())"
-            )
-        dtype = scores.dtype if scores.is_floating_point() else torch.float32
-        return self.isotonic_.transform(self._squash(scores)).to(dtype)
+    def probability(
+        self, scores: Tensor, log_norm: Tensor, horizon: float | Tensor | None = None
+    ) -> Tensor:
+        """(U, k) probabilities that listed items are among the next ``horizon`` positives.
+
+        Args:
+            scores: (U, k) scores of the listed items.
+            log_norm: (U, k) or (U, 1) ``logsumexp(score / T)`` over each user's candidate
+                (unseen) items, from :meth:`log_normalizer`.
+            horizon: H > 0 future positives, a float or a (U, 1) tensor; None = ``horizon_``.
+
+        Returns:
+            (U, k) ``1 - (1 - pi) ** H``, float64.
+        """
+        t, h = self._check_fitted()
+        pi = torch.exp(scores.double() / t - log_norm.double()).clamp(0.0, 1.0)
+        hz = torch.as_tensor(h if horizon is None else horizon, dtype=torch.float64)
+        if bool((hz <= 0).any()):
+            raise ValueError(f"horizon must be > 0 future positives, got {horizon!r}")
+        return -torch.expm1(hz * torch.log1p(-pi.clamp_max(1.0 - 1e-12)))
+
+    def log_normalizer(self, score_rows: Tensor) -> Tensor:
+        """(U, 1) ``logsumexp(score / T)`` of (U, I) scores, -inf entries excluded."""
+        t, _ = self._check_fitted()
+        return torch.logsumexp(score_rows.double() / t, dim=1, keepdim=True)
 
     def state_dict(self) -> dict[str, Any]:
-        """JSON-ready state: kind "relevance_score_isotonic", centre, scale, isotonic."""
-        if self.isotonic_ is None:
-            raise NotFittedError("ScoreRelevanceCalibrator is not fitted: nothing to save")
-        return {
-            "kind": "relevance_score_isotonic",
-            "centre": self.centre_,
-            "scale": self.scale_,
-            "isotonic": self.isotonic_.state_dict(),
-        }
+        """JSON-ready state: kind "relevance_softmax", temperature, horizon."""
+        t, h = self._check_fitted()
+        return {"kind": "relevance_softmax", "temperature": t, "horizon": h}
 
-    def load_state_dict(self, state: dict[str, Any]) -> ScoreRelevanceCalibrator:
+    def load_state_dict(self, state: dict[str, Any]) -> ListRelevanceCalibrator:
         """Restore from :meth:`state_dict`; returns self."""
-        if state.get("kind") != "relevance_score_isotonic" or not {
-            "centre",
-            "scale",
-            "isotonic",
-        } <= set(state):
+        if state.get("kind") != "relevance_softmax" or not {"temperature", "horizon"} <= set(state):
             raise ValueError(
-                f"state['kind'] is {state.get('kind')!r}, expected 'relevance_score_isotonic' "
-                "with centre, scale and isotonic; pass a dict saved by "
-                "ScoreRelevanceCalibrator.state_dict()"
+                f"state['kind'] is {state.get('kind')!r}, expected 'relevance_softmax' with "
+                "temperature and horizon; pass a dict saved by "
+                "ListRelevanceCalibrator.state_dict()"
             )
-        self.centre_, self.scale_ = float(state["centre"]), float(state["scale"])
-        self.isotonic_ = IsotonicCalibration().load_state_dict(state["isotonic"])
+        t, h = float(state["temperature"]), float(state["horizon"])
+        if not (t > 0 and h > 0):
+            raise ValueError(f"temperature and horizon must be > 0, got {t!r} and {h!r}")
+        self.temperature_, self.horizon_ = t, h
         return self
 
 
 def load_relevance_calibrator(
     state: dict[str, Any],
-) -> RelevanceCalibrator | ScoreRelevanceCalibrator:
+) -> RelevanceCalibrator | ListRelevanceCalibrator:
     """The relevance calibrator a saved state describes (dispatch on its "kind")."""
-    if state.get("kind") == "relevance_score_isotonic":
-        return ScoreRelevanceCalibrator().load_state_dict(state)
+    if state.get("kind") == "relevance_softmax":
+        return ListRelevanceCalibrator().load_state_dict(state)
     return RelevanceCalibrator().load_state_dict(state)
