@@ -468,3 +468,24 @@ def test_evaluate_unknown_split_lists_choices(mf_run):
     assert result.exception is None or isinstance(result.exception, SystemExit)
     assert "split 'u9' is not known" in _plain(result.output)
     assert "random, temporal, leave-last-out" in _plain(result.output)
+
+
+def test_json_output_is_strict_json_with_null_for_nan(capsys):
+    import json as _json
+
+    import numpy as _np
+
+    from wager.cli import print_json
+
+    print_json(
+        {
+            "a": float("nan"),
+            "b": [1.0, float("inf"), _np.float32("nan")],
+            "c": _np.array([0.5, _np.nan]),
+            "d": {"e": -float("inf"), "f": 2},
+        }
+    )
+    out = capsys.readouterr().out
+    assert "NaN" not in out and "Infinity" not in out
+    parsed = _json.loads(out, parse_constant=lambda c: pytest.fail(f"non-strict constant {c}"))
+    assert parsed == {"a": None, "b": [1.0, None, None], "c": [0.5, None], "d": {"e": None, "f": 2}}

@@ -6,6 +6,7 @@ Every command that reports results prints a readable rich table, or JSON with ``
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -36,9 +37,26 @@ FormatOpt = Annotated[
 
 
 def print_json(obj: Any) -> None:
-    """Write ``obj`` as JSON to stdout (no rich markup, safe to pipe)."""
-    sys.stdout.write(json.dumps(obj, indent=2, default=_json_default) + "\n")
+    """Write ``obj`` as strict JSON to stdout (no rich markup, safe to pipe): NaN and
+    infinite numbers become null, which every JSON parser reads."""
+    text = json.dumps(_strict(obj), indent=2, default=_json_default, allow_nan=False)
+    sys.stdout.write(text + "\n")
     sys.stdout.flush()
+
+
+def _strict(obj: Any) -> Any:
+    """``obj`` with every non-finite float (NaN, +-inf, NumPy floats too) replaced by None."""
+    import numpy as np
+
+    if isinstance(obj, float | np.floating):
+        return float(obj) if math.isfinite(float(obj)) else None
+    if isinstance(obj, dict):
+        return {k: _strict(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_strict(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _strict(obj.tolist())
+    return obj
 
 
 def _json_default(obj: Any) -> Any:
@@ -448,6 +466,14 @@ def recommend(
     confidence_level: Annotated[
         float, typer.Option("--confidence-level", help="Level of the [low, high] interval.")
     ] = 0.9,
+    horizon: Annotated[
+        float | None,
+        typer.Option(
+            "--horizon",
+            help="Retrieval / implicit runs: confidence = P(among the user's next H positive "
+            "interactions); default: the mean validation positives per user.",
+        ),
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Top-k recommendations with confidence for some users (or all, in batch)."""
@@ -459,6 +485,8 @@ def recommend(
         raise typer.BadParameter("give --user U (repeatable) or --all-users")
     if k < 1:
         raise typer.BadParameter(f"-k must be >= 1, got {k}")
+    if horizon is not None and not horizon > 0:
+        raise typer.BadParameter(f"--horizon must be > 0 future positives, got {horizon}")
     try:
         rec = Recommender.load(run)
     except (WagerError, ValueError, FileNotFoundError, KeyError) as exc:
@@ -480,6 +508,7 @@ def recommend(
             exclude_seen=not include_seen,
             confidence_level=confidence_level,
             progress=lambda n: progress.advance(task, n),
+            horizon=horizon,
         )
     frame["cold_start"] = frame["user"].isin(cold)
     if out is not None:
