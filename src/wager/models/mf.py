@@ -190,12 +190,24 @@ class BiasedMF(nn.Module):
     ) -> Tensor:
         """Outputs from the looked-up parts; with ``samples`` > 1 the rows are repeated
         draw-major (rows s * B .. (s + 1) * B - 1 are draw s), each draw with its own
-        dropout masks on p and q."""
+        dropout masks.
+
+        Dropout enters only the dot product: with independent inverted-dropout masks on p
+        and q (rate r) the term is sum_d m_d p_d q_d / (1 - r)^2, where m_d = m_p,d m_q,d
+        is Bernoulli((1 - r)^2). For ``samples`` > 1 that one mask on p * q is drawn
+        directly (the same distribution per row, half the random numbers: MC dropout's
+        cost is its random masks); one-draw forward passes (training) keep the two masks.
+        """
 
         def rep(t: Tensor) -> Tensor:
             return t if samples == 1 else t.repeat(samples, *([1] * (t.ndim - 1)))
 
-        dot = (self.dropout(rep(p)) * self.dropout(rep(q))).sum(-1)
+        rate = self.dropout.p if isinstance(self.dropout, nn.Dropout) else 0.0
+        if samples > 1 and self.training and rate > 0:
+            keep = (1.0 - rate) ** 2
+            dot = nn.functional.dropout(rep(p * q), p=1.0 - keep, training=True).sum(-1)
+        else:
+            dot = (self.dropout(rep(p)) * self.dropout(rep(q))).sum(-1)
         mean = self.global_mean + rep(bu) + rep(bi) + dot
         if self.user_scale is None or self.item_scale is None:
             return mean
