@@ -118,9 +118,9 @@ RUN_FILES = {
 
 TaskKind = Literal["click", "rating", "retrieval", "implicit"]
 Batch = dict[str, Tensor]
-# heads whose outputs are a Gaussian mixture of the CTR ([model] likelihood "mdn" / "ddn")
 # rows x population draws per forward pass of cold_start = "population"
 _POPULATION_ROWS = 65536
+# heads whose outputs are a Gaussian mixture of the CTR ([model] likelihood "mdn" / "ddn")
 _MIXTURE_HEADS = (MixtureDensityHead, DeepDensityHead)
 
 # pairs scored per forward pass when a model has no factorised (dot-product) form
