@@ -1451,8 +1451,10 @@ class Recommender:
             batch_users: users scored per pass.
             progress: called with the number of users done after each pass.
             horizon: retrieval / implicit models: the relevance confidence is P(the item is
-                among the user's next ``horizon`` positive interactions); None = the mean
-                number of validation positives per user (the calibrator's ``horizon_``).
+                among the user's next ``horizon`` positive interactions, under a softmax over
+                the user's unseen candidates: the catalogue, or ``items`` when given); None =
+                the mean number of validation positives per user (the calibrator's
+                ``horizon_``).
 
         Returns:
             DataFrame with columns user, item, rank (1-based), score (the ranking score,
