@@ -200,3 +200,48 @@ def test_training_on_block_ratings_predicts_held_out_in_block_ratings_high():
         pred_out = model({"user.user_id": u, "item.item_id": i_out})
     assert (pred_in > 4.0).all(), pred_in
     assert (pred_out < 2.0).all(), pred_out
+
+
+def test_ensemble_inference_looks_up_each_distinct_row_once_with_the_same_outputs():
+    from wager.training.trainer import StackedModel
+
+    users = [Field("user.u", "index", 5), Field("user.g", "bag", 4)]
+    items = [Field("item.i", "index", 6)]
+
+    def make() -> BiasedMF:
+        return BiasedMF(users, items, dim=3, init_std=0.3, head=GaussianHead())
+
+    stack = StackedModel(make, members=3, seed=0)
+    stack.train(False)
+    # 12 rows, 3 distinct users (with their bags) and 4 distinct items
+    u = torch.tensor([1, 1, 1, 1, 2, 2, 2, 2, 4, 4, 4, 4])
+    g = torch.tensor([[2, 3], [2, 3], [2, 3], [2, 3], [1, 0]] + [[1, 0]] * 3 + [[0, 0]] * 4)
+    i = torch.tensor([0, 1, 2, 3] * 3)
+    batch = {"user.u": u, "user.g": g, "item.i": i}
+    calls: list[int] = []
+    orig = stack.model.user.forward
+
+    def counting(b):  # the rows the user table is asked for
+        calls.append(len(b["user.u"]))
+        return orig(b)
+
+    with torch.no_grad():
+        stacked = stack.call("forward", batch)  # (3, 12, 2), vmapped over members
+        stack.model.user.forward = counting  # type: ignore[method-assign]
+        stack.call("forward", batch)
+        stack.model.user.forward = orig  # type: ignore[method-assign]
+        loop = torch.stack(
+            [
+                torch.func.functional_call(
+                    stack.base,
+                    (
+                        {k: v[m] for k, v in stack.params.items()},
+                        {k: v[m] for k, v in stack.buffers.items()},
+                    ),
+                    ("forward", batch),
+                )
+                for m in range(3)
+            ]
+        )
+    assert calls == [3]  # 3 distinct user rows, not 12
+    torch.testing.assert_close(stacked, loop, rtol=1e-6, atol=1e-6)

@@ -173,9 +173,38 @@ class BiasedMF(nn.Module):
             self.item_scale = FieldEmbedding(item_fields, 0)
             self.scale_bias = nn.Parameter(torch.zeros(()))
 
+    def _side(
+        self, tables: list[FieldEmbedding], batch: dict[str, Tensor]
+    ) -> list[tuple[Tensor | None, Tensor]]:
+        """Each table's (vectors, biases) for the batch. At inference with an ensemble
+        (parameters vmapped over members) each distinct user (item) row is looked up once
+        per member and gathered back: recommend() scores k items per user, so k rows of a
+        user cost one lookup. Training and single models look up every row."""
+        fields = tables[0].fields
+        key = batch[fields[0].key]
+        is_batched = torch._C._functorch.is_batchedtensor
+        # pays when the lookups run once per ensemble member (vmapped, batched parameters);
+        # per-member inputs (vmapped batches) have no fixed set of distinct rows
+        weight = next(iter(tables[0].parameters()))
+        if self.training or is_batched(key) or not is_batched(weight) or len(key) < 2:
+            return [t(batch) for t in tables]
+        n = len(batch[fields[0].key])
+        rows = torch.cat([batch[f.key].reshape(n, -1).to(torch.float64) for f in fields], dim=1)
+        uniq, inv = torch.unique(rows, dim=0, return_inverse=True)
+        if uniq.shape[0] * 2 > n:  # mostly distinct rows: gathering would not pay
+            return [t(batch) for t in tables]
+        first = torch.zeros(uniq.shape[0], dtype=torch.int64, device=inv.device)
+        first.scatter_(0, inv, torch.arange(n, device=inv.device))
+        sub = {f.key: batch[f.key][first] for f in fields}
+        out = []
+        for t in tables:
+            v, b = t(sub)
+            out.append((None if v is None else v[..., inv, :], b[..., inv]))
+        return out
+
     def _parts(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        p, bu = self.user(batch)
-        q, bi = self.item(batch)
+        (p, bu), *_ = self._side([self.user], batch)
+        (q, bi), *_ = self._side([self.item], batch)
         assert p is not None and q is not None
         return p, q, bu, bi
 
@@ -211,7 +240,9 @@ class BiasedMF(nn.Module):
         mean = self.global_mean + rep(bu) + rep(bi) + dot
         if self.user_scale is None or self.item_scale is None:
             return mean
-        raw = self.scale_bias + self.user_scale(batch)[1] + self.item_scale(batch)[1]
+        (_, su), *_ = self._side([self.user_scale], batch)
+        (_, si), *_ = self._side([self.item_scale], batch)
+        raw = self.scale_bias + su + si
         return torch.stack([mean, rep(raw)], dim=-1)
 
     def user_factors(self, batch: dict[str, Tensor]) -> Tensor:
