@@ -627,6 +627,21 @@ class Recommender:
             ] = -math.inf
         return out
 
+    def _masked_score_chunks(
+        self, users: list[Any], seen: sp.csr_matrix | None
+    ) -> Iterator[tuple[int, list[Any], Tensor]]:
+        """(start, users, (U_c, I) ensemble-mean catalogue scores on the CPU with ``seen``
+        items at -inf; default ``seen_``) for chunks of ``users``."""
+        n_items = len(self.items_ if self.items_ is not None else [])
+        chunk = max(1, min(1024, _PAIRS_PER_PASS * 4 // max(n_items, 1)))
+        for start in range(0, len(users), chunk):
+            part = users[start : start + chunk]
+            yield (
+                start,
+                part,
+                self._masked(self._mean_scores(part).cpu(), self._seen_rows(part, seen)),
+            )
+
     def _list_scores(
         self,
         users: list[Any],
@@ -638,13 +653,9 @@ class Recommender:
         ``seen_``): (U, k) catalogue rows (-1 padded), (U, k) their scores, (U, k) 0/1 hits
         against ``relevant`` and, with a list calibrator, (U, 1) the log-normaliser of each
         user's softmax over the unseen items (else None)."""
-        n_items = len(self.items_ if self.items_ is not None else [])
-        chunk = max(1, min(1024, _PAIRS_PER_PASS * 4 // max(n_items, 1)))
         cal = self.relevance_calibrator_
         tops, scores_out, hits, norms = [], [], [], []
-        for start in range(0, len(users), chunk):
-            part = users[start : start + chunk]
-            masked = self._masked(self._mean_scores(part).cpu(), self._seen_rows(part, seen))
+        for start, part, masked in self._masked_score_chunks(users, seen):
             top = ranking.top_k_from_scores(masked, k)
             tops.append(top)
             scores_out.append(np.take_along_axis(masked.numpy(), np.maximum(top, 0), axis=1))
@@ -718,13 +729,10 @@ class Recommender:
             users, relevant = [users[i] for i in pick], [relevant[i] for i in pick]
         if not users:
             return None
-        seen = self._seen_matrix(train)
-        chunk = max(1, min(1024, _PAIRS_PER_PASS * 4 // n_items))
         rows, positives = [], []
-        for start in range(0, len(users), chunk):
-            part = users[start : start + chunk]
-            rows.append(self._masked(self._mean_scores(part).cpu(), self._seen_rows(part, seen)))
-            positives.append(relevant[start : start + chunk])
+        for start, part, masked in self._masked_score_chunks(users, self._seen_matrix(train)):
+            rows.append(masked)
+            positives.append(relevant[start : start + len(part)])
         try:
             return ListRelevanceCalibrator().fit(rows, positives)
         except ValueError:
@@ -1494,7 +1502,8 @@ class Recommender:
                     mapped[:, np.flatnonzero(keep)] = sub
                     seen = sp.csr_matrix(mapped)
                 exclude = seen
-            top = ranking.top_k_from_scores(scores.mean(dim=0), k, exclude)  # (U, k), -1 padded
+            mean_scores = scores.mean(dim=0)  # (U, I)
+            top = ranking.top_k_from_scores(mean_scores, k, exclude)  # (U, k), -1 padded
             rows = [(r, top[r][top[r] >= 0]) for r in range(len(chunk))]
             rows = [(r, sel) for r, sel in rows if sel.size]
             if not rows:
@@ -1515,13 +1524,12 @@ class Recommender:
             cal = self.relevance_calibrator_
             if not pointwise and isinstance(cal, ListRelevanceCalibrator):
                 # P(among the next H positives) under the softmax over each user's candidates
-                norm = cal.log_normalizer(self._masked(scores.mean(dim=0).cpu(), exclude))
+                mean_cpu = mean_scores.cpu()
+                norm = cal.log_normalizer(self._masked(mean_cpu, exclude))
                 conf = torch.cat(
                     [
                         cal.probability(
-                            scores.mean(dim=0)[r, torch.as_tensor(sel)].cpu().unsqueeze(0),
-                            norm[r : r + 1],
-                            horizon,
+                            mean_cpu[r, torch.as_tensor(sel)].unsqueeze(0), norm[r : r + 1], horizon
                         )[0]
                         for r, sel in rows
                     ]
