@@ -89,6 +89,8 @@ def rating_variants(base: RunConfig) -> dict[str, RunConfig]:
                 cfg.uncertainty,
                 conformal="homoscedastic" if name == "point" else "normalized",
                 variance_scaling=False,
+                # the std-refitting step of the example config, for every model with a std
+                local_variance=base.uncertainty.local_variance and name != "point",
             ),
         )
         for name, cfg in out.items()

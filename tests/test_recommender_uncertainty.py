@@ -252,3 +252,81 @@ def test_platt_with_a_negative_slope_warns_that_the_order_is_reversed():
     with pytest.warns(UserWarning, match=r"negative slope .* 1500 validation rows"):
         rec = Recommender(cfg).fit(train, valid)
     assert rec.calibrator_.slope_ < 0
+
+
+@pytest.fixture(scope="module")
+def local_variance_run():
+    train, valid, test = _ratings(4000, 0), _ratings(1500, 1), _ratings(3000, 2)
+    cfg = _rating_config(conformal="normalized", local_variance=True)
+    return Recommender(cfg).fit(train, valid), train, valid, test
+
+
+def test_local_variance_is_fitted_on_half_the_validation_rows_and_conformal_on_the_rest(
+    local_variance_run,
+):
+    rec, _train, valid, test = local_variance_run
+    lv = rec.local_variance_
+    assert lv is not None and rec.conformal_ is not None
+    # an ensemble of Gaussian heads splits its variance; ratings have the support 1..5; the
+    # two id fields each add (log1p rows, log label std)
+    assert lv.features_ == [
+        "log_aleatoric_var",
+        "log_epistemic_var",
+        "support_z",
+        "support_z2",
+        "user.user_id:log1p_rows",
+        "user.user_id:log_label_std",
+        "item.item_id:log1p_rows",
+        "item.item_id:log_label_std",
+    ]
+    # 1500 validation rows: the conformal scores come from the 750 the variance model never saw
+    assert len(rec.conformal_.scores_) == len(valid) - len(valid) // 2
+    pred = rec.predict(test["user_id"], test["item_id"])
+    assert isinstance(pred, ConformalPrediction)
+    assert pred.method.endswith("+local_variance_scaling")
+    cover = float(
+        pred.interval(0.9).contains(torch.tensor(test["rating"].to_numpy())).double().mean()
+    )
+    # finite-sample guarantee on 750 calibration rows: mean coverage in [0.9, 0.9 + 1/751];
+    # 3000 test rows add a binomial se of ~0.0055 (and the calibration draw ~0.011)
+    assert 0.86 <= cover <= 0.94
+
+
+def test_local_variance_covariates_are_each_ids_training_support(local_variance_run):
+    rec, train, _valid, _test = local_variance_run
+    # the recommender fits on the training rows; user 3's covariates by hand from them
+    rows = train[train["user_id"] == 3]["rating"].to_numpy()
+    s2 = float(np.var(train["rating"].to_numpy(), ddof=1))
+    ss = float(np.sum((rows - rows.mean()) ** 2))
+    var = (ss + 5.0 * s2) / (len(rows) - 1 + 5.0)
+    raw, cov = rec._raw_and_covariates([3, "nobody"], [0, 0])
+    np.testing.assert_allclose(cov[0, :2], [np.log1p(len(rows)), 0.5 * np.log(var)], rtol=1e-6)
+    # an unknown user: no rows, the overall spread
+    np.testing.assert_allclose(cov[1, :2], [0.0, 0.5 * np.log(s2)], rtol=1e-6)
+    # the facade's std is the variance model's on these covariates (then conformal widens the
+    # interval, not the std)
+    want = rec.local_variance_.variance(raw, cov).sqrt()
+    torch.testing.assert_close(rec.predict([3, "nobody"], [0, 0]).std, want.to(torch.float32))
+
+
+def test_local_variance_survives_save_and_load(local_variance_run, tmp_path):
+    rec, _train, _valid, test = local_variance_run
+    rec.save(tmp_path / "run")
+    back = Recommender.load(tmp_path / "run")
+    users, items = [*test["user_id"][:40], "nobody"], [*test["item_id"][:40], 0]
+    a, b = rec.predict(users, items), back.predict(users, items)
+    torch.testing.assert_close(a.std, b.std)
+    torch.testing.assert_close(a.interval(0.9).low, b.interval(0.9).low)
+
+
+def test_local_variance_misuse_says_how_to_fix():
+    with pytest.raises(ValueError, match=r"variance_scaling.*false when local_variance"):
+        UncertaintyConfig(variance_scaling=True, local_variance=True)
+    cfg = RunConfig(
+        schema=CLICK,
+        model=ModelConfig(type="factorization", dim=2),
+        training=TrainConfig(epochs=1, batch_size=256),
+        uncertainty=UncertaintyConfig(calibrator="platt", local_variance=True),
+    )
+    with pytest.raises(ValueError, match=r"local_variance refits the std of rating"):
+        Recommender(cfg).fit(_clicks(600, 0), _clicks(300, 1))

@@ -420,6 +420,14 @@ class UncertaintyConfig:
             "homoscedastic" (split conformal on |y - mean|: constant width, the baseline).
         variance_scaling: rescale std by one factor fitted on the validation rows
             (Gaussian NLL), before any conformal step.
+        local_variance: refit each rating prediction's std on held-out residuals: a
+            log-linear model of the squared error on the head's log aleatoric and epistemic
+            variances, where the mean sits on the rating scale, and the training support of
+            the user and the item (log rows, log label std); see
+            :mod:`wager.uncertainty.local_variance`. Fitted on a seeded half of the
+            validation rows when a conformal step follows (which then calibrates on the
+            other half, keeping its coverage guarantee), else on all of them. Replaces
+            variance_scaling (its intercept is that scale).
         cold_start: how out-of-vocabulary users, items and feature values get their
             uncertainty: "learned" (the OOV rows as trained) or "population" (an unknown
             value is a random known value: each member averages its prediction over
@@ -437,6 +445,7 @@ class UncertaintyConfig:
     calibrator: str = "none"
     conformal: str = "none"
     variance_scaling: bool = False
+    local_variance: bool = False
     cold_start: Literal["learned", "population"] = "learned"
     population_draws: int = 16
     confidence_levels: tuple[float, ...] = (0.5, 0.8, 0.9, 0.95)
@@ -461,6 +470,13 @@ class UncertaintyConfig:
             "population_draws",
             k,
             "an integer >= 1",
+        )
+        _check(
+            not (self.variance_scaling and self.local_variance),
+            "uncertainty",
+            "variance_scaling",
+            self.variance_scaling,
+            "false when local_variance = true (local_variance fits the overall scale too)",
         )
         _check(
             self.cold_start in ("learned", "population"),

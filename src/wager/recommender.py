@@ -88,6 +88,7 @@ from wager.uncertainty.cold_start import (
 )
 from wager.uncertainty.conformal import SplitConformal, VarianceScaling
 from wager.uncertainty.ensemble import bootstrap_weights, holdout_mask
+from wager.uncertainty.local_variance import LocalVarianceScaling, SupportCovariates
 from wager.uncertainty.mc_dropout import MCDropout
 from wager.uncertainty.relevance import (
     ListRelevanceCalibrator,
@@ -190,6 +191,9 @@ class Recommender:
         self.metrics_: dict[str, Any] = {}
         self.calibrator_: ProbabilityCalibrator | None = None
         self.variance_scaling_: VarianceScaling | None = None
+        # [uncertainty] local_variance: the variance model and its per-id covariate tables
+        self.local_variance_: LocalVarianceScaling | None = None
+        self.support_covariates_: SupportCovariates | None = None
         self.conformal_: SplitConformal | None = None
         self.relevance_calibrator_: RelevanceCalibrator | ListRelevanceCalibrator | None = None
         # cold_start = "population": {field key: (M, K) known rows standing in for OOV}
@@ -539,11 +543,12 @@ class Recommender:
         s = self.schema
         task = self.task
         self.calibrator_ = self.variance_scaling_ = self.conformal_ = None
-        self.relevance_calibrator_ = None
+        self.relevance_calibrator_ = self.local_variance_ = self.support_covariates_ = None
         wanted = {
             "calibrator": uc.calibrator != "none",
             "conformal": uc.conformal != "none",
             "variance_scaling": uc.variance_scaling,
+            "local_variance": uc.local_variance,
         }
         asked = [k for k, v in wanted.items() if v]
         if asked and task not in ("click", "rating"):
@@ -564,6 +569,12 @@ class Recommender:
                     "none: set [data] valid_fraction > 0 (or pass valid to fit())"
                 )
             return
+        if task == "click" and uc.local_variance:
+            raise ValueError(
+                "[uncertainty] local_variance refits the std of rating predictions; a click "
+                "model's probabilities are calibrated by calibrator = 'platt' | 'isotonic' | "
+                "'temperature': remove local_variance"
+            )
         if task == "click" and asked and uc.calibrator == "none":
             raise ValueError(
                 f"[uncertainty] {asked[0]} applies to rating models; for clicks use "
@@ -572,8 +583,12 @@ class Recommender:
         thr = self.config.evaluation.relevance_threshold
         if not asked and (task == "click" or thr is None):
             return  # nothing to fit: skip scoring the validation rows
+        if uc.local_variance and task == "rating":
+            self.support_covariates_ = self._fit_support_covariates(train)
         y = torch.tensor(valid[s.label].to_numpy(dtype=np.float64), dtype=torch.float32)
-        pred = self._predict_raw(valid[s.user].to_numpy(), valid[s.item].to_numpy(), valid)
+        pred, cov = self._raw_and_covariates(
+            valid[s.user].to_numpy(), valid[s.item].to_numpy(), valid
+        )
         if task == "click":
             self.calibrator_ = _CALIBRATORS[uc.calibrator]().fit(pred.mean, y)
             slope = getattr(self.calibrator_, "slope_", None)
@@ -592,9 +607,11 @@ class Recommender:
                 f"[uncertainty] calibrator = {uc.calibrator!r} calibrates click probabilities; "
                 "for ratings use conformal = 'normalized' and/or variance_scaling = true"
             )
-        if (uc.variance_scaling or uc.conformal == "normalized") and pred.std is None:
+        needs_std = uc.variance_scaling or uc.local_variance or uc.conformal == "normalized"
+        if needs_std and pred.std is None:
             raise ValueError(
-                "[uncertainty] variance_scaling / conformal = 'normalized' need a predicted "
+                "[uncertainty] variance_scaling / local_variance / conformal = 'normalized' "
+                "need a predicted "
                 "std, but this model is deterministic: set [model] likelihood = 'gaussian', "
                 "add an [ensemble] or set mc_dropout_samples; or use conformal = "
                 "'homoscedastic'"
@@ -602,14 +619,28 @@ class Recommender:
         if uc.variance_scaling:
             self.variance_scaling_ = VarianceScaling().fit(pred, y)
             pred = self.variance_scaling_.transform(pred)
+        conformal_rows = slice(None)
+        if uc.local_variance:
+            assert self.support_covariates_ is not None
+            fit_rows = np.arange(len(y))
+            if uc.conformal != "none":
+                # the conformal step must calibrate on rows the variance model never saw
+                order = np.random.default_rng(self.config.seed).permutation(len(y))
+                fit_rows, conformal_rows = order[: len(y) // 2], order[len(y) // 2 :]
+            sel = torch.as_tensor(fit_rows)
+            self.local_variance_ = LocalVarianceScaling().fit(
+                pred[sel], y[sel], cov[fit_rows], names=self.support_covariates_.names_
+            )
+            pred = self.local_variance_.transform(pred, cov)
         if uc.conformal != "none":
             floor = 0.0
             if pred.std is not None and bool((pred.std > 0).any()):
                 # members that agree exactly (all clipped to a bound) give std 0
                 floor = 0.01 * float(pred.std[pred.std > 0].median())
+            part = torch.arange(len(y))[conformal_rows]
             self.conformal_ = SplitConformal(
                 normalized=uc.conformal == "normalized", std_floor=floor
-            ).fit(pred, y, confidence_levels=uc.confidence_levels)
+            ).fit(pred[part], y[part], confidence_levels=uc.confidence_levels)
         if thr is not None and pred.std is not None:
             raw = relevance_probability(pred, thr)
             relevant = (y >= thr).to(torch.float32)
@@ -1186,7 +1217,7 @@ class Recommender:
             calibrators, evaluate(), recommend() and serving treat them like any click model;
             :meth:`predict_mixture` gives the whole pooled mixture.
         """
-        return self._post_hoc(self._predict_raw(user_ids, item_ids, context, batch_size))
+        return self._post_hoc(*self._raw_and_covariates(user_ids, item_ids, context, batch_size))
 
     def predict_mixture(
         self,
@@ -1289,13 +1320,16 @@ class Recommender:
             epistemic_std=epistemic,
         )
 
-    def _post_hoc(self, pred: Prediction) -> Prediction:
+    def _post_hoc(self, pred: Prediction, covariates: np.ndarray | None = None) -> Prediction:
         """Apply the calibrators fitted on the validation rows (probability calibration for
-        clicks; variance scaling, then conformal intervals, for ratings)."""
+        clicks; variance scaling or the local variance model, then conformal intervals, for
+        ratings); ``covariates`` = :meth:`_covariates` of the same rows."""
         if self.calibrator_ is not None:
             pred = self.calibrator_.calibrate(pred)
         if self.variance_scaling_ is not None and pred.std is not None:
             pred = self.variance_scaling_.transform(pred)
+        if self.local_variance_ is not None and pred.std is not None:
+            pred = self.local_variance_.transform(pred, covariates)
         if self.conformal_ is not None:
             pred = self.conformal_.conformalize(pred)
         return pred
@@ -1308,8 +1342,42 @@ class Recommender:
         batch_size: int = 65536,
     ) -> Prediction:
         """:meth:`predict` before the post-hoc calibrators."""
-        means, stds, pops = [], [], []
+        return self._raw_and_covariates(user_ids, item_ids, context, batch_size)[0]
+
+    def _covariates(self, batch: Batch) -> np.ndarray | None:
+        """(n, p) covariates of the local variance model for an encoded batch (None when
+        ``[uncertainty] local_variance`` is off)."""
+        if self.support_covariates_ is None:
+            return None
+        return self.support_covariates_(batch)
+
+    def _fit_support_covariates(self, train: pd.DataFrame) -> SupportCovariates:
+        """Per-id training support (rows, label spread) of the user and item id fields."""
+        encoder, _stack = self._require_fit()
+        s = self.schema
+        assert s.label is not None
+        sizes = {key: size for key, kind, size in encoder.fields() if kind == "index"}
+        keys = [k for k in (f"user.{s.user}", f"item.{s.item}") if k in sizes]
+        encoded = encoder.transform(train)
+        return SupportCovariates().fit(
+            {k: encoded[k] for k in keys},
+            train[s.label].to_numpy(dtype=np.float64),
+            {k: sizes[k] for k in keys},
+        )
+
+    def _raw_and_covariates(
+        self,
+        user_ids: Sequence[Any] | np.ndarray,
+        item_ids: Sequence[Any] | np.ndarray,
+        context: pd.DataFrame | Mapping[str, Any] | None = None,
+        batch_size: int = 65536,
+    ) -> tuple[Prediction, np.ndarray | None]:
+        """:meth:`_predict_raw` and the :meth:`_covariates` of the same pairs."""
+        means, stds, pops, covs = [], [], [], []
         for batch in self._pair_batches(user_ids, item_ids, context, batch_size):
+            cov = self._covariates(batch)
+            if cov is not None:
+                covs.append(cov)
             m, sd, pop = self._member_outputs(batch)
             means.append(m)
             pops.append(torch.zeros(m.shape[1], dtype=m.dtype) if pop is None else pop.cpu())
@@ -1318,7 +1386,7 @@ class Recommender:
         mean = torch.cat(means, dim=1).cpu()
         std = torch.cat(stds, dim=1).cpu() if stds else None
         population = torch.cat(pops) if self.population_picks_ else None
-        return self._prediction(mean, std, population)
+        return self._prediction(mean, std, population), (np.concatenate(covs) if covs else None)
 
     def _pair_batches(
         self,
@@ -1573,7 +1641,7 @@ class Recommender:
         batch = to_tensors(encoder.transform(part), _stack.device)
         batch.pop("label", None)
         batch.pop("weight", None)
-        base = self._post_hoc(self._prediction_from_batch(batch))
+        base = self._post_hoc(self._prediction_from_batch(batch), self._covariates(batch))
         if base.std is None:
             return {}
         out: dict[str, float] = {}
@@ -1587,7 +1655,7 @@ class Recommender:
             cold[key] = torch.zeros_like(batch[key])  # index fields: OOV row 0
             if kind != "index":  # bags: one OOV token (row 1), not an empty (padding) bag
                 cold[key][..., 0] = 1
-            std_cold = self._post_hoc(self._prediction_from_batch(cold)).std
+            std_cold = self._post_hoc(self._prediction_from_batch(cold), self._covariates(cold)).std
             assert std_cold is not None
             ratio = (std_cold[known] / base.std[known].clamp_min(1e-12)).cpu().numpy()
             out[key] = float(np.median(ratio))
@@ -1863,6 +1931,8 @@ class Recommender:
             for name, obj in (
                 ("calibrator", self.calibrator_),
                 ("variance_scaling", self.variance_scaling_),
+                ("local_variance", self.local_variance_),
+                ("support_covariates", self.support_covariates_),
                 ("conformal", self.conformal_),
                 ("relevance_calibrator", self.relevance_calibrator_),
             )
@@ -1940,6 +2010,11 @@ class Recommender:
             rec.calibrator_ = _CALIBRATORS[kind]().load_state_dict(post_hoc["calibrator"])
         if "variance_scaling" in post_hoc:
             rec.variance_scaling_ = VarianceScaling().load_state_dict(post_hoc["variance_scaling"])
+        if "local_variance" in post_hoc:
+            rec.local_variance_ = LocalVarianceScaling().load_state_dict(post_hoc["local_variance"])
+            rec.support_covariates_ = SupportCovariates().load_state_dict(
+                post_hoc["support_covariates"]
+            )
         if "conformal" in post_hoc:
             rec.conformal_ = SplitConformal().load_state_dict(post_hoc["conformal"])
         if "relevance_calibrator" in post_hoc:

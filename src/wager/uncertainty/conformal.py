@@ -270,6 +270,46 @@ class SplitConformal:
         return self
 
 
+def rescale_std(prediction: Prediction, factor: float | Tensor, who: str) -> Prediction:
+    """``prediction`` with std, aleatoric_std and epistemic_std multiplied by ``factor``.
+
+    The mean and support stay; ``samples`` spread about their average by the factor (clipped
+    to the support); the method is suffixed by the calibrator's name in snake case.
+
+    Args:
+        prediction: prediction with a std.
+        factor: one scale > 0, or a (...) tensor of per-prediction scales shaped like the mean.
+        who: the calibrator's class name, for the error message and the method suffix.
+    """
+    if prediction.std is None:
+        raise ValueError(
+            f"prediction.std is None (method={prediction.method!r}); {who} rescales a std "
+            "— pass a prediction with uncertainty"
+        )
+    if isinstance(factor, Tensor):
+        factor = factor.to(device=prediction.std.device, dtype=prediction.std.dtype)
+
+    def scaled(t: Tensor | None) -> Tensor | None:
+        return None if t is None else t * factor
+
+    samples = prediction.samples
+    if samples is not None:
+        centre = samples.mean(dim=0, keepdim=True)
+        samples = centre + factor * (samples - centre)
+        if prediction.support is not None:
+            samples = samples.clamp(prediction.support[0], prediction.support[1])
+    suffix = "".join("_" + c.lower() if c.isupper() else c for c in who).lstrip("_")
+    return Prediction(
+        mean=prediction.mean,
+        std=scaled(prediction.std),
+        aleatoric_std=scaled(prediction.aleatoric_std),
+        epistemic_std=scaled(prediction.epistemic_std),
+        samples=samples,
+        method=f"{prediction.method}+{suffix}" if prediction.method else suffix,
+        support=prediction.support,
+    )
+
+
 class VarianceScaling:
     """Rescale a Gaussian prediction's std by one factor s fitted by maximum likelihood.
 
@@ -335,32 +375,7 @@ class VarianceScaling:
         Returns:
             New Prediction; same mean and support, method suffixed "+variance_scaling".
         """
-        s = self._check_fitted()
-        if prediction.std is None:
-            raise ValueError(
-                f"prediction.std is None (method={prediction.method!r}); VarianceScaling "
-                "rescales a std — pass a prediction with uncertainty"
-            )
-
-        def scaled(t: Tensor | None) -> Tensor | None:
-            return None if t is None else t * s
-
-        samples = prediction.samples
-        if samples is not None:
-            centre = samples.mean(dim=0, keepdim=True)
-            samples = centre + s * (samples - centre)
-            if prediction.support is not None:
-                samples = samples.clamp(prediction.support[0], prediction.support[1])
-        suffix = "variance_scaling"
-        return Prediction(
-            mean=prediction.mean,
-            std=scaled(prediction.std),
-            aleatoric_std=scaled(prediction.aleatoric_std),
-            epistemic_std=scaled(prediction.epistemic_std),
-            samples=samples,
-            method=f"{prediction.method}+{suffix}" if prediction.method else suffix,
-            support=prediction.support,
-        )
+        return rescale_std(prediction, self._check_fitted(), "VarianceScaling")
 
     def state_dict(self) -> dict[str, Any]:
         """JSON-ready state: {"kind": "variance_scaling", "scale": s}."""
