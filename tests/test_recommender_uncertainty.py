@@ -322,6 +322,8 @@ def test_local_variance_survives_save_and_load(local_variance_run, tmp_path):
 def test_local_variance_misuse_says_how_to_fix():
     with pytest.raises(ValueError, match=r"variance_scaling.*false when local_variance"):
         UncertaintyConfig(variance_scaling=True, local_variance=True)
+    with pytest.raises(ValueError, match=r"\[uncertainty\] local_variance = 'yes'.*true or false"):
+        UncertaintyConfig(local_variance="yes")
     cfg = RunConfig(
         schema=CLICK,
         model=ModelConfig(type="factorization", dim=2),

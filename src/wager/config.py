@@ -471,6 +471,9 @@ class UncertaintyConfig:
             k,
             "an integer >= 1",
         )
+        for name in ("variance_scaling", "local_variance", "plots"):
+            value = getattr(self, name)
+            _check(isinstance(value, bool), "uncertainty", name, value, "true or false")
         _check(
             not (self.variance_scaling and self.local_variance),
             "uncertainty",
