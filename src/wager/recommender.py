@@ -611,8 +611,8 @@ class Recommender:
         if needs_std and pred.std is None:
             raise ValueError(
                 "[uncertainty] variance_scaling / local_variance / conformal = 'normalized' "
-                "need a predicted "
-                "std, but this model is deterministic: set [model] likelihood = 'gaussian', "
+                "need a predicted std, but this model is deterministic: set [model] "
+                "likelihood = 'gaussian', "
                 "add an [ensemble] or set mc_dropout_samples; or use conformal = "
                 "'homoscedastic'"
             )
@@ -1309,7 +1309,7 @@ class Recommender:
         if n_imp is not None:
             assert isinstance(head, DeepDensityHead)
             # the DDN head's noise variance m (1 - m) / n at the pooled mixture mean m
-            measurement = head._noise_var(weights, means, n_imp).sqrt()
+            measurement = head.noise_var(weights, means, n_imp).sqrt()
         return MixturePrediction.from_components(
             weights,
             means,

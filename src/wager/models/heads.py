@@ -442,7 +442,15 @@ class DeepDensityHead:
         log_w, means, stds = _split_mixture(outputs, self.components, self.min_std)
         return log_w.exp(), means, stds
 
-    def _noise_var(self, weights: Tensor, means: Tensor, n: Tensor) -> Tensor:
+    def noise_var(self, weights: Tensor, means: Tensor, n: Tensor) -> Tensor:
+        """(...) variance m (1 - m) / n of an empirical CTR over n impressions, at the
+        mixture's expected CTR m = sum(weights * means) (clamped into (0, 1)).
+
+        Args:
+            weights: (..., K) mixture weights summing to 1.
+            means: (..., K) component means (CTR units).
+            n: (...) impressions (> 0).
+        """
         m = (weights * means).sum(dim=-1).clamp(_DDN_CTR_EPS, 1.0 - _DDN_CTR_EPS)
         return m * (1.0 - m) / n
 
@@ -474,7 +482,7 @@ class DeepDensityHead:
                 f"{tuple(labels.shape)} (one impression count per label)"
             )
         log_w, means, stds = _split_mixture(outputs, self.components, self.min_std)
-        v = self._noise_var(log_w.exp().detach(), means.detach(), n)
+        v = self.noise_var(log_w.exp().detach(), means.detach(), n)
         var = stds.square() + v.unsqueeze(-1)
         return weighted_mean(_mixture_nll(log_w, means, var, labels), weights)
 
@@ -500,7 +508,7 @@ class DeepDensityHead:
         """
         n = _impressions(impressions, outputs)
         w, mu, _ = self.mixture_components(outputs)
-        return self._noise_var(w, mu, n).sqrt()
+        return self.noise_var(w, mu, n).sqrt()
 
     def prediction(
         self, outputs: Tensor, *, impressions: Tensor | None = None, method: str = ""
@@ -519,7 +527,7 @@ class DeepDensityHead:
         w, mu, s = self.mixture_components(outputs)
         ms = None
         if impressions is not None:
-            ms = self._noise_var(w, mu, _impressions(impressions, outputs)).sqrt()
+            ms = self.noise_var(w, mu, _impressions(impressions, outputs)).sqrt()
             ms = ms.expand(w.shape[:-1])
         return MixturePrediction.from_components(
             w, mu, s, method=method, support=self.support, measurement_std=ms
