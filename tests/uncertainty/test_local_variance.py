@@ -8,6 +8,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy.optimize import minimize
 
 from wager.errors import NotFittedError
@@ -373,3 +375,31 @@ def test_conformal_on_rows_the_variance_model_never_saw_keeps_its_coverage():
     # 46th of 50 scores sits above the population quantile on average (2.65 here)
     assert 2.521 < flat.mean() < 2.521 + 0.2
     assert widths.mean() < 0.97 * flat.mean()
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.integers(min_value=8, max_value=60),
+    seed=st.integers(min_value=0, max_value=10_000),
+    with_support=st.booleans(),
+)
+def test_transform_keeps_the_mean_and_gives_finite_positive_stds(n, seed, with_support):
+    # whatever the data, the refit only rescales: the mean is untouched, every std stays
+    # finite and > 0, and the std part shares of the total are kept
+    rng = np.random.default_rng(seed)
+    mean = rng.uniform(1.0, 5.0, n)
+    ale, epi = rng.uniform(0.1, 2.0, n), rng.uniform(0.0, 1.0, n)
+    pred = Prediction(
+        mean=torch.from_numpy(mean),
+        std=torch.from_numpy(np.sqrt(ale**2 + epi**2)),
+        aleatoric_std=torch.from_numpy(ale),
+        epistemic_std=torch.from_numpy(epi),
+        support=(1.0, 5.0) if with_support else None,
+    )
+    y = mean + rng.standard_normal(n) * rng.uniform(0.1, 3.0, n)
+    cov = rng.standard_normal((n, 2))
+    out = LocalVarianceScaling().fit(pred, y, cov).transform(pred, cov)
+    torch.testing.assert_close(out.mean, pred.mean)
+    assert bool(torch.isfinite(out.std).all()) and bool((out.std > 0).all())
+    share = (out.aleatoric_std / out.std) - (pred.aleatoric_std / pred.std)
+    assert float(share.abs().max()) < 1e-9
