@@ -118,8 +118,8 @@ class LocalVarianceScaling:
             )
         return self.weights_
 
+    @staticmethod
     def _phi(
-        self,
         prediction: Prediction,
         covariates: Any,
         split: bool,
