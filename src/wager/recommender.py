@@ -471,6 +471,9 @@ class Recommender:
         if task == "rating":
             self.global_mean_ = float(np.mean(fit_rows[s.label].to_numpy(dtype=float)))
         train_t = to_tensors(self.encoder_.transform(fit_rows), device)
+        self.support_covariates_ = None
+        if self.config.uncertainty.local_variance and task == "rating":
+            self.support_covariates_ = self._fit_support_covariates(train_t, fit_rows)
         n_rows = len(fit_rows)
         seed = self.config.seed if self.config.seed is not None else 0
         gen = torch.Generator().manual_seed(seed)
@@ -543,7 +546,7 @@ class Recommender:
         s = self.schema
         task = self.task
         self.calibrator_ = self.variance_scaling_ = self.conformal_ = None
-        self.relevance_calibrator_ = self.local_variance_ = self.support_covariates_ = None
+        self.relevance_calibrator_ = self.local_variance_ = None
         wanted = {
             "calibrator": uc.calibrator != "none",
             "conformal": uc.conformal != "none",
@@ -583,8 +586,6 @@ class Recommender:
         thr = self.config.evaluation.relevance_threshold
         if not asked and (task == "click" or thr is None):
             return  # nothing to fit: skip scoring the validation rows
-        if uc.local_variance and task == "rating":
-            self.support_covariates_ = self._fit_support_covariates(train)
         y = torch.tensor(valid[s.label].to_numpy(dtype=np.float64), dtype=torch.float32)
         pred, cov = self._raw_and_covariates(
             valid[s.user].to_numpy(), valid[s.item].to_numpy(), valid
@@ -619,17 +620,17 @@ class Recommender:
         if uc.variance_scaling:
             self.variance_scaling_ = VarianceScaling().fit(pred, y)
             pred = self.variance_scaling_.transform(pred)
-        conformal_rows = slice(None)
+        conformal_rows = np.arange(len(y))  # validation rows the conformal step calibrates on
         if uc.local_variance:
             assert self.support_covariates_ is not None
-            fit_rows = np.arange(len(y))
+            variance_rows = conformal_rows
             if uc.conformal != "none":
                 # the conformal step must calibrate on rows the variance model never saw
                 order = np.random.default_rng(self.config.seed).permutation(len(y))
-                fit_rows, conformal_rows = order[: len(y) // 2], order[len(y) // 2 :]
-            sel = torch.as_tensor(fit_rows)
+                variance_rows, conformal_rows = order[: len(y) // 2], order[len(y) // 2 :]
+            sel = torch.as_tensor(variance_rows)
             self.local_variance_ = LocalVarianceScaling().fit(
-                pred[sel], y[sel], cov[fit_rows], names=self.support_covariates_.names_
+                pred[sel], y[sel], cov[variance_rows], names=self.support_covariates_.names_
             )
             pred = self.local_variance_.transform(pred, cov)
         if uc.conformal != "none":
@@ -637,7 +638,7 @@ class Recommender:
             if pred.std is not None and bool((pred.std > 0).any()):
                 # members that agree exactly (all clipped to a bound) give std 0
                 floor = 0.01 * float(pred.std[pred.std > 0].median())
-            part = torch.arange(len(y))[conformal_rows]
+            part = torch.as_tensor(conformal_rows)
             self.conformal_ = SplitConformal(
                 normalized=uc.conformal == "normalized", std_floor=floor
             ).fit(pred[part], y[part], confidence_levels=uc.confidence_levels)
@@ -1351,17 +1352,16 @@ class Recommender:
             return None
         return self.support_covariates_(batch)
 
-    def _fit_support_covariates(self, train: pd.DataFrame) -> SupportCovariates:
-        """Per-id training support (rows, label spread) of the user and item id fields."""
-        encoder, _stack = self._require_fit()
+    def _fit_support_covariates(self, encoded: Batch, rows: pd.DataFrame) -> SupportCovariates:
+        """Per-id training support (rows, label spread) of the user and item id fields, from
+        the training ``rows`` and their ``encoded`` batch."""
+        assert self.encoder_ is not None and self.schema.label is not None
         s = self.schema
-        assert s.label is not None
-        sizes = {key: size for key, kind, size in encoder.fields() if kind == "index"}
+        sizes = {key: size for key, kind, size in self.encoder_.fields() if kind == "index"}
         keys = [k for k in (f"user.{s.user}", f"item.{s.item}") if k in sizes]
-        encoded = encoder.transform(train)
         return SupportCovariates().fit(
             {k: encoded[k] for k in keys},
-            train[s.label].to_numpy(dtype=np.float64),
+            rows[s.label].to_numpy(dtype=np.float64),
             {k: sizes[k] for k in keys},
         )
 
