@@ -332,3 +332,78 @@ def test_local_variance_misuse_says_how_to_fix():
     )
     with pytest.raises(ValueError, match=r"local_variance refits the std of rating"):
         Recommender(cfg).fit(_clicks(600, 0), _clicks(300, 1))
+
+
+def _spy_std_histograms(monkeypatch) -> dict[str, dict]:
+    """Record every std_histogram call (by file name), from plots.py and from evaluate."""
+    import wager.evaluation.plots as plots
+
+    calls: dict[str, dict] = {}
+    original = plots.std_histogram
+
+    def spy(std_known, std_oov, path, labels=("known", "OOV"), title=None):
+        calls[path.name] = {
+            "known": np.asarray(std_known),
+            "oov": np.asarray(std_oov),
+            "labels": labels,
+            "title": title,
+        }
+        return original(std_known, std_oov, path, labels=labels, title=title)
+
+    import wager.recommender
+
+    monkeypatch.setattr(plots, "std_histogram", spy)  # uncertainty_plots' actual-OOV plot
+    monkeypatch.setattr(wager.recommender, "std_histogram", spy)  # the counterfactual ones
+    return calls
+
+
+def test_evaluate_plots_counterfactual_oov_std_histograms(conformal_run, tmp_path, monkeypatch):
+    rec, test = conformal_run
+    calls = _spy_std_histograms(monkeypatch)
+    m = rec.evaluate(test, plots_dir=tmp_path)
+    # every test user and item is known: no actual-OOV histogram, but one counterfactual
+    # histogram per id field
+    assert "std_histogram" not in m["plots"]
+    stds = rec._oov_stds(test)
+    assert set(stds) == {"user.user_id", "item.item_id"}
+    ratios = rec.oov_std_ratios(test)
+    for key, field in (("user.user_id", "user_id"), ("item.item_id", "item_id")):
+        name = f"std_histogram_{key.replace('.', '_')}"
+        assert m["plots"][name] == f"{name}.png"
+        assert (tmp_path / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        real, cold = stds[key]
+        assert real.shape == cold.shape == (len(test),)  # all 3000 rows hold a known id
+        assert np.all(real > 0) and np.all(cold > 0)
+        median = float(np.median(cold / real))
+        assert m["oov_std_ratio"][key] == pytest.approx(median, abs=1e-6)
+        assert ratios[key] == pytest.approx(median, abs=1e-6)
+        # the plot shows exactly these per-row stds, labelled, with the median in the title
+        call = calls[f"{name}.png"]
+        np.testing.assert_allclose(call["known"], real, rtol=1e-6)
+        np.testing.assert_allclose(call["oov"], cold, rtol=1e-6)
+        assert call["labels"] == (f"real {field}", f"{field} set to OOV")
+        assert call["title"] == f"Predictive std, median OOV/real ratio {median:.2f}"
+    # the ratios are those of the real std of each row
+    pred = rec.predict(test["user_id"], test["item_id"])
+    np.testing.assert_allclose(stds["user.user_id"][0], pred.std.numpy(), rtol=1e-5)
+
+
+def test_evaluate_plots_actual_oov_std_for_an_unknown_item(conformal_run, tmp_path, monkeypatch):
+    rec, test = conformal_run
+    known = test.iloc[:400]
+    unknown_item = test.iloc[400:450].assign(item_id=99)  # known users, item never trained
+    rows = pd.concat([known, unknown_item], ignore_index=True)
+    assert rec.known_users(rows["user_id"].to_numpy()).all()
+    calls = _spy_std_histograms(monkeypatch)
+    m = rec.evaluate(rows, plots_dir=tmp_path)
+    assert m["plots"]["std_histogram"] == "std_histogram.png"
+    assert (tmp_path / "std_histogram.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    pred = rec.predict(rows["user_id"], rows["item_id"])
+    std = pred.std.numpy()
+    call = calls["std_histogram.png"]
+    np.testing.assert_allclose(call["known"], std[:400], rtol=1e-6)
+    np.testing.assert_allclose(call["oov"], std[400:], rtol=1e-6)
+    # the counterfactual item histogram covers only the rows whose item is known
+    real, cold = rec._oov_stds(rows)["item.item_id"]
+    assert real.shape == (400,)
+    np.testing.assert_allclose(calls["std_histogram_item_item_id.png"]["oov"], cold, rtol=1e-6)

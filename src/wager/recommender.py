@@ -59,7 +59,7 @@ from wager.evaluation.metrics import (
     mae,
     rmse,
 )
-from wager.evaluation.plots import reliability_diagram, uncertainty_plots
+from wager.evaluation.plots import reliability_diagram, std_histogram, uncertainty_plots
 from wager.evaluation.uncertainty import brier_score, max_calibration_error, uncertainty_report
 from wager.models.fields import Field
 from wager.models.heads import (
@@ -630,7 +630,11 @@ class Recommender:
                 variance_rows, conformal_rows = order[: len(y) // 2], order[len(y) // 2 :]
             sel = torch.as_tensor(variance_rows)
             self.local_variance_ = LocalVarianceScaling().fit(
-                pred[sel], y[sel], cov[variance_rows], names=self.support_covariates_.names_
+                pred[sel],
+                y[sel],
+                cov[variance_rows],
+                names=self.support_covariates_.names_,
+                monotone=self.support_covariates_.monotone_,
             )
             pred = self.local_variance_.transform(pred, cov)
         if uc.conformal != "none":
@@ -1636,6 +1640,28 @@ class Recommender:
         Returns:
             {field key, e.g. "user.user_id": median ratio}; empty for deterministic models.
         """
+        return {
+            key: float(np.median(cold / real))
+            for key, (real, cold) in self._oov_stds(rows, max_rows).items()
+        }
+
+    def _oov_stds(
+        self, rows: pd.DataFrame, max_rows: int = 5000
+    ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Per-row predictive stds behind :meth:`oov_std_ratios` (one prediction pass).
+
+        Args:
+            rows: interaction rows (user, item and context columns).
+            max_rows: rows used (the first ones).
+
+        Returns:
+            {field key, e.g. "user.user_id": (real, cold)} for each categorical user / item
+            field with at least one known value in the rows used: ``real`` is the (n_known,)
+            std with the row's real value (clamped at 1e-12 so that ``cold / real`` is
+            defined), ``cold`` the (n_known,) std with that field set to OOV, both in the
+            target's units, over the rows whose value is known. Empty for deterministic
+            models.
+        """
         encoder, _stack = self._require_fit()
         part = rows.iloc[:max_rows]
         batch = to_tensors(encoder.transform(part), _stack.device)
@@ -1644,7 +1670,7 @@ class Recommender:
         base = self._post_hoc(self._prediction_from_batch(batch), self._covariates(batch))
         if base.std is None:
             return {}
-        out: dict[str, float] = {}
+        out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         for key, kind, _size in encoder.fields():
             if kind == "numeric" or not key.startswith(("user.", "item.")):
                 continue
@@ -1657,8 +1683,10 @@ class Recommender:
                 cold[key][..., 0] = 1
             std_cold = self._post_hoc(self._prediction_from_batch(cold), self._covariates(cold)).std
             assert std_cold is not None
-            ratio = (std_cold[known] / base.std[known].clamp_min(1e-12)).cpu().numpy()
-            out[key] = float(np.median(ratio))
+            out[key] = (
+                base.std[known].clamp_min(1e-12).cpu().numpy(),
+                std_cold[known].cpu().numpy(),
+            )
         return out
 
     @staticmethod
@@ -1723,7 +1751,16 @@ class Recommender:
         clicks; NLL, CRPS, coverage and width at ``[uncertainty] confidence_levels``,
         Spearman and AUROC of std against the absolute error, the confidence curve), the
         per-feature OOV std ratios and ``predict_seconds``; with ``plots_dir`` (and
-        ``[uncertainty] plots``) the plots are written there and listed under "plots".
+        ``[uncertainty] plots``) the plots are written there and listed under "plots"
+        ({name: PNG file name}): those of :func:`wager.evaluation.plots.uncertainty_plots`
+        (its ``std_histogram`` compares the predictive std of test rows whose user and item
+        ids are both in the model's vocabulary with rows where either is OOV, when both
+        groups occur), ``relevance_reliability_diagram`` (ratings with a relevance
+        threshold), and, for models with a std, the counterfactual cold-start histograms
+        ``std_histogram_user_<user id column>`` / ``std_histogram_item_<item id column>``:
+        over the first 5000 test rows whose id is known, the std with the real id vs with
+        that id set to OOV (the rows behind ``oov_std_ratio``, whose median ratio is in the
+        title).
         """
         _encoder, _stack = self._require_fit()
         assert self.items_ is not None and self.item_counts_ is not None
@@ -1772,13 +1809,39 @@ class Recommender:
                     )
                     out["mce"] = max_calibration_error(relevance, hit)
                     out["brier"] = brier_score(relevance, hit)
+            oov_stds: dict[str, tuple[np.ndarray, np.ndarray]] = {}
             if pred.std is not None:
-                out["oov_std_ratio"] = self.oov_std_ratios(test)
+                # one pass gives both the ratios and the counterfactual histograms
+                oov_stds = self._oov_stds(test)
+                out["oov_std_ratio"] = {
+                    key: float(np.median(cold / real)) for key, (real, cold) in oov_stds.items()
+                }
             if plots_dir is not None and uc.plots:
-                oov = ~np.asarray(self.known_users(test[s.user].to_numpy()), dtype=bool)
+                # actual OOV rows: the user id or the item id is outside the model's
+                # vocabulary (not in the training rows, or below its min_count)
+                assert _encoder.users.id_encoder_ is not None
+                assert _encoder.items.id_encoder_ is not None
+                oov = (_encoder.users.id_encoder_.transform(test[s.user]) == 0) | (
+                    _encoder.items.id_encoder_.transform(test[s.item]) == 0
+                )
                 plots = uncertainty_plots(
                     pred, y, Path(plots_dir), probability=task == "click", oov_mask=oov
                 )
+                for side, ent in (("user", _encoder.users), ("item", _encoder.items)):
+                    key = f"{side}.{ent.key}"
+                    if key not in oov_stds:
+                        continue
+                    real, cold = oov_stds[key]
+                    ratio = out["oov_std_ratio"][key]
+                    name = f"std_histogram_{key.replace('.', '_')}"
+                    path = std_histogram(
+                        real,
+                        cold,
+                        Path(plots_dir) / f"{name}.png",
+                        labels=(f"real {ent.key}", f"{ent.key} set to OOV"),
+                        title=f"Predictive std, median OOV/real ratio {ratio:.2f}",
+                    )
+                    plots[name] = path.name
                 if relevance is not None:
                     path = reliability_diagram(
                         relevance, hit, Path(plots_dir) / "relevance_reliability_diagram.png"

@@ -119,3 +119,22 @@ def test_import_and_drawing_leave_pyplot_unloaded(tmp_path):
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
     assert (tmp_path / "c.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_std_histogram_custom_title_is_drawn(tmp_path, rng, monkeypatch):
+    import wager.evaluation.plots as plots
+
+    titles = []
+    original = plots._save
+
+    def spy(fig, path):
+        titles.append(fig.axes[0].get_title())
+        return original(fig, path)
+
+    monkeypatch.setattr(plots, "_save", spy)
+    a, b = rng.uniform(0.1, 0.5, 100), rng.uniform(0.4, 1.0, 30)
+    out = std_histogram(a, b, tmp_path / "t.png", labels=("real", "cold"), title="ratio 1.26")
+    assert out == tmp_path / "t.png"
+    assert out.read_bytes()[:8] == PNG_MAGIC
+    assert_png(std_histogram(a, b, tmp_path / "d.png"))
+    assert titles == ["ratio 1.26", "Predictive std"]  # None keeps the default title

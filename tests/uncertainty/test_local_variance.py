@@ -403,3 +403,90 @@ def test_transform_keeps_the_mean_and_gives_finite_positive_stds(n, seed, with_s
     assert bool(torch.isfinite(out.std).all()) and bool((out.std > 0).all())
     share = (out.aleatoric_std / out.std) - (pred.aleatoric_std / pred.std)
     assert float(share.abs().max()) < 1e-9
+
+
+def test_monotone_covariate_is_pinned_at_the_scipy_bounded_optimum():
+    # the noise GROWS with the count-like covariate c, but c is declared monotone -1 (more
+    # evidence never adds variance): the constrained optimum pins its weight at 0, and the
+    # free covariate x keeps the optimum scipy's L-BFGS-B finds under the same bound
+    rng = np.random.default_rng(11)
+    n = 6000
+    x, c = rng.uniform(0.0, 1.0, n), rng.uniform(0.0, 1.0, n)
+    y = rng.normal(0.0, np.exp(0.5 * (-1.0 + 1.5 * x + 1.0 * c)))
+    cov = np.column_stack([x, c])
+    pred = _constant(n)
+    free = LocalVarianceScaling().fit(pred, y, cov, names=["x", "c"])
+    assert free.weights_[3] > 0.2  # unconstrained, the data push the c weight up
+    lv = LocalVarianceScaling().fit(pred, y, cov, names=["x", "c"], monotone={"c": -1})
+    assert lv.monotone_ == {"c": -1}
+    assert lv.weights_[3] == 0.0
+    phi = np.column_stack([np.zeros(n), x, c])
+    f, grad = _objective(lv, phi, y**2)
+    bounds = [(None, None), (0.0, None), (None, None), (None, 0.0)]  # log_var >= 0, c <= 0
+    res = minimize(
+        f,
+        np.zeros(4),
+        jac=grad,
+        method="L-BFGS-B",
+        bounds=bounds,
+        options={"ftol": 1e-15, "gtol": 1e-12},
+    )
+    assert f(lv.weights_) <= res.fun + 1e-10
+    np.testing.assert_allclose(lv.weights_, res.x, atol=1e-4)
+    # KKT: zero gradient on the free weights; on the pinned c weight the gradient points
+    # outwards (d f / d w_c <= 0 would lower f only by a positive weight, which is barred)
+    g = grad(lv.weights_)
+    assert np.max(np.abs(g[[0, 2]])) < 1e-6 and g[3] <= 0.0
+    # and the pinned fit is the free fit of x alone, to the optimiser's precision
+    only_x = LocalVarianceScaling().fit(pred, y, x[:, None], names=["x"])
+    np.testing.assert_allclose(lv.weights_[:3], only_x.weights_, atol=1e-8)
+
+
+def test_a_model_variance_that_points_the_wrong_way_is_ignored():
+    # the head's std is LARGE where the noise is small: its weight would be negative, and a
+    # negative weight would make the rows the model doubts the most the most certain; the
+    # bound pins it at 0, leaving the intercept: every std = sqrt(mean(e)) in closed form
+    rng = np.random.default_rng(12)
+    n = 3000
+    s = rng.uniform(0.5, 2.0, n)
+    y = rng.normal(0.0, 1.0 / s)
+    pred = Prediction(mean=torch.zeros(n, dtype=torch.float64), std=torch.from_numpy(s))
+    lv = LocalVarianceScaling(ridge=0.0).fit(pred, y)
+    assert lv.weights_[1] == 0.0
+    np.testing.assert_allclose(lv.transform(pred).std.numpy(), np.sqrt(np.mean(y**2)), rtol=1e-9)
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(min_value=0, max_value=10_000), slope=st.floats(-2.0, 2.0))
+def test_fewer_training_rows_never_lower_the_variance(seed, slope):
+    # whatever the data say, with the row count declared monotone -1 a row with fewer
+    # training rows (an out-of-vocabulary id has 0) never comes out more certain
+    rng = np.random.default_rng(seed)
+    n = 200
+    rows = np.log1p(rng.integers(0, 300, n).astype(float))
+    other = rng.standard_normal(n)
+    y = rng.normal(0.0, np.exp(0.2 * slope * rows))
+    cov = np.column_stack([rows, other])
+    pred = _constant(n)
+    lv = LocalVarianceScaling().fit(pred, y, cov, names=["rows", "z"], monotone={"rows": -1})
+    fewer = cov.copy()
+    fewer[:, 0] = fewer[:, 0] * rng.uniform(0.0, 1.0, n)
+    assert bool((lv.variance(pred, fewer) >= lv.variance(pred, cov) * (1 - 1e-12)).all())
+
+
+def test_monotone_state_and_errors():
+    x, y = _recovery_data(300, seed=4)
+    pred = _constant(300)
+    lv = LocalVarianceScaling().fit(pred, y, x[:, None], names=["x"], monotone={"x": 1})
+    back = LocalVarianceScaling().load_state_dict(json.loads(json.dumps(lv.state_dict())))
+    assert back.monotone_ == {"x": 1}
+    with pytest.raises(ValueError, match=r"monotone names \['nope'\] are not covariates"):
+        LocalVarianceScaling().fit(pred, y, x[:, None], names=["x"], monotone={"nope": -1})
+    with pytest.raises(ValueError, match="must be \\+1 or -1"):
+        LocalVarianceScaling().fit(pred, y, x[:, None], names=["x"], monotone={"x": 0})
+    sc = SupportCovariates().fit(
+        {"user.user_id": np.array([1, 1, 2]), "item.item_id": np.array([1, 2, 2])},
+        np.array([1.0, 3.0, 5.0]),
+        {"user.user_id": 3, "item.item_id": 3},
+    )
+    assert sc.monotone_ == {"user.user_id:log1p_rows": -1, "item.item_id:log1p_rows": -1}

@@ -198,14 +198,19 @@ def std_histogram(
     std_oov: npt.ArrayLike,
     path: str | os.PathLike[str],
     labels: tuple[str, str] = ("known", "OOV"),
+    title: str | None = None,
 ) -> Path:
     """Overlaid histograms (density-normalized, shared bins) of predictive std in two groups.
+
+    x: predictive std in the target's units (30 bins spanning both groups); y: density, so
+    groups of different sizes compare; the legend gives each group's count.
 
     Args:
         std_known: (n1,) stds of predictions whose features are all in the vocabulary.
         std_oov: (n2,) stds of predictions with an out-of-vocabulary feature.
         path: PNG file to write.
         labels: legend names of the two groups.
+        title: axes title; None for "Predictive std".
 
     Returns:
         ``path`` as a :class:`pathlib.Path`.
@@ -227,7 +232,7 @@ def std_histogram(
         ax.hist(values, bins=bins, density=True, alpha=0.55, label=f"{label} (n={values.size})")
     ax.set_xlabel("predictive std")
     ax.set_ylabel("density")
-    ax.set_title("Predictive std")
+    ax.set_title("Predictive std" if title is None else title)
     ax.legend()
     fig.tight_layout()
     return _save(fig, path)
@@ -248,7 +253,8 @@ def uncertainty_plots(
       levels 0.1, ..., 0.9, 0.95, 0.99.
     - ``confidence_curve`` (std not None): RMSE of the most confident fraction, with the
       oracle curve.
-    - ``std_histogram`` (std not None, ``oov_mask`` given with both groups non-empty).
+    - ``std_histogram`` (std not None, ``oov_mask`` given with both groups non-empty):
+      predictive std of the in-vocabulary rows vs the OOV rows (see :func:`std_histogram`).
 
     Args:
         prediction: a :class:`~wager.prediction.Prediction`; mean/std are (...) tensors.

@@ -16,6 +16,13 @@ fitted by the Gaussian likelihood of the residuals ``y - mean`` (convex in w), w
 - covariates the caller passes, one column each; the Recommender passes how much
   training evidence backs the user and the item (:class:`SupportCovariates`).
 
+Sign constraints keep the refit from inverting what uncertainty means: the weights of the
+model's own log variances are >= 0 (a prediction the model calls less certain never comes
+out more certain), and a covariate named in ``monotone`` gets a weight of the given sign
+(the Recommender passes -1 for the training-row counts, so an id with fewer training rows,
+an out-of-vocabulary one above all, is never made more certain by its count). The fit is
+the constrained optimum (active set over Newton solves).
+
 Why held-out residuals matter: a head that learns its noise from training residuals sees
 the rows of a user with 20 ratings fitted almost exactly (the model absorbs them) and so
 calls that user predictable, while on new rows that user is among the least predictable.
@@ -108,6 +115,7 @@ class LocalVarianceScaling:
         self.split_: bool = False
         self.epistemic_floor_: float = 0.0
         self.weights_: np.ndarray | None = None
+        self.monotone_: dict[str, int] = {}
         self.centre_ = self.scale_ = self.low_ = self.high_ = np.zeros(0)
 
     def _check_fitted(self) -> np.ndarray:
@@ -160,6 +168,7 @@ class LocalVarianceScaling:
         targets: Tensor | np.ndarray,
         covariates: Tensor | np.ndarray | None = None,
         names: Sequence[str] | None = None,
+        monotone: Mapping[str, int] | None = None,
     ) -> LocalVarianceScaling:
         """Fit the variance model on held-out rows.
 
@@ -168,6 +177,9 @@ class LocalVarianceScaling:
             targets: (n,) observed targets.
             covariates: optional (n, p) extra features per prediction.
             names: p names of the covariate columns (for the state and error messages).
+            monotone: {covariate name: +1 or -1}: the variance may only grow (+1) or only
+                shrink (-1) as that covariate grows; other covariates are free. The
+                model's own log variances are always +1.
 
         Returns:
             self.
@@ -179,6 +191,15 @@ class LocalVarianceScaling:
         names = [f"covariate_{j}" for j in range(cov.shape[1])] if names is None else list(names)
         if len(names) != cov.shape[1]:
             raise ValueError(f"names has {len(names)} entries for {cov.shape[1]} covariates")
+        signs = dict(monotone or {})
+        unknown = sorted(set(signs) - set(names))
+        if unknown:
+            raise ValueError(
+                f"monotone names {unknown} are not covariates; the covariates are {names}"
+            )
+        bad = {k: v for k, v in signs.items() if v not in (-1, 1)}
+        if bad:
+            raise ValueError(f"monotone values must be +1 or -1, got {bad}")
         e = (y - mu) ** 2
         if not np.any(e > 0.0):
             raise ValueError(
@@ -194,16 +215,50 @@ class LocalVarianceScaling:
         centre, spread = phi.mean(axis=0), phi.std(axis=0)
         scale = np.where(spread > 0.0, spread, 1.0)
         x = np.column_stack([np.ones(y.size), (phi - centre) / scale])
-        weights = self._newton(x, e)
-        # nothing is assigned before every step succeeded: a failed refit keeps the old state
         model = ["log_aleatoric_var", "log_epistemic_var"] if split else ["log_var"]
         position = ["support_z", "support_z2"] if support is not None else []
+        # intercept free; the standardisation keeps each weight's sign (scale > 0)
+        sign = np.array(
+            [0] + [1] * len(model) + [0] * len(position) + [signs.get(c, 0) for c in names]
+        )
+        weights = self._constrained(x, e, sign)
+        # nothing is assigned before every step succeeded: a failed refit keeps the old state
         self.features_ = model + position + names
         self.covariate_names_, self.split_, self.support_ = names, split, support
         self.epistemic_floor_ = floor
         self.low_, self.high_ = phi.min(axis=0), phi.max(axis=0)
         self.centre_, self.scale_, self.weights_ = centre, scale, weights
+        self.monotone_ = {name: int(v) for name, v in signs.items()}
         return self
+
+    def _gradient(self, x: np.ndarray, e: np.ndarray, w: np.ndarray) -> np.ndarray:
+        pen = np.full(w.size, self.ridge)
+        pen[0] = 0.0
+        return x.T @ (1.0 - e * np.exp(-(x @ w))) / len(e) + 2.0 * pen * w
+
+    def _constrained(self, x: np.ndarray, e: np.ndarray, sign: np.ndarray) -> np.ndarray:
+        """The Newton optimum with sign[j] * w[j] >= 0 wherever sign[j] != 0 (active set).
+
+        Weights that leave their half-line are pinned at 0 and the rest re-solved; a pinned
+        weight whose gradient points into its half-line (a negative multiplier) is released.
+        The objective is convex, so the point meeting these KKT conditions is the optimum.
+        """
+        pinned = np.zeros(sign.size, dtype=bool)
+        w = np.zeros(sign.size)
+        for _ in range(4 * sign.size + 4):
+            free = ~pinned
+            w = np.zeros(sign.size)
+            w[free] = self._newton(x[:, free], e)
+            wrong = free & (sign * w < 0.0)
+            if wrong.any():
+                pinned |= wrong
+                continue
+            multiplier = sign * self._gradient(x, e, w)  # >= 0 at a constrained optimum
+            release = pinned & (multiplier < -1e-9)
+            if not release.any():
+                return w
+            pinned[np.argmin(np.where(release, multiplier, np.inf))] = False
+        return w
 
     def _newton(self, x: np.ndarray, e: np.ndarray) -> np.ndarray:
         """Minimise mean(eta + e * exp(-eta)) + ridge * |w[1:]|^2 with eta = x @ w (convex)."""
@@ -220,7 +275,7 @@ class LocalVarianceScaling:
         current = loss(w)
         for _ in range(_NEWTON_STEPS):
             r = e * np.exp(-(x @ w))
-            grad = x.T @ (1.0 - r) / n + 2.0 * pen * w
+            grad = self._gradient(x, e, w)
             hess = (x * r[:, None]).T @ x / n + np.diag(2.0 * pen) + 1e-10 * np.eye(p)
             step = np.linalg.solve(hess, grad)
             t, trial = 1.0, loss(w - step)
@@ -276,6 +331,7 @@ class LocalVarianceScaling:
             "support": None if self.support_ is None else list(self.support_),
             "split": self.split_,
             "epistemic_floor": self.epistemic_floor_,
+            "monotone": self.monotone_,
             "weights": w.tolist(),
             "centre": self.centre_.tolist(),
             "scale": self.scale_.tolist(),
@@ -293,6 +349,7 @@ class LocalVarianceScaling:
         self.support_ = None if state["support"] is None else tuple(state["support"])  # type: ignore[assignment]
         self.split_ = bool(state["split"])
         self.epistemic_floor_ = float(state["epistemic_floor"])
+        self.monotone_ = {str(k): int(v) for k, v in state.get("monotone", {}).items()}
         arrays = {
             k: np.asarray(state[k], dtype=np.float64) for k in ("centre", "scale", "low", "high")
         }
@@ -334,6 +391,11 @@ class SupportCovariates:
     @property
     def names_(self) -> list[str]:
         return [f"{k}:{c}" for k in self.tables_ for c in ("log1p_rows", "log_label_std")]
+
+    @property
+    def monotone_(self) -> dict[str, int]:
+        """{covariate name: -1} for the row counts: more training rows never add variance."""
+        return {f"{k}:log1p_rows": -1 for k in self.tables_}
 
     def fit(
         self,
