@@ -403,6 +403,7 @@ def test_evaluate_plots_actual_oov_std_for_an_unknown_item(conformal_run, tmp_pa
     call = calls["std_histogram.png"]
     np.testing.assert_allclose(call["known"], std[:400], rtol=1e-6)
     np.testing.assert_allclose(call["oov"], std[400:], rtol=1e-6)
+    assert call["labels"] == ("user and item known", "user or item OOV")
     # the counterfactual item histogram covers only the rows whose item is known
     real, cold = rec._oov_stds(rows)["item.item_id"]
     assert real.shape == (400,)

@@ -1825,7 +1825,12 @@ class Recommender:
                     _encoder.items.id_encoder_.transform(test[s.item]) == 0
                 )
                 plots = uncertainty_plots(
-                    pred, y, Path(plots_dir), probability=task == "click", oov_mask=oov
+                    pred,
+                    y,
+                    Path(plots_dir),
+                    probability=task == "click",
+                    oov_mask=oov,
+                    oov_labels=("user and item known", "user or item OOV"),
                 )
                 for side, ent in (("user", _encoder.users), ("item", _encoder.items)):
                     key = f"{side}.{ent.key}"

@@ -245,6 +245,7 @@ def uncertainty_plots(
     *,
     probability: bool = False,
     oov_mask: npt.ArrayLike | torch.Tensor | None = None,
+    oov_labels: tuple[str, str] = ("known", "OOV"),
 ) -> dict[str, str]:
     """Write the uncertainty plots that apply to ``prediction`` into ``out_dir``.
 
@@ -263,6 +264,7 @@ def uncertainty_plots(
         probability: the mean is a probability and targets are 0/1 or probabilities.
         oov_mask: (...) bool, True where a prediction involves an out-of-vocabulary
             feature value; None to skip the std histogram.
+        oov_labels: legend names of the in-vocabulary and the OOV group of the std histogram.
 
     Returns:
         {plot name: file name inside out_dir}, for listing in the metrics JSON.
@@ -298,6 +300,6 @@ def uncertainty_plots(
         _check_lengths(("prediction.mean", mean), ("oov_mask", mask))
         if mask.any() and not mask.all():
             written["std_histogram"] = std_histogram(
-                std[~mask], std[mask], out / "std_histogram.png"
+                std[~mask], std[mask], out / "std_histogram.png", labels=oov_labels
             ).name
     return written
