@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -243,6 +245,19 @@ def test_fit_rejects_likelihoods_the_model_or_data_cannot_take(
     rec = Recommender(_config(likelihood, schema=schema, model_type=model_type, epochs=1))
     with pytest.raises(ValueError, match=message):
         rec.fit(train)
+
+
+@pytest.mark.parametrize("likelihood", ["mdn", "ddn"])
+def test_fit_rejects_a_probability_calibrator_on_a_mixture(rows, likelihood):
+    # a Platt / isotonic / temperature map of the mean would leave the mixture's components
+    # and intervals uncalibrated: refused before training, naming both settings
+    train, valid = rows
+    cfg = _config(likelihood, epochs=1)
+    cfg = replace(cfg, uncertainty=replace(cfg.uncertainty, calibrator="platt"))
+    with pytest.raises(
+        ValueError, match=rf"calibrator = 'platt'.*likelihood = '{likelihood}'.*calibrator = 'none'"
+    ):
+        Recommender(cfg).fit(train, valid)
 
 
 def test_predict_mixture_needs_a_mixture_likelihood(rows):

@@ -165,3 +165,50 @@ def test_without_validation_rows_confidence_is_nan(split):
     rec = Recommender(_config()).fit(train)
     assert rec.relevance_calibrator_ is None
     assert rec.recommend([0], k=3)["confidence"].isna().all()
+
+
+@pytest.fixture(scope="module")
+def ensemble_model(split) -> Recommender:
+    from dataclasses import replace
+
+    from wager.config import EnsembleConfig
+
+    train, valid, _ = split
+    cfg = replace(
+        _config(),
+        training=TrainConfig(epochs=5, batch_size=64, learning_rate=0.05, patience=30),
+        ensemble=EnsembleConfig(members=3, bootstrap=False),
+    )
+    return Recommender(cfg).fit(train, valid)
+
+
+def test_retrieval_ensemble_ranks_by_the_mean_and_scores_members_only_for_the_list(
+    ensemble_model,
+):
+    rec = ensemble_model
+    users = list(range(12))
+    recs = rec.recommend(users, k=5)
+    # the members' full score matrices, the slow reference
+    members = rec._member_scores(users)  # (M, U, I)
+    mean = members.mean(dim=0)
+    col = {key: j for j, key in enumerate(rec.items_)}
+    u = recs["user"].to_numpy().astype(np.int64)  # a writable copy for torch indexing
+    i = np.array([col[key] for key in recs["item"]])
+    by_hand = members[:, u, i]  # (M, n) the listed pairs' member scores
+    # score = the ensemble mean score (the concatenated-factor product equals the member mean)
+    np.testing.assert_allclose(recs["score"].to_numpy(), mean[u, i].numpy(), rtol=1e-5)
+    np.testing.assert_allclose(recs["mean"].to_numpy(), by_hand.mean(0).numpy(), rtol=1e-5)
+    np.testing.assert_allclose(
+        rec._pair_member_scores(u.tolist(), recs["item"].to_numpy()).numpy(),
+        by_hand.numpy(),
+        rtol=1e-5,
+    )
+    assert recs["std"].notna().all() and (recs["std"] > 0).all()
+    # ranks follow the score; each user's k items are the top k unseen by the mean score
+    seen = rec._seen_rows(users)
+    for user, g in recs.groupby("user"):
+        assert np.all(np.diff(g["score"].to_numpy()) <= 1e-7)
+        row = mean[user].clone()
+        row[torch.as_tensor(seen[user].indices, dtype=torch.long)] = -math.inf
+        top = set(torch.topk(row, 5).indices.tolist())
+        assert {col[key] for key in g["item"]} == top

@@ -197,6 +197,12 @@ def test_homoscedastic_conformal_works_for_a_point_model():
     unclipped = ((iv.low > 1) & (iv.high < 5)).numpy()
     assert unclipped.sum() > 50
     np.testing.assert_allclose((iv.high - iv.low).numpy()[unclipped], 2 * q, rtol=1e-5)
+    # recommend reports the same constant-width interval (no std needed)
+    recs = rec.recommend([0, 1, 2], k=4, exclude_seen=False)  # every item is seen
+    again = rec.predict(recs["user"].tolist(), recs["item"].tolist()).interval(0.9)
+    np.testing.assert_allclose(recs["low"].to_numpy(), again.low.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(recs["high"].to_numpy(), again.high.numpy(), rtol=1e-6)
+    assert len(recs) == 12 and recs["std"].isna().all()
 
 
 def test_oov_rate_trains_the_oov_rows_and_widens_cold_start(monkeypatch):

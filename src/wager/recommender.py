@@ -86,7 +86,7 @@ from wager.uncertainty.cold_start import (
     oov_rows,
     population_batch,
 )
-from wager.uncertainty.conformal import SplitConformal, VarianceScaling
+from wager.uncertainty.conformal import ConformalPrediction, SplitConformal, VarianceScaling
 from wager.uncertainty.ensemble import bootstrap_weights, holdout_mask
 from wager.uncertainty.local_variance import LocalVarianceScaling, SupportCovariates
 from wager.uncertainty.mc_dropout import MCDropout
@@ -385,6 +385,15 @@ class Recommender:
                 f"is a {self.task} model (Schema.label_kind = {self.schema.label_kind!r}); "
                 "use a click / CTR label (Schema.label_kind = 'click' or 'ctr'), or "
                 "likelihood = 'gaussian' for ratings"
+            )
+        calibrator = self.config.uncertainty.calibrator
+        if calibrator != "none":
+            raise ValueError(
+                f"[uncertainty] calibrator = {calibrator!r} maps a click probability, but "
+                f"[model] likelihood = {m.likelihood!r} predicts a whole CTR distribution "
+                "(mixture weights, means and stds fitted by likelihood) that a probability map "
+                "would leave inconsistent: set calibrator = 'none', or likelihood = 'point' "
+                "to calibrate a single CTR"
             )
         if m.likelihood != "ddn":
             return
@@ -1142,6 +1151,34 @@ class Recommender:
                 parts.append(means.reshape(-1, c, n_i))
             return torch.cat(parts, dim=1)
 
+    def _pair_member_scores(
+        self,
+        user_ids: Sequence[Any],
+        item_ids: np.ndarray,
+        context: Mapping[str, Any] | None = None,
+    ) -> Tensor:
+        """(M, n) per-member scores of n (user, item) pairs, as :meth:`_member_scores` gives
+        them, without scoring the rest of the catalogue.
+
+        Factorised models gather each pair's member factors (n dot products per member);
+        other models score the pairs' users against the pairs' distinct items.
+        """
+        encoder, stack = self._require_fit()
+        u_pos, u_keys = pd.factorize(pd.Series(list(user_ids), dtype=object))
+        i_pos, i_keys = pd.factorize(pd.Series(list(item_ids), dtype=object))
+        model = stack.model
+        if hasattr(model, "user_factors") and getattr(model, "context", None) is None:
+            device = stack.device
+            with torch.no_grad():
+                u = stack.call("user_factors", self._encode_users(list(u_keys), device))
+                v = stack.call(
+                    "item_factors", to_tensors(encoder.transform_items(list(i_keys)), device)
+                )
+                loc = (u[:, torch.as_tensor(u_pos)] * v[:, torch.as_tensor(i_pos)]).sum(-1)
+                return _mean_of_location(self.head, loc)
+        scores = self._member_scores(list(u_keys), list(i_keys), context)  # (M, U', I')
+        return scores[:, torch.as_tensor(u_pos), torch.as_tensor(i_pos)]
+
     def _seen_rows(
         self, user_ids: Sequence[Any], seen: sp.csr_matrix | None = None
     ) -> sp.csr_matrix:
@@ -1537,9 +1574,11 @@ class Recommender:
                 ``horizon_``).
 
         Returns:
-            DataFrame with columns user, item, rank (1-based), score (the ranking score,
-            here the mean), mean, std, low, high (NaN when the model has no uncertainty;
-            conformal when ``[uncertainty] conformal`` is set) and confidence (the
+            DataFrame with columns user, item, rank (1-based), score (the ranking score:
+            the ensemble-mean score of the model before calibration, MC dropout and
+            population cold start; ranks follow it), mean (the calibrated predictive mean,
+            as :meth:`predict` gives it), std, low, high (NaN when the model has no
+            uncertainty; conformal when ``[uncertainty] conformal`` is set) and confidence (the
             probability that the item is relevant, see :meth:`relevance_confidence`; NaN
             when undefined), one row per recommended item.
         """
@@ -1559,10 +1598,8 @@ class Recommender:
             chunk = users[start : start + batch_users]
             pointwise = self.task in ("click", "rating")
             cand_arg = None if items is None else cand
-            if pointwise:
-                scores = self._mean_scores(chunk, cand_arg, context).unsqueeze(0)
-            else:
-                scores = self._member_scores(chunk, cand_arg, context)
+            # ranked by the ensemble mean: one product of the concatenated member factors
+            mean_scores = self._mean_scores(chunk, cand_arg, context)  # (U, I)
             exclude = None
             if exclude_seen:
                 seen = self._seen_rows(chunk)
@@ -1574,12 +1611,12 @@ class Recommender:
                     mapped[:, np.flatnonzero(keep)] = sub
                     seen = sp.csr_matrix(mapped)
                 exclude = seen
-            mean_scores = scores.mean(dim=0)  # (U, I)
             top = ranking.top_k_from_scores(mean_scores, k, exclude)  # (U, k), -1 padded
             rows = [(r, top[r][top[r] >= 0]) for r in range(len(chunk))]
             rows = [(r, sel) for r, sel in rows if sel.size]
             if not rows:
                 continue
+            ranked = torch.cat([mean_scores[r, torch.as_tensor(sel)] for r, sel in rows])
             if pointwise:
                 # ranked by the mean (one matrix product); the full uncertainty model (head
                 # noise, members, MC dropout, calibration) only for the k chosen items
@@ -1587,10 +1624,19 @@ class Recommender:
                 pair_items = np.concatenate([cand[sel] for _, sel in rows])
                 pred = self.predict(pair_users, pair_items, context)
             else:
-                flat = [scores[:, r, torch.as_tensor(sel)] for r, sel in rows]
-                pred = self._prediction(torch.cat(flat, dim=1), None)
+                # the members' scores only for the k chosen items of each user
+                pred = self._prediction(
+                    self._pair_member_scores(
+                        [chunk[r] for r, sel in rows for _ in range(sel.size)],
+                        np.concatenate([cand[sel] for _, sel in rows]),
+                        context,
+                    ),
+                    None,
+                )
             has_std = pred.std is not None
-            iv = pred.interval(confidence_level) if has_std else None
+            # a homoscedastic conformal interval needs no std
+            has_interval = has_std or isinstance(pred, ConformalPrediction)
+            iv = pred.interval(confidence_level) if has_interval else None
             mean = pred.mean.cpu().numpy()
             conf = self.relevance_confidence(pred)
             cal = self.relevance_calibrator_
@@ -1612,7 +1658,7 @@ class Recommender:
                         "user": [chunk[r] for r, sel in rows for _ in range(sel.size)],
                         "item": np.concatenate([cand[sel] for _, sel in rows]),
                         "rank": np.concatenate([np.arange(1, sel.size + 1) for _, sel in rows]),
-                        "score": mean,
+                        "score": ranked.cpu().numpy(),
                         "mean": mean,
                         "std": pred.std.cpu().numpy() if has_std else np.nan,
                         "low": iv.low.cpu().numpy() if iv is not None else np.nan,
@@ -1628,9 +1674,10 @@ class Recommender:
     def oov_std_ratios(self, rows: pd.DataFrame, max_rows: int = 5000) -> dict[str, float]:
         """Feature-level cold-start analysis (as in the deep density network paper).
 
-        For each categorical user / item field (ids included), the median over rows of
-        std(prediction with that field set to OOV) / std(prediction with its real value),
-        over rows whose value is known (a bag field becomes a single OOV token). A ratio
+        For each categorical user / item / context field (ids included), the median over rows
+        of std(prediction with that field set to OOV) / std(prediction with its real value),
+        over rows whose value is known (a categorical bag becomes a single OOV token, a
+        hashed text bag an empty bag: see ``InteractionEncoder.unknown_token``). A ratio
         above 1 means the model is less certain when it does not know that feature.
 
         Args:
@@ -1655,8 +1702,8 @@ class Recommender:
             max_rows: rows used (the first ones).
 
         Returns:
-            {field key, e.g. "user.user_id": (real, cold)} for each categorical user / item
-            field with at least one known value in the rows used: ``real`` is the (n_known,)
+            {field key, e.g. "user.user_id": (real, cold)} for each categorical user / item /
+            context field with at least one known value in the rows used: ``real`` is the (n_known,)
             std with the row's real value (clamped at 1e-12 so that ``cold / real`` is
             defined), ``cold`` the (n_known,) std with that field set to OOV, both in the
             target's units, over the rows whose value is known. Empty for deterministic
@@ -1672,15 +1719,17 @@ class Recommender:
             return {}
         out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         for key, kind, _size in encoder.fields():
-            if kind == "numeric" or not key.startswith(("user.", "item.")):
+            if kind == "numeric":
                 continue
-            known = batch[key] > 0 if kind == "index" else (batch[key] > 0).any(-1)
+            unknown = encoder.unknown_token(key)
+            # known: an index other than OOV; a bag holding at least one real value
+            known = batch[key] != 0 if kind == "index" else (batch[key] > unknown).any(-1)
             if not bool(known.any()):
                 continue
             cold = dict(batch)
-            cold[key] = torch.zeros_like(batch[key])  # index fields: OOV row 0
-            if kind != "index":  # bags: one OOV token (row 1), not an empty (padding) bag
-                cold[key][..., 0] = 1
+            cold[key] = torch.zeros_like(batch[key])  # index: OOV row 0; text bag: empty
+            if kind != "index" and unknown:  # categorical bags: one OOV token, no padding
+                cold[key][..., 0] = unknown
             std_cold = self._post_hoc(self._prediction_from_batch(cold), self._covariates(cold)).std
             assert std_cold is not None
             out[key] = (

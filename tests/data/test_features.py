@@ -237,6 +237,43 @@ def test_interaction_encoder_round_trip_and_fields():
     np.testing.assert_array_equal(a["label"], [0, 1, 0])
 
 
+def test_unknown_token_per_field_kind():
+    # index fields and hashed text bags: 0 (OOV row / empty bag); categorical bags: 1 (their
+    # OOV token, 0 is padding); numeric and missing fields are not categorical
+    schema = Schema(
+        label="click",
+        context=(Categorical("pos"),),
+        item_features=(
+            Categorical("cat"),
+            Numeric("price"),
+            MultiCategorical("tags"),
+            Text("title", n_buckets=8),
+        ),
+    )
+    items = _items_table().assign(tags=["a|b", "b", "c", "a"], title=["x", "y z", "z", "x y"])
+    items.loc[len(items)] = [5, "a", 1.0, "zzz", None]  # a tag the vocabulary lacks, no title
+    rows = pd.DataFrame(
+        {"user_id": [1, 2, 2], "item_id": [1, 2, 3], "pos": [1, 2, 1], "click": [0, 1, 0]}
+    )
+    enc = InteractionEncoder.from_schema(schema).fit(rows, None, items)
+    got = {k: enc.unknown_token(k) for k, kind, _ in enc.fields() if kind != "numeric"}
+    assert got == {
+        "user.user_id": 0,
+        "item.item_id": 0,
+        "item.cat": 0,
+        "item.tags": 1,
+        "item.title": 0,
+        "context.pos": 0,
+    }
+    # the tokens mean "unknown": an unseen tag encodes to 1, a missing title to an empty bag
+    out = enc.transform_items([1, 5])
+    assert out["item.tags"].tolist() == [[3, 2], [1, 0]]  # vocabulary b=2, a=3, c=4
+    assert out["item.title"][1].tolist() == [0] * out["item.title"].shape[1]
+    for bad in ("item.price", "item.nope", "other.x"):
+        with pytest.raises(KeyError, match="not a categorical field"):
+            enc.unknown_token(bad)
+
+
 @settings(max_examples=50, deadline=None)
 @given(
     train=st.lists(st.sampled_from(list("abcdef")), min_size=1, max_size=30),

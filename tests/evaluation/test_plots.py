@@ -98,6 +98,11 @@ def test_uncertainty_plots_probability_and_deterministic(tmp_path, rng):
     clicks = (rng.random(100) < p).astype(float)
     pred = Prediction(mean=torch.tensor(p), std=torch.full((100,), 0.05, dtype=torch.float64))
     written = uncertainty_plots(pred, clicks, tmp_path / "p", probability=True)
+    # 0/1 clicks cannot fall inside a CTR interval in any meaningful sense: no coverage curve
+    assert set(written) == {"reliability_diagram", "confidence_curve"}
+    # against true CTRs (simulated data) the coverage of the CTR interval is meaningful
+    truth = np.clip(p + rng.normal(0.0, 0.05, 100), 0.0, 1.0)
+    written = uncertainty_plots(pred, truth, tmp_path / "t", probability=True)
     assert set(written) == {"reliability_diagram", "coverage_curve", "confidence_curve"}
     det = uncertainty_plots(
         Prediction(mean=torch.tensor(p)), clicks, tmp_path / "d", probability=True

@@ -696,6 +696,29 @@ class InteractionEncoder:
             out.append((f"context.{name}", *_field_kind(enc)))
         return out
 
+    def unknown_token(self, key: str) -> int:
+        """The encoded value that stands for "value not known" in field ``key``.
+
+        0 for index fields (their OOV row) and for hashed text bags (an empty bag: every
+        token hashes to a real bucket, so "unknown" is the absence of tokens); 1 for
+        multi-valued categorical bags (their OOV token, 0 being padding).
+
+        Raises:
+            KeyError: ``key`` is not a categorical field of this encoder.
+        """
+        side, _, name = key.partition(".")
+        if side in ("user", "item"):
+            ent = self.users if side == "user" else self.items
+            assert ent.features_ is not None
+            if name == ent.key:
+                return 0
+            enc = ent.features_.encoders_.get(name)
+        else:
+            enc = self.context.encoders_.get(name) if side == "context" else None
+        if enc is None or isinstance(enc, NumericEncoder):
+            raise KeyError(f"{key!r} is not a categorical field of this encoder")
+        return 1 if isinstance(enc, MultiCategoricalEncoder) else 0
+
     def transform_users(self, ids: Any) -> dict[str, np.ndarray]:
         """{"user.<field>": array} for a batch of user ids."""
         return {f"user.{k}": v for k, v in self.users.transform(ids).items()}

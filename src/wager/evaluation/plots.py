@@ -250,8 +250,8 @@ def uncertainty_plots(
     """Write the uncertainty plots that apply to ``prediction`` into ``out_dir``.
 
     - ``reliability_diagram`` (probability=True): mean as probability vs targets.
-    - ``coverage_curve`` (std not None): coverage of ``prediction.interval(level)`` at
-      levels 0.1, ..., 0.9, 0.95, 0.99.
+    - ``coverage_curve`` (std not None, and not 0/1 targets of a probability): coverage of
+      ``prediction.interval(level)`` at levels 0.1, ..., 0.9, 0.95, 0.99.
     - ``confidence_curve`` (std not None): RMSE of the most confident fraction, with the
       oracle curve.
     - ``std_histogram`` (std not None, ``oov_mask`` given with both groups non-empty):
@@ -282,13 +282,16 @@ def uncertainty_plots(
     if prediction.std is None:
         return written
     std = _vector(prediction.std, "prediction.std")
-    coverages = []
-    for level in _COVERAGE_LEVELS:
-        interval = prediction.interval(level)
-        coverages.append(interval_coverage(_to_numpy(interval.low), _to_numpy(interval.high), y))
-    written["coverage_curve"] = coverage_curve(
-        _COVERAGE_LEVELS, coverages, out / "coverage_curve.png"
-    ).name
+    # an interval on a CTR says nothing about how often 0/1 outcomes fall inside it
+    if not (probability and np.all((y == 0) | (y == 1))):
+        coverages = []
+        for level in _COVERAGE_LEVELS:
+            interval = prediction.interval(level)
+            low, high = _to_numpy(interval.low), _to_numpy(interval.high)
+            coverages.append(interval_coverage(low, high, y))
+        written["coverage_curve"] = coverage_curve(
+            _COVERAGE_LEVELS, coverages, out / "coverage_curve.png"
+        ).name
     abs_error = np.abs(mean - y)
     written["confidence_curve"] = confidence_curve_plot(
         confidence_curve(std, abs_error, _CURVE_FRACTIONS),
