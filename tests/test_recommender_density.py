@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from wager.config import EnsembleConfig, ModelConfig, RunConfig, TrainConfig
 from wager.data.schema import Schema
 from wager.data.synthetic import SyntheticWorld, WorldConfig
+from wager.evaluation.uncertainty import mixture_crps
 from wager.models.heads import DeepDensityHead, MixtureDensityHead
 from wager.prediction import MixturePrediction
 from wager.recommender import Recommender
@@ -133,10 +134,32 @@ def test_predict_mixture_pools_the_members_by_hand(fitted):
     )
     assert mp.measurement_std is None and mp.support == (0.0, 1.0)
 
-    # predict() keeps the Gaussian moments of the same distribution
+    # predict() returns this very mixture (members' means kept as samples); the moments
+    # the other code paths (oov_std_ratios) pool from the members agree with it
     pred = rec.predict(valid["context_id"], valid["item_id"])
-    torch.testing.assert_close(mp.mean, pred.mean, rtol=0, atol=1e-5)
-    torch.testing.assert_close(mp.std, pred.std, rtol=1e-5, atol=1e-6)
+    assert isinstance(pred, MixturePrediction)
+    for name in ("mean", "std", "weights", "means", "stds"):
+        torch.testing.assert_close(getattr(pred, name), getattr(mp, name))
+    np.testing.assert_allclose(pred.samples.numpy(), member_mean, rtol=1e-5, atol=1e-7)
+    moments = rec._predict_raw(valid["context_id"], valid["item_id"])
+    torch.testing.assert_close(mp.mean, moments.mean, rtol=0, atol=1e-5)
+    torch.testing.assert_close(mp.std, moments.std, rtol=1e-5, atol=1e-6)
+
+
+def test_evaluate_scores_the_mixture(fitted):
+    # evaluate's CRPS and interval coverage are the mixture's, not a Gaussian's with the
+    # same moments: CRPS by the mixture closed form, coverage of the mixture-CDF intervals
+    rec, valid = fitted
+    m = rec.evaluate(valid)
+    mp = rec.predict_mixture(valid["context_id"], valid["item_id"])
+    y = valid["ctr"].to_numpy(dtype=np.float64)
+    crps = mixture_crps(
+        mp.weights.double().numpy(), mp.means.double().numpy(), mp.stds.double().numpy(), y
+    )
+    assert m["crps"] == pytest.approx(crps, rel=1e-5)
+    iv = mp.interval(0.9)
+    inside = (y >= iv.low.numpy()) & (y <= iv.high.numpy())
+    assert m["coverage@0.9"] == pytest.approx(inside.mean())
 
 
 def test_validation_metric_is_the_impression_weighted_squared_error(fitted):

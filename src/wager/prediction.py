@@ -375,6 +375,7 @@ class MixturePrediction(Prediction):
         support: tuple[float, float] | None = None,
         measurement_std: Tensor | None = None,
         epistemic_std: Tensor | None = None,
+        samples: Tensor | None = None,
     ) -> MixturePrediction:
         """Build a mixture prediction, deriving its mean and std from the components.
 
@@ -387,6 +388,8 @@ class MixturePrediction(Prediction):
             measurement_std: (...) measurement-noise std (deep density network), or None.
             epistemic_std: (...) model-uncertainty part already contained in the mixture
                 (e.g. the spread of pooled ensemble members' means), or None.
+            samples: (S, ...) the pooled members' means (epistemic draws of the mean, as
+                :meth:`Prediction.from_members` keeps them), or None.
 
         Returns:
             mean = sum_k w_k mu_k (clamped into ``support`` when set);
@@ -416,6 +419,7 @@ class MixturePrediction(Prediction):
             means=means,
             stds=stds,
             measurement_std=measurement_std,
+            samples=samples,
         )
 
     @property

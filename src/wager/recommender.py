@@ -1254,11 +1254,14 @@ class Recommender:
             heads, the predicted rating noise (aleatoric); samples (M, n) are the members'
             means. A single point model has std None. For clicks, std is uncertainty about the
             CTR itself (Bernoulli click noise is not added). Mixture likelihoods ("mdn" /
-            "ddn") also return this Gaussian-moment Prediction (mean, and std =
-            sqrt(aleatoric^2 + epistemic^2) with aleatoric = the members' mixture std), so
-            calibrators, evaluate(), recommend() and serving treat them like any click model;
-            :meth:`predict_mixture` gives the whole pooled mixture.
+            "ddn") return the pooled clean-CTR mixture of :meth:`predict_mixture` (a
+            :class:`MixturePrediction`: its quantiles and intervals come from the mixture
+            CDF, and evaluate() scores it by the mixture's CRPS), the same in recommend(),
+            evaluate() and serving.
         """
+        if isinstance(self.head, _MIXTURE_HEADS):
+            # no post-hoc step applies to a mixture (probability calibrators are refused)
+            return self.predict_mixture(user_ids, item_ids, context, batch_size=batch_size)
         return self._post_hoc(*self._raw_and_covariates(user_ids, item_ids, context, batch_size))
 
     def predict_mixture(
@@ -1277,9 +1280,8 @@ class Recommender:
         r's components at positions r K .. r K + K - 1). Its mean is the average of the
         members' (unclipped) means and its variance the average of their mixture variances
         plus the variance of their means (law of total variance); ``epistemic_std`` is the
-        std of the members' means (None for one member). This is the model's own mixture:
-        the post-hoc ``[uncertainty]`` calibrator that :meth:`predict` applies is not
-        applied here.
+        std of the members' means (None for one member). :meth:`predict` returns this
+        mixture for these likelihoods.
 
         Args:
             user_ids: (n,) user ids (unknown ids go through the OOV path).
@@ -1360,6 +1362,7 @@ class Recommender:
             support=head.support,
             measurement_std=measurement,
             epistemic_std=epistemic,
+            samples=member_means if r >= 2 else None,
         )
 
     def _post_hoc(self, pred: Prediction, covariates: np.ndarray | None = None) -> Prediction:
