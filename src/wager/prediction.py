@@ -170,6 +170,21 @@ class Prediction:
         m = int(self.samples.shape[0])
         return m if m >= 2 else None
 
+    def student_t(self) -> tuple[int, Tensor] | None:
+        """(df, scale) of the Student-t predictive distribution, or None when it is Gaussian.
+
+        A prediction whose whole spread comes from M >= 2 equally weighted samples (no
+        ``aleatoric_std``, ``samples`` set) predicts one more draw by a Student-t with
+        df = M - 1, location ``mean`` and scale ``std * sqrt((M + 1) / (M - 1))`` (``std`` is
+        the population std of the draws). :meth:`quantile`, the evaluation's NLL / CRPS and
+        the relevance probability all use this distribution; otherwise N(mean, std^2).
+        """
+        m = self._draws()
+        if m is None:
+            return None
+        assert self.std is not None
+        return m - 1, self.std * math.sqrt((m + 1) / (m - 1))
+
     def quantile(self, q: float) -> Tensor:
         """(...) the q-quantile of the predictive distribution, clipped to the support.
 
@@ -185,11 +200,11 @@ class Prediction:
         if not 0.0 < q < 1.0:
             raise ValueError(f"quantile q must be in (0, 1), got {q!r}")
         std = self._require_std("quantile()")
-        m = self._draws()
-        if m is None:
+        t = self.student_t()
+        if t is None:
             return self._clip(self.mean + NormalDist().inv_cdf(q) * std)
-        factor = float(student_t.ppf(q, m - 1)) * math.sqrt((m + 1) / (m - 1))
-        return self._clip(self.mean + factor * std)
+        df, scale = t
+        return self._clip(self.mean + float(student_t.ppf(q, df)) * scale)
 
     def interval(self, confidence_level: float = 0.9) -> Interval:
         """Central interval holding ``confidence_level`` of the predictive distribution."""

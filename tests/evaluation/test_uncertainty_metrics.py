@@ -31,6 +31,8 @@ from wager.evaluation.uncertainty import (
     oov_std_ratio,
     rmse_most_confident,
     spearman_std_abs_error,
+    student_t_crps,
+    student_t_nll,
     uncertainty_report,
 )
 from wager.prediction import Interval, Prediction
@@ -416,3 +418,53 @@ def test_report_of_a_constant_width_interval_without_std():
     assert "spearman_std_abs_error" not in r  # no std: no std-based metrics
     # a plain deterministic prediction has no interval at all
     assert "width@0.9" not in uncertainty_report(Prediction(mean=torch.zeros(3)), np.zeros(3))
+
+
+# ------------------------------------------------------------- Student-t forecasts
+
+T_CASES = [(0.0, 1.0, 4, 0.0), (1.0, 0.5, 2, 2.3), (-2.0, 3.0, 9, 1.0), (4.0, 0.1, 1.5, 3.95)]
+
+
+@pytest.mark.parametrize(("mu", "s", "df", "y"), T_CASES)
+def test_student_t_crps_matches_integration_and_nll_the_density(mu, s, df, y):
+    ref = crps_by_integration(lambda x: stats.t.cdf((x - mu) / s, df), y)
+    assert student_t_crps([mu], [s], df, [y]) == pytest.approx(ref, rel=1e-6, abs=1e-9)
+    # the density written out: Gamma((df+1)/2) / (Gamma(df/2) sqrt(df pi) s) (1+z^2/df)^-(df+1)/2
+    z = (y - mu) / s
+    log_pdf = (
+        math.lgamma((df + 1) / 2)
+        - math.lgamma(df / 2)
+        - 0.5 * math.log(df * math.pi)
+        - math.log(s)
+        - (df + 1) / 2 * math.log1p(z * z / df)
+    )
+    assert student_t_nll([mu], [s], df, [y]) == pytest.approx(-log_pdf, rel=1e-10)
+
+
+def test_student_t_scores_tend_to_gaussian_and_edge_cases():
+    mu, s, y = np.array([0.0, 1.0]), np.array([1.0, 2.0]), np.array([0.7, -2.0])
+    assert student_t_crps(mu, s, 1e7, y) == pytest.approx(gaussian_crps(mu, s, y), rel=1e-5)
+    assert student_t_nll(mu, s, 1e7, y) == pytest.approx(gaussian_nll(mu, s, y), rel=1e-5)
+    assert student_t_crps(mu, s, 1.0, y) == math.inf  # Cauchy: no finite mean
+    assert math.isnan(student_t_crps([], [], 3, []))
+    with pytest.raises(ValueError, match="scale"):
+        student_t_nll([0.0], [0.0], 3, [1.0])
+
+
+def test_report_scores_a_sample_only_prediction_by_its_student_t():
+    # 5 draws and no noise head: intervals, NLL and CRPS all come from the t_4 with scale
+    # std * sqrt(6 / 4) (Prediction.student_t), not from N(mean, std)
+    rng = np.random.default_rng(5)
+    draws = torch.from_numpy(rng.normal(3.0, 0.4, (5, 400)))
+    pred = Prediction.from_members(draws)
+    df, scale = pred.student_t()
+    assert df == 4
+    np.testing.assert_allclose(scale.numpy(), pred.std.numpy() * math.sqrt(6 / 4), rtol=1e-12)
+    y = rng.normal(3.0, 0.5, 400)
+    r = uncertainty_report(pred, y, levels=(0.9,))
+    mean = pred.mean.numpy()
+    assert r["nll"] == pytest.approx(student_t_nll(mean, scale.numpy(), 4, y), rel=1e-9)
+    assert r["crps"] == pytest.approx(student_t_crps(mean, scale.numpy(), 4, y), rel=1e-9)
+    half = stats.t.ppf(0.95, 4) * scale.numpy()
+    assert r["coverage@0.9"] == pytest.approx(np.mean(np.abs(y - mean) <= half))
+    assert r["nll"] != pytest.approx(gaussian_nll(mean, pred.std.numpy(), y), rel=1e-3)

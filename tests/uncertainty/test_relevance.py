@@ -10,6 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import norm
+from scipy.stats import t as student_t
 
 from wager.errors import NotFittedError
 from wager.evaluation.metrics import expected_calibration_error
@@ -147,3 +148,14 @@ def test_relevance_calibrator_shape_state_and_errors():
     torch.testing.assert_close(loaded.transform(p), rc.transform(p), rtol=0, atol=0)
     with pytest.raises(ValueError, match="relevance_isotonic"):
         RelevanceCalibrator().load_state_dict({"kind": "platt"})
+
+
+def test_relevance_of_a_sample_only_prediction_uses_its_student_t():
+    # 4 draws, no noise head: P(rating >= 4) = F_t3((mean - 4) / scale), scale = std sqrt(5/3)
+    draws = torch.tensor([[3.0, 4.5], [4.0, 4.0], [5.0, 3.5], [4.0, 4.4]], dtype=torch.float64)
+    pred = Prediction.from_members(draws)
+    mean, std = pred.mean.numpy(), pred.std.numpy()
+    expected = student_t.cdf((mean - 4.0) / (std * np.sqrt(5 / 3)), 3)
+    np.testing.assert_allclose(relevance_probability(pred, 4.0).numpy(), expected, rtol=1e-10)
+    gaussian = norm.cdf((mean - 4.0) / std)
+    assert not np.allclose(expected, gaussian)

@@ -26,8 +26,10 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 import torch
+from scipy.special import beta as beta_fn
 from scipy.special import logsumexp
 from scipy.stats import norm, spearmanr
+from scipy.stats import t as student_t
 
 from wager.evaluation.metrics import (
     _arr,
@@ -141,6 +143,68 @@ def gaussian_nll(mean: npt.ArrayLike, std: npt.ArrayLike, targets: npt.ArrayLike
     _check_positive(sigma, "std")
     z = (y - mu) / sigma
     return float(np.mean(_HALF_LOG_2PI + np.log(sigma) + 0.5 * z**2))
+
+
+def student_t_nll(
+    mean: npt.ArrayLike, scale: npt.ArrayLike, df: float, targets: npt.ArrayLike
+) -> float:
+    """Mean negative log-likelihood (nats) of location-scale Student-t forecasts.
+
+    NLL_i = -log t_df((y_i - mu_i) / s_i) + log s_i, with t_df the standard t density.
+
+    Args:
+        mean: (n,) locations mu, in target units.
+        scale: (n,) scales s > 0, in target units (not the std: for df > 2 the std is
+            s sqrt(df / (df - 2))).
+        df: degrees of freedom > 0.
+        targets: (n,) observed values y.
+
+    Returns:
+        Mean NLL in nats; NaN for no rows.
+    """
+    mu, s, y = _vector(mean, "mean"), _vector(scale, "scale"), _vector(targets, "targets")
+    if _same_length(mean=mu, scale=s, targets=y) == 0:
+        return float("nan")
+    _check_positive(s, "scale")
+    if not df > 0:
+        raise ValueError(f"df must be > 0, got {df!r}")
+    return float(np.mean(-student_t.logpdf((y - mu) / s, df) + np.log(s)))
+
+
+def student_t_crps(
+    mean: npt.ArrayLike, scale: npt.ArrayLike, df: float, targets: npt.ArrayLike
+) -> float:
+    """Mean CRPS of location-scale Student-t forecasts (closed form, df > 1).
+
+    With z = (y - mu) / s, F and f the standard t_df cdf and pdf and B the beta function,
+    CRPS = s [z (2 F(z) - 1) + 2 f(z) (df + z^2) / (df - 1)
+    - 2 sqrt(df) B(1/2, df - 1/2) / ((df - 1) B(1/2, df / 2)^2)]
+    (Jordan, Krueger and Lerch 2019, scoringRules); it tends to the Gaussian CRPS as
+    df grows. For df <= 1 the forecast has no finite mean and the CRPS is infinite.
+
+    Args:
+        mean: (n,) locations mu, in target units.
+        scale: (n,) scales s > 0, in target units.
+        df: degrees of freedom > 1.
+        targets: (n,) observed values y.
+
+    Returns:
+        Mean CRPS in target units; NaN for no rows; inf when df <= 1.
+    """
+    mu, s, y = _vector(mean, "mean"), _vector(scale, "scale"), _vector(targets, "targets")
+    if _same_length(mean=mu, scale=s, targets=y) == 0:
+        return float("nan")
+    _check_positive(s, "scale")
+    if not df > 1:
+        return float("inf")
+    z = (y - mu) / s
+    const = 2.0 * math.sqrt(df) * beta_fn(0.5, df - 0.5) / ((df - 1.0) * beta_fn(0.5, df / 2) ** 2)
+    inner = (
+        z * (2.0 * student_t.cdf(z, df) - 1.0)
+        + 2.0 * student_t.pdf(z, df) * (df + z**2) / (df - 1.0)
+        - const
+    )
+    return float(np.mean(s * inner))
 
 
 def gaussian_crps(mean: npt.ArrayLike, std: npt.ArrayLike, targets: npt.ArrayLike) -> float:
@@ -541,6 +605,12 @@ def uncertainty_report(
         if not probability:
             report["nll"] = mixture_nll(w, mu_k, s_k, y)
         report["crps"] = mixture_crps(w, mu_k, s_k, y)
+    elif (t := prediction.student_t()) is not None and np.all(std > 0):
+        # spread from M draws alone: the Student-t its intervals come from (Prediction.quantile)
+        df, scale = t[0], _vector(t[1], "scale")
+        if not probability:
+            report["nll"] = student_t_nll(mean, scale, df, y)
+        report["crps"] = student_t_crps(mean, scale, df, y)
     else:
         if not probability:
             report["nll"] = gaussian_nll(mean, std, y) if np.all(std > 0) else float("nan")

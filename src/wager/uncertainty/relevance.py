@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 from scipy.optimize import minimize_scalar
+from scipy.stats import t as student_t_dist
 from torch import Tensor
 
 from wager.errors import NotFittedError
@@ -24,7 +25,8 @@ from wager.uncertainty.calibration import IsotonicCalibration, _check_labels, _c
 
 
 def relevance_probability(prediction: Prediction, threshold: float) -> Tensor:
-    """P(rating >= threshold) under the Gaussian N(mean, std) of each prediction.
+    """P(rating >= threshold) under the Gaussian N(mean, std) of each prediction (the
+    Student-t of :meth:`Prediction.student_t` when the spread comes from M draws alone).
 
     With a support (low, high), the rating is the Gaussian clipped to the support (as in
     ``Prediction.interval()``): a threshold at or below ``low`` gives 1 and one above
@@ -57,8 +59,16 @@ def relevance_probability(prediction: Prediction, threshold: float) -> Tensor:
     if bool((std < 0).any()):
         raise ValueError("prediction.std has negative entries; a std must be >= 0")
     point = (mean >= threshold).to(mean.dtype)
-    z = (mean - threshold) / std.clamp_min(torch.finfo(std.dtype).tiny)
-    p = torch.where(std > 0, torch.special.ndtr(z), point)
+    t = prediction.student_t()
+    if t is None:
+        z = (mean - threshold) / std.clamp_min(torch.finfo(std.dtype).tiny)
+        upper = torch.special.ndtr(z)
+    else:  # spread from M draws alone: the Student-t of Prediction.quantile
+        df, scale = t
+        z = (mean - threshold) / scale.clamp_min(torch.finfo(std.dtype).tiny)
+        cdf = student_t_dist.cdf(z.detach().cpu().double().numpy(), df)
+        upper = torch.as_tensor(cdf, dtype=mean.dtype, device=mean.device)
+    p = torch.where(std > 0, upper, point)
     if prediction.support is not None:
         low, high = prediction.support
         if threshold <= low:
