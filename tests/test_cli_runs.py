@@ -245,6 +245,13 @@ def test_evaluate_on_another_split(mf_run):
     assert payload["split"] == "temporal"
     assert payload["n_test"] == 85  # the 85 latest of 425 distinct timestamps
     assert math.isfinite(payload["rmse"])
+    # another split's plots go to their own folder, not over the ones metrics.json lists
+    assert Path(payload["plots_dir"]) == Path(run) / "evaluation-temporal"
+    for name in payload.get("plots", {}).values():
+        assert (Path(payload["plots_dir"]) / name).is_file()
+    listed = json.loads((Path(run) / "metrics.json").read_text()).get("plots", {})
+    for name in listed.values():
+        assert (Path(run) / name).is_file()
 
 
 def test_evaluate_without_json_prints_a_table(mf_run):

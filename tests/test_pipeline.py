@@ -176,6 +176,7 @@ def test_train_run_accounts_for_every_row_and_saves_overrides(table, tmp_path):
     assert saved.schema == rec.config.schema
     again = evaluate_run(out)
     assert again["split"] == "temporal" and again["n_test"] == 80
+    assert again["plots_dir"] == str(out)  # the training split: the listed plots, redrawn
     for key in ("rmse", "mae", "ndcg@10", "recall@10", "coverage@10"):
         assert again[key] == pytest.approx(metrics[key], abs=1e-6), key
 

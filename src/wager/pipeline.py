@@ -201,9 +201,21 @@ def evaluate_run(
         run_dir: a directory written by :func:`train_run` / ``wager train``.
         data_dir: overrides the data path saved in the run's config.
         split: overrides the saved split (e.g. evaluate a u1 model on u2's test rows).
+
+    Returns:
+        The metrics, with "plots_dir": the run directory itself when the split and data are
+        those of training (the same plots metrics.json lists), else its subfolder
+        ``evaluation-<split>`` so that the training-time plots stay as listed.
     """
     rec = Recommender.load(run_dir)
     rd = load_run_data(rec.config, data_dir, split)
-    metrics = rec.evaluate(rd.test, plots_dir=run_dir)
+    trained_on = (rec.metrics_.get("split"), rec.metrics_.get("source"))
+    plots_dir = Path(run_dir)
+    if trained_on != (rd.split, rd.source):
+        # another split / data set: its plots must not overwrite the ones metrics.json lists
+        tag = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(rd.split))
+        plots_dir = plots_dir / f"evaluation-{tag}"
+    metrics = rec.evaluate(rd.test, plots_dir=plots_dir)
     metrics.update({"split": rd.split, "source": rd.source, "n_test": len(rd.test)})
+    metrics["plots_dir"] = str(plots_dir)
     return metrics
