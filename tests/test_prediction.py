@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from scipy.stats import norm, t
 
 from wager.prediction import Prediction
+from wager.uncertainty.conformal import VarianceScaling
 
 
 def test_from_members_law_of_total_variance():
@@ -134,3 +135,41 @@ def test_member_only_interval_holds_the_next_draw_at_the_nominal_rate():
     z = norm.ppf(0.95)
     gauss = ((draws[5] - p.mean).abs() <= z * p.std).double().mean().item()
     assert gauss < 0.8
+
+
+def test_student_t_only_for_the_spread_of_three_or_more_draws():
+    g = torch.Generator().manual_seed(1)
+    draws = torch.randn(5, 200, generator=g, dtype=torch.float64)
+    p = Prediction.from_members(draws)
+    df, scale = p.student_t()
+    assert df == 4.0
+    torch.testing.assert_close(scale, p.std * np.sqrt(6 / 4))
+    # the t quantile of one more draw: t_4(0.95) * std * sqrt(6 / 4) above the mean
+    torch.testing.assert_close(p.quantile(0.95), p.mean + t.ppf(0.95, 4) * scale)
+    assert p[torch.arange(3)].df == 4.0  # indexing keeps it
+    # Gaussian: a head std in the spread, population variance, or only 2 draws (df 1)
+    assert Prediction.from_members(draws, torch.ones(5, 200, dtype=torch.float64)).df is None
+    pop = Prediction.from_members(draws, population_var=torch.zeros(200, dtype=torch.float64))
+    assert pop.df is None and pop.student_t() is None
+    two = Prediction.from_members(draws[:2])
+    assert two.df is None
+    torch.testing.assert_close(two.quantile(0.95), two.mean + norm.ppf(0.95) * two.std)
+    with pytest.raises(ValueError, match=r"df = 0\.0 needs a std and df > 0"):
+        Prediction(mean=torch.zeros(2), std=torch.ones(2), df=0.0)
+    with pytest.raises(ValueError, match="needs a std"):
+        Prediction(mean=torch.zeros(2), df=3.0)
+
+
+def test_a_refitted_std_is_gaussian_again():
+    # VarianceScaling fits its factor by the Gaussian likelihood: scaling a t's std and then
+    # widening it again as a t would count the small-sample width twice (coverage ~0.98)
+    g = torch.Generator().manual_seed(2)
+    truth = torch.randn(4000, generator=g, dtype=torch.float64)
+    draws = truth + 0.3 * torch.randn(5, 4000, generator=g, dtype=torch.float64)
+    y = truth + torch.randn(4000, generator=g, dtype=torch.float64)
+    pred = Prediction.from_members(draws)
+    scaled = VarianceScaling().fit(pred[:2000], y[:2000]).transform(pred[2000:])
+    assert scaled.df is None and scaled.student_t() is None
+    iv = scaled.interval(0.9)
+    inside = ((y[2000:] >= iv.low) & (y[2000:] <= iv.high)).double().mean()
+    assert 0.87 < float(inside) < 0.93

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import numpy as np
@@ -19,6 +20,7 @@ from wager.evaluation.uncertainty import mixture_crps
 from wager.models.heads import DeepDensityHead, MixtureDensityHead
 from wager.prediction import MixturePrediction
 from wager.recommender import Recommender
+from wager.uncertainty.calibration import PlattScaling
 
 # aggregated rows: the context group (segment|country) plays the user role
 CTR = Schema(
@@ -243,6 +245,22 @@ def test_save_load_round_trip(fitted, tmp_path):
     torch.testing.assert_close(mb.weights, ma.weights)
     torch.testing.assert_close(mb.means, ma.means)
     torch.testing.assert_close(mb.stds, ma.stds)
+
+
+def test_load_refuses_a_mixture_run_saved_with_a_probability_calibrator(fitted, tmp_path):
+    # runs saved before the refusal could carry one; it would now be silently ignored
+    rec, _ = fitted
+    rec.save(tmp_path)
+    cfg = (tmp_path / "config.toml").read_text()
+    (tmp_path / "config.toml").write_text(
+        cfg.replace('calibrator = "none"', 'calibrator = "platt"')
+    )
+    post = json.loads((tmp_path / "uncertainty.json").read_text())
+    platt = PlattScaling().fit(torch.tensor([0.1, 0.2, 0.3, 0.4]), torch.tensor([0, 0, 1, 1.0]))
+    post["calibrator"] = platt.state_dict()
+    (tmp_path / "uncertainty.json").write_text(json.dumps(post))
+    with pytest.raises(ValueError, match=r"uncertainty.json.*calibrator = 'platt'.*retrain"):
+        Recommender.load(tmp_path)
 
 
 RATING = Schema(user="context_id", label="ctr", label_kind="rating", rating_range=(0.0, 1.0))

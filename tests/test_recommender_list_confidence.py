@@ -204,6 +204,12 @@ def test_retrieval_ensemble_ranks_by_the_mean_and_scores_members_only_for_the_li
         rtol=1e-5,
     )
     assert recs["std"].notna().all() and (recs["std"] > 0).all()
+    # a missing user id (None) is scored like the full matrix scores it: the OOV row, not
+    # another pair's user
+    items = recs["item"].to_numpy()[:2]
+    pairs = rec._pair_member_scores([None, 0], items)
+    full = rec._member_scores([None, 0], list(items))  # (M, 2, 2)
+    np.testing.assert_allclose(pairs.numpy(), full[:, [0, 1], [0, 1]].numpy(), rtol=1e-6)
     # ranks follow the score; each user's k items are the top k unseen by the mean score
     seen = rec._seen_rows(users)
     for user, g in recs.groupby("user"):

@@ -73,6 +73,11 @@ class Prediction:
         method: provenance, e.g. "ensemble(members=5)".
         support: (low, high) range the predicted quantity lives in (e.g. (0, 1) for a
             CTR, (1, 5) for a rating); intervals are clipped to it. None = unbounded.
+        df: degrees of freedom of a Student-t predictive distribution, set by
+            :meth:`from_members` when the whole spread is the population std of M >= 3
+            equally weighted draws (df = M - 1; see :meth:`student_t`); None = Gaussian
+            N(mean, std^2). A step that refits the std as a Gaussian one (variance scaling,
+            the local variance model) clears it.
     """
 
     mean: Tensor
@@ -82,6 +87,7 @@ class Prediction:
     samples: Tensor | None = None
     method: str = ""
     support: tuple[float, float] | None = None
+    df: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("std", "aleatoric_std", "epistemic_std"):
@@ -95,6 +101,11 @@ class Prediction:
             raise ValueError(
                 f"Prediction.samples has shape {tuple(self.samples.shape)}, expected "
                 f"(S, {', '.join(map(str, self.mean.shape))})"
+            )
+        if self.df is not None and (self.std is None or not self.df > 0):
+            raise ValueError(
+                f"Prediction.df = {self.df!r} needs a std and df > 0 (the Student-t's degrees "
+                "of freedom); leave df None for a Gaussian predictive distribution"
             )
 
     @classmethod
@@ -124,7 +135,9 @@ class Prediction:
             mean = average of member means; epistemic variance = (population) variance of
             member means + population_var; aleatoric variance = average of member
             variances; std = sqrt(epistemic variance + aleatoric variance). ``samples`` =
-            member means.
+            member means. ``df`` = M - 1 when the std is the members' spread alone (no head
+            std, no population variance) and M >= 3: the Student-t of one more draw (with 2
+            draws its df of 1 has no finite mean, so the Gaussian stands in).
         """
         if member_means.ndim < 1 or member_means.shape[0] < 2:
             raise ValueError("from_members needs at least 2 members along dimension 0")
@@ -140,6 +153,8 @@ class Prediction:
             ale_var = member_aleatoric_std.square().mean(dim=0)
             aleatoric = ale_var.sqrt()
             total_var = total_var + ale_var
+        m = int(member_means.shape[0])
+        draws_only = aleatoric is None and population_var is None and m >= 3
         return cls(
             mean=mean,
             std=total_var.sqrt(),
@@ -148,6 +163,7 @@ class Prediction:
             samples=member_means,
             method=method,
             support=support,
+            df=float(m - 1) if draws_only else None,
         )
 
     def _require_std(self, what: str) -> Tensor:
@@ -163,39 +179,32 @@ class Prediction:
             return x
         return x.clamp(self.support[0], self.support[1])
 
-    def _draws(self) -> int | None:
-        """M when the spread is the population std of M equally weighted draws alone."""
-        if self.aleatoric_std is not None or self.samples is None or self.std is None:
-            return None
-        m = int(self.samples.shape[0])
-        return m if m >= 2 else None
-
-    def student_t(self) -> tuple[int, Tensor] | None:
+    def student_t(self) -> tuple[float, Tensor] | None:
         """(df, scale) of the Student-t predictive distribution, or None when it is Gaussian.
 
-        A prediction whose whole spread comes from M >= 2 equally weighted samples (no
-        ``aleatoric_std``, ``samples`` set) predicts one more draw by a Student-t with
-        df = M - 1, location ``mean`` and scale ``std * sqrt((M + 1) / (M - 1))`` (``std`` is
-        the population std of the draws). :meth:`quantile`, the evaluation's NLL / CRPS and
-        the relevance probability all use this distribution; otherwise N(mean, std^2).
+        Set (``df``) when the whole spread is the population std of M equally weighted
+        draws (ensemble members or dropout samples without a noise head): one more draw
+        follows a Student-t with df = M - 1, location ``mean`` and scale
+        ``std * sqrt((M + 1) / (M - 1)) = std * sqrt((df + 2) / df)``. :meth:`quantile`, the
+        evaluation's NLL / CRPS and the relevance probability all use this distribution;
+        otherwise N(mean, std^2).
         """
-        m = self._draws()
-        if m is None:
+        if self.df is None:
             return None
         assert self.std is not None
-        return m - 1, self.std * math.sqrt((m + 1) / (m - 1))
+        return self.df, self.std * math.sqrt((self.df + 2.0) / self.df)
 
     def quantile(self, q: float) -> Tensor:
         """(...) the q-quantile of the predictive distribution, clipped to the support.
 
         Gaussian with this mean and std, except for a prediction whose whole spread comes
-        from M samples (ensemble members or dropout samples without a noise head: no
-        ``aleatoric_std``, ``samples`` set). Then the M samples are M draws from the
-        distribution of the predicted quantity, and the quantile is that of the Student-t
-        prediction distribution of one more draw, ``mean + t_{M-1}(q) * std *
-        sqrt((M + 1) / (M - 1))`` (std is the population std of the draws). With 5 members
-        the Gaussian 90% interval would hold only ~75% of such draws; the t interval holds
-        90% when the draws are normal, and tends to the Gaussian one as M grows.
+        from M samples (ensemble members or dropout samples without a noise head; ``df``
+        set, see :meth:`student_t`). Then the M samples are M draws from the distribution
+        of the predicted quantity, and the quantile is that of the Student-t prediction
+        distribution of one more draw, ``mean + t_{M-1}(q) * std * sqrt((M + 1) / (M - 1))``
+        (std is the population std of the draws). With 5 members the Gaussian 90% interval
+        would hold only ~75% of such draws; the t interval holds 90% when the draws are
+        normal, and tends to the Gaussian one as M grows.
         """
         if not 0.0 < q < 1.0:
             raise ValueError(f"quantile q must be in (0, 1), got {q!r}")
@@ -246,6 +255,7 @@ class Prediction:
             "samples": None if self.samples is None else self.samples[(slice(None), index)],
             "method": self.method,
             "support": self.support,
+            "df": self.df,
         }
 
     def __getitem__(self, index: Any) -> Prediction:

@@ -1164,8 +1164,9 @@ class Recommender:
         other models score the pairs' users against the pairs' distinct items.
         """
         encoder, stack = self._require_fit()
-        u_pos, u_keys = pd.factorize(pd.Series(list(user_ids), dtype=object))
-        i_pos, i_keys = pd.factorize(pd.Series(list(item_ids), dtype=object))
+        # missing ids (None / NaN) are a key of their own: the encoder sends them to OOV
+        u_pos, u_keys = pd.factorize(pd.Series(list(user_ids), dtype=object), use_na_sentinel=False)
+        i_pos, i_keys = pd.factorize(pd.Series(list(item_ids), dtype=object), use_na_sentinel=False)
         model = stack.model
         if hasattr(model, "user_factors") and getattr(model, "context", None) is None:
             device = stack.device
@@ -2127,6 +2128,13 @@ class Recommender:
         post_hoc = json.loads(up.read_text()) if up.exists() else {}
         if "calibrator" in post_hoc:
             kind = rec.config.uncertainty.calibrator
+            if isinstance(rec.head, _MIXTURE_HEADS):
+                raise ValueError(
+                    f"{up}: this run's [model] likelihood = {config.model.likelihood!r} carries "
+                    f"a [uncertainty] calibrator = {kind!r}, which wager no longer applies to a "
+                    "mixture (it would leave the mixture's components uncalibrated); retrain "
+                    "with calibrator = 'none'"
+                )
             rec.calibrator_ = _CALIBRATORS[kind]().load_state_dict(post_hoc["calibrator"])
         if "variance_scaling" in post_hoc:
             rec.variance_scaling_ = VarianceScaling().load_state_dict(post_hoc["variance_scaling"])

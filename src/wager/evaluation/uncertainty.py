@@ -535,9 +535,10 @@ def uncertainty_report(
       ``ece`` (equal-mass, 15 bins), ``ece_equal_width`` (15 bins), ``mce`` (equal-mass,
       15 bins), ``brier``, and ``nll`` = Bernoulli log-loss of the mean.
     - prediction.std not None only:
-      ``nll`` (probability=False; Gaussian NLL of mean/std, or the mixture NLL when the
-      prediction has ``weights``/``means``/``stds`` of shape (..., K); NaN when some std
-      is 0, where the density is undefined), ``crps`` (Gaussian, or mixture closed form;
+      ``nll`` (probability=False; Gaussian NLL of mean/std, the mixture NLL when the
+      prediction has ``weights``/``means``/``stds`` of shape (..., K), the Student-t NLL
+      when ``prediction.student_t()`` is set; NaN when some std is 0, where the density
+      is undefined), ``crps`` (Gaussian, mixture or Student-t closed form;
       for probability=True it scores the predicted distribution of the probability
       itself against the targets), ``coverage@{level:g}`` (omitted when probability=True
       and the targets are 0/1 outcomes: a CTR interval is checked against true CTRs, not

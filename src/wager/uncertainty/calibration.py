@@ -243,6 +243,8 @@ class _ProbabilityCalibrator:
             samples=samples,
             method=method,
             support=_PROB_SUPPORT,
+            # the same M draws, mapped: still a Student-t of one more draw when it was one
+            df=prediction.df if samples is not None else None,
         )
 
 

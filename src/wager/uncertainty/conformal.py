@@ -274,7 +274,8 @@ def rescale_std(prediction: Prediction, factor: float | Tensor, who: str) -> Pre
     """``prediction`` with std, aleatoric_std and epistemic_std multiplied by ``factor``.
 
     The mean and support stay; ``samples`` spread about their average by the factor (clipped
-    to the support); the method is suffixed by the calibrator's name in snake case.
+    to the support); the method is suffixed by the calibrator's name in snake case. The
+    result is Gaussian (``df`` None): the factor was fitted to the Gaussian likelihood.
 
     Args:
         prediction: prediction with a std.
@@ -307,6 +308,8 @@ def rescale_std(prediction: Prediction, factor: float | Tensor, who: str) -> Pre
         samples=samples,
         method=f"{prediction.method}+{suffix}" if prediction.method else suffix,
         support=prediction.support,
+        # the rescaled std is a fitted Gaussian std, no longer the spread of M draws
+        df=None,
     )
 
 

@@ -258,6 +258,10 @@ class LocalVarianceScaling:
             if not release.any():
                 return w
             pinned[np.argmin(np.where(release, multiplier, np.inf))] = False
+        # out of iterations (cycling; not seen in practice): pin what still breaks its sign
+        pinned |= sign * w < 0.0
+        w = np.zeros(sign.size)
+        w[~pinned] = self._newton(x[:, ~pinned], e)
         return w
 
     def _newton(self, x: np.ndarray, e: np.ndarray) -> np.ndarray:

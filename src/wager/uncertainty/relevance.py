@@ -28,10 +28,11 @@ def relevance_probability(prediction: Prediction, threshold: float) -> Tensor:
     """P(rating >= threshold) under the Gaussian N(mean, std) of each prediction (the
     Student-t of :meth:`Prediction.student_t` when the spread comes from M draws alone).
 
-    With a support (low, high), the rating is the Gaussian clipped to the support (as in
-    ``Prediction.interval()``): a threshold at or below ``low`` gives 1 and one above
-    ``high`` gives 0; in between it is the Gaussian upper tail 1 - Phi((threshold - mean) /
-    std). An entry with std 0 is a point mass: 1 if mean >= threshold, else 0.
+    With a support (low, high), the rating is the distribution clipped to the support (as
+    in ``Prediction.interval()``): a threshold at or below ``low`` gives 1 and one above
+    ``high`` gives 0; in between it is the upper tail, 1 - Phi((threshold - mean) / std) for
+    the Gaussian (1 - F_df((threshold - mean) / scale) for the Student-t). An entry with std
+    0 is a point mass: 1 if mean >= threshold, else 0.
 
     Args:
         prediction: rating prediction with mean (...) and std (...) >= 0, in rating units.
