@@ -147,10 +147,11 @@ def test_student_t_only_for_the_spread_of_three_or_more_draws():
     # the t quantile of one more draw: t_4(0.95) * std * sqrt(6 / 4) above the mean
     torch.testing.assert_close(p.quantile(0.95), p.mean + t.ppf(0.95, 4) * scale)
     assert p[torch.arange(3)].df == 4.0  # indexing keeps it
-    # Gaussian: a head std in the spread, population variance, or only 2 draws (df 1)
+    # a cold-start population spread is a spread over draws too: still the t
+    pop = Prediction.from_members(draws, population_var=torch.ones(200, dtype=torch.float64))
+    assert pop.df == 4.0
+    # Gaussian: a head std in the spread, or only 2 draws (df 1)
     assert Prediction.from_members(draws, torch.ones(5, 200, dtype=torch.float64)).df is None
-    pop = Prediction.from_members(draws, population_var=torch.zeros(200, dtype=torch.float64))
-    assert pop.df is None and pop.student_t() is None
     two = Prediction.from_members(draws[:2])
     assert two.df is None
     torch.testing.assert_close(two.quantile(0.95), two.mean + norm.ppf(0.95) * two.std)

@@ -135,9 +135,9 @@ class Prediction:
             mean = average of member means; epistemic variance = (population) variance of
             member means + population_var; aleatoric variance = average of member
             variances; std = sqrt(epistemic variance + aleatoric variance). ``samples`` =
-            member means. ``df`` = M - 1 when the std is the members' spread alone (no head
-            std, no population variance) and M >= 3: the Student-t of one more draw (with 2
-            draws its df of 1 has no finite mean, so the Gaussian stands in).
+            member means. ``df`` = M - 1 when the std is a spread over draws alone (the
+            members' and the population's; no head std) and M >= 3: the Student-t of one
+            more draw (with 2 draws its df of 1 has no finite mean, so the Gaussian stands in).
         """
         if member_means.ndim < 1 or member_means.shape[0] < 2:
             raise ValueError("from_members needs at least 2 members along dimension 0")
@@ -154,7 +154,9 @@ class Prediction:
             aleatoric = ale_var.sqrt()
             total_var = total_var + ale_var
         m = int(member_means.shape[0])
-        draws_only = aleatoric is None and population_var is None and m >= 3
+        # the population variance of cold-start rows is a spread over draws too (and 0 for
+        # known rows), so it keeps the t; a head std does not come from the draws
+        draws_only = aleatoric is None and m >= 3
         return cls(
             mean=mean,
             std=total_var.sqrt(),
