@@ -262,6 +262,14 @@ def test_evaluate_without_json_prints_a_table(mf_run):
     assert "rmse" in output and "top_k_accuracy@5" in output
 
 
+def test_evaluate_without_json_says_where_the_plots_are(synthetic_run):
+    run, trained = synthetic_run
+    assert trained.get("plots"), "the synthetic run (an ensemble) draws uncertainty plots"
+    output = _plain(_invoke("evaluate", run).output)
+    assert "plots (" in output and "reliability_diagram" in output
+    assert str(run) in output.replace("\n", "")
+
+
 # ----------------------------------------------------------------------------- recommend
 
 

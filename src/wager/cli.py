@@ -445,6 +445,8 @@ def evaluate(
         print_json({"ok": True, "run": str(run), **metrics})
         return
     console.print(_metrics_table(f"{run}: {metrics['split']}", metrics))
+    if metrics.get("plots"):
+        console.print(f"plots ({', '.join(metrics['plots'])}) in {metrics['plots_dir']}")
 
 
 @app.command("recommend")
