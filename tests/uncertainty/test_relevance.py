@@ -15,6 +15,7 @@ from scipy.stats import t as student_t
 from wager.errors import NotFittedError
 from wager.evaluation.metrics import expected_calibration_error
 from wager.prediction import Prediction
+from wager.uncertainty.calibration import IsotonicCalibration, PlattScaling
 from wager.uncertainty.relevance import (
     RelevanceCalibrator,
     expected_hits,
@@ -159,3 +160,30 @@ def test_relevance_of_a_sample_only_prediction_uses_its_student_t():
     np.testing.assert_allclose(relevance_probability(pred, 4.0).numpy(), expected, rtol=1e-10)
     gaussian = norm.cdf((mean - 4.0) / std)
     assert not np.allclose(expected, gaussian)
+
+
+def test_relevance_calibrator_platt_default_fallback_and_old_state():
+    raw, relevant = _overconfident(n=4000, seed=2)
+    rc = RelevanceCalibrator().fit(raw, relevant)
+    assert rc.method == "platt" and isinstance(rc.map_, PlattScaling)
+    ref = PlattScaling().fit(raw, relevant)
+    p = torch.tensor([0.05, 0.3, 0.5, 0.9, 0.99], dtype=torch.float64)
+    torch.testing.assert_close(rc.transform(p), ref.transform(p))
+    # overconfident raw probabilities: the slope of the logit map is below 1 (softened)
+    assert 0 < rc.map_.slope_ < 1
+    # strictly increasing: distinct raw probabilities keep distinct confidences
+    assert bool((rc.transform(p).diff() > 0).all())
+    back = RelevanceCalibrator("isotonic").load_state_dict(json.loads(json.dumps(rc.state_dict())))
+    assert back.method == "platt" and isinstance(back.map_, PlattScaling)
+    torch.testing.assert_close(back.transform(p), rc.transform(p))
+    # a map that would reverse the order (slope <= 0) falls back to the isotonic one
+    rev = RelevanceCalibrator().fit(raw, 1.0 - relevant)
+    assert isinstance(rev.map_, IsotonicCalibration)
+    # runs saved before the Platt default hold {"kind": "relevance_isotonic", "isotonic": ...}
+    iso = RelevanceCalibrator("isotonic").fit(raw, relevant)
+    old = {"kind": "relevance_isotonic", "isotonic": iso.map_.state_dict()}
+    torch.testing.assert_close(
+        RelevanceCalibrator().load_state_dict(old).transform(p), iso.transform(p)
+    )
+    with pytest.raises(ValueError, match="method must be 'platt' or 'isotonic'"):
+        RelevanceCalibrator("beta")

@@ -4,7 +4,7 @@ A rating model predicts N(mean, std) per (user, item). :func:`relevance_probabil
 that into the probability that the item is relevant, P(rating >= threshold) (e.g.
 "4 stars or more"). For a top-k list, :func:`expected_hits` is the expected number of
 relevant items in it and :func:`prob_at_least_one` the probability that at least one is
-relevant. :class:`RelevanceCalibrator` corrects the raw probabilities with an isotonic map
+relevant. :class:`RelevanceCalibrator` corrects the raw probabilities with a Platt map
 fitted on a validation split, since a Gaussian tail is rarely calibrated out of the box.
 """
 
@@ -21,7 +21,12 @@ from torch import Tensor
 
 from wager.errors import NotFittedError
 from wager.prediction import Prediction
-from wager.uncertainty.calibration import IsotonicCalibration, _check_labels, _check_probs
+from wager.uncertainty.calibration import (
+    IsotonicCalibration,
+    PlattScaling,
+    _check_labels,
+    _check_probs,
+)
 
 
 def relevance_probability(prediction: Prediction, threshold: float) -> Tensor:
@@ -132,37 +137,52 @@ def prob_at_least_one(p: Tensor) -> Tensor:
 
 
 class RelevanceCalibrator:
-    """Isotonic map from raw relevance probability to observed relevance frequency.
+    """Monotone map from raw relevance probability to observed relevance frequency.
 
     Fitted on a validation split: raw probabilities (e.g. from :func:`relevance_probability`)
-    against whether each item turned out relevant (rating >= threshold). The map is an
-    :class:`~wager.uncertainty.calibration.IsotonicCalibration` (non-decreasing, clipped
-    beyond the fitted range), so the ranking by raw probability is preserved up to ties.
+    against whether each item turned out relevant (rating >= threshold).
+
+    - ``method="platt"`` (default): :class:`~wager.uncertainty.calibration.PlattScaling`,
+      ``sigmoid(a logit(p) + b)``. Smooth and strictly increasing when a > 0, so the items
+      of a top-k list keep distinct, ordered confidences (an isotonic map gives every item
+      above its last step one value). A fitted a <= 0 would reverse the order: the map
+      then falls back to the isotonic one. Chosen on MovieLens u1's validation rows
+      (10 x 5-fold cross-validation within the 4,000 rows of examples/movielens-rating.toml):
+      log-loss 0.5487 vs isotonic 0.5520 (paired difference -0.0033 +- 0.0007 s.e.), raw
+      0.6629.
+    - ``method="isotonic"``: :class:`~wager.uncertainty.calibration.IsotonicCalibration`
+      (non-decreasing, clipped beyond the fitted range; ranks preserved up to ties).
+
+    Args:
+        method: "platt" or "isotonic".
 
     Attributes:
-        isotonic_: the fitted isotonic map (None before fit).
+        map_: the fitted map (None before fit).
 
     Example:
-        >>> rc = RelevanceCalibrator().fit([0.2, 0.4, 0.6, 0.8], [0, 0, 1, 1])
+        >>> rc = RelevanceCalibrator("isotonic").fit([0.2, 0.4, 0.6, 0.8], [0, 0, 1, 1])
         >>> rc.transform(torch.tensor([0.3, 0.7]))
         tensor([0., 1.])
     """
 
-    def __init__(self) -> None:
-        self.isotonic_: IsotonicCalibration | None = None
+    def __init__(self, method: str = "platt") -> None:
+        if method not in ("platt", "isotonic"):
+            raise ValueError(f"method must be 'platt' or 'isotonic', got {method!r}")
+        self.method = method
+        self.map_: PlattScaling | IsotonicCalibration | None = None
 
-    def _check_fitted(self) -> IsotonicCalibration:
-        if self.isotonic_ is None:
+    def _check_fitted(self) -> PlattScaling | IsotonicCalibration:
+        if self.map_ is None:
             raise NotFittedError(
                 "RelevanceCalibrator is not fitted: call fit(raw_probs, relevant) on a "
                 "validation split first (or load_state_dict())"
             )
-        return self.isotonic_
+        return self.map_
 
     def fit(
         self, raw_probs: Tensor | np.ndarray, relevant: Tensor | np.ndarray
     ) -> RelevanceCalibrator:
-        """Fit the isotonic map.
+        """Fit the map.
 
         Args:
             raw_probs: (n,) raw relevance probabilities in [0, 1].
@@ -173,7 +193,12 @@ class RelevanceCalibrator:
         """
         p = _check_probs(raw_probs, "raw_probs")
         y = _check_labels(relevant, p.size, "relevant", "raw_probs")
-        self.isotonic_ = IsotonicCalibration().fit(p, y)
+        fitted: PlattScaling | IsotonicCalibration | None = None
+        if self.method == "platt" and 0 < y.mean() < 1:
+            platt = PlattScaling().fit(p, y)
+            if platt.slope_ is not None and platt.slope_ > 0:
+                fitted = platt
+        self.map_ = fitted if fitted is not None else IsotonicCalibration().fit(p, y)
         return self
 
     def transform(self, raw_probs: Tensor | np.ndarray) -> Tensor:
@@ -188,17 +213,24 @@ class RelevanceCalibrator:
         return self._check_fitted().transform(raw_probs)
 
     def state_dict(self) -> dict[str, Any]:
-        """JSON-ready state: {"kind": "relevance_isotonic", "isotonic": {...}}."""
-        return {"kind": "relevance_isotonic", "isotonic": self._check_fitted().state_dict()}
+        """JSON-ready state: {"kind": "relevance_platt" | "relevance_isotonic", "map": {...}}."""
+        m = self._check_fitted()
+        kind = "relevance_platt" if isinstance(m, PlattScaling) else "relevance_isotonic"
+        return {"kind": kind, "method": self.method, "map": m.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> RelevanceCalibrator:
-        """Restore from :meth:`state_dict`; returns self."""
-        if state.get("kind") != "relevance_isotonic" or "isotonic" not in state:
+        """Restore from :meth:`state_dict` (also the "isotonic" entry of older runs)."""
+        kind = state.get("kind")
+        inner = state.get("map", state.get("isotonic"))
+        if kind not in ("relevance_platt", "relevance_isotonic") or inner is None:
             raise ValueError(
-                f"state['kind'] is {state.get('kind')!r}, expected 'relevance_isotonic' with an "
-                "'isotonic' entry; pass a dict saved by RelevanceCalibrator.state_dict()"
+                f"state['kind'] is {kind!r}, expected 'relevance_platt' or "
+                "'relevance_isotonic' with a 'map' entry; pass a dict saved by "
+                "RelevanceCalibrator.state_dict()"
             )
-        self.isotonic_ = IsotonicCalibration().load_state_dict(state["isotonic"])
+        self.method = str(state.get("method", "isotonic"))
+        cls = PlattScaling if kind == "relevance_platt" else IsotonicCalibration
+        self.map_ = cls().load_state_dict(inner)
         return self
 
 
