@@ -259,12 +259,8 @@ def _distribution_scores(
         }
 
     per = [scores(w[m], mu[m], s[m]) for m in range(w.shape[0])]
-    m, n, k = w.shape
-    pooled = scores(
-        (w / m).permute(1, 0, 2).reshape(n, m * k),
-        mu.permute(1, 0, 2).reshape(n, m * k),
-        s.permute(1, 0, 2).reshape(n, m * k),
-    )
+    pool = MixturePrediction.from_members(w, mu, s, support=(0.0, 1.0))
+    pooled = scores(pool.weights, pool.means, pool.stds)
     return {
         "distribution_member_mean": {key: float(np.mean([p[key] for p in per])) for key in per[0]},
         "distribution_pooled": pooled,

@@ -183,7 +183,8 @@ def oracle_local_variance(rec: Recommender, rd: RunData, flat: Prediction) -> di
     conformal = SplitConformal(normalized=True).fit(oracle.transform(raw_v, cov_v), yv)
     out = score(conformal.conformalize(oracle.transform(raw, cov)), y)
     key = f"width@{LEVEL:g}"
-    flat_width = float(np.mean((flat.interval(LEVEL).high - flat.interval(LEVEL).low).numpy()))
+    flat_iv = flat.interval(LEVEL)
+    flat_width = float(np.mean((flat_iv.high - flat_iv.low).numpy()))
     out["width_vs_homoscedastic_same_mean"] = out[key] / flat_width - 1.0
     return out
 

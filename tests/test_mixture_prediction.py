@@ -284,3 +284,20 @@ def test_bad_fields_name_the_field(make, message):
 def test_components_are_required_keywords():
     with pytest.raises(TypeError, match="weights"):
         MixturePrediction(mean=torch.tensor([0.0]))  # type: ignore[call-arg]
+
+
+def test_from_members_pools_member_major_by_hand():
+    # 2 members, 1 row, 2 components each: weights halve, components member-major,
+    # member means 0.5*0 + 0.5*2 = 1 and 1*4 = 4 (second member's 2nd weight is 0)
+    w = torch.tensor([[[0.5, 0.5]], [[1.0, 0.0]]], dtype=torch.float64)
+    mu = torch.tensor([[[0.0, 2.0]], [[4.0, 9.0]]], dtype=torch.float64)
+    s = torch.tensor([[[1.0, 1.0]], [[0.5, 0.5]]], dtype=torch.float64)
+    p = MixturePrediction.from_members(w, mu, s)
+    assert p.weights.tolist() == [[0.25, 0.25, 0.5, 0.0]]
+    assert p.means.tolist() == [[0.0, 2.0, 4.0, 9.0]]
+    assert p.stds.tolist() == [[1.0, 1.0, 0.5, 0.5]]
+    assert p.samples.tolist() == [[1.0], [4.0]]
+    assert p.epistemic_std.tolist() == [1.5]  # population std of 1 and 4
+    assert p.mean.tolist() == [2.5]
+    one = MixturePrediction.from_members(w[:1], mu[:1], s[:1])
+    assert one.epistemic_std is None and one.samples is None

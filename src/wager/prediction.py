@@ -449,6 +449,44 @@ class MixturePrediction(Prediction):
             samples=samples,
         )
 
+    @classmethod
+    def from_members(
+        cls,
+        weights: Tensor,
+        means: Tensor,
+        stds: Tensor,
+        *,
+        method: str = "",
+        support: tuple[float, float] | None = None,
+    ) -> MixturePrediction:
+        """Pool R members' K-component mixtures into one mixture of R K components.
+
+        Args:
+            weights, means, stds: (R, B, K) each member's mixture per row.
+            method: provenance string.
+            support: range of the predicted quantity.
+
+        Returns:
+            (B,) mixture whose components are member-major (member r at r K .. r K + K - 1),
+            member weights divided by R; ``epistemic_std`` = the population std of the
+            members' means and ``samples`` = those means (both None for R = 1).
+        """
+        r, b, k = weights.shape
+
+        def pooled(x: Tensor) -> Tensor:  # (R, B, K) -> (B, R K), member-major
+            return x.permute(1, 0, 2).reshape(b, r * k)
+
+        member_means = (weights * means).sum(dim=-1)  # (R, B)
+        return cls.from_components(
+            pooled(weights / r),
+            pooled(means),
+            pooled(stds),
+            method=method,
+            support=support,
+            epistemic_std=member_means.std(dim=0, correction=0) if r >= 2 else None,
+            samples=member_means if r >= 2 else None,
+        )
+
     @property
     def components(self) -> int:
         """K, the number of mixture components."""

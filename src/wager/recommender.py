@@ -1333,38 +1333,27 @@ class Recommender:
                     "impressions must be counts >= 1 (the CTR is measured over n impressions), "
                     f"got a minimum of {float(n_imp.min())}"
                 )
-        parts: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
+        parts: list[tuple[Tensor, Tensor, Tensor]] = []
         for batch in encoded:
             if self.population_picks_:  # R = M * draws: known rows repeat each member
                 raw = self._population_outputs(batch)
                 raw = raw.reshape(raw.shape[0] * raw.shape[1], *raw.shape[2:])
             else:
                 raw = self._outputs(batch)
-            w, mu, s = head.mixture_components(raw.cpu())  # (R, B, K)
-            parts.append((w, mu, s, (w * mu).sum(dim=-1)))
-        w, mu, s, member_means = (torch.cat(p, dim=1) for p in zip(*parts, strict=True))
-        r, b, k = w.shape
-
-        def pooled(x: Tensor) -> Tensor:  # (R, B, K) -> (B, R K), member-major
-            return x.permute(1, 0, 2).reshape(b, r * k)
-
-        weights, means = pooled(w / r), pooled(mu)
-        epistemic = member_means.std(dim=0, correction=0) if r >= 2 else None
-        measurement = None
-        if n_imp is not None:
-            assert isinstance(head, DeepDensityHead)
-            # the DDN head's noise variance m (1 - m) / n at the pooled mixture mean m
-            measurement = head.noise_var(weights, means, n_imp).sqrt()
-        return MixturePrediction.from_components(
-            weights,
-            means,
-            pooled(s),
-            method=f"{self.method}, {likelihood}(components={k})",
+            parts.append(head.mixture_components(raw.cpu()))  # each (R, B, K)
+        w, mu, s = (torch.cat(p, dim=1) for p in zip(*parts, strict=True))
+        pred = MixturePrediction.from_members(
+            w,
+            mu,
+            s,
+            method=f"{self.method}, {likelihood}(components={w.shape[-1]})",
             support=head.support,
-            measurement_std=measurement,
-            epistemic_std=epistemic,
-            samples=member_means if r >= 2 else None,
         )
+        if n_imp is None:
+            return pred
+        assert isinstance(head, DeepDensityHead)
+        # the DDN head's noise variance m (1 - m) / n at the pooled mixture mean m
+        return replace(pred, measurement_std=head.noise_var(pred.weights, pred.means, n_imp).sqrt())
 
     def _post_hoc(self, pred: Prediction, covariates: np.ndarray | None = None) -> Prediction:
         """Apply the calibrators fitted on the validation rows (probability calibration for
