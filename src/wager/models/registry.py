@@ -1,0 +1,233 @@
+"""The model types a run config can name: one registry, one home for each type's facts.
+
+Each :class:`ModelType` says what the model learns (its task, given the label kind of the
+data), which ``[model]`` settings it reads (so a setting it ignores can be refused when a
+config names it) and how to build it from the encoded fields. The config's ``[model] type``
+choices, the facade's task dispatch and the model factory all read this table; there is no
+second list kept by hand.
+
+Example:
+    >>> from wager.models.registry import MODEL_TYPES, task_of
+    >>> sorted(MODEL_TYPES)
+    ['biased_mf', 'dcn', 'factorization', 'neumf', 'two_tower']
+    >>> task_of("dcn", "rating"), task_of("dcn", "click")
+    ('rating', 'click')
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from torch import nn
+
+from wager.models.fields import Field
+from wager.models.heads import Head
+from wager.models.mf import BiasedMF, FeatureFactorization
+from wager.models.ncf import NeuMF
+from wager.models.ranking import DCNRanker, Task
+from wager.models.two_tower import TwoTower
+
+TaskKind = Literal["click", "rating", "retrieval", "implicit"]
+
+# [model] settings every model type reads
+_COMMON = frozenset({"type", "dim", "init_std", "user_min_count", "item_min_count"})
+
+
+@dataclass(frozen=True)
+class ModelInputs:
+    """What a model type's builder needs besides the ``[model]`` settings.
+
+    Attributes:
+        user: fields of the user tower (keys ``user.*``).
+        item: fields of the item tower (keys ``item.*``).
+        context: context fields (keys ``context.*``).
+        head: the likelihood head of pointwise models; None for retrieval scores.
+        global_mean: mean training label (rating models start their bias there).
+        item_id_key: the batch key of the item id (``item.<column>``).
+    """
+
+    user: list[Field]
+    item: list[Field]
+    context: list[Field]
+    head: Head | None
+    global_mean: float
+    item_id_key: str
+
+
+@dataclass(frozen=True)
+class ModelType:
+    """One model type of ``[model] type``.
+
+    Attributes:
+        name: the config value.
+        tasks: the task it learns for each label kind ("rating", "click", "ctr"); ``default``
+            for any other.
+        default: the task when the label kind is not in ``tasks``.
+        uses: the ``[model]`` settings the type reads (besides the common ones).
+        build: ``(model settings, inputs) -> nn.Module``; the settings object is
+            :class:`wager.config.ModelConfig` (typed loosely here: models sit below config).
+    """
+
+    name: str
+    default: TaskKind
+    uses: frozenset[str]
+    build: Callable[[Any, ModelInputs], nn.Module]
+    tasks: tuple[tuple[str, TaskKind], ...] = ()
+
+    def task(self, label_kind: str | None) -> TaskKind:
+        """The task for data whose label is of ``label_kind`` (None: no label)."""
+        return dict(self.tasks).get(label_kind or "", self.default)
+
+    @property
+    def settings(self) -> frozenset[str]:
+        """Every ``[model]`` setting this type reads."""
+        return _COMMON | self.uses
+
+
+def _factorization(m: Any, x: ModelInputs) -> nn.Module:
+    return FeatureFactorization(x.user, x.item, x.context, dim=m.dim, init_std=m.init_std)
+
+
+def _biased_mf(m: Any, x: ModelInputs) -> nn.Module:
+    return BiasedMF(
+        x.user,
+        x.item,
+        dim=m.dim,
+        init_std=m.init_std,
+        head=x.head,
+        reg=m.reg,
+        bias_reg=m.bias_reg,
+        global_mean=x.global_mean,
+        dropout=m.dropout,
+    )
+
+
+def _two_tower(m: Any, x: ModelInputs) -> nn.Module:
+    return TwoTower(
+        x.user,
+        x.item,
+        dim=m.dim,
+        hidden=m.hidden,
+        dropout=m.dropout,
+        init_std=m.init_std,
+        temperature=m.temperature,
+        logq_correction=m.logq_correction and not m.full_softmax,
+        in_batch_negatives=m.in_batch_negatives and not m.full_softmax,
+        remove_accidental_hits=m.remove_accidental_hits,
+        item_id_key=x.item_id_key,
+        item_bias=m.item_bias,
+        user_dropout=m.user_dropout,
+        reg=m.reg,
+        normalize=m.normalize,
+        reduction=m.loss_reduction,
+    )
+
+
+def _neumf(m: Any, x: ModelInputs) -> nn.Module:
+    return NeuMF(
+        x.user,
+        x.item,
+        gmf_dim=m.dim,
+        mlp_dim=m.dim,
+        hidden=m.hidden or (2 * m.dim, m.dim),
+        dropout=m.dropout,
+        init_std=m.init_std,
+    )
+
+
+def _dcn(m: Any, x: ModelInputs) -> nn.Module:
+    return DCNRanker(
+        x.user,
+        x.item,
+        x.context,
+        dim=m.dim,
+        cross_layers=m.cross_layers,
+        low_rank=m.low_rank,
+        deep=m.hidden or (256, 128),
+        dropout=m.dropout,
+        init_std=m.init_std,
+        tasks=(Task("label", "label", x.head, 1.0),),
+    )
+
+
+MODEL_TYPES: dict[str, ModelType] = {
+    t.name: t
+    for t in (
+        ModelType(
+            "factorization",
+            default="click",
+            uses=frozenset({"likelihood", "oov_rate"}),
+            build=_factorization,
+        ),
+        ModelType(
+            "biased_mf",
+            default="rating",
+            uses=frozenset({"likelihood", "mean_loss", "reg", "bias_reg", "dropout", "oov_rate"}),
+            build=_biased_mf,
+        ),
+        ModelType(
+            "two_tower",
+            default="retrieval",
+            uses=frozenset(
+                {
+                    "hidden",
+                    "dropout",
+                    "temperature",
+                    "logq_correction",
+                    "in_batch_negatives",
+                    "remove_accidental_hits",
+                    "item_bias",
+                    "user_dropout",
+                    "reg",
+                    "normalize",
+                    "loss_reduction",
+                    "full_softmax",
+                    "negatives",
+                    "positive_threshold",
+                }
+            ),
+            build=_two_tower,
+        ),
+        ModelType(
+            "neumf",
+            default="implicit",
+            uses=frozenset({"hidden", "dropout", "negatives", "positive_threshold"}),
+            build=_neumf,
+        ),
+        ModelType(
+            "dcn",
+            default="click",
+            tasks=(("rating", "rating"),),
+            uses=frozenset(
+                {
+                    "hidden",
+                    "dropout",
+                    "cross_layers",
+                    "low_rank",
+                    "likelihood",
+                    "mean_loss",
+                    "components",
+                    "oov_rate",
+                }
+            ),
+            build=_dcn,
+        ),
+    )
+}
+
+
+def model_type(name: str) -> ModelType:
+    """The registered model type ``name`` (KeyError names the choices)."""
+    try:
+        return MODEL_TYPES[name]
+    except KeyError:
+        raise KeyError(
+            f"unknown model type {name!r}: choose one of {', '.join(MODEL_TYPES)}"
+        ) from None
+
+
+def task_of(name: str, label_kind: str | None) -> TaskKind:
+    """What model type ``name`` learns on data whose label is of ``label_kind``."""
+    return model_type(name).task(label_kind)
