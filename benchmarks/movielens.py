@@ -390,7 +390,7 @@ def retrieval_section(ds: Dataset, opts: Options) -> dict:
         "softmax without log-Q, loss summed over the batch, accidental hits kept, Adagrad 0.1, "
         "batch 8192, 3 epochs, no validation",
         **{f"top_k_accuracy@{k}": metrics[f"top_k_accuracy@{k}"] for k in TOP_KS},
-        "n_candidates_scored": len(rec.items_),
+        "n_candidates_scored": len(rec.scorer_.catalogue.items),
         **hist,
         "tfrs_seconds_per_epoch": TFRS_SECONDS_PER_EPOCH,
         "seconds_per_epoch_ratio_to_tfrs": hist["seconds_per_epoch"] / TFRS_SECONDS_PER_EPOCH,

@@ -132,7 +132,7 @@ def rating_fold(cfg: RunConfig, rd: RunData) -> tuple[Recommender, dict[str, Any
     fit_seconds = time.perf_counter() - start
     y = rd.test[s.label].to_numpy(dtype=np.float64)
     users, items = rd.test[s.user].to_numpy(), rd.test[s.item].to_numpy()
-    raw = rec._predict_raw(users, items, rd.test)
+    raw = rec.scorer_.prediction(users, items, rd.test)[0]
     conformal = rec.predict(users, items, rd.test)
     out: dict[str, Any] = {"fit_seconds": fit_seconds}
     if raw.std is not None:
@@ -144,12 +144,12 @@ def rating_fold(cfg: RunConfig, rd: RunData) -> tuple[Recommender, dict[str, Any
         # the homoscedastic baseline on THIS model's mean: what the adaptive std buys,
         # separated from what a better mean buys
         vu, vi = rd.valid[s.user].to_numpy(), rd.valid[s.item].to_numpy()
-        valid_raw = rec._predict_raw(vu, vi, rd.valid)
+        valid_raw = rec.scorer_.prediction(vu, vi, rd.valid)[0]
         flat = SplitConformal(normalized=False).fit(
             valid_raw, rd.valid[s.label].to_numpy(dtype=np.float64)
         )
         out["homoscedastic_same_mean"] = score(flat.conformalize(raw), y)
-        if rec.local_variance_ is not None:
+        if rec.chain_.local_variance is not None:
             out["oracle_local_variance"] = oracle_local_variance(rec, rd, flat.conformalize(raw))
     return rec, out
 
@@ -163,22 +163,29 @@ def oracle_local_variance(rec: Recommender, rd: RunData, flat: Prediction) -> di
     against the homoscedastic interval on the same mean (``flat``).
     """
     s = rec.schema
-    assert s.label is not None and rd.valid is not None and rec.local_variance_ is not None
-    assert rec.support_covariates_ is not None
+    assert s.label is not None and rd.valid is not None and rec.chain_.local_variance is not None
+    support = rec.chain_.support_covariates
+    assert support is not None
     y = rd.test[s.label].to_numpy(dtype=np.float64)
     yv = rd.valid[s.label].to_numpy(dtype=np.float64)
-    raw, cov = rec._raw_and_covariates(
-        rd.test[s.user].to_numpy(), rd.test[s.item].to_numpy(), rd.test
+    raw, cov = rec.scorer_.prediction(
+        rd.test[s.user].to_numpy(),
+        rd.test[s.item].to_numpy(),
+        rd.test,
+        covariates=rec.chain_.covariates,
     )
-    raw_v, cov_v = rec._raw_and_covariates(
-        rd.valid[s.user].to_numpy(), rd.valid[s.item].to_numpy(), rd.valid
+    raw_v, cov_v = rec.scorer_.prediction(
+        rd.valid[s.user].to_numpy(),
+        rd.valid[s.item].to_numpy(),
+        rd.valid,
+        covariates=rec.chain_.covariates,
     )
     oracle = LocalVarianceScaling().fit(
         raw,
         y,
         cov,
-        names=rec.support_covariates_.names_,
-        monotone=rec.support_covariates_.monotone_,
+        names=support.names_,
+        monotone=support.monotone_,
     )
     conformal = SplitConformal(normalized=True).fit(oracle.transform(raw_v, cov_v), yv)
     out = score(conformal.conformalize(oracle.transform(raw, cov)), y)
@@ -322,8 +329,7 @@ def best_of(fn: Callable[[], Any], repeat: int = 3) -> float:
 
 def cost_section(models: dict[str, Recommender]) -> dict[str, Any]:
     single, ens, mc = models["gaussian"], models["ensemble_gaussian"], models["mc_dropout"]
-    assert single.user_index_ is not None
-    users = list(single.user_index_)
+    users = list(single.scorer_.catalogue.users)
     out: dict[str, Any] = {"n_users": len(users), "k": 10, "confidence_level": LEVEL}
     times = {
         name: best_of(lambda r=rec: r.recommend(users, k=10, confidence_level=LEVEL))
@@ -333,13 +339,13 @@ def cost_section(models: dict[str, Recommender]) -> dict[str, Any]:
     out["top10_ratio_to_single"] = {k: v / times["single"] for k, v in times.items()}
 
     # dense all-users x all-items mean + std of the ensemble against its floor
-    stack = ens.stack_
+    stack = ens.scorer_.stack
     assert stack is not None
-    ub = ens._encode_users(users, stack.device)
-    ib = ens._item_batch(stack.device)
+    ub = ens.scorer_.encode_users(users)
+    ib = ens.scorer_.encode_items()
     with torch.no_grad():
-        u1 = single.stack_.call("user_factors", ub)[0]  # type: ignore[union-attr]
-        v1 = single.stack_.call("item_factors", ib)[0]  # type: ignore[union-attr]
+        u1 = single.scorer_.stack.call("user_factors", ub)[0]  # type: ignore[union-attr]
+        v1 = single.scorer_.stack.call("item_factors", ib)[0]  # type: ignore[union-attr]
         u = stack.call("user_factors", ub)  # (M, U, d')
         v = stack.call("item_factors", ib)
 
@@ -375,11 +381,11 @@ def cost_section(models: dict[str, Recommender]) -> dict[str, Any]:
     top = single.recommend(users, k=10)
     pairs_u, pairs_i = top["user"].tolist(), top["item"].tolist()
     batch = mc.encode_pairs(pairs_u, pairs_i)
-    mc_stack = mc.stack_
+    mc_stack = mc.scorer_.stack
     assert mc_stack is not None
 
     def batched() -> Any:
-        return mc._outputs(batch)
+        return mc.scorer_.outputs(batch)
 
     def loop() -> Any:
         mc_stack.train(True)

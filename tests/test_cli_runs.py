@@ -23,8 +23,15 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from wager.cli import app
+from wager.recommender import Catalogue
 
-RUN_FILES = ("config.toml", "weights.safetensors", "encoders.json", "catalogue.json")
+RUN_FILES = (
+    "config.toml",
+    "weights.safetensors",
+    "encoders.json",
+    "catalogue.npz",
+    "manifest.json",
+)
 RANKING_KEYS = (
     "precision@10",
     "recall@10",
@@ -308,10 +315,13 @@ def test_recommend_known_user_excludes_seen_items(mf_run):
 
 
 def _seen_items(run: Path) -> dict[str, set[str]]:
-    """Each training user's seen items, read back from the run's catalogue.json (CSR)."""
-    cat = json.loads((run / "catalogue.json").read_text())
-    ptr, idx, items = cat["seen_indptr"], cat["seen_indices"], cat["items"]
-    return {u: {items[j] for j in idx[ptr[r] : ptr[r + 1]]} for r, u in enumerate(cat["users"])}
+    """Each training user's seen items, read back from the run's catalogue.npz (CSR)."""
+    cat = Catalogue.load(run / "catalogue.npz")
+    seen = cat.seen.tocsr()
+    return {
+        u: {cat.items[j] for j in seen.indices[seen.indptr[r] : seen.indptr[r + 1]]}
+        for r, u in enumerate(cat.users)
+    }
 
 
 @pytest.mark.parametrize("run_name", ["mf_run", "tower_run"])
@@ -330,7 +340,7 @@ def test_recommend_all_users_writes_one_row_per_user_and_rank(request, run_name,
     seen = _seen_items(run)
     assert set(frame["user"]) == set(seen)
     assert payload["n_users"] == len(seen)
-    n_catalogue = len(json.loads((run / "catalogue.json").read_text())["items"])
+    n_catalogue = Catalogue.load(run / "catalogue.npz").n_items
     for user, group in frame.groupby("user"):
         expected = min(k, n_catalogue - len(seen[user]))
         assert sorted(group["rank"]) == list(range(1, expected + 1)), user
@@ -414,17 +424,17 @@ BAD_INPUTS: list[tuple[str, Callable[[Path], list[str | Path]], tuple[str, ...]]
     (
         "evaluate_missing_run",
         lambda d: ["evaluate", d / "no_run"],
-        ("no_run", "run directory not found"),
+        ("no_run", "run folder not found"),
     ),
     (
         "evaluate_not_a_run",
         lambda d: ["evaluate", d],
-        ("config.toml", "missing from the run directory"),
+        ("no manifest.json", "not a wager run"),
     ),
     (
         "recommend_missing_run",
         lambda d: ["recommend", d / "no_run", "--user", "u1"],
-        ("no_run", "run directory not found"),
+        ("no_run", "run folder not found"),
     ),
     (
         "recommend_without_users",

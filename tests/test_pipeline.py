@@ -19,6 +19,7 @@ import pytest
 from wager.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from wager.data.schema import Schema
 from wager.pipeline import evaluate_run, load_run_data, train_run
+from wager.runs import RunDirectory
 
 N_USERS, N_ITEMS, PER_USER = 40, 30, 10
 N_ROWS = N_USERS * PER_USER
@@ -176,7 +177,9 @@ def test_train_run_accounts_for_every_row_and_saves_overrides(table, tmp_path):
     assert saved.schema == rec.config.schema
     again = evaluate_run(out)
     assert again["split"] == "temporal" and again["n_test"] == 80
-    assert again["plots_dir"] == str(out)  # the training split: the listed plots, redrawn
+    # plots of a later evaluation go to their own subfolder, recorded in the manifest
+    assert again["plots_dir"] == str(out / "evaluation-temporal")
+    assert RunDirectory(out).verify()  # the run still verifies after the evaluation
     for key in ("rmse", "mae", "ndcg@10", "recall@10", "coverage@10"):
         assert again[key] == pytest.approx(metrics[key], abs=1e-6), key
 

@@ -11,6 +11,7 @@ from wager.config import EnsembleConfig, ModelConfig, RunConfig, TrainConfig
 from wager.data.schema import Categorical, MultiCategorical, Numeric, Schema
 from wager.errors import DataError, NotFittedError
 from wager.recommender import Recommender
+from wager.runs import RunError
 
 
 def _data(n=3000, seed=0):
@@ -133,7 +134,7 @@ def test_errors_before_fit_and_on_bad_input(tmp_path):
         Recommender(CFG).predict([1], [1])
     with pytest.raises(NotFittedError, match="call fit"):
         Recommender(CFG).save(tmp_path)
-    with pytest.raises(FileNotFoundError, match=r"config\.toml: missing"):
+    with pytest.raises(RunError, match=r"no manifest\.json: not a wager run"):
         Recommender.load(tmp_path)
     df, users, items = _data(200)
     with pytest.raises(DataError, match="column 'click'"):

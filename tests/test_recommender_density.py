@@ -20,6 +20,7 @@ from wager.evaluation.uncertainty import mixture_crps
 from wager.models.heads import DeepDensityHead, MixtureDensityHead
 from wager.prediction import MixturePrediction
 from wager.recommender import Recommender
+from wager.runs import RunError
 from wager.uncertainty.calibration import PlattScaling
 
 # aggregated rows: the context group (segment|country) plays the user role
@@ -76,7 +77,7 @@ def _member_components(
     weights = softmax(logits), means as they are, stds = softplus(raw) + min_std."""
     batch = rec.encode_pairs(valid["context_id"], valid["item_id"])
     with torch.no_grad():
-        out = rec.stack_.call("forward", batch).double().numpy()  # type: ignore[union-attr]
+        out = rec.scorer_.stack.call("forward", batch).double().numpy()  # type: ignore[union-attr]
     assert out.shape == (M, len(valid), 3 * K)
     logits, means, raw = out[..., :K], out[..., K : 2 * K], out[..., 2 * K :]
     w = np.exp(logits - logits.max(-1, keepdims=True))
@@ -143,7 +144,7 @@ def test_predict_mixture_pools_the_members_by_hand(fitted):
     for name in ("mean", "std", "weights", "means", "stds"):
         torch.testing.assert_close(getattr(pred, name), getattr(mp, name))
     np.testing.assert_allclose(pred.samples.numpy(), member_mean, rtol=1e-5, atol=1e-7)
-    moments = rec._predict_raw(valid["context_id"], valid["item_id"])
+    moments = rec.scorer_.prediction(valid["context_id"], valid["item_id"])[0]
     torch.testing.assert_close(mp.mean, moments.mean, rtol=0, atol=1e-5)
     torch.testing.assert_close(mp.std, moments.std, rtol=1e-5, atol=1e-6)
 
@@ -247,8 +248,8 @@ def test_save_load_round_trip(fitted, tmp_path):
     torch.testing.assert_close(mb.stds, ma.stds)
 
 
-def test_load_refuses_a_mixture_run_saved_with_a_probability_calibrator(fitted, tmp_path):
-    # runs saved before the refusal could carry one; it would now be silently ignored
+def test_load_refuses_a_tampered_mixture_run_with_a_probability_calibrator(fitted, tmp_path):
+    # a run edited by hand to carry one: the manifest's checksums refuse it
     rec, _ = fitted
     rec.save(tmp_path)
     cfg = (tmp_path / "config.toml").read_text()
@@ -259,7 +260,7 @@ def test_load_refuses_a_mixture_run_saved_with_a_probability_calibrator(fitted, 
     platt = PlattScaling().fit(torch.tensor([0.1, 0.2, 0.3, 0.4]), torch.tensor([0, 0, 1, 1.0]))
     post["calibrator"] = platt.state_dict()
     (tmp_path / "uncertainty.json").write_text(json.dumps(post))
-    with pytest.raises(ValueError, match=r"uncertainty.json.*calibrator = 'platt'.*retrain"):
+    with pytest.raises(RunError, match=r"corrupt \(checksum differs\): config.toml, uncertainty"):
         Recommender.load(tmp_path)
 
 

@@ -110,11 +110,12 @@ def model(split) -> Recommender:
 
 def test_horizon_is_the_mean_number_of_validation_positives(model, split):
     train, valid, _ = split
-    cal = model.relevance_calibrator_
+    cal = model.chain_.relevance
     assert isinstance(cal, ListRelevanceCalibrator)
-    seen = model._seen_matrix(train)
-    users, relevant = model._relevant_lists(valid, 4.0)
-    rows = model._seen_rows(users, seen)
+    cat = model.scorer_.catalogue
+    seen = cat.seen_matrix(train, model.schema)
+    users, relevant = cat.relevant_lists(valid, model.schema, 4.0)
+    rows = model.scorer_.catalogue.seen_rows(users, seen)
     n = sum(len(r) - int(rows[u, r].sum()) for u, r in enumerate(relevant))
     assert cal.horizon_ == pytest.approx(n / len(users))
 
@@ -163,7 +164,7 @@ def test_save_load_keeps_the_list_calibrator(model, tmp_path):
 def test_without_validation_rows_confidence_is_nan(split):
     train, _, _ = split
     rec = Recommender(_config()).fit(train)
-    assert rec.relevance_calibrator_ is None
+    assert rec.chain_.relevance is None
     assert rec.recommend([0], k=3)["confidence"].isna().all()
 
 
@@ -189,9 +190,9 @@ def test_retrieval_ensemble_ranks_by_the_mean_and_scores_members_only_for_the_li
     users = list(range(12))
     recs = rec.recommend(users, k=5)
     # the members' full score matrices, the slow reference
-    members = rec._member_scores(users)  # (M, U, I)
+    members = rec.scorer_.member_scores(users)  # (M, U, I)
     mean = members.mean(dim=0)
-    col = {key: j for j, key in enumerate(rec.items_)}
+    col = {key: j for j, key in enumerate(rec.scorer_.catalogue.items)}
     u = recs["user"].to_numpy().astype(np.int64)  # a writable copy for torch indexing
     i = np.array([col[key] for key in recs["item"]])
     by_hand = members[:, u, i]  # (M, n) the listed pairs' member scores
@@ -199,7 +200,7 @@ def test_retrieval_ensemble_ranks_by_the_mean_and_scores_members_only_for_the_li
     np.testing.assert_allclose(recs["score"].to_numpy(), mean[u, i].numpy(), rtol=1e-5)
     np.testing.assert_allclose(recs["mean"].to_numpy(), by_hand.mean(0).numpy(), rtol=1e-5)
     np.testing.assert_allclose(
-        rec._pair_member_scores(u.tolist(), recs["item"].to_numpy()).numpy(),
+        rec.scorer_.pair_member_scores(u.tolist(), recs["item"].to_numpy()).numpy(),
         by_hand.numpy(),
         rtol=1e-5,
     )
@@ -207,11 +208,11 @@ def test_retrieval_ensemble_ranks_by_the_mean_and_scores_members_only_for_the_li
     # a missing user id (None) is scored like the full matrix scores it: the OOV row, not
     # another pair's user
     items = recs["item"].to_numpy()[:2]
-    pairs = rec._pair_member_scores([None, 0], items)
-    full = rec._member_scores([None, 0], list(items))  # (M, 2, 2)
+    pairs = rec.scorer_.pair_member_scores([None, 0], items)
+    full = rec.scorer_.member_scores([None, 0], list(items))  # (M, 2, 2)
     np.testing.assert_allclose(pairs.numpy(), full[:, [0, 1], [0, 1]].numpy(), rtol=1e-6)
     # ranks follow the score; each user's k items are the top k unseen by the mean score
-    seen = rec._seen_rows(users)
+    seen = rec.scorer_.catalogue.seen_rows(users)
     for user, g in recs.groupby("user"):
         assert np.all(np.diff(g["score"].to_numpy()) <= 1e-7)
         row = mean[user].clone()

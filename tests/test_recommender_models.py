@@ -19,6 +19,7 @@ from wager.config import EnsembleConfig, EvaluationConfig, ModelConfig, RunConfi
 from wager.data.schema import Schema
 from wager.errors import NotFittedError
 from wager.recommender import Recommender
+from wager.recommender.fitting import pointwise_validator
 
 
 def _block_data() -> tuple[pd.DataFrame, dict[int, int]]:
@@ -178,10 +179,10 @@ def test_holdout_members_skip_and_validate_on_their_own_rows(monkeypatch):
     mask = torch.zeros(3, n, dtype=torch.bool)
     for m in range(3):
         mask[m, torch.arange(m, n, 3)[:k]] = True
-    got = rec._pointwise_validator(encoded, mask)(rec.stack_.params)
+    got = pointwise_validator(rec.scorer_, encoded, mask)(rec.scorer_.stack.params)
     for m in range(3):
         rows = {kk: v[mask[m]] for kk, v in encoded.items()}
-        pred = rec.stack_.member(m)(rows).clamp(1.0, 5.0)
+        pred = rec.scorer_.stack.member(m)(rows).clamp(1.0, 5.0)
         want = (pred - rows["label"]).square().mean().sqrt()
         torch.testing.assert_close(got[m], want, rtol=1e-5, atol=1e-6)
 
@@ -201,13 +202,13 @@ def test_mean_scores_is_one_product_of_concatenated_member_factors(kind):
     df, _ = _block_data()
     rec = Recommender(_config(kind, members=3)).fit(df)
     users = list(range(12))
-    got = rec._mean_scores(users)
-    members = rec._member_scores(users)  # (M, U, I), each member's own head
+    got = rec.scorer_.mean_scores(users)
+    members = rec.scorer_.member_scores(users)  # (M, U, I), each member's own head
     if kind == "two_tower":  # linear scores: the mean of products is the product of means
         torch.testing.assert_close(got, members.mean(0), rtol=1e-5, atol=1e-5)
     else:  # clipped ratings: equal wherever no member's location leaves [1, 5]
-        u = rec.stack_.call("user_factors", rec._encode_users(users, rec.stack_.device))
-        v = rec.stack_.call("item_factors", rec._item_batch(rec.stack_.device))
+        u = rec.scorer_.stack.call("user_factors", rec.scorer_.encode_users(users))
+        v = rec.scorer_.stack.call("item_factors", rec.scorer_.encode_items())
         loc = torch.einsum("mud,mid->mui", u, v)
         inside = ((loc > 1) & (loc < 5)).all(0)
         assert inside.any()

@@ -122,7 +122,7 @@ def test_save_load_keeps_the_calibrators(conformal_run, tmp_path):
     b = back.predict(test["user_id"][:50], test["item_id"][:50]).interval(0.9)
     torch.testing.assert_close(a.low, b.low)
     torch.testing.assert_close(a.high, b.high)
-    assert back.relevance_calibrator_ is not None
+    assert back.chain_.relevance is not None
 
 
 def _clicks(n: int, seed: int) -> pd.DataFrame:
@@ -143,7 +143,7 @@ def test_click_calibrators_are_fitted_saved_and_reported(calibrator, tmp_path):
         uncertainty=UncertaintyConfig(calibrator=calibrator),
     )
     rec = Recommender(cfg).fit(_clicks(3000, 0), _clicks(1500, 1))
-    assert rec.calibrator_ is not None
+    assert rec.chain_.calibrator is not None
     assert f"+{calibrator}" in rec.predict([0], [0]).method
     m = rec.evaluate(_clicks(2000, 2))
     for key in ("ece", "ece_equal_width", "mce", "brier", "nll"):
@@ -194,7 +194,7 @@ def test_homoscedastic_conformal_works_for_a_point_model():
     pred = rec.predict(test["user_id"], test["item_id"])
     assert pred.std is None  # still deterministic; the interval has one constant width
     iv = pred.interval(0.9)
-    q = rec.conformal_.score_quantile(0.9)
+    q = rec.chain_.conformal.score_quantile(0.9)
     unclipped = ((iv.low > 1) & (iv.high < 5)).numpy()
     assert unclipped.sum() > 50
     np.testing.assert_allclose((iv.high - iv.low).numpy()[unclipped], 2 * q, rtol=1e-5)
@@ -258,7 +258,7 @@ def test_platt_with_a_negative_slope_warns_that_the_order_is_reversed():
     )
     with pytest.warns(UserWarning, match=r"negative slope .* 1500 validation rows"):
         rec = Recommender(cfg).fit(train, valid)
-    assert rec.calibrator_.slope_ < 0
+    assert rec.chain_.calibrator.slope_ < 0
 
 
 @pytest.fixture(scope="module")
@@ -272,8 +272,8 @@ def test_local_variance_is_fitted_on_half_the_validation_rows_and_conformal_on_t
     local_variance_run,
 ):
     rec, _train, valid, test = local_variance_run
-    lv = rec.local_variance_
-    assert lv is not None and rec.conformal_ is not None
+    lv = rec.chain_.local_variance
+    assert lv is not None and rec.chain_.conformal is not None
     # an ensemble of Gaussian heads splits its variance; ratings have the support 1..5; the
     # two id fields each add (log1p rows, log label std)
     assert lv.features_ == [
@@ -287,7 +287,7 @@ def test_local_variance_is_fitted_on_half_the_validation_rows_and_conformal_on_t
         "item.item_id:log_label_std",
     ]
     # 1500 validation rows: the conformal scores come from the 750 the variance model never saw
-    assert len(rec.conformal_.scores_) == len(valid) - len(valid) // 2
+    assert len(rec.chain_.conformal.scores_) == len(valid) - len(valid) // 2
     pred = rec.predict(test["user_id"], test["item_id"])
     assert isinstance(pred, ConformalPrediction)
     assert pred.method.endswith("+local_variance_scaling")
@@ -306,13 +306,13 @@ def test_local_variance_covariates_are_each_ids_training_support(local_variance_
     s2 = float(np.var(train["rating"].to_numpy(), ddof=1))
     ss = float(np.sum((rows - rows.mean()) ** 2))
     var = (ss + 5.0 * s2) / (len(rows) - 1 + 5.0)
-    raw, cov = rec._raw_and_covariates([3, "nobody"], [0, 0])
+    raw, cov = rec.scorer_.prediction([3, "nobody"], [0, 0], covariates=rec.chain_.covariates)
     np.testing.assert_allclose(cov[0, :2], [np.log1p(len(rows)), 0.5 * np.log(var)], rtol=1e-6)
     # an unknown user: no rows, the overall spread
     np.testing.assert_allclose(cov[1, :2], [0.0, 0.5 * np.log(s2)], rtol=1e-6)
     # the facade's std is the variance model's on these covariates (then conformal widens the
     # interval, not the std)
-    want = rec.local_variance_.variance(raw, cov).sqrt()
+    want = rec.chain_.local_variance.variance(raw, cov).sqrt()
     torch.testing.assert_close(rec.predict([3, "nobody"], [0, 0]).std, want.to(torch.float32))
 
 
@@ -357,10 +357,10 @@ def _spy_std_histograms(monkeypatch) -> dict[str, dict]:
         }
         return original(std_known, std_oov, path, labels=labels, title=title)
 
-    import wager.recommender
+    import wager.evaluation.report
 
     monkeypatch.setattr(plots, "std_histogram", spy)  # uncertainty_plots' actual-OOV plot
-    monkeypatch.setattr(wager.recommender, "std_histogram", spy)  # the counterfactual ones
+    monkeypatch.setattr(wager.evaluation.report, "std_histogram", spy)  # the counterfactual ones
     return calls
 
 
@@ -371,7 +371,7 @@ def test_evaluate_plots_counterfactual_oov_std_histograms(conformal_run, tmp_pat
     # every test user and item is known: no actual-OOV histogram, but one counterfactual
     # histogram per id field
     assert "std_histogram" not in m["plots"]
-    stds = rec._oov_stds(test)
+    stds = rec.oov_stds(test)
     assert set(stds) == {"user.user_id", "item.item_id"}
     ratios = rec.oov_std_ratios(test)
     for key, field in (("user.user_id", "user_id"), ("item.item_id", "item_id")):
@@ -412,6 +412,6 @@ def test_evaluate_plots_actual_oov_std_for_an_unknown_item(conformal_run, tmp_pa
     np.testing.assert_allclose(call["oov"], std[400:], rtol=1e-6)
     assert call["labels"] == ("user and item known", "user or item OOV")
     # the counterfactual item histogram covers only the rows whose item is known
-    real, cold = rec._oov_stds(rows)["item.item_id"]
+    real, cold = rec.oov_stds(rows)["item.item_id"]
     assert real.shape == (400,)
     np.testing.assert_allclose(calls["std_histogram_item_item_id.png"]["oov"], cold, rtol=1e-6)

@@ -401,6 +401,9 @@ def train(
     out: Annotated[
         Path | None, typer.Option("--out", help="Run directory to write (default runs/<name>).")
     ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace a previous wager run at --out.")
+    ] = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Train the model a config describes, evaluate it on the test split, save the run."""
@@ -411,7 +414,12 @@ def train(
     try:
         cfg = RunConfig.load(config)
         _rec, metrics = train_run(
-            cfg, data_dir=data_dir, split=split, out=out, show_progress=not as_json
+            cfg,
+            data_dir=data_dir,
+            split=split,
+            out=out,
+            show_progress=not as_json,
+            overwrite=overwrite,
         )
     except (WagerError, ValueError, FileNotFoundError, KeyError) as exc:
         _run_error(exc, as_json)
@@ -494,7 +502,7 @@ def recommend(
     except (WagerError, ValueError, FileNotFoundError, KeyError) as exc:
         _run_error(exc, as_json)
         return
-    users: list[Any] = list(rec.user_index_ or {}) if all_users else list(user or [])
+    users: list[Any] = list(rec.scorer_.catalogue.users) if all_users else list(user or [])
     known = rec.known_users(users)
     cold = [u for u, ok in zip(users, known, strict=True) if not ok]
     notices = [

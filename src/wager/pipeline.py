@@ -29,7 +29,8 @@ from wager.data.loaders import load_dataset
 from wager.data.schema import Schema
 from wager.data.splits import Split, leave_last_out, random_split, split_dataset, temporal_split
 from wager.data.synthetic import SyntheticWorld, WorldConfig
-from wager.recommender import Recommender
+from wager.recommender import ModelSpec, Recommender
+from wager.runs import RunDirectory
 
 
 @dataclass
@@ -140,6 +141,20 @@ def load_run_data(
     )
 
 
+def check_run(config: RunConfig, out: str | Path | None, overwrite: bool = False) -> None:
+    """Everything about a run that can be checked before any data is read: the config's
+    cross-section rules (when it names its schema) and the output folder.
+
+    Raises:
+        ValueError: a config rule, naming section and key.
+        RunError: the output folder would lose or expose files (see ``RunDirectory``).
+    """
+    if config.schema is not None:
+        ModelSpec.from_config(config).validate()
+    if out is not None:
+        RunDirectory(out).check_target(overwrite)
+
+
 def train_run(
     config: RunConfig,
     *,
@@ -147,12 +162,23 @@ def train_run(
     split: str | None = None,
     out: str | Path | None = None,
     show_progress: bool = False,
+    overwrite: bool = False,
 ) -> tuple[Recommender, dict[str, Any]]:
-    """Train on the config's data, evaluate on its test split, save the run directory.
+    """Check the run, train on the config's data, evaluate on its test split and save the
+    run folder (whole, with the evaluation's plots, or not at all).
+
+    Args:
+        config: the run config.
+        data_dir: overrides ``[data] path``.
+        split: overrides ``[data] split``.
+        out: the run folder to write, or None (nothing saved).
+        show_progress: draw progress bars.
+        overwrite: replace a previous run at ``out``.
 
     Returns:
         The fitted recommender and its metrics (also in ``out/metrics.json``).
     """
+    check_run(config, out, overwrite)
     rd = load_run_data(config, data_dir, split)
     cfg = replace(config, schema=rd.schema)
     if data_dir is not None or split is not None:
@@ -164,58 +190,64 @@ def train_run(
                 split=rd.split,
             ),
         )
-    rec = Recommender(cfg).fit(
+    rec = Recommender(cfg)
+    rec.spec.validate()  # the loader's schema: still before any epoch
+    rec.fit(
         rd.train,
         rd.valid,
         user_features=rd.user_features,
         item_features=rd.item_features,
         show_progress=show_progress,
     )
-    start = time.perf_counter()
-    metrics = rec.evaluate(rd.test, plots_dir=out)
-    metrics["evaluate_seconds"] = time.perf_counter() - start
-    metrics.update(
-        {
-            "split": rd.split,
-            "source": rd.source,
-            "n_train": len(rd.train),
-            "n_valid": 0 if rd.valid is None else len(rd.valid),
-            "n_test": len(rd.test),
-            "model": cfg.model.type,
-            "epochs": rec.metrics_.get("epochs"),
-            "epoch_seconds": rec.metrics_.get("epoch_seconds"),
-        }
-    )
-    rec.metrics_.update(metrics)
-    if out is not None:
-        rec.save(out)
+    metrics: dict[str, Any] = {}
+
+    def evaluate(plots_dir: Path | None) -> None:
+        start = time.perf_counter()
+        metrics.update(rec.evaluate(rd.test, plots_dir=plots_dir))
+        metrics["evaluate_seconds"] = time.perf_counter() - start
+        metrics.update(
+            {
+                "split": rd.split,
+                "source": rd.source,
+                "n_train": len(rd.train),
+                "n_valid": 0 if rd.valid is None else len(rd.valid),
+                "n_test": len(rd.test),
+                "model": cfg.model.type,
+                "epochs": rec.metrics_.get("epochs"),
+                "epoch_seconds": rec.metrics_.get("epoch_seconds"),
+            }
+        )
+        rec.metrics_.update(metrics)
+
+    if out is None:
+        evaluate(None)
+    else:
+        rec.save(out, overwrite=overwrite, prepare=evaluate)
     return rec, metrics
 
 
 def evaluate_run(
     run_dir: str | Path, *, data_dir: str | Path | None = None, split: str | None = None
 ) -> dict[str, Any]:
-    """Reload a run directory and evaluate it on the test split of its config's data.
+    """Reload a run folder and evaluate it on the test split of its config's data.
 
     Args:
-        run_dir: a directory written by :func:`train_run` / ``wager train``.
+        run_dir: a folder written by :func:`train_run` / ``wager train``.
         data_dir: overrides the data path saved in the run's config.
         split: overrides the saved split (e.g. evaluate a u1 model on u2's test rows).
 
     Returns:
-        The metrics, with "plots_dir": the run directory itself when the split and data are
-        those of training (the same plots metrics.json lists), else its subfolder
-        ``evaluation-<split>`` so that the training-time plots stay as listed.
+        The metrics, with "plots_dir": the run's subfolder ``evaluation-<split>`` where the
+        plots were drawn (recorded in the run's manifest), so the training-time plots that
+        metrics.json lists stay as they are.
     """
     rec = Recommender.load(run_dir)
     rd = load_run_data(rec.config, data_dir, split)
-    trained_on = (rec.metrics_.get("split"), rec.metrics_.get("source"))
-    plots_dir = Path(run_dir)
-    if trained_on != (rd.split, rd.source):
-        # another split / data set: its plots must not overwrite the ones metrics.json lists
-        tag = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(rd.split))
-        plots_dir = plots_dir / f"evaluation-{tag}"
+    tag = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(rd.split))
+    run = RunDirectory(run_dir)
+    plots_dir = run.subfolder(f"evaluation-{tag}")
     metrics = rec.evaluate(rd.test, plots_dir=plots_dir)
+    run.record(plots_dir.name)
     metrics.update({"split": rd.split, "source": rd.source, "n_test": len(rd.test)})
     metrics["plots_dir"] = str(plots_dir)
     return metrics

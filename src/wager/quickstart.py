@@ -173,7 +173,7 @@ def run_quickstart(
 
     out_dir = Path(out)
     rec.metrics_.update(metrics)
-    rec.save(out_dir)
+    rec.save(out_dir, overwrite=True)  # the quickstart's own previous run
     files = {k: str(out_dir / v) for k, v in RUN_FILES.items() if (out_dir / v).exists()}
     return {
         "world": {

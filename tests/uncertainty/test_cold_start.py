@@ -165,11 +165,11 @@ def test_facade_unknown_users_come_out_less_certain_with_population_draws(popula
 
 def test_facade_population_prediction_equals_a_loop_over_members_and_draws(population_model):
     rec = population_model
-    stack, picks = rec.stack_, rec.population_picks_
+    stack, picks = rec.scorer_.stack, rec.scorer_.population_picks
     assert stack is not None and picks is not None
     users = [3, "nobody", 17, "nobody"]
     items = [0, 5, 5, 29]
-    got = rec._predict_raw(users, items)
+    got = rec.scorer_.prediction(users, items)[0]
     batch = rec.encode_pairs(users, items)
     m, k = picks["user.user_id"].shape
     assert (m, k) == (4, 6)
@@ -181,7 +181,7 @@ def test_facade_population_prediction_equals_a_loop_over_members_and_draws(popul
                 uid = b["user.user_id"].clone()
                 uid[uid == 0] = picks["user.user_id"][mm, kk]
                 b["user.user_id"] = uid
-                means, _ = rec._head_moments(stack.call("forward", b))
+                means, _ = rec.scorer_.head_moments(stack.call("forward", b))
                 draws[mm, kk] = means[mm].numpy()
     member = draws.mean(axis=1)  # (M, B)
     np.testing.assert_allclose(got.samples.numpy(), member, rtol=1e-5, atol=1e-7)
@@ -194,9 +194,9 @@ def test_facade_population_prediction_equals_a_loop_over_members_and_draws(popul
 
 def test_population_rows_in_small_passes_equal_one_pass(population_model, monkeypatch):
     users, items = ["nobody", 1, "x", "y", 5], [0, 1, 2, 3, 4]
-    one = population_model._predict_raw(users, items)
-    monkeypatch.setattr("wager.recommender._POPULATION_ROWS", 6)  # K = 6: one row per pass
-    small = population_model._predict_raw(users, items)
+    one = population_model.scorer_.prediction(users, items)[0]
+    monkeypatch.setattr("wager.recommender.scoring.POPULATION_ROWS", 6)  # K = 6: one row per pass
+    small = population_model.scorer_.prediction(users, items)[0]
     torch.testing.assert_close(small.mean, one.mean)
     torch.testing.assert_close(small.std, one.std)
 

@@ -1,4 +1,5 @@
-"""Ensemble: vmap over stacked members equals the loop over members; training recovers rates."""
+"""Deep ensembles: vmap over stacked members equals the loop over members; training recovers
+rates; per-member row weights (bootstrap, holdout)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from wager.config import EnsembleConfig, TrainConfig
+from wager.config import TrainConfig
 from wager.models.fields import Field
 from wager.models.mf import FeatureFactorization
-from wager.uncertainty.ensemble import Ensemble, holdout_mask
+from wager.prediction import Prediction
+from wager.training.trainer import StackedModel, train_stacked
+from wager.uncertainty.ensemble import bootstrap_weights, holdout_mask
 
 
 def _factory():
@@ -34,26 +37,28 @@ def _batch(n=7, seed=0):
 
 
 def test_vmap_equals_loop_over_members():
-    ens = Ensemble(EnsembleConfig(members=4), seed=3).build(_factory)
+    ens = StackedModel(_factory, 4, 3, "cpu")
     # give every parameter non-trivial values (biases start at zero)
     g = torch.Generator().manual_seed(0)
-    for v in ens.params_.values():
-        v.copy_(torch.randn(v.shape, generator=g))
+    with torch.no_grad():
+        for v in ens.params.values():
+            v.copy_(torch.randn(v.shape, generator=g))
     batch = _batch()
-    stacked = ens.member_outputs(batch)
+    with torch.no_grad():
+        stacked = ens.call("forward", batch)
     model = _factory()
     for m in range(4):
-        params = {k.removeprefix("model."): v[m] for k, v in ens.params_.items()}
+        params = {k.removeprefix("model."): v[m].detach() for k, v in ens.params.items()}
         loop = functional_call(model, params, (batch,))
         torch.testing.assert_close(stacked[m], loop, atol=1e-6, rtol=1e-6)
 
 
 def test_members_differ_and_same_seed_same_members():
-    a = Ensemble(EnsembleConfig(members=3), seed=1).build(_factory)
-    b = Ensemble(EnsembleConfig(members=3), seed=1).build(_factory)
-    w = "model.user.vectors.user__u.weight"
-    torch.testing.assert_close(a.params_[w], b.params_[w])
-    assert not torch.equal(a.params_[w][0], a.params_[w][1])
+    a = StackedModel(_factory, 3, 1, "cpu")
+    b = StackedModel(_factory, 3, 1, "cpu")
+    w = next(k for k in a.params if k.endswith("user__u.weight"))
+    torch.testing.assert_close(a.params[w], b.params[w])
+    assert not torch.equal(a.params[w][0], a.params[w][1])
 
 
 def _block_data(n=6000, seed=0):
@@ -88,32 +93,42 @@ def test_training_recovers_block_ctrs_and_restores_best_epoch():
         ).mean(1)
 
     cfg = TrainConfig(epochs=30, batch_size=512, learning_rate=0.05, patience=3)
-    ens = Ensemble(EnsembleConfig(members=3), seed=0).fit(
-        factory, loss, data, cfg, valid=data, valid_metric=metric
-    )
+    ens = StackedModel(factory, 3, 0, "cpu")
+    gen = torch.Generator().manual_seed(0)
+    n = len(data["label"])
+    member_w = bootstrap_weights(torch.ones(n), 3, False, gen)
+
+    def batch_losses(p, idx):
+        x = {k: v[idx] for k, v in data.items()}
+        out = ens.call("forward", x, params=p)
+        return torch.stack([loss(out[m], x, member_w[m, idx]) for m in range(3)])
+
+    def validate(p):
+        with torch.no_grad():
+            return metric(ens.call("forward", data, params=p), data)
+
+    hist = train_stacked(ens.params, batch_losses, n, cfg, validate=validate, generator=gen)
     grid = {"user.u": torch.tensor([1, 1, 3, 3]), "item.i": torch.tensor([0, 2, 0, 2])}
-    pred = ens.predict(grid, torch.sigmoid, support=(0.0, 1.0))
+    with torch.no_grad():
+        pred = Prediction.from_members(torch.sigmoid(ens.call("forward", grid)))
     # (u0,i0) diagonal 0.8; (u0,i2) 0.1; (u2,i0) 0.1; (u2,i2) 0.8 -- within sampling error
     np.testing.assert_allclose(pred.mean.numpy(), [0.8, 0.1, 0.1, 0.8], atol=0.05)
     assert pred.std is not None and bool((pred.std > 0).all())
-    hist = ens.history_
-    assert hist is not None and len(hist.valid_metric) >= 1
+    assert len(hist.valid_metric) >= 1
     # the kept parameters are those of each member's best validation epoch
     best = np.array(hist.valid_metric).min(axis=0)
-    final = metric(ens.member_outputs(data), data).numpy()
+    with torch.no_grad():
+        final = metric(ens.call("forward", data), data).numpy()
     np.testing.assert_allclose(final, best, rtol=1e-5)
 
 
 def test_state_dict_round_trip():
-    a = Ensemble(EnsembleConfig(members=2), seed=0).build(_factory)
-    b = Ensemble(EnsembleConfig(members=2), seed=99).load_state_dict(_factory, a.state_dict())
+    a = StackedModel(_factory, 2, 0, "cpu")
+    b = StackedModel(_factory, 2, 99, "cpu")
+    b.load_state_dict(a.state_dict())
     batch = _batch()
-    torch.testing.assert_close(a.member_outputs(batch), b.member_outputs(batch))
-
-
-def test_unbuilt_ensemble_raises():
-    with pytest.raises(Exception, match="call build"):
-        Ensemble().member_outputs(_batch())
+    with torch.no_grad():
+        torch.testing.assert_close(a.call("forward", batch), b.call("forward", batch))
 
 
 def test_holdout_mask_counts_independence_and_seed():

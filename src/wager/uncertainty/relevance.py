@@ -14,6 +14,7 @@ import math
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from scipy.optimize import minimize_scalar
 from scipy.stats import t as student_t_dist
@@ -368,3 +369,24 @@ def load_relevance_calibrator(
     if state.get("kind") == "relevance_softmax":
         return ListRelevanceCalibrator().load_state_dict(state)
     return RelevanceCalibrator().load_state_dict(state)
+
+
+def list_confidence(recommendations: pd.DataFrame) -> pd.DataFrame:
+    """Per user, what a top-k list is likely to deliver.
+
+    Args:
+        recommendations: the output of ``Recommender.recommend`` (needs user and confidence).
+
+    Returns:
+        DataFrame with user, expected_hits (sum of the items' relevance probabilities) and
+        prob_at_least_one (1 - prod(1 - p), treating items as independent); NaN when the
+        model has no relevance confidence.
+    """
+    rows = []
+    for user, g in recommendations.groupby("user", sort=False):
+        p = torch.tensor(g["confidence"].to_numpy(dtype=np.float64))
+        if p.numel() == 0 or bool(torch.isnan(p).any()):
+            rows.append((user, float("nan"), float("nan")))
+            continue
+        rows.append((user, float(expected_hits(p)), float(prob_at_least_one(p))))
+    return pd.DataFrame(rows, columns=["user", "expected_hits", "prob_at_least_one"])

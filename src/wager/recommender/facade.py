@@ -1,0 +1,400 @@
+"""Recommender: the thin, scikit-learn-like facade used by the CLI, serving and notebooks.
+
+``Recommender(config).fit(train, valid)`` checks the whole config, fits the encoders on the
+training split, builds the model named by ``config.model.type`` (one model, or a deep
+ensemble of it) and trains it; then ``predict`` -> :class:`~wager.prediction.Prediction`,
+``recommend`` -> top-k DataFrame, ``evaluate`` -> metrics dict, ``save`` / ``load`` a run
+folder. Each concern has one home it delegates to: :class:`ModelSpec` (what the config
+implies), :class:`Catalogue` (items, users, seen), :mod:`fitting <wager.recommender.fitting>`
+(training), :class:`Scorer` (every scoring path), :class:`PostHocChain` (post-hoc steps),
+:mod:`wager.evaluation.report` and :class:`~wager.runs.RunDirectory` (the run folder).
+
+Unknown users and items go through the out-of-vocabulary row and their features: cold start,
+never a KeyError.
+
+Example:
+    >>> import pandas as pd
+    >>> from wager.config import RunConfig, TrainConfig, EnsembleConfig
+    >>> from wager.data.schema import Schema
+    >>> df = pd.DataFrame({"user_id": [1, 1, 2, 2], "item_id": [1, 2, 1, 2],
+    ...                    "click": [1, 0, 0, 1]})
+    >>> cfg = RunConfig(schema=Schema(label="click"), training=TrainConfig(epochs=2),
+    ...                 ensemble=EnsembleConfig(members=2))
+    >>> rec = Recommender(cfg).fit(df)
+    >>> rec.predict([1], [2]).mean.shape
+    torch.Size([1])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+from wager.config import RunConfig
+from wager.data.features import InteractionEncoder
+from wager.data.schema import Schema
+from wager.errors import NotFittedError, data_error
+from wager.evaluation import oov, report
+from wager.models.heads import Head
+from wager.prediction import MixturePrediction, Prediction
+from wager.recommender import fitting, persist
+from wager.recommender.catalogue import Catalogue
+from wager.recommender.listing import recommend_frame
+from wager.recommender.scoring import Batch, Context, Scorer, to_tensors
+from wager.recommender.spec import ModelSpec
+from wager.training.trainer import History, resolve_device
+from wager.uncertainty.chain import PostHocChain
+from wager.uncertainty.relevance import list_confidence
+
+
+class Recommender:
+    """Fit / predict / recommend / evaluate / save / load any wager model.
+
+    Learned state ends in ``_``: ``encoder_``, ``scorer_`` (the trained members, catalogue
+    and every scoring path), ``chain_`` (the post-hoc steps), ``history_``, ``metrics_``.
+    Calling a fitted-state method before ``fit`` raises :class:`~wager.errors.NotFittedError`.
+
+    Args:
+        config: the run configuration (``config.schema`` must be set before ``fit``).
+    """
+
+    def __init__(self, config: RunConfig | None = None) -> None:
+        self.config = config or RunConfig()
+        self.spec = ModelSpec.from_config(self.config)
+        self.encoder_: InteractionEncoder | None = None
+        self._scorer: Scorer | None = None
+        self.chain_ = self._new_chain()
+        self.history_: History | None = None
+        self.metrics_: dict[str, Any] = {}
+
+    def _new_chain(self) -> PostHocChain:
+        return PostHocChain(
+            self.config.uncertainty, self.config.evaluation.relevance_threshold, self.config.seed
+        )
+
+    # ------------------------------------------------------------------ what the spec says
+    @property
+    def schema(self) -> Schema:
+        """The data schema (an error when the config has none)."""
+        return self.spec.schema
+
+    @property
+    def task(self) -> str:
+        """What the model learns: "click", "rating", "retrieval" or "implicit"."""
+        return self.spec.task
+
+    @property
+    def head(self) -> Head | None:
+        """The likelihood head (None for retrieval scores)."""
+        return self.spec.head
+
+    @property
+    def method(self) -> str:
+        """Provenance string of predictions."""
+        return self.spec.method
+
+    @property
+    def scorer_(self) -> Scorer:
+        """The fitted scorer (NotFittedError before fit / load)."""
+        if self._scorer is None:
+            raise NotFittedError("this Recommender is not fitted: call fit() (or load()) first")
+        return self._scorer
+
+    # ------------------------------------------------------------------ fitting
+    def fit(
+        self,
+        train: pd.DataFrame,
+        valid: pd.DataFrame | None = None,
+        *,
+        user_features: pd.DataFrame | None = None,
+        item_features: pd.DataFrame | None = None,
+        show_progress: bool = False,
+    ) -> Recommender:
+        """Check the config, fit encoders (training split only), train the model and the
+        post-hoc chain; returns self.
+
+        Args:
+            train: interaction rows with the schema's user, item, label and context columns.
+            valid: rows for early stopping (validation RMSE for ratings, log-loss for clicks,
+                impression-weighted squared error of the mean CTR for "mdn" / "ddn", NDCG@k
+                for retrieval / implicit) and for the post-hoc chain, or None.
+            user_features: user feature table keyed by ``schema.user``, or None.
+            item_features: item feature table keyed by ``schema.item``, or None.
+            show_progress: draw a progress bar.
+        """
+        spec, s = self.spec, self.schema
+        spec.validate()
+        spec.check_columns(train, "train")
+        if valid is not None:
+            spec.check_columns(valid, "valid")
+        asked = spec.post_hoc_steps()
+        if asked and spec.pointwise and (valid is None or not len(valid)):
+            raise ValueError(
+                f"[uncertainty] {asked[0]} is fitted on validation rows, but there are "
+                "none: set [data] valid_fraction > 0 (or pass valid to fit())"
+            )
+        fit_rows = fitting.positives(spec, train) if spec.ranking else train
+        if len(fit_rows) == 0:
+            raise data_error(
+                "empty_data",
+                "the training split has no rows"
+                + (" at or above model.positive_threshold" if len(train) else ""),
+                source="train",
+                fix="Check the split, any filters applied before fit() and "
+                "model.positive_threshold.",
+            )
+        device = resolve_device(self.config.training.device)
+        mc = self.config.model
+        self.encoder_ = enc = InteractionEncoder.from_schema(
+            s, mc.user_min_count, mc.item_min_count
+        )
+        enc.fit(fit_rows, user_features, item_features)
+        # items seen in the validation rows are history too: recommend() / evaluate() exclude them
+        history = train if valid is None else pd.concat([train, valid], ignore_index=True)
+        label_mean = 0.0
+        if spec.task == "rating":
+            label_mean = float(np.mean(fit_rows[s.label].to_numpy(dtype=float)))
+        catalogue = Catalogue.fit(
+            history, fit_rows, item_features, s, spec.task == "click", label_mean
+        )
+        train_t = to_tensors(enc.transform(fit_rows), device)
+        self.chain_ = self._new_chain()
+        if self.config.uncertainty.local_variance and spec.task == "rating":
+            sizes = {key: size for key, kind, size in enc.fields() if kind == "index"}
+            keys = [k for k in (f"user.{s.user}", f"item.{s.item}") if k in sizes]
+            self.chain_.fit_support(
+                {k: train_t[k] for k in keys},
+                fit_rows[s.label].to_numpy(dtype=np.float64),
+                {k: sizes[k] for k in keys},
+            )
+        stack = fitting.build_stack(spec, fitting.fields_of(enc), label_mean, device)
+        self._scorer = Scorer(spec, enc, stack, catalogue)
+        self.history_ = hist = fitting.train_members(
+            self._scorer, train_t, fit_rows, train, valid, show_progress
+        )
+        if valid is not None and len(valid):
+            self.calibrate(valid, train)
+        self.metrics_ = {
+            "train_seconds": hist.seconds,
+            "epoch_seconds": float(np.mean(hist.epoch_seconds)) if hist.epoch_seconds else 0.0,
+            "epochs": len(hist.train_loss),
+            "best_epoch": hist.best_epoch,
+        }
+        return self
+
+    def calibrate(self, valid: pd.DataFrame, history: pd.DataFrame | None = None) -> Recommender:
+        """(Re)fit the post-hoc chain on calibration rows, without retraining; returns self.
+
+        Args:
+            valid: held-out rows with labels (rating / click models), or positives whose
+                softmax temperature is fitted (retrieval / implicit models).
+            history: rows whose items the validation lists exclude (retrieval / implicit);
+                default the run's whole seen history.
+        """
+        scorer, spec, s = self.scorer_, self.spec, self.schema
+        spec.check_columns(valid, "calibration")
+        support = self.chain_.support_covariates
+        self.chain_ = self._new_chain()
+        self.chain_.support_covariates = support
+        if spec.ranking:
+            rows, positives = fitting.list_calibration_rows(scorer, valid, history)
+            if rows:
+                self.chain_.fit_lists(rows, positives)
+            return self
+        if s.label is None or spec.mixture:
+            return self
+        if not spec.post_hoc_steps() and (
+            spec.task == "click" or self.config.evaluation.relevance_threshold is None
+        ):
+            return self  # nothing to fit: skip scoring the validation rows
+        y = torch.tensor(valid[s.label].to_numpy(dtype=np.float64), dtype=torch.float32)
+        pred, cov = scorer.prediction(
+            valid[s.user].to_numpy(), valid[s.item].to_numpy(), valid,
+            covariates=self.chain_.covariates,
+        )  # fmt: skip
+        self.chain_.fit_pointwise(spec.task, pred, y, cov)
+        return self
+
+    # ------------------------------------------------------------------ predictions
+    def predict(
+        self,
+        user_ids: Sequence[Any] | np.ndarray,
+        item_ids: Sequence[Any] | np.ndarray,
+        context: Context = None,
+        batch_size: int = 65536,
+    ) -> Prediction:
+        """Predictions with uncertainty for (user, item) pairs.
+
+        Args:
+            user_ids: (n,) user ids (unknown ids go through the OOV path; a missing id
+                warns and is predicted as unknown).
+            item_ids: (n,) item ids, paired with ``user_ids``.
+            context: a DataFrame with n rows, a mapping of context column -> scalar applied
+                to every pair (e.g. {"position": 1}; a key the schema lacks is an error), or
+                None (missing context).
+            batch_size: pairs per forward pass.
+
+        Returns:
+            Prediction of the rating / click probability / retrieval score, mean (n,), after
+            the post-hoc chain. With an ensemble, std combines the members' spread
+            (epistemic) and the head's noise (aleatoric); samples (M, n) are the members'
+            means. A single point model has std None. Mixture likelihoods ("mdn" / "ddn")
+            return the pooled clean-CTR mixture of :meth:`predict_mixture`.
+        """
+        if self.spec.mixture:
+            return self.predict_mixture(user_ids, item_ids, context, batch_size=batch_size)
+        pred, cov = self.scorer_.prediction(
+            user_ids, item_ids, context, batch_size, covariates=self.chain_.covariates
+        )
+        return self.chain_.transform(pred, cov)
+
+    def predict_mixture(
+        self,
+        user_ids: Sequence[Any] | np.ndarray,
+        item_ids: Sequence[Any] | np.ndarray,
+        context: Context = None,
+        impressions: Sequence[float] | np.ndarray | Tensor | None = None,
+        batch_size: int = 65536,
+    ) -> MixturePrediction:
+        """The predictive CTR mixture of a "mdn" / "ddn" model for (user, item) pairs: the
+        R members' K-component mixtures pooled into one of R * K components (law of total
+        variance; ``epistemic_std`` = std of the members' means, None for one member).
+
+        Args:
+            user_ids, item_ids, context, batch_size: as in :meth:`predict`.
+            impressions: (n,) counts n >= 1 at which the CTR will be measured ("ddn" only):
+                fills ``measurement_std`` = sqrt(m (1 - m) / n) around the pooled mean m.
+
+        Raises:
+            ValueError: not a mixture likelihood, ids that do not pair up, or bad impressions.
+        """
+        return self.scorer_.mixture(user_ids, item_ids, context, impressions, batch_size)
+
+    def encode_pairs(
+        self,
+        user_ids: Sequence[Any] | np.ndarray,
+        item_ids: Sequence[Any] | np.ndarray,
+        context: Context = None,
+    ) -> Batch:
+        """Model inputs (B, ...) of (user, item) pairs (see :meth:`Scorer.encode_pairs`)."""
+        return self.scorer_.encode_pairs(user_ids, item_ids, context)
+
+    def relevance_confidence(self, prediction: Prediction) -> Tensor | None:
+        """(...) probability that each prediction is relevant, or None when undefined.
+
+        Ratings: P(rating >= ``evaluation.relevance_threshold``) under the predictive
+        distribution, mapped by the relevance step of the chain. Clicks: the (calibrated)
+        click probability. None for deterministic rating models and for retrieval /
+        implicit scores (:meth:`recommend` fills those from the list relevance model).
+        """
+        if self.task == "click":
+            return prediction.mean
+        return self.chain_.relevance_probability(prediction) if self.task == "rating" else None
+
+    def recommend(
+        self,
+        user_ids: Sequence[Any] | np.ndarray,
+        k: int = 10,
+        *,
+        items: Sequence[Any] | np.ndarray | None = None,
+        exclude_seen: bool = True,
+        context: Mapping[str, Any] | None = None,
+        confidence_level: float = 0.9,
+        batch_users: int = 256,
+        progress: Callable[[int], None] | None = None,
+        horizon: float | None = None,
+    ) -> pd.DataFrame:
+        """Top-k items per user, ranked by predicted mean, with std, interval, confidence.
+
+        Args:
+            user_ids: users (unknown users get cold-start lists from the OOV row).
+            k: list length per user (>= 1).
+            items: candidate items (default: the catalogue).
+            exclude_seen: drop items the user interacted with in training / validation.
+            context: context applied to every candidate (e.g. {"position": 1}).
+            confidence_level: level of the [low, high] interval, in (0, 1).
+            batch_users: users scored per pass.
+            progress: called with the number of users done after each pass.
+            horizon: retrieval / implicit: confidence = P(among the user's next ``horizon``
+                positives); None = the mean number of validation positives per user.
+
+        Returns:
+            DataFrame with user, item, rank (1-based), score (the ensemble-mean score the
+            ranking follows), mean (as :meth:`predict` gives it), std, low, high (NaN without
+            uncertainty) and confidence (:meth:`relevance_confidence`; NaN when undefined).
+        """
+        self.scorer_  # noqa: B018 - NotFittedError before any work
+        return recommend_frame(
+            self, user_ids, k, items, exclude_seen, context, confidence_level, batch_users,
+            progress, horizon,
+        )  # fmt: skip
+
+    list_confidence = staticmethod(list_confidence)
+
+    def known_users(self, user_ids: Sequence[Any]) -> np.ndarray:
+        """(n,) bool: which users had training interactions (False = cold start)."""
+        return self.scorer_.catalogue.known_users(user_ids)
+
+    def item_vectors(self) -> np.ndarray | None:
+        """(n_items, d) catalogue item embeddings (members averaged) if the model has them."""
+        return self.scorer_.item_vectors()
+
+    # ------------------------------------------------------------------ evaluation
+    def oov_stds(self, rows: pd.DataFrame, max_rows: int = 5000) -> dict[str, Any]:
+        """Per categorical field, the (real, cold) predictive stds of the first ``max_rows``
+        rows (see :func:`wager.evaluation.oov.oov_stds`)."""
+        scorer = self.scorer_
+        batch = scorer.encode_rows(rows.iloc[:max_rows])
+
+        def predict(b: Batch) -> Prediction:
+            return self.chain_.transform(scorer.batch_prediction(b), self.chain_.covariates(b))
+
+        return oov.oov_stds(scorer.encoder, batch, predict)
+
+    def oov_std_ratios(self, rows: pd.DataFrame, max_rows: int = 5000) -> dict[str, float]:
+        """{field key: median std(field set to OOV) / std(real value)} over ``rows``; above
+        1 means the model is less certain when it does not know that feature; empty for
+        deterministic models."""
+        return oov.oov_std_ratios(self.oov_stds(rows, max_rows))
+
+    def evaluate(
+        self,
+        test: pd.DataFrame,
+        *,
+        show_progress: bool = False,
+        plots_dir: str | Path | None = None,
+    ) -> dict[str, Any]:
+        """Every metric that applies, on a test table (keys as in the metrics JSON; see
+        :mod:`wager.evaluation.report`). With ``plots_dir`` (and ``[uncertainty] plots``)
+        the plots are written there and listed under "plots" ({name: PNG file name})."""
+        self.scorer_  # noqa: B018 - NotFittedError before any work
+        return report.evaluate(self, test, plots_dir)
+
+    # ------------------------------------------------------------------ persistence
+    def save(
+        self,
+        directory: str | Path,
+        *,
+        overwrite: bool = False,
+        prepare: Callable[[Path], None] | None = None,
+    ) -> Path:
+        """Write the run folder whole or not at all (see :class:`~wager.runs.RunDirectory`):
+        ``overwrite`` replaces a previous run there; ``prepare(folder)`` runs first inside
+        the folder being written (e.g. an evaluation drawing its plots there)."""
+        return persist.save(self, Path(directory), overwrite=overwrite, prepare=prepare)
+
+    @classmethod
+    def load(cls, directory: str | Path, device: str | None = None) -> Recommender:
+        """Read and verify a run folder written by :meth:`save`.
+
+        Args:
+            directory: the run folder.
+            device: "cpu" / "cuda" / "auto" to override ``training.device`` for inference.
+        """
+        return persist.load(cls, Path(directory), device)

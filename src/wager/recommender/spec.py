@@ -1,0 +1,302 @@
+"""ModelSpec: what a run config asks for, decided once, and every rule across config sections.
+
+Built from a :class:`~wager.config.RunConfig`; the facade, the fitting code and the scorer
+read its task, head and capability flags instead of comparing task strings or probing the
+model with ``hasattr``. :meth:`ModelSpec.validate` holds every rule that spans config sections
+and runs before any data is read or any epoch trained.
+
+Example:
+    >>> from wager.config import RunConfig, ModelConfig
+    >>> from wager.data.schema import Schema
+from wager.errors import data_error
+    >>> spec = ModelSpec.from_config(
+    ...     RunConfig(schema=Schema(label="rating", label_kind="rating"),
+    ...               model=ModelConfig(type="biased_mf", likelihood="gaussian")))
+    >>> spec.task, spec.pointwise, spec.has_std
+    ('rating', True, True)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+from torch import nn
+
+from wager.config import RunConfig
+from wager.data.schema import Schema
+from wager.errors import data_error
+from wager.models.fields import Field
+from wager.models.heads import (
+    BernoulliHead,
+    DeepDensityHead,
+    GaussianHead,
+    Head,
+    MixtureDensityHead,
+    PointHead,
+)
+from wager.models.registry import ModelInputs, ModelType, TaskKind, model_type
+from wager.uncertainty.mc_dropout import MCDropout
+
+
+def _head(config: RunConfig, task: TaskKind) -> Head | None:
+    """The likelihood head for ``task`` (None for retrieval scores)."""
+    m = config.model
+    if task == "retrieval":
+        return None
+    if task == "click" and m.likelihood == "mdn":
+        return MixtureDensityHead(components=m.components, support=(0.0, 1.0))
+    if task == "click" and m.likelihood == "ddn":
+        return DeepDensityHead(components=m.components)
+    if task in ("click", "implicit"):
+        return BernoulliHead()
+    rr = config.schema.rating_range if config.schema is not None else None
+    support = (float(rr[0]), float(rr[1])) if rr is not None else None
+    if m.likelihood == "gaussian":
+        return GaussianHead(support=support, mean_loss=m.mean_loss)
+    return PointHead(support=support)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The decisions a run config implies, made once.
+
+    Attributes:
+        config: the run configuration.
+        model_type: the registry entry of ``[model] type``.
+        task: "click", "rating", "retrieval" or "implicit".
+        head: the likelihood head (None for retrieval scores).
+        members: ensemble members M (1 without ``[ensemble]``).
+    """
+
+    config: RunConfig
+    model_type: ModelType
+    task: TaskKind
+    head: Head | None
+    members: int
+
+    @classmethod
+    def from_config(cls, config: RunConfig) -> ModelSpec:
+        """Decide task, head and members from ``config``."""
+        mt = model_type(config.model.type)
+        label_kind = config.schema.label_kind if config.schema is not None else None
+        task = mt.task(label_kind)
+        members = config.ensemble.members if config.ensemble is not None else 1
+        return cls(config, mt, task, _head(config, task), members)
+
+    # ------------------------------------------------------------------ capability flags
+    @property
+    def pointwise(self) -> bool:
+        """Rating and click models: one prediction per (user, item[, context]) row."""
+        return self.task in ("click", "rating")
+
+    @property
+    def ranking(self) -> bool:
+        """Retrieval and implicit models: scores that rank a user's catalogue."""
+        return not self.pointwise
+
+    @property
+    def mixture(self) -> bool:
+        """The head is a mixture of the CTR ("mdn" / "ddn")."""
+        return isinstance(self.head, MixtureDensityHead | DeepDensityHead)
+
+    @property
+    def noise_head(self) -> bool:
+        """The head predicts a data-noise std (Gaussian or mixture)."""
+        return isinstance(self.head, GaussianHead) or self.mixture
+
+    @property
+    def has_std(self) -> bool:
+        """Predictions carry a std (members, MC dropout or a noise head)."""
+        return self.members >= 2 or self.mc_dropout is not None or self.noise_head
+
+    @property
+    def mc_dropout(self) -> MCDropout | None:
+        """The MC-dropout sampler when ``[uncertainty] mc_dropout_samples`` is set."""
+        samples = self.config.uncertainty.mc_dropout_samples
+        return MCDropout(samples, seed=self.config.seed) if samples else None
+
+    @property
+    def method(self) -> str:
+        """Provenance string of predictions, e.g. "ensemble(members=5, ...) of biased_mf"."""
+        ens = self.config.ensemble
+        name = self.config.model.type
+        mc = self.mc_dropout
+        if mc is not None:
+            name = f"{mc.method} of {name}"
+        if ens is None:
+            return name
+        return f"ensemble(members={ens.members}, bootstrap={ens.bootstrap}) of {name}"
+
+    @property
+    def schema(self) -> Schema:
+        """The data schema (an error when the config has none)."""
+        if self.config.schema is None:
+            raise ValueError(
+                "config.schema is not set: give RunConfig(schema=...) or let `wager train` "
+                "take the schema the data loader suggests"
+            )
+        return self.config.schema
+
+    @property
+    def needs_label(self) -> bool:
+        """Training and validation rows must carry the label column."""
+        return self.pointwise
+
+    def check_columns(self, df: pd.DataFrame, what: str) -> None:
+        """DataError naming the schema columns (user, item, context, label of pointwise
+        models, impressions of "ddn") missing from the ``what`` table ``df``."""
+        s = self.schema
+        need = [s.user, s.item] + [f.name for f in s.context]
+        if self.needs_label and s.label is not None:
+            need.append(s.label)
+        col = s.impressions
+        if self.config.model.likelihood == "ddn" and col is not None and col not in df.columns:
+            raise data_error(
+                "missing_column",
+                f"[model] likelihood = 'ddn' needs the impressions column {col!r} "
+                f"(Schema.impressions), which is missing from the {what} table",
+                source=what,
+                column=col,
+                fix=f"Add the impression counts as column {col!r}, or use likelihood = 'mdn'. "
+                f"Available columns: {', '.join(map(str, df.columns))}.",
+            )
+        missing = [c for c in need if c not in df.columns]
+        if missing:
+            raise data_error(
+                "missing_column",
+                f"columns {missing} are missing from the {what} table",
+                source=what,
+                column=missing[0],
+                fix=f"Available columns: {', '.join(map(str, df.columns))}.",
+            )
+
+    def build_model(self, fields: list[Field], global_mean: float = 0.0) -> nn.Module:
+        """A fresh model of ``[model] type`` over the encoded ``fields``."""
+        s = self.schema
+        inputs = ModelInputs(
+            user=[f for f in fields if f.key.startswith("user.")],
+            item=[f for f in fields if f.key.startswith("item.")],
+            context=[f for f in fields if f.key.startswith("context.")],
+            head=self.head,
+            global_mean=global_mean,
+            item_id_key=f"item.{s.item}",
+        )
+        return self.model_type.build(self.config.model, inputs)
+
+    # ------------------------------------------------------------------ cross-section rules
+    def post_hoc_steps(self) -> list[str]:
+        """The ``[uncertainty]`` post-hoc steps the config asks for, in config order."""
+        uc = self.config.uncertainty
+        wanted = {
+            "calibrator": uc.calibrator != "none",
+            "conformal": uc.conformal != "none",
+            "variance_scaling": uc.variance_scaling,
+            "local_variance": uc.local_variance,
+        }
+        return [k for k, v in wanted.items() if v]
+
+    def validate(self) -> None:
+        """Every rule that spans config sections; raises ValueError naming section and key.
+
+        Runs before any data is read (the schema of the config is checked, not the data).
+        """
+        s = self.schema
+        if s.label is None and self.pointwise:
+            raise ValueError(
+                f"Schema.label is None: a {self.task} model needs a label column; set schema.label"
+            )
+        self._validate_likelihood()
+        self._validate_uncertainty()
+        self._validate_training()
+
+    def _validate_likelihood(self) -> None:
+        m = self.config.model
+        if m.likelihood not in ("mdn", "ddn"):
+            return
+        if m.type != "dcn":
+            raise ValueError(
+                f"[model] likelihood = {m.likelihood!r} needs [model] type = 'dcn' (got "
+                f"type = {m.type!r}): the mixture density heads model a CTR with the DCN "
+                "ranker; set type = 'dcn', or likelihood = 'point' for this model type"
+            )
+        if self.task != "click":
+            raise ValueError(
+                f"[model] likelihood = {m.likelihood!r} models a click-through rate, but this "
+                f"is a {self.task} model (Schema.label_kind = {self.schema.label_kind!r}); "
+                "use a click / CTR label (Schema.label_kind = 'click' or 'ctr'), or "
+                "likelihood = 'gaussian' for ratings"
+            )
+        calibrator = self.config.uncertainty.calibrator
+        if calibrator != "none":
+            raise ValueError(
+                f"[uncertainty] calibrator = {calibrator!r} maps a click probability, but "
+                f"[model] likelihood = {m.likelihood!r} predicts a whole CTR distribution "
+                "(mixture weights, means and stds fitted by likelihood) that a probability map "
+                "would leave inconsistent: set calibrator = 'none', or likelihood = 'point' "
+                "to calibrate a single CTR"
+            )
+        if m.likelihood == "ddn" and self.schema.impressions is None:
+            raise ValueError(
+                "[model] likelihood = 'ddn' needs aggregated CTR rows with their impression "
+                "counts, but Schema.impressions is not set: set Schema(impressions=<column>, "
+                "clicks=<column>), or use likelihood = 'mdn'"
+            )
+
+    def _validate_uncertainty(self) -> None:
+        uc = self.config.uncertainty
+        if uc.mc_dropout_samples and not self.config.model.dropout > 0:
+            raise ValueError(
+                f"[uncertainty] mc_dropout_samples = {uc.mc_dropout_samples} needs dropout in "
+                "the model: set [model] dropout > 0 (e.g. 0.1), or mc_dropout_samples = 0"
+            )
+        if uc.cold_start == "population" and (self.members < 2 or uc.mc_dropout_samples):
+            raise ValueError(
+                "[uncertainty] cold_start = 'population' averages an unknown value over known "
+                "values drawn for each ensemble member: it needs an [ensemble] section with "
+                "members >= 2 and no mc_dropout_samples; or set cold_start = 'learned'"
+            )
+        asked = self.post_hoc_steps()
+        if asked and not self.pointwise:
+            raise ValueError(
+                f"[uncertainty] {asked[0]} applies to rating and click models, not to a "
+                f"{self.task} model; remove it from [uncertainty]"
+            )
+        if self.task == "click" and uc.local_variance:
+            raise ValueError(
+                "[uncertainty] local_variance refits the std of rating predictions; a click "
+                "model's probabilities are calibrated by calibrator = 'platt' | 'isotonic' | "
+                "'temperature': remove local_variance"
+            )
+        if self.task == "click" and asked and uc.calibrator == "none":
+            raise ValueError(
+                f"[uncertainty] {asked[0]} applies to rating models; for clicks use "
+                "calibrator = 'platt' | 'isotonic' | 'temperature'"
+            )
+        if self.task == "rating" and uc.calibrator != "none":
+            raise ValueError(
+                f"[uncertainty] calibrator = {uc.calibrator!r} calibrates click probabilities; "
+                "for ratings use conformal = 'normalized' and/or variance_scaling = true"
+            )
+        needs_std = uc.variance_scaling or uc.local_variance or uc.conformal == "normalized"
+        if self.task == "rating" and needs_std and not self.has_std:
+            raise ValueError(
+                "[uncertainty] variance_scaling / local_variance / conformal = 'normalized' "
+                "need a predicted std, but this model is deterministic: set [model] "
+                "likelihood = 'gaussian', add an [ensemble] or set mc_dropout_samples; or use "
+                "conformal = 'homoscedastic'"
+            )
+
+    def _validate_training(self) -> None:
+        ens = self.config.ensemble
+        if ens is not None and ens.holdout > 0 and not self.pointwise:
+            raise ValueError(
+                f"[ensemble] holdout = {ens.holdout!r} applies to rating and click models, not "
+                f"to a {self.task} model; set holdout = 0 and early-stop on the validation split"
+            )
+        metric = self.config.training.validation_metric
+        if self.ranking and metric in ("rmse", "log_loss"):
+            raise ValueError(
+                f"[training] validation_metric = {metric!r} does not apply to a {self.task} "
+                "model; use 'ndcg@K', 'recall@K' or 'top_k_accuracy@K'"
+            )
