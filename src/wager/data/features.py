@@ -10,6 +10,9 @@ Index conventions (the model layer relies on them):
   are 2..V+1. ``L`` is the longest cell in the batch (at least 1).
 - :class:`TextEncoder` -> ``(n, L)`` int64 padded with 0; hashed word / word n-gram ids in
   1..n_buckets. Stateless: hashing needs no vocabulary, so unseen words still land in a bucket.
+- :class:`VectorEncoder` -> ``(n, dim + 1)`` float32: columns 0..dim-1 the (standardised)
+  vector, all 0 where missing; column dim the 0/1 "was missing" indicator. Read from a list
+  column or from the ``name_0..name_{dim-1}`` columns (see :func:`vector_columns`).
 
 :class:`EntityEncoder` encodes an entity (user or item): its id as a categorical plus the
 columns of its feature table, looked up by id. Ids absent from the feature table get the
@@ -33,10 +36,11 @@ from wager.data.schema import (
     MultiCategorical,
     Numeric,
     Text,
+    Vector,
     feature_from_dict,
     feature_to_dict,
 )
-from wager.errors import NotFittedError, data_error
+from wager.errors import DataError, NotFittedError, data_error
 
 OOV = 0
 _TOKEN = re.compile(r"\w+", re.UNICODE)
@@ -401,7 +405,320 @@ class TextEncoder:
         return self
 
 
-Encoder = CategoricalEncoder | NumericEncoder | MultiCategoricalEncoder | TextEncoder
+def vector_columns(spec: Vector, columns: Sequence[Any], source: str = "") -> list[str]:
+    """The columns that hold a :class:`~wager.data.schema.Vector`: ``[name]`` or its family.
+
+    A column named ``spec.name`` is a list column; otherwise the vector is spread over
+    ``name_0``, ..., ``name_{dim-1}``, which must all exist, and no ``name_i`` with
+    ``i >= dim`` may exist (that would be a vector of another width).
+
+    Args:
+        spec: the vector feature.
+        columns: the table's column names.
+        source: the table's name, for messages.
+
+    Returns:
+        ``[spec.name]`` for a list column, else the ``dim`` family columns in order.
+
+    Raises:
+        DataError: both forms are present, neither is, or the family has gaps or more
+            than ``dim`` columns; the message names the columns.
+
+    Example:
+        >>> vector_columns(Vector("emb", 2), ["id", "emb_0", "emb_1"])
+        ['emb_0', 'emb_1']
+    """
+    names = [str(c) for c in columns]
+    stem = re.compile(rf"{re.escape(spec.name)}_(0|[1-9][0-9]*)")
+    family = {int(m.group(1)): c for c in names if (m := stem.fullmatch(c))}
+    if spec.name in names:
+        if family:
+            raise data_error(
+                "ambiguous_vector",
+                f"Vector('{spec.name}') could be read from the list column '{spec.name}' or "
+                f"from the columns {spec.name}_0, ...; both are present",
+                source=source or None,
+                column=spec.name,
+                fix=f"Keep one form: drop the list column or the '{spec.name}_i' columns.",
+            )
+        return [spec.name]
+    expected = [f"{spec.name}_{i}" for i in range(spec.dim)]
+    if not family:
+        raise data_error(
+            "missing_column",
+            f"Vector('{spec.name}', dim={spec.dim}) needs a list column '{spec.name}' or the "
+            f"columns {expected[0]} .. {expected[-1]}, and neither is present",
+            source=source or None,
+            column=spec.name,
+            fix=f"Available columns: {', '.join(names)}.",
+        )
+    extra = sorted(i for i in family if i >= spec.dim)
+    if extra:
+        raise data_error(
+            "vector_dim",
+            f"Vector('{spec.name}') declares dim={spec.dim}, but the table has "
+            f"{len(family)} columns {spec.name}_0 .. {spec.name}_{max(family)}",
+            source=source or None,
+            column=family[extra[0]],
+            fix=f"Declare Vector('{spec.name}', dim={max(family) + 1}) if the vectors have "
+            f"{max(family) + 1} entries, or drop the extra columns.",
+        )
+    absent = [c for c in expected if c not in names]
+    if absent:
+        raise data_error(
+            "missing_column",
+            f"Vector('{spec.name}', dim={spec.dim}) is read from {expected[0]} .. "
+            f"{expected[-1]}; missing: {', '.join(absent[:5])}"
+            + (" ..." if len(absent) > 5 else ""),
+            source=source or None,
+            column=absent[0],
+            fix="Add the missing columns, or declare the dim the table has.",
+        )
+    return expected
+
+
+def _vector_error(
+    code: str, problem: str, source: str, column: str, rows: np.ndarray, fix: str
+) -> DataError:
+    return data_error(code, problem, source=source or None, column=column, rows=rows, fix=fix)
+
+
+def _list_cells(series: pd.Series, spec: Vector, source: str) -> np.ndarray:
+    """(n, dim) float64 from a list column; all-NaN rows where the cell is missing."""
+    n, d = len(series), spec.dim
+    out = np.full((n, d), np.nan)
+    wrong: list[int] = []
+    wrong_len = 0
+    not_list: list[int] = []
+    not_number: list[int] = []
+    for i, cell in enumerate(series.tolist()):
+        if cell is None or cell is pd.NA or (isinstance(cell, float) and np.isnan(cell)):
+            continue
+        if isinstance(cell, str | bytes) or not isinstance(cell, Sequence | np.ndarray):
+            not_list.append(i)
+            continue
+        try:
+            arr = np.asarray(cell, dtype=np.float64)
+        except (TypeError, ValueError):
+            not_number.append(i)
+            continue
+        if arr.ndim != 1 or arr.shape[0] != d:
+            if not wrong:
+                wrong_len = int(arr.size) if arr.ndim == 1 else -1
+            wrong.append(i)
+            continue
+        if np.isnan(arr).all():  # [nan, ..., nan] is a missing vector, as a NaN cell is
+            continue
+        out[i] = arr
+    fix_form = (
+        f"Store one list of {d} numbers per row (a Parquet list column), or the columns "
+        f"{spec.name}_0 .. {spec.name}_{d - 1}."
+    )
+    if not_list:
+        first = series.iloc[not_list[0]]
+        raise _vector_error(
+            "not_a_vector",
+            f"Vector('{spec.name}') cells must be lists of numbers, got "
+            f"{type(first).__name__} values such as {_short(first)}",
+            source,
+            spec.name,
+            np.asarray(not_list),
+            fix_form,
+        )
+    if not_number:
+        first = series.iloc[not_number[0]]
+        raise _vector_error(
+            "non_numeric",
+            f"Vector('{spec.name}') holds non-numeric entries, e.g. {_short(first)}",
+            source,
+            spec.name,
+            np.asarray(not_number),
+            "Clean the vectors: numbers only.",
+        )
+    if wrong:
+        got = (
+            "a nested list"
+            if wrong_len < 0
+            else f"{wrong_len} entr{'y' if wrong_len == 1 else 'ies'}"
+        )
+        raise _vector_error(
+            "vector_dim",
+            f"Vector('{spec.name}') expects {d} entries per vector; the first of these "
+            f"rows has {got}",
+            source,
+            spec.name,
+            np.asarray(wrong),
+            f"Give every vector {d} entries (a missing vector is None), or declare the dim "
+            "the vectors have.",
+        )
+    return out
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def vector_values(table: pd.DataFrame, spec: Vector, source: str = "") -> np.ndarray:
+    """Read and check a vector feature: (n, dim) float64, all-NaN rows for missing vectors.
+
+    Args:
+        table: rows holding the list column ``spec.name`` or the ``name_i`` columns.
+        spec: the vector feature.
+        source: the table's name, for messages.
+
+    Raises:
+        DataError: naming the column and rows of vectors of another length, non-numeric
+            or infinite entries, or vectors with only some entries missing.
+    """
+    cols = vector_columns(spec, table.columns, source)
+    d = spec.dim
+    if cols == [spec.name]:
+        values = _list_cells(table[spec.name].reset_index(drop=True), spec, source)
+        where = [spec.name] * d
+    else:
+        parts = []
+        for c in cols:
+            col = table[c].reset_index(drop=True)
+            x = pd.to_numeric(col, errors="coerce").to_numpy(dtype=np.float64)
+            bad = np.flatnonzero(np.isnan(x) & col.notna().to_numpy())
+            if bad.size:
+                raise _vector_error(
+                    "non_numeric",
+                    f"Vector('{spec.name}') holds non-numeric values such as "
+                    f"{_short(col.iloc[bad[0]])}",
+                    source,
+                    c,
+                    bad,
+                    "Clean the column: numbers only.",
+                )
+            parts.append(x)
+        values = np.stack(parts, axis=1) if parts else np.zeros((len(table), 0))
+        where = cols
+    inf = np.isinf(values)
+    if inf.any():
+        rows, dims = np.nonzero(inf)
+        raise _vector_error(
+            "infinite_value",
+            f"Vector('{spec.name}') holds infinite entries",
+            source,
+            where[int(dims[0])],
+            np.unique(rows),
+            "Replace inf with a finite value (or make the whole vector missing).",
+        )
+    nan = np.isnan(values)
+    partial = np.flatnonzero(nan.any(axis=1) & ~nan.all(axis=1))
+    if partial.size:
+        dim = int(np.flatnonzero(nan[partial[0]])[0])
+        raise _vector_error(
+            "partial_vector",
+            f"Vector('{spec.name}') has vectors with some entries missing (the first misses "
+            f"entry {dim})",
+            source,
+            where[dim],
+            partial,
+            "Give all entries of a vector, or none (a missing vector is encoded as such).",
+        )
+    return values
+
+
+@dataclass
+class VectorEncoder:
+    """Encode a precomputed embedding: standardised entries plus a missing indicator.
+
+    Standardisation statistics (per-entry mean and std) come from the training rows with a
+    vector; a missing vector encodes as zeros (the training mean) with indicator 1.
+
+    Example:
+        >>> enc = VectorEncoder(Vector("emb", 2))
+        >>> enc = enc.fit(pd.DataFrame({"emb": [[0.0, 1.0], [2.0, 3.0]]}))
+        >>> enc.transform(pd.DataFrame({"emb_0": [1.0, None], "emb_1": [5.0, None]})).tolist()
+        [[0.0, 3.0, 0.0], [0.0, 0.0, 1.0]]
+    """
+
+    spec: Vector
+    mean_: list[float] | None = None
+    std_: list[float] | None = None
+    source: str = ""
+
+    def _values(
+        self, table: pd.DataFrame | pd.Series | Sequence[Any], source: str | None = None
+    ) -> np.ndarray:
+        if not isinstance(table, pd.DataFrame):  # the list column itself
+            table = pd.DataFrame({self.spec.name: pd.Series(table).reset_index(drop=True)})
+        return vector_values(table, self.spec, self.source if source is None else source)
+
+    def fit(self, table: pd.DataFrame | pd.Series | Sequence[Any]) -> VectorEncoder:
+        """Learn each entry's mean and std (std 1 where constant) over the present vectors.
+
+        Args:
+            table: training rows holding the list column or the ``name_i`` columns, or
+                the (n,) list column itself.
+        """
+        x = self._values(table)
+        present = x[~np.isnan(x).any(axis=1)]
+        d = self.spec.dim
+        if self.spec.standardize and len(present):
+            std = present.std(axis=0)
+            self.mean_ = [float(v) for v in present.mean(axis=0)]
+            self.std_ = [float(v) if v > 1e-12 else 1.0 for v in std]
+        else:
+            self.mean_, self.std_ = [0.0] * d, [1.0] * d
+        return self
+
+    @property
+    def width(self) -> int:
+        """Number of output columns: ``dim`` entries plus the missing indicator."""
+        return self.spec.dim + 1
+
+    def transform(
+        self, table: pd.DataFrame | pd.Series | Sequence[Any], source: str | None = None
+    ) -> np.ndarray:
+        """(n, dim + 1) float32: the standardised vector (0 where missing), then the 0/1
+        missing indicator.
+
+        Args:
+            table: rows holding the list column or the ``name_i`` columns, or the (n,) list
+                column itself.
+            source: the table's name for messages (None: the ``source`` given at creation).
+        """
+        if self.mean_ is None or self.std_ is None:
+            raise _not_fitted(self.spec.name)
+        x = self._values(table, source)
+        missing = np.isnan(x).any(axis=1)
+        z = (x - np.asarray(self.mean_)) / np.asarray(self.std_)
+        z[missing] = 0.0
+        return np.concatenate([z, missing[:, None].astype(np.float64)], axis=1).astype(np.float32)
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-ready state."""
+        if self.mean_ is None or self.std_ is None:
+            raise _not_fitted(self.spec.name)
+        return {"mean": list(self.mean_), "std": list(self.std_)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> VectorEncoder:
+        """Restore from :meth:`state_dict`."""
+        self.mean_ = [float(v) for v in state["mean"]]
+        self.std_ = [float(v) for v in state["std"]]
+        return self
+
+
+Encoder = (
+    CategoricalEncoder | NumericEncoder | MultiCategoricalEncoder | TextEncoder | VectorEncoder
+)
+
+
+def _feature_column(table: pd.DataFrame, spec: Feature, source: str) -> pd.Series:
+    """The column a (non-vector) spec's encoder reads; a named error when it is absent."""
+    if spec.name not in table.columns:
+        raise data_error(
+            "missing_column",
+            "feature column not found",
+            source=source or None,
+            column=spec.name,
+            fix=f"Available columns: {', '.join(map(str, table.columns))}.",
+        )
+    return table[spec.name]
 
 
 def make_encoder(spec: Feature, source: str = "") -> Encoder:
@@ -414,6 +731,8 @@ def make_encoder(spec: Feature, source: str = "") -> Encoder:
         return MultiCategoricalEncoder(spec)
     if isinstance(spec, Text):
         return TextEncoder(spec)
+    if isinstance(spec, Vector):
+        return VectorEncoder(spec, source=source)
     raise TypeError(f"not a feature spec: {spec!r}")
 
 
@@ -428,22 +747,30 @@ class FeatureEncoders:
         """Fit one encoder per spec on ``table`` (the training split)."""
         self.encoders_ = {}
         for spec in self.specs:
-            if spec.name not in table.columns:
-                raise data_error(
-                    "missing_column",
-                    "feature column not found",
-                    source=source or None,
-                    column=spec.name,
-                    fix=f"Available columns: {', '.join(map(str, table.columns))}.",
-                )
-            self.encoders_[spec.name] = make_encoder(spec, source).fit(table[spec.name])
+            if isinstance(spec, Vector):  # a list column or the name_i columns
+                self.encoders_[spec.name] = VectorEncoder(spec, source=source).fit(table)
+            else:
+                column = _feature_column(table, spec, source)
+                self.encoders_[spec.name] = make_encoder(spec, source).fit(column)
         return self
 
-    def transform(self, table: pd.DataFrame) -> dict[str, np.ndarray]:
-        """Encode every fitted column of ``table``; see the module docstring for shapes."""
+    def transform(self, table: pd.DataFrame, source: str = "") -> dict[str, np.ndarray]:
+        """Encode every fitted column of ``table``; see the module docstring for shapes.
+
+        Args:
+            table: rows holding every spec's column (a vector's list or ``name_i`` columns).
+            source: the table's name, for messages.
+        """
         if len(self.encoders_) != len(self.specs):
             raise NotFittedError("feature encoders are not fitted: call fit() first")
-        return {name: enc.transform(table[name]) for name, enc in self.encoders_.items()}
+        out: dict[str, np.ndarray] = {}
+        for spec in self.specs:
+            enc = self.encoders_[spec.name]
+            if isinstance(enc, VectorEncoder):
+                out[spec.name] = enc.transform(table, source or None)
+            else:
+                out[spec.name] = enc.transform(_feature_column(table, spec, source))
+        return out
 
     def state_dict(self) -> dict[str, Any]:
         """JSON-ready state: specs and every encoder's state."""
@@ -535,8 +862,17 @@ class EntityEncoder:
                 rows=dup,
                 fix="Keep one row per id in the feature table.",
             )
-        cols = [s.name for s in self.feature_specs]
-        out = table[cols].copy()
+        parts: list[pd.DataFrame] = []
+        for spec in self.feature_specs:
+            if isinstance(spec, Vector):
+                # read and checked once, on the whole table (rows named as the user numbers
+                # them), then kept as the name_i columns: fast to look up, plain Parquet
+                values = vector_values(table, spec, source)
+                names = [f"{spec.name}_{i}" for i in range(spec.dim)]
+                parts.append(pd.DataFrame(values, columns=names, index=table.index))
+            else:
+                parts.append(table[[_feature_column(table, spec, source).name]])
+        out = pd.concat(parts, axis=1) if parts else table[[]].copy()
         out.index = pd.Index(keys.to_numpy(), name=self.key)
         return out
 
@@ -553,7 +889,7 @@ class EntityEncoder:
             raise NotFittedError(f"encoder for '{self.key}' is not fitted: call fit() first")
         out = {self.key: self.id_encoder_.cardinality}
         for name, enc in self.features_.encoders_.items():
-            if not isinstance(enc, NumericEncoder):
+            if not isinstance(enc, NumericEncoder | VectorEncoder):
                 out[name] = enc.cardinality
         return out
 
@@ -607,6 +943,8 @@ class EntityEncoder:
 def _field_kind(enc: Encoder) -> tuple[str, int]:
     if isinstance(enc, NumericEncoder):
         return "numeric", enc.width
+    if isinstance(enc, VectorEncoder):
+        return "vector", enc.width
     if isinstance(enc, CategoricalEncoder):
         return "index", enc.cardinality
     return "bag", enc.cardinality
@@ -685,7 +1023,12 @@ class InteractionEncoder:
         return self
 
     def fields(self) -> list[tuple[str, str, int]]:
-        """(key, kind, size) of every encoded input: kind is "index", "bag" or "numeric"."""
+        """(key, kind, size) of every encoded input.
+
+        kind is "index" (size: embedding rows), "bag" (size: embedding rows), "numeric"
+        (size: input width) or "vector" (size: input width, the vector's dim + 1 for the
+        missing indicator).
+        """
         out: list[tuple[str, str, int]] = []
         for side, ent in (("user", self.users), ("item", self.items)):
             assert ent.id_encoder_ is not None and ent.features_ is not None
@@ -715,7 +1058,7 @@ class InteractionEncoder:
             enc = ent.features_.encoders_.get(name)
         else:
             enc = self.context.encoders_.get(name) if side == "context" else None
-        if enc is None or isinstance(enc, NumericEncoder):
+        if enc is None or isinstance(enc, NumericEncoder | VectorEncoder):
             raise KeyError(f"{key!r} is not a categorical field of this encoder")
         return 1 if isinstance(enc, MultiCategoricalEncoder) else 0
 

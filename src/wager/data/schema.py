@@ -2,7 +2,8 @@
 
 A :class:`Schema` is declarative: it names columns of an interaction table and
 of optional user/item feature tables, and gives each feature column a spec
-(:class:`Categorical`, :class:`Numeric`, :class:`MultiCategorical`, :class:`Text`).
+(:class:`Categorical`, :class:`Numeric`, :class:`MultiCategorical`, :class:`Text`,
+:class:`Vector`).
 Encoders (``wager.data.features``) are fitted from these specs on the training
 split only.
 
@@ -167,12 +168,56 @@ class Text:
             raise ValueError(f"Text('{self.name}').max_tokens must be >= 1, got {self.max_tokens}")
 
 
-Feature = Categorical | Numeric | MultiCategorical | Text
+@dataclass(frozen=True)
+class Vector:
+    """A precomputed embedding of fixed width: text, image or graph vectors computed elsewhere.
+
+    The vector is read from a list column ``name`` (one list or array of ``dim`` numbers per
+    row, e.g. a Parquet ``list<float>`` column) or, when there is no such column, from the
+    columns ``name_0``, ..., ``name_{dim-1}`` (one number each, e.g. from a CSV). The model
+    projects it linearly to the embedding dimension of the tower it feeds.
+
+    A missing vector (a None / NaN cell, a row whose ``dim`` columns are all empty, or an
+    id absent from the feature table) is encoded as the zero vector plus a 0/1 "missing"
+    indicator, as :class:`Numeric` encodes a missing value. A vector with only some entries
+    missing, of another length than ``dim``, or holding non-numbers or infinities, is an
+    error naming the column and rows.
+
+    Attributes:
+        name: column name (the list column, or the stem of the ``name_i`` columns).
+        dim: number of entries of every vector (>= 1).
+        standardize: centre and scale each entry with its mean and std over the training
+            rows (fitted on the training split only); False feeds the values as given.
+
+    Example:
+        >>> Vector("text_emb", dim=384).dim
+        384
+    """
+
+    name: str
+    dim: int
+    standardize: bool = True
+
+    def __post_init__(self) -> None:
+        _check_name("Vector", self.name)
+        if isinstance(self.dim, bool) or not isinstance(self.dim, int) or self.dim < 1:
+            raise ValueError(
+                f"Vector('{self.name}').dim must be an integer >= 1 (the number of entries "
+                f"of each vector), got {self.dim!r}"
+            )
+        if not isinstance(self.standardize, bool):
+            raise ValueError(
+                f"Vector('{self.name}').standardize must be true or false, got {self.standardize!r}"
+            )
+
+
+Feature = Categorical | Numeric | MultiCategorical | Text | Vector
 _FEATURE_TYPES: dict[str, type] = {
     "categorical": Categorical,
     "numeric": Numeric,
     "multi_categorical": MultiCategorical,
     "text": Text,
+    "vector": Vector,
 }
 
 

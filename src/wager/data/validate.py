@@ -34,7 +34,8 @@ import pandas as pd
 from rich.console import Console
 from rich.text import Text as RichText
 
-from wager.data.schema import Feature, Numeric, Schema
+from wager.data.features import vector_values
+from wager.data.schema import Feature, Numeric, Schema, Vector
 from wager.errors import (
     DataError,
     Finding,
@@ -340,6 +341,12 @@ def _check_feature_columns(
     """Check that each spec's column exists and that its values fit the spec."""
     for spec in specs:
         kind = type(spec).__name__
+        if isinstance(spec, Vector):  # a list column or the name_i columns; every row checked
+            try:
+                vector_values(df, spec, source or "")
+            except DataError as exc:
+                report.extend(_findings_of(exc))
+            continue
         if spec.name not in df.columns:
             _missing_column(report, df, spec.name, f"{kind} feature", how_to_name, source)
             continue

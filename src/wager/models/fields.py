@@ -1,4 +1,5 @@
-"""Embedding of encoded feature fields (ids, categoricals, multi-valued, text, numerics).
+"""Embedding of encoded feature fields (ids, categoricals, multi-valued, text, numerics,
+precomputed vectors).
 
 A batch is a flat ``dict[str, Tensor]`` whose keys are ``"<side>.<field>"`` (side is
 "user", "item" or "context") plus "label" and "weight"; see
@@ -7,13 +8,15 @@ A batch is a flat ``dict[str, Tensor]`` whose keys are ``"<side>.<field>"`` (sid
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
-FieldKind = Literal["index", "bag", "numeric"]
+FieldKind = Literal["index", "bag", "numeric", "vector"]
+_DENSE: tuple[str, ...] = ("numeric", "vector")  # float inputs, projected linearly
 
 
 @dataclass(frozen=True)
@@ -22,9 +25,11 @@ class Field:
 
     Attributes:
         key: batch key, e.g. "user.segment".
-        kind: "index" ((B,) int64, 0 = OOV), "bag" ((B, L) int64 padded with 0), or
-            "numeric" ((B, width) float32).
-        size: embedding rows for index/bag fields; input width for numeric fields.
+        kind: "index" ((B,) int64, 0 = OOV), "bag" ((B, L) int64 padded with 0),
+            "numeric" ((B, width) float32) or "vector" ((B, width) float32: a precomputed
+            embedding, its entries then a missing indicator).
+        size: embedding rows for index/bag fields; input width for numeric and vector
+            fields (a vector of dim d has width d + 1).
     """
 
     key: str
@@ -36,7 +41,10 @@ class FieldEmbedding(nn.Module):
     """Sum of per-field embeddings (a vector) and per-field scalar biases.
 
     For a bag field the embedding is the mean over its non-padding entries (an empty bag
-    contributes zero). Implemented with plain ``nn.Embedding`` so that it works under
+    contributes zero). Numeric and vector fields are projected linearly (no bias term) to
+    ``dim``; a vector field's projection starts with std ``init_std / sqrt(size)``, so that a
+    vector of standardised entries starts with embeddings of the scale of an id's, however
+    wide the vector. Implemented with plain ``nn.Embedding`` so that it works under
     ``torch.func.vmap`` (ensembles with stacked parameters).
 
     Every method accepts any leading shape: an index field of shape (...,) or a bag field of
@@ -66,10 +74,11 @@ class FieldEmbedding(nn.Module):
         self.biases = nn.ModuleDict()
         for f in self.fields:
             name = f.key.replace(".", "__")
-            if f.kind == "numeric":
+            if f.kind in _DENSE:
                 if dim:
+                    std = init_std / math.sqrt(f.size) if f.kind == "vector" else init_std
                     self.vectors[name] = nn.Linear(f.size, dim, bias=False)
-                    nn.init.normal_(self.vectors[name].weight, std=init_std)
+                    nn.init.normal_(self.vectors[name].weight, std=std)
                 if bias:
                     self.biases[name] = nn.Linear(f.size, 1, bias=False)
                     nn.init.zeros_(self.biases[name].weight)
@@ -91,7 +100,7 @@ class FieldEmbedding(nn.Module):
         for f in self.fields:
             name = f.key.replace(".", "__")
             x = batch[f.key]
-            if f.kind == "numeric" or f.kind == "index":
+            if f.kind in _DENSE or f.kind == "index":
                 v = self.vectors[name](x) if self.dim else None
                 b = self.biases[name](x).squeeze(-1) if self.has_bias else None
             else:
@@ -161,7 +170,7 @@ class FieldEmbedding(nn.Module):
         Returns:
             (B, n_fields, dim) float32: field f's vector in slot f, in ``fields`` order (a bag
             field's vector is the mean over its non-padding entries; a numeric field's is
-            its linear projection).
+            its linear projection, as is a vector field's).
         """
         if not self.dim:
             raise ValueError("forward_fields needs dim >= 1 (this FieldEmbedding has dim=0)")

@@ -1,9 +1,9 @@
 """Towers: the embedding of one side (user, item or context) from any mix of features.
 
-A tower sums the embeddings of its fields (ids, categoricals, bags, projected numerics;
-see :class:`~wager.models.fields.FieldEmbedding`) and optionally passes the sum through an
-MLP. The same tower embeds other keys holding the same fields, e.g. sampled negatives under
-``"neg.item.<field>"``, with any leading shape.
+A tower sums the embeddings of its fields (ids, categoricals, bags, projected numerics and
+precomputed vectors; see :class:`~wager.models.fields.FieldEmbedding`) and optionally passes
+the sum through an MLP. The same tower embeds other keys holding the same fields, e.g.
+sampled negatives under ``"neg.item.<field>"``, with any leading shape.
 """
 
 from __future__ import annotations
@@ -143,7 +143,8 @@ class Tower(nn.Module):
 
         Args:
             batch: encoded inputs. Index fields (...,) int64, bag fields (..., L) int64,
-                numeric fields (..., width) float32, all with the same leading shape.
+                numeric and vector fields (..., width) float32, all with the same leading
+                shape.
             prefix: read the fields under this side prefix instead of their own keys, e.g.
                 ``"neg.item."`` for negatives shaped (N, ...) or (B, K, ...).
 
