@@ -131,13 +131,6 @@ def test_item_table_with_wrong_dim_is_refused_before_training(world):
         )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=KeyError,
-    reason="needs the facade's OOV analysis to skip 'vector' fields as it skips 'numeric' "
-    'ones (recommender.py, _oov_stds: `if kind in ("numeric", "vector"): continue`); '
-    "remove this marker with that change",
-)
 def test_oov_analysis_of_an_ensemble_skips_vector_fields(world):
     train, valid, _, items = world
     config = dataclasses.replace(

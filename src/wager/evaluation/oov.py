@@ -47,7 +47,7 @@ def oov_stds(
         return {}
     out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for key, kind, _size in encoder.fields():
-        if kind == "numeric":
+        if kind in ("numeric", "vector"):  # no OOV value: nothing to set unknown
             continue
         unknown = encoder.unknown_token(key)
         # known: an index other than OOV; a bag holding at least one real value

@@ -31,7 +31,8 @@ import scipy.sparse as sp
 import torch
 from torch import Tensor
 
-from wager.data.features import InteractionEncoder
+from wager.data.features import InteractionEncoder, vector_columns
+from wager.data.schema import Vector
 from wager.errors import suggest
 from wager.models.heads import DeepDensityHead, GaussianHead, Head
 from wager.prediction import MixturePrediction, Prediction
@@ -159,11 +160,20 @@ class Scorer:
                 f"columns: {names or 'none'}).{suggest(extra[0], names)}"
             )
         rows = pd.DataFrame(index=range(n))
-        for name in names:
+        for f in self.spec.schema.context:
+            name = f.name
             if isinstance(context, pd.DataFrame):
-                rows[name] = context[name].to_numpy() if name in context.columns else None
+                cols = [name] if name in context.columns else []
+                if isinstance(f, Vector) and not cols:
+                    cols = vector_columns(f, context.columns, "context")
+                for c in cols:
+                    rows[c] = context[c].to_numpy()
+                if not cols:
+                    rows[name] = None
             elif context is not None and name in context:
-                rows[name] = context[name]
+                value = context[name]
+                # one vector for every pair: a column of n copies, not n scalars
+                rows[name] = [value] * n if isinstance(f, Vector) else value
             else:
                 rows[name] = None  # missing context: OOV / missing indicator
         return rows

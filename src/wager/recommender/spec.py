@@ -7,7 +7,8 @@ and runs before any data is read or any epoch trained.
 
 Example:
     >>> from wager.config import RunConfig, ModelConfig
-    >>> from wager.data.schema import Schema
+    >>> from wager.data.features import vector_columns
+from wager.data.schema import Schema, Vector
 from wager.errors import data_error
     >>> spec = ModelSpec.from_config(
     ...     RunConfig(schema=Schema(label="rating", label_kind="rating"),
@@ -24,7 +25,8 @@ import pandas as pd
 from torch import nn
 
 from wager.config import RunConfig
-from wager.data.schema import Schema
+from wager.data.features import vector_columns
+from wager.data.schema import Schema, Vector
 from wager.errors import data_error
 from wager.models.fields import Field
 from wager.models.heads import (
@@ -147,7 +149,9 @@ class ModelSpec:
         """DataError naming the schema columns (user, item, context, label of pointwise
         models, impressions of "ddn") missing from the ``what`` table ``df``."""
         s = self.schema
-        need = [s.user, s.item] + [f.name for f in s.context]
+        need = [s.user, s.item]
+        for f in s.context:  # a context vector may be a list column or name_0..name_{d-1}
+            need += vector_columns(f, df.columns, what) if isinstance(f, Vector) else [f.name]
         if self.needs_label and s.label is not None:
             need.append(s.label)
         col = s.impressions
