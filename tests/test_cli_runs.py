@@ -382,12 +382,12 @@ BAD_INPUTS: list[tuple[str, Callable[[Path], list[str | Path]], tuple[str, ...]]
     (
         "unknown_config_key",
         lambda d: ["train", _write(d / "c.toml", "[model]\ndims = 3\n"), "--out", d / "run"],
-        ("[model]", "unknown keys ['dims']", "allowed:"),
+        ("[model] dims is not a known key", "Did you mean 'dim'?", "Allowed:"),
     ),
     (
         "unknown_config_section",
         lambda d: ["train", _write(d / "c.toml", "[modle]\ndim = 3\n"), "--out", d / "run"],
-        ("unknown config sections ['modle']",),
+        ("[modle] is not a known section", "Did you mean '[model]'"),
     ),
     (
         "invalid_config_value",
@@ -472,7 +472,7 @@ def test_bad_input_with_json_prints_an_error_object(tmp_path):
     assert result.exit_code == 1
     payload = json.loads(result.stdout)
     assert payload["ok"] is False
-    assert "[model] has unknown keys ['dims']" in payload["error"]
+    assert "[model] dims is not a known key" in payload["error"]
 
 
 def test_unknown_split_with_json_lists_choices_and_suggests(tmp_path):

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import norm, t
 
-from wager.prediction import Prediction
+from wager.prediction import MixturePrediction, Prediction
 from wager.uncertainty.conformal import VarianceScaling
 
 
@@ -61,6 +61,47 @@ def test_ucb_and_bad_levels():
     for bad in (0.0, 1.0, 1.5):
         with pytest.raises(ValueError, match="confidence_level"):
             p.interval(bad)
+
+
+def _both() -> list[Prediction]:
+    gaussian = Prediction(mean=torch.tensor([1.0]), std=torch.tensor([2.0]))
+    mixture = MixturePrediction.from_components(
+        torch.tensor([[0.5, 0.5]]), torch.tensor([[0.0, 1.0]]), torch.tensor([[1.0, 1.0]])
+    )
+    return [gaussian, mixture]
+
+
+@pytest.mark.parametrize("p", _both(), ids=["gaussian", "mixture"])
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda p: p.ucb(float("nan")), "ucb beta must be a finite number, got nan"),
+        (lambda p: p.ucb(float("inf")), "ucb beta must be a finite number, got inf"),
+        (lambda p: p.ucb(-float("inf")), "ucb beta must be a finite number, got -inf"),
+        (lambda p: p.ucb("1"), "ucb beta must be a finite number, got '1'"),
+        (lambda p: p.ucb(True), "ucb beta must be a finite number, got True"),
+        (
+            lambda p: p.interval(float("nan")),
+            "confidence_level must be a number in (0, 1), got nan",
+        ),
+        (lambda p: p.interval(0.0), "confidence_level must be a number in (0, 1), got 0.0"),
+        (lambda p: p.interval("0.9"), "confidence_level must be a number in (0, 1), got '0.9'"),
+        (lambda p: p.quantile(float("nan")), "quantile q must be a number in (0, 1), got nan"),
+        (lambda p: p.quantile(1.0), "quantile q must be a number in (0, 1), got 1.0"),
+        (lambda p: p.quantile(-0.1), "quantile q must be a number in (0, 1), got -0.1"),
+    ],
+)
+def test_non_finite_or_out_of_range_parameters_are_named_errors(p, call, message):
+    with pytest.raises(ValueError) as exc:
+        call(p)
+    assert str(exc.value) == message
+
+
+def test_ucb_takes_any_finite_beta():
+    p = Prediction(mean=torch.tensor([1.0]), std=torch.tensor([2.0]))
+    # 1 + (-0.5) * 2 = 0; a NumPy float is a float
+    assert float(p.ucb(-0.5)[0]) == pytest.approx(0.0)
+    assert float(p.ucb(np.float64(1.5))[0]) == pytest.approx(4.0)
 
 
 def test_shape_mismatch_is_an_error():

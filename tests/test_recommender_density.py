@@ -271,8 +271,6 @@ NO_IMPRESSIONS = Schema(user="context_id", label="ctr", label_kind="ctr")
 @pytest.mark.parametrize(
     ("likelihood", "schema", "model_type", "drop", "message"),
     [
-        ("mdn", CTR, "biased_mf", None, r"\[model\] likelihood = 'mdn' needs \[model\] type"),
-        ("ddn", CTR, "factorization", None, r"needs \[model\] type = 'dcn'"),
         ("mdn", RATING, "dcn", None, r"likelihood = 'mdn' models a click-through rate"),
         ("ddn", NO_IMPRESSIONS, "dcn", None, r"Schema\.impressions is not set"),
         ("ddn", CTR, "dcn", "impressions", r"needs the impressions column 'impressions'"),
@@ -287,6 +285,28 @@ def test_fit_rejects_likelihoods_the_model_or_data_cannot_take(
     rec = Recommender(_config(likelihood, schema=schema, model_type=model_type, epochs=1))
     with pytest.raises(ValueError, match=message):
         rec.fit(train)
+
+
+@pytest.mark.parametrize(
+    ("model_type", "likelihood", "message"),
+    [
+        (
+            "biased_mf",
+            "mdn",
+            r"\[model\] likelihood = 'mdn' is invalid: must be 'point' or 'gaussian' for type = "
+            r"'biased_mf'.*\(\[model\] type = 'dcn'\)",
+        ),
+        (
+            "factorization",
+            "ddn",
+            r"\[model\] likelihood = 'ddn' is not used by type = 'factorization'.*'dcn'",
+        ),
+    ],
+)
+def test_config_rejects_a_mixture_likelihood_of_another_model_type(model_type, likelihood, message):
+    # the mixture heads belong to the DCN ranker: refused when the config is built
+    with pytest.raises(ValueError, match=message):
+        ModelConfig(type=model_type, likelihood=likelihood)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("likelihood", ["mdn", "ddn"])
@@ -311,7 +331,7 @@ def test_predict_mixture_needs_a_mixture_likelihood(rows):
 
 def test_model_config_validates_components_and_round_trips(tmp_path):
     with pytest.raises(ValueError, match=r"\[model\] components = 0 is invalid"):
-        ModelConfig(components=0)
+        ModelConfig(type="dcn", components=0)
     with pytest.raises(ValueError, match=r"\[model\] likelihood = 'beta' is invalid.*'ddn'"):
         ModelConfig(likelihood="beta")  # type: ignore[arg-type]
     cfg = RunConfig(schema=CTR, model=ModelConfig(type="dcn", likelihood="ddn", components=4))

@@ -1,31 +1,300 @@
 """Run configuration: frozen dataclasses per component, validated, loaded from / saved to TOML.
 
-``dataclasses.replace`` is clone. Every ``__post_init__`` error names the field, the value
-and the allowed range.
+``dataclasses.replace`` is clone. A config is checked whole before any data is read: every
+field against its annotation (one checker reads the dataclass annotations: an integer is
+not a float, a string or a boolean; lists of the declared element type; Literal choices),
+unknown sections and keys (also in ``[schema]`` and its feature tables) with a "did you
+mean", choices (the model types come from :data:`wager.models.registry.MODEL_TYPES`),
+ranges, ``[model]`` settings the model type does not read, and the device. Each mistake is
+one line of a :class:`ConfigError` naming section, key, value and what is allowed, e.g.
+``[training] epochs = '2' is invalid: must be an integer (write 2 without quotes)``;
+:meth:`RunConfig.load` lists every mistake of a file at once.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 import tomllib
+import types
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
-from wager.data.schema import Schema
+import torch
+
+from wager.data.loaders import FORMATS
+from wager.data.schema import Feature, Schema, feature_type_name
+from wager.data.splits import SPLIT_METHODS
+from wager.errors import WagerError, suggest
+from wager.models.registry import MODEL_TYPES
+
+
+class ConfigError(WagerError, ValueError):
+    """A run config that cannot be used, found before any data is read.
+
+    Attributes:
+        problems: every mistake found, one line each, naming section, key, value and what
+            is allowed (``"[training] epochs = '2' is invalid: must be an integer ..."``).
+    """
+
+    def __init__(self, problems: str | Sequence[str]) -> None:
+        self.problems: tuple[str, ...] = (
+            (problems,) if isinstance(problems, str) else tuple(problems)
+        )
+        super().__init__("\n".join(self.problems))
+
+
+def _where(section: str) -> str:
+    """``[section] `` (or nothing for top-level keys such as ``seed``)."""
+    if not section:
+        return ""
+    return section + " " if section.startswith("[") else f"[{section}] "
+
+
+def _show(value: Any) -> str:
+    """A value as the message shows it: repr, but booleans as TOML writes them."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value)
+
+
+def _problem(section: str, name: str, value: Any, allowed: str) -> str:
+    return f"{_where(section)}{name} = {_show(value)} is invalid: must be {allowed}"
 
 
 def _check(cond: bool, section: str, name: str, value: Any, allowed: str) -> None:
     if not cond:
-        raise ValueError(f"[{section}] {name} = {value!r} is invalid: must be {allowed}")
+        raise ConfigError(_problem(section, name, value, allowed))
 
 
-MODEL_TYPES = ("factorization", "biased_mf", "two_tower", "neumf", "dcn")
+# ----------------------------------------------------------------------------- types
+# One checker for every field, driven by the dataclass annotations: int (not bool), float
+# (int accepted, bool not, finite), bool, str, None (unset), Literal choices, tuple[X, ...]
+# and tuple[X, Y] (a TOML list), unions of these, and nested dataclasses.
+
+_NO_MATCH = object()
+
+
+def _is_union(hint: Any) -> bool:
+    return get_origin(hint) in (Union, types.UnionType)
+
+
+def _describe(hint: Any, plural: bool = False) -> str:
+    """What values of type ``hint`` look like, in words ("an integer", "a list of numbers")."""
+    if _is_union(hint):
+        arms = [a for a in get_args(hint) if a is not type(None)]
+        text = " or ".join(_describe(a, plural) for a in arms)
+        return text + (" or unset (leave the key out)" if len(arms) < len(get_args(hint)) else "")
+    if get_origin(hint) is Literal:
+        choices = ", ".join(repr(c) for c in get_args(hint))
+        return f"values among {choices}" if plural else f"one of {choices}"
+    if get_origin(hint) is tuple:
+        args = get_args(hint)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return ("lists" if plural else "a list") + " of " + _describe(args[0], plural=True)
+        return f"a list of {len(args)} " + _describe(args[0], plural=True)
+    words = {
+        int: ("an integer", "integers"),
+        float: ("a finite number", "finite numbers"),
+        bool: ("true or false", "true / false values"),
+        str: ("a string", "strings"),
+    }
+    if hint in words:
+        return words[hint][plural]
+    name = getattr(hint, "__name__", str(hint))
+    return f"{name} objects" if plural else f"a {name}"
+
+
+def _conform(hint: Any, value: Any) -> Any:
+    """``value`` as a value of type ``hint`` (lists -> tuples, int -> float), or _NO_MATCH."""
+    if hint is Any:
+        return value
+    if hint is type(None):
+        return None if value is None else _NO_MATCH
+    if _is_union(hint):
+        for arm in get_args(hint):
+            out = _conform(arm, value)
+            if out is not _NO_MATCH:
+                return out
+        return _NO_MATCH
+    if get_origin(hint) is Literal:
+        ok = any(type(value) is type(c) and value == c for c in get_args(hint))
+        return value if ok else _NO_MATCH
+    if get_origin(hint) is tuple:
+        args = get_args(hint)
+        if not isinstance(value, list | tuple):
+            return _NO_MATCH
+        if len(args) == 2 and args[1] is Ellipsis:
+            args = (args[0],) * len(value)
+        if len(args) != len(value):
+            return _NO_MATCH
+        out = tuple(_conform(a, v) for a, v in zip(args, value, strict=True))
+        return _NO_MATCH if any(v is _NO_MATCH for v in out) else out
+    if hint is bool:
+        return value if isinstance(value, bool) else _NO_MATCH
+    if hint is int:
+        return value if isinstance(value, int) and not isinstance(value, bool) else _NO_MATCH
+    if hint is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        return float(value) if ok and math.isfinite(value) else _NO_MATCH
+    if isinstance(hint, type):
+        return value if isinstance(value, hint) else _NO_MATCH
+    raise TypeError(f"config type {hint!r} has no checker")  # a new annotation needs one
+
+
+def _quote_hint(hint: Any, value: Any) -> str:
+    """' (write 2 without quotes)' when a number or boolean was written as a string."""
+    if not isinstance(value, str):
+        return ""
+    text = value.strip()
+    parsed = {"true": True, "false": False}.get(text.lower(), _parse_number(text))
+    if parsed is _NO_MATCH or _conform(hint, parsed) is _NO_MATCH:
+        return ""
+    shown = str(parsed).lower() if isinstance(parsed, bool) else text
+    return f" (write {shown} without quotes)"
+
+
+def _did_you_mean(value: Any, choices: Iterable[str]) -> str:
+    """'; did you mean 'x'?' for a string close to one of ``choices``, else ''."""
+    hint = suggest(value, choices).strip() if isinstance(value, str) else ""
+    return f"; d{hint[1:]}" if hint else ""
+
+
+def _parse_number(text: str) -> Any:
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        return _NO_MATCH
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return get_type_hints(cls)
+
+
+def _type_problems(
+    cls: type, section: str, values: dict[str, Any]
+) -> tuple[dict[str, Any], list[str]]:
+    """Check ``values`` (field name -> value) against the annotations of dataclass ``cls``.
+
+    Returns:
+        The values that conform (converted: lists to tuples, ints to floats) and one line
+        per value that does not.
+    """
+    hints = _hints(cls)
+    good: dict[str, Any] = {}
+    problems: list[str] = []
+    for name, value in values.items():
+        out = _conform(hints[name], value)
+        if out is _NO_MATCH:
+            hint = hints[name]
+            allowed = _describe(hint) + _quote_hint(hint, value)
+            if get_origin(hint) is Literal:
+                allowed += _did_you_mean(value, get_args(hint))
+            problems.append(_problem(section, name, value, allowed))
+        else:
+            good[name] = out
+    return good, problems
+
+
+def _conform_fields(obj: Any, section: str) -> None:
+    """Type-check every field of the frozen dataclass ``obj`` in place (ConfigError lists all)."""
+    values = {f.name: getattr(obj, f.name) for f in fields(obj)}
+    good, problems = _type_problems(type(obj), section, values)
+    if problems:
+        raise ConfigError(problems)
+    for name, value in good.items():
+        if value is not values[name]:
+            object.__setattr__(obj, name, value)
+
+
+def _unknown_keys(section: str, keys: Iterable[str], allowed: Iterable[str]) -> list[str]:
+    """One line per key of ``keys`` that is not in ``allowed``, with a "did you mean"."""
+    allowed = list(allowed)
+    out = []
+    for key in keys:
+        if key in allowed:
+            continue
+        hint = suggest(key, allowed).strip()
+        if not hint and key in _TOP_LEVEL:
+            hint = f"'{key}' is a top-level key: write it above the first [section]."
+        out.append(
+            f"{_where(section)}{key} is not a known key. "
+            + (hint + " " if hint else "")
+            + f"Allowed: {', '.join(allowed)}"
+        )
+    return out
+
+
+def _choice(section: str, name: str, value: str, choices: Sequence[str]) -> None:
+    """ConfigError unless ``value`` is one of ``choices`` (with a "did you mean")."""
+    allowed = "one of " + ", ".join(repr(c) for c in choices) + _did_you_mean(value, choices)
+    _check(value in choices, section, name, value, allowed)
+
+
+def available_devices() -> tuple[str, ...]:
+    """The ``[training] device`` values this machine can run.
+
+    Returns:
+        "cpu" and "auto" always; "cuda" and "cuda:0" .. "cuda:N-1" with N CUDA devices;
+        "mps" when Apple's Metal backend is present.
+    """
+    out = ["cpu", "auto"]
+    if torch.cuda.is_available():
+        out += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if torch.backends.mps.is_available():
+        out.append("mps")
+    return tuple(out)
+
+
+def _check_device(device: str) -> None:
+    """ConfigError unless ``device`` names a device kind wager knows and that is present."""
+    if device in ("cpu", "auto"):
+        return
+    kind, colon, index = device.partition(":")
+    well_formed = device in ("cpu", "auto", "mps") or (
+        kind == "cuda" and (not colon or index.isdigit())
+    )
+    _check(
+        well_formed,
+        "training",
+        "device",
+        device,
+        "'cpu', 'cuda', 'cuda:N' (N a GPU index), 'mps' or 'auto' (cuda when available)",
+    )
+    present = available_devices()
+    _check(
+        device in present,
+        "training",
+        "device",
+        device,
+        f"a device present on this machine: one of {', '.join(repr(d) for d in present)}",
+    )
+
+
+def unused_setting(model_type: str, name: str, value: Any) -> str:
+    """The one-line error for a ``[model]`` setting that ``model_type`` does not read."""
+    users = [t for t, spec in MODEL_TYPES.items() if name in spec.settings]
+    return (
+        f"[model] {name} = {_show(value)} is not used by type = {model_type!r}: remove it, or "
+        f"choose a type that reads it ({', '.join(repr(t) for t in users)})"
+    )
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Which model, and its settings. Fields that a model type does not use are ignored.
+    """Which model, and its settings.
+
+    Each model type reads only some settings (``wager.models.registry.MODEL_TYPES[type]
+    .settings``); setting one it does not read is an error (in a TOML file: naming it at all;
+    in Python: a value other than its default), so no setting is silently ignored.
 
     Model types (each a class in ``wager.models``):
         "factorization": click model, user x item factorisation over all features
@@ -41,7 +310,8 @@ class ModelConfig:
             MSE or Gaussian NLL for ratings.
 
     Attributes:
-        type: one of the model types above.
+        type: one of the model types above (the keys of
+            :data:`wager.models.registry.MODEL_TYPES`).
         dim: embedding dimension (>= 1); for "neumf" the GMF dimension.
         init_std: std of the embedding initialisation (> 0).
         user_min_count: training interactions a user id needs for its own embedding (>= 1).
@@ -86,7 +356,7 @@ class ModelConfig:
             positives (None: every row is a positive).
     """
 
-    type: Literal["factorization", "biased_mf", "two_tower", "neumf", "dcn"] = "factorization"
+    type: str = "factorization"
     dim: int = 16
     init_std: float = 0.05
     user_min_count: int = 1
@@ -114,8 +384,24 @@ class ModelConfig:
     oov_rate: float = 0.0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
-        _check(self.type in MODEL_TYPES, "model", "type", self.type, f"one of {MODEL_TYPES}")
+        _conform_fields(self, "model")
+        _choice("model", "type", self.type, tuple(MODEL_TYPES))
+        settings = MODEL_TYPES[self.type].settings
+        unused = [
+            f.name
+            for f in fields(self)
+            if f.name not in settings and getattr(self, f.name) != f.default
+        ]
+        if unused:
+            raise ConfigError([unused_setting(self.type, n, getattr(self, n)) for n in unused])
+        _check(
+            self.likelihood not in ("mdn", "ddn") or self.type == "dcn",
+            "model",
+            "likelihood",
+            self.likelihood,
+            f"'point' or 'gaussian' for type = {self.type!r}: the mixture density heads "
+            "('mdn', 'ddn') model a CTR with the DCN ranker ([model] type = 'dcn')",
+        )
         _check(self.dim >= 1, "model", "dim", self.dim, "an integer >= 1")
         _check(self.init_std > 0, "model", "init_std", self.init_std, "> 0")
         _check(self.user_min_count >= 1, "model", "user_min_count", self.user_min_count, ">= 1")
@@ -123,23 +409,11 @@ class ModelConfig:
         _check(all(h >= 1 for h in self.hidden), "model", "hidden", self.hidden, "widths >= 1")
         _check(0 <= self.dropout < 1, "model", "dropout", self.dropout, "in [0, 1)")
         _check(
-            self.likelihood in ("point", "gaussian", "mdn", "ddn"),
-            "model",
-            "likelihood",
-            self.likelihood,
-            "'point', 'gaussian', 'mdn' or 'ddn'",
-        )
-        _check(
-            not isinstance(self.components, bool)
-            and isinstance(self.components, int)
-            and self.components >= 1,
+            self.components >= 1,
             "model",
             "components",
             self.components,
             "an integer >= 1 (3 to 5 mixture components are common)",
-        )
-        _check(
-            self.mean_loss in ("nll", "mse"), "model", "mean_loss", self.mean_loss, "'nll' or 'mse'"
         )
         _check(self.reg >= 0, "model", "reg", self.reg, ">= 0")
         _check(
@@ -153,13 +427,6 @@ class ModelConfig:
         _check(0 <= self.oov_rate < 1, "model", "oov_rate", self.oov_rate, "in [0, 1)")
         _check(self.temperature > 0, "model", "temperature", self.temperature, "> 0")
         _check(self.negatives >= 0, "model", "negatives", self.negatives, ">= 0")
-        _check(
-            self.loss_reduction in ("mean", "sum"),
-            "model",
-            "loss_reduction",
-            self.loss_reduction,
-            "'mean' or 'sum'",
-        )
         _check(self.cross_layers >= 1, "model", "cross_layers", self.cross_layers, ">= 1")
         _check(
             self.low_rank is None or self.low_rank >= 1,
@@ -187,6 +454,7 @@ class ModelConfig:
         )
 
 
+DATA_FORMATS: tuple[str, ...] = (*FORMATS, "synthetic")
 SPLIT_NAMES = "'random', 'temporal', 'leave-last-out' or a predefined fold such as 'u1'"
 
 
@@ -221,7 +489,15 @@ class DataConfig:
     synthetic_rows: int = 100_000
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "drop_features", tuple(str(f) for f in self.drop_features))
+        _conform_fields(self, "data")
+        _choice("data", "format", self.format, DATA_FORMATS)
+        _check(
+            self.split in SPLIT_METHODS or not suggest(self.split, SPLIT_METHODS),
+            "data",
+            "split",
+            self.split,
+            SPLIT_NAMES + _did_you_mean(self.split, SPLIT_METHODS),
+        )
         _check(
             self.synthetic_rows >= 1000, "data", "synthetic_rows", self.synthetic_rows, ">= 1000"
         )
@@ -255,7 +531,7 @@ class EvaluationConfig:
     max_users: int | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "top_k_accuracy", tuple(int(k) for k in self.top_k_accuracy))
+        _conform_fields(self, "evaluation")
         _check(self.k >= 1, "evaluation", "k", self.k, ">= 1")
         _check(
             all(k >= 1 for k in self.top_k_accuracy),
@@ -292,7 +568,9 @@ class TrainConfig:
         patience: epochs without validation improvement before stopping (>= 1); the best
             epoch's parameters are restored.
         grad_clip: max gradient norm, or None.
-        device: "cpu", "cuda" or "auto" (cuda when available) — an explicit choice.
+        device: "cpu", "cuda", "cuda:N" (GPU N), "mps" or "auto" (cuda when available) — an
+            explicit choice; a device this machine does not have is an error
+            (:func:`available_devices`).
         lr_schedule: "constant", "cosine" (to 0 at the last step) or "linear" (to 0).
         warmup_steps: optimiser steps of linear learning-rate warm-up (>= 0).
         mixed_precision: bfloat16 autocast on CUDA (ignored on CPU, which stays float32).
@@ -316,6 +594,8 @@ class TrainConfig:
     validation_metric: str | None = None
 
     def __post_init__(self) -> None:
+        _conform_fields(self, "training")
+        _check_device(self.device)
         vm = self.validation_metric
         name, _, k = (vm or "").partition("@")
         _check(
@@ -328,13 +608,6 @@ class TrainConfig:
             "'rmse', 'log_loss', 'ndcg@K', 'recall@K' or 'top_k_accuracy@K'",
         )
         _check(self.epochs >= 1, "training", "epochs", self.epochs, "an integer >= 1")
-        _check(
-            self.lr_schedule in ("constant", "cosine", "linear"),
-            "training",
-            "lr_schedule",
-            self.lr_schedule,
-            "one of 'constant', 'cosine', 'linear'",
-        )
         _check(self.warmup_steps >= 0, "training", "warmup_steps", self.warmup_steps, ">= 0")
         _check(self.batch_size >= 1, "training", "batch_size", self.batch_size, ">= 1")
         _check(
@@ -345,13 +618,6 @@ class TrainConfig:
             "a finite number > 0",
         )
         _check(self.weight_decay >= 0, "training", "weight_decay", self.weight_decay, ">= 0")
-        _check(
-            self.optimizer in ("adamw", "adam", "adagrad"),
-            "training",
-            "optimizer",
-            self.optimizer,
-            "one of 'adamw', 'adam', 'adagrad'",
-        )
         _check(self.patience >= 1, "training", "patience", self.patience, ">= 1")
         _check(
             self.grad_clip is None or self.grad_clip > 0,
@@ -359,13 +625,6 @@ class TrainConfig:
             "grad_clip",
             self.grad_clip,
             "> 0 or unset",
-        )
-        _check(
-            self.device in ("cpu", "cuda", "auto"),
-            "training",
-            "device",
-            self.device,
-            "one of 'cpu', 'cuda', 'auto'",
         )
 
 
@@ -387,9 +646,10 @@ class EnsembleConfig:
     holdout: float = 0.0
 
     def __post_init__(self) -> None:
+        _conform_fields(self, "ensemble")
         _check(self.members >= 2, "ensemble", "members", self.members, "an integer >= 2")
         _check(
-            isinstance(self.holdout, int | float) and 0 <= self.holdout < 1,
+            0 <= self.holdout < 1,
             "ensemble",
             "holdout",
             self.holdout,
@@ -397,8 +657,10 @@ class EnsembleConfig:
         )
 
 
-CALIBRATORS = ("none", "platt", "isotonic", "temperature")
-CONFORMAL = ("none", "normalized", "homoscedastic")
+Calibrator = Literal["none", "platt", "isotonic", "temperature"]
+Conformal = Literal["none", "normalized", "homoscedastic"]
+CALIBRATORS: tuple[str, ...] = get_args(Calibrator)
+CONFORMAL: tuple[str, ...] = get_args(Conformal)
 
 
 @dataclass(frozen=True)
@@ -442,8 +704,8 @@ class UncertaintyConfig:
     """
 
     mc_dropout_samples: int = 0
-    calibrator: str = "none"
-    conformal: str = "none"
+    calibrator: Calibrator = "none"
+    conformal: Conformal = "none"
     variance_scaling: bool = False
     local_variance: bool = False
     cold_start: Literal["learned", "population"] = "learned"
@@ -452,55 +714,19 @@ class UncertaintyConfig:
     plots: bool = True
 
     def __post_init__(self) -> None:
-        object.__setattr__(
-            self, "confidence_levels", tuple(float(x) for x in self.confidence_levels)
-        )
+        _conform_fields(self, "uncertainty")
         s = self.mc_dropout_samples
         _check(
-            isinstance(s, int) and not isinstance(s, bool) and (s == 0 or s >= 2),
-            "uncertainty",
-            "mc_dropout_samples",
-            s,
-            "0 (off) or an integer >= 2",
+            s == 0 or s >= 2, "uncertainty", "mc_dropout_samples", s, "0 (off) or an integer >= 2"
         )
         k = self.population_draws
-        _check(
-            isinstance(k, int) and not isinstance(k, bool) and k >= 1,
-            "uncertainty",
-            "population_draws",
-            k,
-            "an integer >= 1",
-        )
-        for name in ("variance_scaling", "local_variance", "plots"):
-            value = getattr(self, name)
-            _check(isinstance(value, bool), "uncertainty", name, value, "true or false")
+        _check(k >= 1, "uncertainty", "population_draws", k, "an integer >= 1")
         _check(
             not (self.variance_scaling and self.local_variance),
             "uncertainty",
             "variance_scaling",
             self.variance_scaling,
             "false when local_variance = true (local_variance fits the overall scale too)",
-        )
-        _check(
-            self.cold_start in ("learned", "population"),
-            "uncertainty",
-            "cold_start",
-            self.cold_start,
-            "'learned' or 'population'",
-        )
-        _check(
-            self.calibrator in CALIBRATORS,
-            "uncertainty",
-            "calibrator",
-            self.calibrator,
-            f"one of {list(CALIBRATORS)}",
-        )
-        _check(
-            self.conformal in CONFORMAL,
-            "uncertainty",
-            "conformal",
-            self.conformal,
-            f"one of {list(CONFORMAL)}",
         )
         _check(
             len(self.confidence_levels) > 0 and all(0 < x < 1 for x in self.confidence_levels),
@@ -537,8 +763,17 @@ class RunConfig:
     uncertainty: UncertaintyConfig = field(default_factory=UncertaintyConfig)
     seed: int | None = 0
 
+    def __post_init__(self) -> None:
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        problems = _type_problems(RunConfig, "", values)[1]
+        if isinstance(self.schema, Schema):
+            problems += _schema_object_problems(self.schema)
+        if problems:
+            raise ConfigError(problems)
+
     def to_dict(self) -> dict[str, Any]:
-        """Nested plain dict (None values omitted: TOML has no null)."""
+        """Nested plain dict (None values omitted: TOML has no null; ``[model]`` holds only
+        the settings its type reads)."""
         out: dict[str, Any] = {}
         if self.seed is not None:
             out["seed"] = self.seed
@@ -546,35 +781,49 @@ class RunConfig:
             out["schema"] = self.schema.to_dict()
         for name in _SECTIONS:
             value = getattr(self, name)
-            if value is not None:
-                out[name] = {
-                    k: list(v) if isinstance(v, tuple) else v
-                    for k, v in asdict(value).items()
-                    if v is not None
-                }
+            if value is None:
+                continue
+            keep = MODEL_TYPES[value.type].settings if name == "model" else None
+            out[name] = {
+                k: list(v) if isinstance(v, tuple) else v
+                for k, v in asdict(value).items()
+                if v is not None and (keep is None or k in keep)
+            }
         return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:
-        """Inverse of :meth:`to_dict`; unknown keys are errors naming the section."""
-        known = {"schema", "seed", *_SECTIONS}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown config sections {sorted(unknown)}; allowed: {sorted(known)}")
-        kwargs: dict[str, Any] = {"seed": data.get("seed")}
+        """Inverse of :meth:`to_dict`, checking everything a config can get wrong on its own.
+
+        Raises:
+            ConfigError: every problem found (one line each, naming section, key, value and
+                what is allowed): unknown sections and keys (with a "did you mean"), values
+                of the wrong type, choices outside their allowed values, values out of range,
+                ``[model]`` settings the model type does not read, and a device that this
+                machine does not have. Nothing else has been read or done.
+        """
+        problems = _unknown_sections(data)
+        kwargs: dict[str, Any] = {"seed": None}  # TOML has no null: no seed = not seeded
+        if "seed" in data:
+            good, found = _type_problems(RunConfig, "", {"seed": data["seed"]})
+            kwargs.update(good)
+            problems += found
         if "schema" in data:
-            kwargs["schema"] = Schema.from_dict(data["schema"])
+            found = _schema_problems(data["schema"])
+            if not found:
+                try:
+                    kwargs["schema"] = Schema.from_dict(data["schema"])
+                except ValueError as exc:
+                    found = [f"[schema] {exc}"]
+            problems += found
         for name, klass in _SECTIONS.items():
-            if name not in data:
-                continue
-            section = dict(data[name])
-            allowed = {f.name for f in fields(klass)}
-            bad = set(section) - allowed
-            if bad:
-                raise ValueError(
-                    f"[{name}] has unknown keys {sorted(bad)}; allowed: {sorted(allowed)}"
-                )
-            kwargs[name] = klass(**section)
+            if name in data:
+                section, found = _section_from_toml(name, klass, data[name])
+                problems += found
+                if section is not None:
+                    kwargs[name] = section
+        if problems:
+            raise ConfigError(problems)
         return cls(**kwargs)
 
     def save(self, path: str | Path) -> None:
@@ -582,20 +831,45 @@ class RunConfig:
         Path(path).write_text(dumps_toml(self.to_dict()), encoding="utf-8")
 
     @classmethod
-    def load(cls, path: str | Path) -> RunConfig:
-        """Read TOML written by :meth:`save` (or by hand)."""
+    def load(cls, path: str | Path, *, device: str | None = None) -> RunConfig:
+        """Read TOML written by :meth:`save` (or by hand), checked as :meth:`from_dict` says.
+
+        Args:
+            path: the TOML file.
+            device: replaces ``[training] device`` before the checks (e.g. a run trained on
+                a GPU, loaded on a machine without one); None keeps the file's.
+
+        Raises:
+            FileNotFoundError: no such file.
+            ConfigError: the file is not a UTF-8 TOML file, or the config has mistakes
+                (every one listed).
+        """
         p = Path(path)
         try:
             data = tomllib.loads(p.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise FileNotFoundError(f"{p}: config file not found") from None
         except IsADirectoryError:
-            raise ValueError(
+            raise ConfigError(
                 f"{p}: is a directory, not a config file; pass a run config TOML (see examples/)"
             ) from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                f"{p}: not a UTF-8 text file ({exc.reason} at byte {exc.start}); save the "
+                "config as UTF-8"
+            ) from None
         except tomllib.TOMLDecodeError as exc:
-            raise ValueError(f"{p}: invalid TOML: {exc}") from None
-        return cls.from_dict(data)
+            raise ConfigError(f"{p}: invalid TOML: {exc}") from None
+        if device is not None:
+            training = data.get("training")
+            data["training"] = {
+                **(training if isinstance(training, dict) else {}),
+                "device": device,
+            }
+        try:
+            return cls.from_dict(data)
+        except ConfigError as exc:
+            raise ConfigError([f"{p}: {line}" for line in exc.problems]) from None
 
 
 _SECTIONS: dict[str, type] = {
@@ -606,6 +880,122 @@ _SECTIONS: dict[str, type] = {
     "evaluation": EvaluationConfig,
     "uncertainty": UncertaintyConfig,
 }
+
+
+_TOP_LEVEL: tuple[str, ...] = tuple(f.name for f in fields(RunConfig))
+_FEATURE_KEYS = ("context", "user_features", "item_features")
+
+
+def _unknown_sections(data: dict[str, Any]) -> list[str]:
+    """One line per top-level key of a config that is neither a section nor ``seed``."""
+    sections = [f"[{name}]" for name in _TOP_LEVEL if name != "seed"]
+    out = []
+    for key in data:
+        if key in _TOP_LEVEL:
+            continue
+        if isinstance(data[key], dict):
+            hint = suggest(f"[{key}]", sections).strip()
+            out.append(
+                f"[{key}] is not a known section. {hint + ' ' if hint else ''}"
+                f"Sections: {', '.join(sections)}"
+            )
+        else:
+            out += _unknown_keys("", [key], _TOP_LEVEL)
+    return out
+
+
+def _section_from_toml(name: str, klass: type, raw: Any) -> tuple[Any, list[str]]:
+    """The config object of section ``[name]`` from its TOML table, and every problem found.
+
+    Keys that are unknown, mistyped or (in ``[model]``) not read by the model type are
+    reported and left out, so the range checks of the other keys still run.
+    """
+    if not isinstance(raw, dict):
+        return None, [
+            f"{name} = {raw!r} is invalid: must be a table ([{name}] on its own line, then "
+            "its keys)"
+        ]
+    allowed = [f.name for f in fields(klass)]
+    problems = _unknown_keys(name, raw, allowed)
+    good, found = _type_problems(klass, name, {k: v for k, v in raw.items() if k in allowed})
+    problems += found
+    if klass is ModelConfig:
+        if "type" in raw and "type" not in good:
+            return None, problems  # which settings apply depends on the type
+        kind = good.get("type", ModelConfig.type)
+        if kind not in MODEL_TYPES:
+            return None, [*problems, _problem(name, "type", kind, _model_type_choices(kind))]
+        for key in [k for k in good if k not in MODEL_TYPES[kind].settings]:
+            problems.append(unused_setting(kind, key, good.pop(key)))
+    try:
+        return klass(**good), problems
+    except ConfigError as exc:
+        return None, [*problems, *exc.problems]
+    except ValueError as exc:
+        return None, [*problems, f"[{name}] {exc}"]
+
+
+def _model_type_choices(kind: str) -> str:
+    return "one of " + ", ".join(repr(t) for t in MODEL_TYPES) + _did_you_mean(kind, MODEL_TYPES)
+
+
+@functools.cache
+def _feature_classes() -> dict[str, type]:
+    """Feature type tag ("categorical", ...) -> its spec class."""
+    return {feature_type_name(object.__new__(c)): c for c in get_args(Feature)}
+
+
+def _schema_problems(raw: Any) -> list[str]:
+    """Every problem of a ``[schema]`` table: unknown keys, types, feature tables."""
+    if not isinstance(raw, dict):
+        return [f"schema = {raw!r} is invalid: must be a table ([schema] then its keys)"]
+    names = [f.name for f in fields(Schema)]
+    problems = _unknown_keys("schema", raw, names)
+    scalars = {k: v for k, v in raw.items() if k in names and k not in _FEATURE_KEYS}
+    problems += _type_problems(Schema, "schema", scalars)[1]
+    classes = _feature_classes()
+    tags = ", ".join(repr(t) for t in classes)
+    for key in _FEATURE_KEYS:
+        entries = raw.get(key, [])
+        if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+            problems.append(
+                _problem("schema", key, entries, f"a list of feature tables ([[schema.{key}]])")
+            )
+            continue
+        for i, entry in enumerate(entries, 1):
+            name = entry.get("name")
+            where = f"[[schema.{key}]] #{i}" + (f" ({name!r})" if isinstance(name, str) else "")
+            tag = entry.get("type")
+            if tag not in classes:
+                allowed = f"one of {tags}" + _did_you_mean(tag, classes)
+                problems.append(
+                    _problem(where, "type", tag, allowed)
+                    if "type" in entry
+                    else f"{where} needs type = one of {tags}"
+                )
+                continue
+            cls = classes[tag]
+            keys = [f.name for f in fields(cls)]
+            problems += _unknown_keys(where, [k for k in entry if k != "type"], keys)
+            if "name" not in entry:
+                problems.append(f"{where} needs name = the column name")
+            values = {k: v for k, v in entry.items() if k in keys}
+            problems += _type_problems(cls, where, values)[1]
+    return problems
+
+
+def _schema_object_problems(schema: Schema) -> list[str]:
+    """Type problems of a :class:`Schema` built in Python (fields and feature specs)."""
+    values = {f.name: getattr(schema, f.name) for f in fields(schema)}
+    problems = _type_problems(Schema, "schema", values)[1]
+    for key in _FEATURE_KEYS:
+        for i, spec in enumerate(getattr(schema, key), 1):
+            if not dataclasses.is_dataclass(spec) or not isinstance(spec, Feature):
+                continue  # reported above (the tuple's element type)
+            where = f"[[schema.{key}]] #{i} ({spec.name!r})"
+            spec_values = {f.name: getattr(spec, f.name) for f in fields(spec)}
+            problems += _type_problems(type(spec), where, spec_values)[1]
+    return problems
 
 
 def _toml_value(v: Any) -> str:

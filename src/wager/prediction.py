@@ -30,9 +30,18 @@ from scipy.stats import t as student_t
 from torch import Tensor
 
 
+def _check_probability(name: str, value: float) -> None:
+    """ValueError naming ``name`` unless ``value`` is a number in (0, 1) (NaN is not)."""
+    try:
+        ok = 0.0 < value < 1.0
+    except TypeError:
+        ok = False
+    if not ok:
+        raise ValueError(f"{name} must be a number in (0, 1), got {value!r}")
+
+
 def _check_level(confidence_level: float) -> None:
-    if not 0.0 < confidence_level < 1.0:
-        raise ValueError(f"confidence_level must be in (0, 1), got {confidence_level!r}")
+    _check_probability("confidence_level", confidence_level)
 
 
 @dataclass(frozen=True)
@@ -208,8 +217,7 @@ class Prediction:
         would hold only ~75% of such draws; the t interval holds 90% when the draws are
         normal, and tends to the Gaussian one as M grows.
         """
-        if not 0.0 < q < 1.0:
-            raise ValueError(f"quantile q must be in (0, 1), got {q!r}")
+        _check_probability("quantile q", q)
         std = self._require_std("quantile()")
         t = self.student_t()
         if t is None:
@@ -228,7 +236,17 @@ class Prediction:
         )
 
     def ucb(self, beta: float) -> Tensor:
-        """(...) mean + beta * std: the optimistic score UCB ranks by."""
+        """(...) mean + beta * std: the optimistic score UCB ranks by.
+
+        Args:
+            beta: exploration weight in stds, a finite number (negative = pessimistic).
+        """
+        try:
+            finite = math.isfinite(beta)
+        except TypeError:
+            finite = False
+        if isinstance(beta, bool) or not finite:
+            raise ValueError(f"ucb beta must be a finite number, got {beta!r}")
         return self.mean + beta * self._require_std("ucb()")
 
     def sample(self, generator: torch.Generator | None = None) -> Tensor:
@@ -522,8 +540,7 @@ class MixturePrediction(Prediction):
     def _quantiles(self, qs: list[float]) -> list[Tensor]:
         """Quantiles by vectorised bisection on the mixture CDF (float64), clipped."""
         for q in qs:
-            if not 0.0 < q < 1.0:
-                raise ValueError(f"quantile q must be in (0, 1), got {q!r}")
+            _check_probability("quantile q", q)
         w = self.weights.detach().double()
         mu = self.means.detach().double()
         s = self.stds.detach().double()

@@ -216,7 +216,7 @@ def test_population_needs_an_ensemble_without_mc_dropout():
     cfg = _config("population", mc_dropout_samples=4)
     cfg = RunConfig(
         schema=cfg.schema,
-        model=ModelConfig(type="factorization", dim=4, dropout=0.1),
+        model=ModelConfig(type="dcn", dim=4, hidden=(4,), dropout=0.1),
         training=cfg.training,
         ensemble=cfg.ensemble,
         uncertainty=cfg.uncertainty,

@@ -158,7 +158,8 @@ MODEL_TYPES: dict[str, ModelType] = {
         ModelType(
             "factorization",
             default="click",
-            uses=frozenset({"likelihood", "oov_rate"}),
+            # a Bernoulli model: no likelihood choice (only 'dcn' has mixture heads)
+            uses=frozenset({"oov_rate"}),
             build=_factorization,
         ),
         ModelType(
