@@ -399,7 +399,7 @@ BAD_TOML = [
     (
         '[[schema.context]]\nname = "pos"\ntype = "numerc"\n',
         "[[schema.context]] #1 ('pos') type = 'numerc' is invalid: must be one of 'categorical', "
-        "'numeric', 'multi_categorical', 'text'; did you mean 'numeric'?",
+        "'numeric', 'multi_categorical', 'text', 'vector'; did you mean 'numeric'?",
     ),
     (
         '[[schema.context]]\nname = "pos"\n',

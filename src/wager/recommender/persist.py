@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -98,9 +97,7 @@ def load(cls: type[Recommender], directory: Path, device: str | None = None) -> 
     for key in ("config", "weights", "encoders", "catalogue", "uncertainty", "metrics"):
         if RUN_FILES[key] not in files:
             raise RunError(f"{directory}: the run has no {RUN_FILES[key]}; retrain the run")
-    config = RunConfig.load(directory / RUN_FILES["config"])
-    if device is not None:
-        config = replace(config, training=replace(config.training, device=device))
+    config = RunConfig.load(directory / RUN_FILES["config"], device=device)
     rec = cls(config)
     rec.spec.validate()
     try:

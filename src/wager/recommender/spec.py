@@ -216,14 +216,15 @@ class ModelSpec:
 
     def _validate_likelihood(self) -> None:
         m = self.config.model
+        if m.likelihood == "gaussian" and self.task != "rating":
+            raise ValueError(
+                f"[model] likelihood = 'gaussian' models the noise of a rating, but this is a "
+                f"{self.task} model (type = {m.type!r}, Schema.label_kind = "
+                f"{self.schema.label_kind!r}); use likelihood = 'point', or 'mdn' / 'ddn' "
+                "(type = 'dcn') for a distribution of the CTR"
+            )
         if m.likelihood not in ("mdn", "ddn"):
             return
-        if m.type != "dcn":
-            raise ValueError(
-                f"[model] likelihood = {m.likelihood!r} needs [model] type = 'dcn' (got "
-                f"type = {m.type!r}): the mixture density heads model a CTR with the DCN "
-                "ranker; set type = 'dcn', or likelihood = 'point' for this model type"
-            )
         if self.task != "click":
             raise ValueError(
                 f"[model] likelihood = {m.likelihood!r} models a click-through rate, but this "
@@ -249,6 +250,12 @@ class ModelSpec:
 
     def _validate_uncertainty(self) -> None:
         uc = self.config.uncertainty
+        if uc.mc_dropout_samples and "dropout" not in self.model_type.settings:
+            raise ValueError(
+                f"[uncertainty] mc_dropout_samples = {uc.mc_dropout_samples} needs dropout in "
+                f"the model, but [model] type = {self.model_type.name!r} has none: use a type "
+                "with dropout (biased_mf, two_tower, neumf, dcn) or mc_dropout_samples = 0"
+            )
         if uc.mc_dropout_samples and not self.config.model.dropout > 0:
             raise ValueError(
                 f"[uncertainty] mc_dropout_samples = {uc.mc_dropout_samples} needs dropout in "
