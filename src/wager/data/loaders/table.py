@@ -2,7 +2,7 @@
 
 :func:`read_table` reads one file by its extension. :func:`load_table` reads an
 interaction table plus optional user and item feature tables, checks all of them
-(:mod:`wager.data.validate`) and either returns a :class:`~wager.data.dataset.Dataset`
+(:mod:`wager.data.checks`) and either returns a :class:`~wager.data.dataset.Dataset`
 or raises one :class:`~wager.errors.DataError` listing every error found.
 :func:`load_ctr_table` does the same for aggregated CTR data (one row per target and
 context, with impression and click counts).
@@ -37,13 +37,13 @@ from typing import IO, Any
 import numpy as np
 import pandas as pd
 
-from wager.data.dataset import Dataset
-from wager.data.schema import Categorical, Feature, MultiCategorical, Numeric, Schema, Text
-from wager.data.validate import (
+from wager.data.checks import (
     ReportedDataError,
     validate_feature_table,
     validate_interactions,
 )
+from wager.data.dataset import Dataset
+from wager.data.schema import Categorical, Feature, MultiCategorical, Numeric, Schema, Text
 from wager.errors import DataError, ValidationReport, data_error, make_finding, require_path
 
 __all__ = [
@@ -622,8 +622,8 @@ def load_table(
 ) -> Dataset:
     """Load and check an interaction table and its optional user/item feature tables.
 
-    Every check of :func:`~wager.data.validate.validate_interactions` and
-    :func:`~wager.data.validate.validate_feature_table` runs on all tables before
+    Every check of :func:`~wager.data.checks.validate_interactions` and
+    :func:`~wager.data.checks.validate_feature_table` runs on all tables before
     anything is raised, so one error lists every problem. Feature specs come from
     ``schema.user_features`` / ``schema.item_features`` when given, else from
     :func:`infer_features` (reported as info). Validated role columns are made
