@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from wager.data.duplicates import FIX_TEXT, describe_label_conflicts, find_label_conflicts
 from wager.data.features import categorical_keys
 from wager.data.schema import Feature, Numeric, Schema
 from wager.errors import (
@@ -46,6 +48,7 @@ from wager.errors import (
 __all__ = [
     "ROLE_FLAGS",
     "ReportedDataError",
+    "column_name_report",
     "validate_feature_table",
     "validate_interactions",
 ]
@@ -286,9 +289,38 @@ def _numeric_values(
 
 
 def _check_ids(
-    report: ValidationReport, series: pd.Series, role: str, source: str | None, column: str
+    report: ValidationReport,
+    series: pd.Series,
+    role: str,
+    source: str | None,
+    column: str,
+    id_dtype: str = "string",
 ) -> None:
-    missing = np.flatnonzero(_missing_mask(series))
+    """Report missing ids, and ids that are not whole numbers when ``id_dtype`` is "int"."""
+    missing_mask = _missing_mask(series)
+    if id_dtype == "int":
+        if pd.api.types.is_bool_dtype(series.dtype):
+            values = np.full(len(series), np.nan)
+        else:
+            values = pd.to_numeric(series, errors="coerce").to_numpy(
+                dtype="float64", na_value=np.nan
+            )
+        whole = np.isfinite(values) & (values == np.round(values)) & (np.abs(values) < 2**63)
+        bad = np.flatnonzero(~whole & ~missing_mask)
+        if len(bad):
+            _add(
+                report,
+                "error",
+                "non_integer_id",
+                f"{_of(len(bad), len(series), f'{role} id')} not a whole number, but the "
+                f"schema declares integer ids (id_dtype = 'int'): {_fmt_values(series, bad)}",
+                source=source,
+                column=column,
+                positions=bad,
+                fix="Fix the rows, or declare id_dtype = 'string' (the default) to read ids "
+                "as written",
+            )
+    missing = np.flatnonzero(missing_mask)
     if len(missing):
         _add(
             report,
@@ -388,6 +420,41 @@ def _check_feature_columns(
         # missing values map to out-of-vocabulary.
 
 
+def column_name_report(names: Sequence[Any], source: str | None) -> ValidationReport:
+    """Check that a table's header names every column once.
+
+    pandas would silently rename a copy (``a``, ``a.1``) and a JSON reader would keep one
+    value of a repeated key; either way one column is read while another was meant. Empty
+    header cells are not compared (pandas reads them as "Unnamed: N").
+
+    Args:
+        names: the header cells (column names) in file order.
+        source: the file or table, named in the message.
+
+    Returns:
+        One "duplicate_column" error per repeated name, naming the column and its 1-based
+        positions in the header.
+    """
+    cells = [str(n).strip() for n in names]
+    report = ValidationReport()
+    for name, n in Counter(c for c in cells if c).items():
+        if n < 2:
+            continue
+        where = ", ".join(str(i + 1) for i, c in enumerate(cells) if c == name)
+        report.add(
+            make_finding(
+                "error",
+                "duplicate_column",
+                f"the header names this column {n} times (columns {where}); wager cannot "
+                "tell which one is meant",
+                source=_src(source),
+                column=name,
+                fix="Rename or remove the copies so that every column name is unique",
+            )
+        )
+    return report
+
+
 # ----------------------------------------------------------------------------- interactions
 
 
@@ -434,7 +501,11 @@ def validate_interactions(df: pd.DataFrame, schema: Schema, source: str) -> Vali
     - propensities lie in (0, 1];
     - timestamps are present and readable as epoch numbers or dates;
     - numeric context features are numeric and finite;
-    - exact duplicate rows are counted (a warning: they are kept).
+    - exact duplicate rows are counted (a warning: they are kept);
+    - ratings (label kind "rating") that conflict for one (user, item) pair are counted
+      with an example (a warning here; ``[data] duplicates`` decides what a run does,
+      see :mod:`wager.data.duplicates`). Repeated pairs of clicks and CTRs are not
+      conflicts (repeated impressions).
 
     Args:
         df: interaction table, one row per interaction (or per aggregated row).
@@ -444,8 +515,10 @@ def validate_interactions(df: pd.DataFrame, schema: Schema, source: str) -> Vali
     Returns:
         The report; ``report.ok`` is False when any error was found.
     """
-    report = ValidationReport()
     src = _src(source)
+    report = column_name_report(list(df.columns), src)
+    if not report.ok:
+        return report
     present = _check_schema_columns(report, df, schema, src)
     _check_feature_columns(
         report, df, schema.context, source=src, how_to_name="Schema.context", where="interaction"
@@ -465,7 +538,7 @@ def validate_interactions(df: pd.DataFrame, schema: Schema, source: str) -> Vali
     for role in ("user", "item"):
         if role in present:
             col = getattr(schema, role)
-            _check_ids(report, df[col], role, src, col)
+            _check_ids(report, df[col], role, src, col, schema.id_dtype)
 
     if "label" in present and schema.label is not None:
         _check_label(report, df[schema.label], schema, src)
@@ -637,6 +710,19 @@ def validate_interactions(df: pd.DataFrame, schema: Schema, source: str) -> Vali
             positions=dup,
             fix="If they are logging artefacts, remove them before loading",
         )
+    conflicts = find_label_conflicts(df, schema)
+    if conflicts.n_pairs:
+        _add(
+            report,
+            "warning",
+            "conflicting_labels",
+            describe_label_conflicts(df, schema, conflicts)
+            + "; training refuses them unless [data] duplicates says otherwise",
+            source=src,
+            column=schema.label,
+            positions=conflicts.positions,
+            fix=FIX_TEXT,
+        )
     return report
 
 
@@ -721,8 +807,13 @@ def _check_label(
 # ----------------------------------------------------------------------------- feature tables
 
 
-def _id_keys(series: pd.Series) -> pd.Series:
-    """Canonical string keys of ids, as the encoders match them (3, 3.0 and "3" agree)."""
+def _id_keys(series: pd.Series, id_dtype: str = "string") -> pd.Series:
+    """Canonical string keys of ids, as the encoders match them (3, 3.0 and "3" agree).
+
+    With ``id_dtype = "int"`` the ids are compared as numbers ("007" and "7" agree).
+    """
+    if id_dtype == "int" and not pd.api.types.is_integer_dtype(series.dtype):
+        series = pd.to_numeric(series, errors="coerce")
     return categorical_keys(series)
 
 
@@ -740,6 +831,8 @@ def validate_feature_table(
     source: str,
     interaction_ids: pd.Series | None,
     role: str,
+    *,
+    id_dtype: str = "string",
 ) -> ValidationReport:
     """Check a user or item feature table keyed by id.
 
@@ -749,7 +842,9 @@ def validate_feature_table(
     interactions but have no row here, with counts; they are handled as
     out-of-vocabulary. Info: ids here that never occur in the interactions.
 
-    Ids are compared as the encoders compare them: 3, 3.0 and "3" are the same id.
+    Ids are compared as the encoders compare them: 3, 3.0 and "3" are the same id, and
+    "007" and "7" are two (the loaders read ids as written unless the schema declares
+    ``id_dtype = "int"``, then both sides are int64).
 
     Args:
         df: the feature table, one row per id.
@@ -758,12 +853,16 @@ def validate_feature_table(
         source: the feature table's file name, used in messages.
         interaction_ids: the id column of the interactions, or None to skip coverage.
         role: "user" or "item".
+        id_dtype: the schema's ``id_dtype``; with "int" an id that is not a whole number
+            is an error.
 
     Returns:
         The report.
     """
-    report = ValidationReport()
     src = _src(source)
+    report = column_name_report(list(df.columns), src)
+    if not report.ok:
+        return report
     name = Path(source).name if source else "the feature table"
     flag = ROLE_FLAGS.get(role, (role, f"--{role}-col"))[1]
     feature_specs = [s for s in specs if s.name != key]
@@ -802,8 +901,8 @@ def validate_feature_table(
                 fix="Check that the right file was given",
             )
         )
-    _check_ids(report, df[key], role, src, key)
-    keys = _id_keys(df[key])
+    _check_ids(report, df[key], role, src, key, id_dtype)
+    keys = _id_keys(df[key], id_dtype)
     present = keys.notna().to_numpy(dtype=bool)
     dup_mask = (keys.duplicated(keep=False).to_numpy(dtype=bool)) & present
     dup = np.flatnonzero(dup_mask)
@@ -821,7 +920,7 @@ def validate_feature_table(
             fix=f"Keep one row per {role} id, so that its features are not ambiguous",
         )
     if interaction_ids is not None:
-        inter_keys = pd.Index(_id_keys(interaction_ids).dropna().unique())
+        inter_keys = pd.Index(_id_keys(interaction_ids, id_dtype).dropna().unique())
         table_keys = pd.Index(keys[present].unique())
         absent = inter_keys[~inter_keys.isin(table_keys)]
         if len(absent):
