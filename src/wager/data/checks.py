@@ -173,7 +173,10 @@ def _add(
 def _missing_mask(series: pd.Series) -> np.ndarray:
     """True where a cell is missing: NaN/None/NaT, or a string that is empty or only spaces."""
     miss = series.isna().to_numpy(dtype=bool, na_value=True)
-    if pd.api.types.is_string_dtype(series.dtype) or pd.api.types.is_object_dtype(series.dtype):
+    if isinstance(series.dtype, pd.StringDtype):
+        blank = series.str.strip().eq("").to_numpy(dtype=bool, na_value=False)
+        miss = miss | blank
+    elif pd.api.types.is_string_dtype(series.dtype) or pd.api.types.is_object_dtype(series.dtype):
         blank = series.map(lambda v: isinstance(v, str) and not v.strip()).to_numpy(dtype=bool)
         miss = miss | blank
     return miss

@@ -214,35 +214,31 @@ def _check_json_keys(path: Path, compression: str | None, lines: bool) -> None:
     handle = _open_text(path, compression)
     if handle is None:
         return
-    found: list[tuple[int, str]] = []  # (0-based data row, repeated key)
+    repeated: dict[str, list[int]] = {}  # key -> 0-based data rows (JSON lines)
+    row = [-1]
 
     def pairs_hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        counts = Counter(k for k, _ in pairs)
-        found.extend((-1, k) for k, n in counts.items() if n > 1)
-        return dict(pairs)
+        obj = dict(pairs)
+        if len(obj) != len(pairs):
+            for key, n in Counter(k for k, _ in pairs).items():
+                if n > 1:
+                    repeated.setdefault(key, []).append(row[0])
+        return obj
 
     with handle:
-        if lines:
-            row = 0
-            for line in handle:
-                if not line.strip():
-                    continue
-                try:
-                    json.loads(line, object_pairs_hook=pairs_hook)
-                except json.JSONDecodeError:
-                    return  # reported by the reader, with its line
-                found[:] = [(row if r < 0 else r, k) for r, k in found]
-                row += 1
-        else:
-            try:
+        try:
+            if lines:
+                for line in handle:
+                    if line.strip():
+                        row[0] += 1
+                        json.loads(line, object_pairs_hook=pairs_hook)
+            else:
                 json.load(handle, object_pairs_hook=pairs_hook)
-            except json.JSONDecodeError:
-                return
-    if not found:
-        return
+        except json.JSONDecodeError:
+            return  # reported by the reader, with its line
     report = ValidationReport()
-    for key in dict.fromkeys(k for _, k in found):
-        rows = sorted({r for r, k in found if k == key and r >= 0})
+    for key, rows in repeated.items():
+        at = sorted({r for r in rows if r >= 0})
         report.add(
             make_finding(
                 "error",
@@ -251,8 +247,8 @@ def _check_json_keys(path: Path, compression: str | None, lines: bool) -> None:
                 "value, so the others would be lost silently",
                 source=str(path),
                 column=key,
-                rows=rows,
-                count=len(rows) if rows else None,
+                rows=at,
+                count=len(at) if at else None,
                 fix="Write each key once per object",
             )
         )
