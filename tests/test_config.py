@@ -116,6 +116,7 @@ def _every_section(ensemble: EnsembleConfig | None) -> RunConfig:
             item_features=True,
             drop_features=("zip", "title"),
             synthetic_rows=5000,
+            duplicates="mean",
         ),
         model=ModelConfig(
             type="dcn",
@@ -766,6 +767,7 @@ SECTIONS = [
         item_features=False,
         drop_features=("a",),
         synthetic_rows=2000,
+        duplicates="last",
     ),
     TrainConfig(
         epochs=2,

@@ -25,6 +25,7 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import torch
 
+from wager.data.duplicates import DUPLICATE_POLICIES
 from wager.data.loaders import FORMATS
 from wager.data.schema import Feature, Schema, feature_type_name
 from wager.data.splits import SPLIT_METHODS
@@ -476,6 +477,10 @@ class DataConfig:
             names the dataset does not have are ignored, so one config serves every layout.
         synthetic_rows: logged impressions drawn when ``format = "synthetic"`` (the
             synthetic world of ``wager.data.synthetic``; ``path`` is then unused).
+        duplicates: what to do when one (user, item) pair has conflicting ratings (label
+            kind "rating" only; repeated clicks are impressions): "refuse" (an error naming
+            the rows), "last" (keep the latest by timestamp, else file order), "mean"
+            (average them into the latest row) or "keep" (every row counts).
     """
 
     path: str | None = None
@@ -487,6 +492,7 @@ class DataConfig:
     item_features: bool = True
     drop_features: tuple[str, ...] = ()
     synthetic_rows: int = 100_000
+    duplicates: str = "refuse"
 
     def __post_init__(self) -> None:
         _conform_fields(self, "data")
@@ -509,6 +515,13 @@ class DataConfig:
             "valid_fraction",
             self.valid_fraction,
             "in [0, 1)",
+        )
+        _check(
+            self.duplicates in DUPLICATE_POLICIES,
+            "data",
+            "duplicates",
+            self.duplicates,
+            "one of " + ", ".join(DUPLICATE_POLICIES),
         )
 
 

@@ -25,6 +25,7 @@ import pandas as pd
 
 from wager.config import RunConfig
 from wager.data.dataset import Dataset
+from wager.data.duplicates import resolve_duplicates
 from wager.data.loaders import load_dataset
 from wager.data.schema import Schema
 from wager.data.splits import Split, leave_last_out, random_split, split_dataset, temporal_split
@@ -120,7 +121,7 @@ def load_run_data(
                 f for f in schema.item_features if f.name not in data.drop_features
             ),
         )
-    ds = replace(ds, schema=schema)
+    ds = resolve_duplicates(replace(ds, schema=schema), data.duplicates)
     seed = config.seed if config.seed is not None else 0
     sp = split_dataset(ds, split_name, seed=seed, test_fraction=data.test_fraction)
     sp.report.raise_if_errors()

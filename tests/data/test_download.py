@@ -58,7 +58,12 @@ def test_serves_verifies_unpacks_and_caches(
     assert target == cache / "ml-tiny"
     assert (target / "u.data").read_bytes() == U_DATA
     assert (cache / "ml-tiny.zip").read_bytes() == payload
-    assert not list(cache.glob("*.part")) and not list(cache.glob(".extract-*"))
+    assert sorted(c.name for c in cache.iterdir()) == ["ml-tiny", "ml-tiny.zip"]  # no temp left
+    assert (target / ".wager-sha256").read_text().splitlines() == [
+        hashlib.sha256(payload).hexdigest(),
+        "README",
+        "u.data",
+    ]
     # second call: verified directory found, the network is never touched
     monkeypatch.setattr(urllib.request, "urlopen", _offline)
     assert download("tiny", cache_dir=cache) == target
@@ -158,3 +163,123 @@ def test_archive_without_expected_directory(
     _serve(tmp_path, monkeypatch, payload, hashlib.sha256(payload).hexdigest())
     with pytest.raises(DataError, match="no top-level directory 'ml-tiny'"):
         download("tiny", cache_dir=tmp_path / "cache")
+
+
+# ----------------------------------------------------------------------------- what is not ours
+# Before (issue 13, defect 11): a target folder that wager did not create was deleted with
+# everything in it (shutil.rmtree) and replaced by the download.
+
+
+def _tiny(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, readme: bytes = b"tiny\n") -> str:
+    payload = _zip_bytes({"ml-tiny/u.data": U_DATA, "ml-tiny/README": readme})
+    _serve(tmp_path, monkeypatch, payload, hashlib.sha256(payload).hexdigest())
+    return hashlib.sha256(payload).hexdigest()
+
+
+def _user_folder(target: Path) -> None:
+    target.mkdir(parents=True)
+    (target / "notes.txt").write_text("mine")
+
+
+def _user_file(target: Path) -> None:
+    target.parent.mkdir(parents=True)
+    target.write_text("mine")
+
+
+def _old_download_plus_user_file(target: Path) -> None:
+    target.mkdir(parents=True)
+    (target / "u.data").write_text("old")
+    (target / ".wager-sha256").write_text("0" * 64 + "\nu.data\n")
+    (target / "sub").mkdir()
+    (target / "sub" / "notes.txt").write_text("mine")
+
+
+def _legacy_marker_other_sha(target: Path) -> None:
+    target.mkdir(parents=True)
+    (target / "u.data").write_text("old")
+    (target / ".wager-sha256").write_text("0" * 64 + "\n")
+
+
+@pytest.mark.parametrize(
+    ("make", "code", "expected"),
+    [
+        (_user_folder, "target_exists", "was not written by wager data download"),
+        (_user_file, "target_exists", "this is not a folder"),
+        (
+            _old_download_plus_user_file,
+            "foreign_files",
+            "files that wager did not write: sub/notes.txt",
+        ),
+        (_legacy_marker_other_sha, "target_exists", "does not list the files it wrote"),
+    ],
+)
+def test_refuses_to_replace_what_wager_did_not_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make, code: str, expected: str
+) -> None:
+    _tiny(tmp_path, monkeypatch)
+    cache = tmp_path / "cache"
+    target = cache / "ml-tiny"
+    make(target)
+    before = {p: p.read_bytes() for p in sorted(cache.rglob("*")) if p.is_file()}
+    with pytest.raises(DataError) as err:
+        download("tiny", cache_dir=cache)
+    (f,) = err.value.findings
+    assert f.code == code and expected in f.message
+    assert f.message.startswith(str(target)) and "--cache-dir" in f.message
+    after = {p: p.read_bytes() for p in sorted(cache.rglob("*")) if p.is_file()}
+    assert after == before  # nothing deleted, nothing overwritten, no temp folder left
+
+
+def test_empty_folder_is_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _tiny(tmp_path, monkeypatch)
+    (tmp_path / "cache" / "ml-tiny").mkdir(parents=True)
+    target = download("tiny", cache_dir=tmp_path / "cache")
+    assert (target / "u.data").read_bytes() == U_DATA
+
+
+def test_previous_download_is_replaced_when_all_its_files_are_ours(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = tmp_path / "cache"
+    _tiny(tmp_path, monkeypatch, readme=b"v1\n")
+    target = download("tiny", cache_dir=cache)
+    (cache / "ml-tiny.zip").unlink()
+    (tmp_path / "v2").mkdir()
+    _tiny(tmp_path / "v2", monkeypatch, readme=b"v2\n")  # the pinned archive changed
+    assert download("tiny", cache_dir=cache) == target
+    assert (target / "README").read_bytes() == b"v2\n"
+    assert sorted(c.name for c in cache.iterdir()) == ["ml-tiny", "ml-tiny.zip"]
+
+
+def test_foreign_archive_of_the_same_name_is_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _tiny(tmp_path, monkeypatch)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "ml-tiny.zip").write_bytes(b"the user's own zip")
+    (cache / "ml-tiny.zip.part").write_bytes(b"the user's own file")
+    target = download("tiny", cache_dir=cache)
+    assert (target / "u.data").read_bytes() == U_DATA
+    assert (cache / "ml-tiny.zip").read_bytes() == b"the user's own zip"  # before: overwritten
+    assert (cache / "ml-tiny.zip.part").read_bytes() == b"the user's own file"  # before: deleted
+
+
+def test_interrupted_download_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Cut:
+        def __enter__(self) -> Cut:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            return None
+
+        def read(self, n: int) -> bytes:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: Cut())
+    (tmp_path / "cache").mkdir()
+    with pytest.raises(KeyboardInterrupt):
+        download("movielens-100k", cache_dir=tmp_path / "cache")
+    assert list((tmp_path / "cache").iterdir()) == []

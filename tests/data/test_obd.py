@@ -53,7 +53,7 @@ def test_interactions_columns_and_values(tmp_path: Path) -> None:
         "user-item_affinity_0",
         "user-item_affinity_1",
     ]
-    assert inter["item_id"].tolist() == [0, 1, 1, 0]
+    assert inter["item_id"].tolist() == ["0", "1", "1", "0"]  # ids as written
     assert inter["position"].tolist() == [1, 2, 3, 1]
     assert inter["click"].tolist() == [0, 1, 0, 1]  # CTR 2 / 4 = 0.5
     assert inter["propensity_score"].tolist() == [0.5, 0.25, 0.25, 1.0]

@@ -1,4 +1,4 @@
-"""Tests of wager.data.validate: each check's code, column, rows (0-based) and counts."""
+"""Tests of wager.data.checks and wager.data.validate: code, column, rows (0-based), counts."""
 
 from __future__ import annotations
 
@@ -12,14 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from rich.console import Console
 
+from wager.data.checks import ReportedDataError, validate_feature_table, validate_interactions
 from wager.data.schema import Categorical, Numeric, Schema
-from wager.data.validate import (
-    ReportedDataError,
-    render_report,
-    validate_feature_table,
-    validate_interactions,
-    validate_path,
-)
+from wager.data.validate import render_report, validate_path
 from wager.errors import ValidationReport, make_finding
 
 RATING = Schema(label="rating", label_kind="rating", rating_range=(1, 5))

@@ -73,6 +73,8 @@ def categorical_keys(values: pd.Series | Sequence[Any] | np.ndarray) -> pd.Serie
     s = pd.Series(values).reset_index(drop=True)
     if pd.api.types.is_integer_dtype(s.dtype) and not isinstance(s.dtype, pd.CategoricalDtype):
         return s.astype("int64").astype(str).astype(object)
+    if isinstance(s.dtype, pd.StringDtype):  # ids read as text: already their keys
+        return s.astype(object).where(s.notna(), None)
     return s.map(_as_key).astype(object)
 
 

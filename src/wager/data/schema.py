@@ -22,6 +22,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 LabelKind = Literal["rating", "click", "ctr"]
+IdDtype = Literal["string", "int"]
+ID_DTYPES: tuple[str, ...] = ("string", "int")
+"""How loaders read user and item id columns (:attr:`Schema.id_dtype`)."""
 
 
 def _check_name(kind: str, name: str) -> None:
@@ -262,6 +265,12 @@ class Schema:
         context: context feature specs (columns of the interaction table).
         user_features: specs for columns of the user feature table.
         item_features: specs for columns of the item feature table.
+        id_dtype: how the loaders read the user and item id columns (in the interactions
+            and in the feature tables alike). "string" (default): ids are the values as
+            written, so ``007``, ``7``, ``7.0`` and ``1e3`` are four ids; typed formats
+            (Parquet, JSON) give numbers their plain text (7 and 7.0 read "7"). "int":
+            ids are integers, compared as numbers (``007`` and ``7`` are one id); a
+            value that is not a whole number is an error naming its rows.
     """
 
     user: str = "user_id"
@@ -277,11 +286,17 @@ class Schema:
     context: tuple[Feature, ...] = field(default_factory=tuple)
     user_features: tuple[Feature, ...] = field(default_factory=tuple)
     item_features: tuple[Feature, ...] = field(default_factory=tuple)
+    id_dtype: IdDtype = "string"
 
     def __post_init__(self) -> None:
         if self.label_kind not in ("rating", "click", "ctr"):
             raise ValueError(
                 f"Schema.label_kind must be 'rating', 'click' or 'ctr', got {self.label_kind!r}"
+            )
+        if self.id_dtype not in ID_DTYPES:
+            raise ValueError(
+                f"Schema.id_dtype must be 'string' (ids as written) or 'int' (whole-number "
+                f"ids), got {self.id_dtype!r}"
             )
         if self.rating_range is not None:
             lo, hi = self.rating_range
@@ -329,6 +344,7 @@ class Schema:
             "clicks",
             "timestamp",
             "propensity",
+            "id_dtype",
         ):
             value = getattr(self, key)
             if value is not None:
@@ -350,6 +366,7 @@ class Schema:
         kwargs["item"] = data.get("item", "item_id")
         kwargs["label"] = data.get("label")
         kwargs["label_kind"] = data.get("label_kind", "click")
+        kwargs["id_dtype"] = data.get("id_dtype", "string")
         rr = data.get("rating_range")
         kwargs["rating_range"] = tuple(rr) if rr is not None else None
         for key in ("context", "user_features", "item_features"):

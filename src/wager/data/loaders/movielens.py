@@ -135,7 +135,8 @@ def load_movielens(path: str | Path) -> Dataset:
         ``gender``, ``occupation`` (names; 1M codes are mapped to names) and ``zip`` (str).
         ``folds`` holds the 100k predefined (train, test) pairs that are present, with the
         interaction columns. ``schema`` suggests label "rating" with range (1, 5), or (0.5, 5)
-        for latest.
+        for latest, and declares ``id_dtype="int"``: MovieLens ids are whole numbers by the
+        format's definition, checked line by line, and compared as numbers.
 
     Raises:
         DataError: a file is missing (naming it and the layout), a line is malformed (file,
@@ -400,6 +401,7 @@ def _schema(layout: str, *, with_users: bool, item_numeric: str) -> Schema:
         label_kind="rating",
         rating_range=_RATING_RANGE[layout],
         timestamp="timestamp",
+        id_dtype="int",  # the format's ids are whole numbers, checked by _check_int
         user_features=users,
         item_features=(
             Text("title"),

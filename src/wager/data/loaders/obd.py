@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from wager.data.checks import column_name_report
 from wager.data.dataset import Dataset
 from wager.data.schema import Categorical, Feature, Numeric, Schema
 from wager.errors import ValidationReport, data_error, make_finding, require_path, suggest
@@ -77,11 +78,13 @@ def load_obd(path: str | Path, campaign: str | None = None) -> Dataset:
     Returns:
         A Dataset whose ``interactions`` has one row per impression, in file order, with columns
         ``user_id`` (str, synthesised from the user features; see the module docstring),
-        ``item_id`` (int64), ``position`` (int64, 1-based slot), ``click`` (int64, 0/1, the
-        label), ``propensity_score`` (float64 in (0, 1]), ``timestamp`` (datetime64, UTC) and
-        the ``user-item_affinity_*`` columns (float64). ``user_features`` has one row per
-        synthesised ``user_id`` with the ``user_feature_*`` columns (str). ``item_features`` is
-        ``item_context.csv`` without its index column. ``schema`` suggests label "click" of kind
+        ``item_id`` (str, as written; checked to be a whole number), ``position`` (int64,
+        1-based slot), ``click`` (int64, 0/1, the label), ``propensity_score`` (float64 in
+        (0, 1]), ``timestamp`` (datetime64, UTC) and the ``user-item_affinity_*`` columns
+        (float64). ``user_features`` has one row per synthesised ``user_id`` with the
+        ``user_feature_*`` columns (str, as written). ``item_features`` is
+        ``item_context.csv`` without its index column (``item_id`` and ``item_feature_1..``
+        as written, ``item_feature_0`` a number). ``schema`` suggests label "click" of kind
         "click", ``propensity="propensity_score"``, position and affinities as context,
         categorical user features, and item features numeric or categorical by their dtype.
 
@@ -112,9 +115,8 @@ def load_obd(path: str | Path, campaign: str | None = None) -> Dataset:
     affinity_cols = sorted((c for c in df.columns if c.startswith(_AFFINITY_PREFIX)), key=_suffix)
 
     problems = ValidationReport()
-    converted = {
-        col: _to_int(df, col, source, problems) for col in ("item_id", "position", "click")
-    }
+    converted = {col: _to_int(df, col, source, problems) for col in ("position", "click")}
+    _to_int(df, "item_id", source, problems, keep_text=True)
     converted["propensity_score"] = _to_float(df, "propensity_score", source, problems)
     for col in affinity_cols:
         _to_float(df, col, source, problems, allow_missing=True)
@@ -259,10 +261,31 @@ def _resolve(path: str | Path, campaign: str | None) -> tuple[Path, str]:
     return p, campaign
 
 
+def _is_text_column(name: str) -> bool:
+    """Ids and hashed categorical features: read as written ("007" stays "007")."""
+    if name == "item_id" or name.startswith(_USER_PREFIX):
+        return True
+    # item_feature_0 is numeric (a price); item_feature_1.. are hashed categories
+    return name.startswith(_ITEM_PREFIX) and name != f"{_ITEM_PREFIX}0"
+
+
 def _read_csv(path: Path) -> pd.DataFrame:
-    """Read a CSV with header; drop the unnamed index column; index = 0-based data row."""
+    """Read a CSV with header; drop the unnamed index column; index = 0-based data row.
+
+    The id and categorical columns (:func:`_is_text_column`) are read as text, exactly as
+    written; a header that names a column twice is an error naming the file and column.
+    """
     try:
-        df = pd.read_csv(path, keep_default_na=False, na_values=[""], engine="c")
+        header = pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False)
+        names = [str(c) for c in header.iloc[0].tolist()] if len(header) else []
+        column_name_report(names, str(path)).raise_if_errors()
+        df = pd.read_csv(
+            path,
+            keep_default_na=False,
+            na_values=[""],
+            engine="c",
+            dtype={n: str for n in names if _is_text_column(n)},
+        )
     except pd.errors.ParserError as exc:
         raise data_error(
             "malformed_line",
@@ -288,7 +311,7 @@ def _read_items(path: Path, problems: ValidationReport) -> pd.DataFrame:
             source=source,
             fix="Pass the dataset's item_context.csv.",
         )
-    _to_int(items, "item_id", source, problems)
+    _to_int(items, "item_id", source, problems, keep_text=True)
     if problems.errors:
         return items
     dup = items["item_id"].duplicated().to_numpy()
@@ -309,15 +332,26 @@ def _read_items(path: Path, problems: ValidationReport) -> pd.DataFrame:
     return items[cols].reset_index(drop=True)
 
 
-def _to_int(df: pd.DataFrame, col: str, source: str, problems: ValidationReport) -> bool:
-    """Convert ``df[col]`` to int64 in place and return True, or report the bad lines."""
+def _to_int(
+    df: pd.DataFrame,
+    col: str,
+    source: str,
+    problems: ValidationReport,
+    *,
+    keep_text: bool = False,
+) -> bool:
+    """Convert ``df[col]`` to int64 in place and return True, or report the bad lines.
+
+    With ``keep_text`` (ids) the values are only checked, and stay as written.
+    """
     values = pd.to_numeric(df[col], errors="coerce")
     arr = values.to_numpy(dtype="float64", na_value=np.nan)
     bad = ~np.isfinite(arr) | (arr != np.round(arr))
     if bad.any():
         _report_bad(df, col, bad, "should be an integer", source, problems)
         return False
-    df[col] = arr.astype("int64")
+    if not keep_text:
+        df[col] = arr.astype("int64")
     return True
 
 

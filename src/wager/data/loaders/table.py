@@ -2,7 +2,7 @@
 
 :func:`read_table` reads one file by its extension. :func:`load_table` reads an
 interaction table plus optional user and item feature tables, checks all of them
-(:mod:`wager.data.validate`) and either returns a :class:`~wager.data.dataset.Dataset`
+(:mod:`wager.data.checks`) and either returns a :class:`~wager.data.dataset.Dataset`
 or raises one :class:`~wager.errors.DataError` listing every error found.
 :func:`load_ctr_table` does the same for aggregated CTR data (one row per target and
 context, with impression and click counts).
@@ -30,6 +30,8 @@ import gzip
 import json
 import lzma
 import re
+from collections import Counter
+from collections.abc import Collection, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import IO, Any
@@ -37,13 +39,15 @@ from typing import IO, Any
 import numpy as np
 import pandas as pd
 
-from wager.data.dataset import Dataset
-from wager.data.schema import Categorical, Feature, MultiCategorical, Numeric, Schema, Text
-from wager.data.validate import (
+from wager.data.checks import (
     ReportedDataError,
+    column_name_report,
     validate_feature_table,
     validate_interactions,
 )
+from wager.data.dataset import Dataset
+from wager.data.features import categorical_keys
+from wager.data.schema import Categorical, Feature, MultiCategorical, Numeric, Schema, Text
 from wager.errors import DataError, ValidationReport, data_error, make_finding, require_path
 
 __all__ = [
@@ -67,6 +71,8 @@ _UNNAMED = re.compile(r"^Unnamed: \d+$")  # pandas' name for a header cell left 
 _NUMERIC_SHARE = 0.9  # share of text cells that read as numbers -> judged as numbers
 _TEXT_MIN_LEVELS = 50  # strings with more distinct values than this ...
 _TEXT_UNIQUE_SHARE = 0.5  # ... that are also mostly unique -> Text
+# pandas' default missing-value markers; id columns read as text take only "" as missing
+_DEFAULT_NA = sorted(pd._libs.parsers.STR_NA_VALUES)
 
 
 # ----------------------------------------------------------------------------- reading
@@ -115,13 +121,39 @@ def _parser_line(message: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def _read_delimited(path: Path, ext: str, compression: str | None) -> pd.DataFrame:
+def _na_values(names: Sequence[str], text_columns: Collection[str]) -> dict[str, list[str]]:
+    """Missing-value markers per column: only the empty cell for text columns."""
+    return {n: ([""] if n in text_columns else _DEFAULT_NA) for n in names}
+
+
+def _read_delimited(
+    path: Path, ext: str, compression: str | None, text_columns: Collection[str]
+) -> pd.DataFrame:
     source = str(path)
     sep = _sniff_delimiter(path, ext, compression)
     shown_sep = {"\t": "tab", r"\s+": "whitespace"}.get(sep, f"'{sep}'")
     try:
+        header = pd.read_csv(
+            path,
+            sep=sep,
+            header=None,
+            nrows=1,
+            dtype=str,
+            keep_default_na=False,
+            skipinitialspace=True,
+            compression="infer",
+        )
+        names = [str(c) for c in header.iloc[0].tolist()] if len(header) else []
+        column_name_report(names, source).raise_if_errors()
         return pd.read_csv(
-            path, sep=sep, skipinitialspace=True, low_memory=False, compression="infer"
+            path,
+            sep=sep,
+            skipinitialspace=True,
+            low_memory=False,
+            compression="infer",
+            dtype={n: str for n in names if n in text_columns},
+            keep_default_na=False,
+            na_values=_na_values(names, text_columns),
         )
     except pd.errors.EmptyDataError:
         raise data_error(
@@ -177,6 +209,52 @@ def _first_bad_json_line(path: Path, compression: str | None) -> tuple[int, int,
     return None
 
 
+def _check_json_keys(path: Path, compression: str | None, lines: bool) -> None:
+    """Raise when a JSON object names one key twice (JSON parsers keep the last silently)."""
+    handle = _open_text(path, compression)
+    if handle is None:
+        return
+    repeated: dict[str, list[int]] = {}  # key -> 0-based data rows (JSON lines)
+    row = [-1]
+
+    def pairs_hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        obj = dict(pairs)
+        if len(obj) != len(pairs):
+            for key, n in Counter(k for k, _ in pairs).items():
+                if n > 1:
+                    repeated.setdefault(key, []).append(row[0])
+        return obj
+
+    with handle:
+        try:
+            if lines:
+                for line in handle:
+                    if line.strip():
+                        row[0] += 1
+                        json.loads(line, object_pairs_hook=pairs_hook)
+            else:
+                json.load(handle, object_pairs_hook=pairs_hook)
+        except json.JSONDecodeError:
+            return  # reported by the reader, with its line
+    report = ValidationReport()
+    for key, rows in repeated.items():
+        at = sorted({r for r in rows if r >= 0})
+        report.add(
+            make_finding(
+                "error",
+                "duplicate_column",
+                "an object names this key more than once; JSON readers keep only the last "
+                "value, so the others would be lost silently",
+                source=str(path),
+                column=key,
+                rows=at,
+                count=len(at) if at else None,
+                fix="Write each key once per object",
+            )
+        )
+    report.raise_if_errors()
+
+
 def _read_json(path: Path, ext: str, compression: str | None) -> pd.DataFrame:
     source = str(path)
     lines = True
@@ -186,6 +264,7 @@ def _read_json(path: Path, ext: str, compression: str | None) -> pd.DataFrame:
             with handle:
                 start = handle.read(4096).lstrip()[:1]
             lines = start != "["
+    _check_json_keys(path, compression, lines)
     try:
         return pd.read_json(path, lines=lines, dtype=False, compression="infer")
     except ValueError as exc:
@@ -214,7 +293,15 @@ def _read_json(path: Path, ext: str, compression: str | None) -> pd.DataFrame:
 
 def _read_parquet(path: Path) -> pd.DataFrame:
     import pyarrow as pa
+    import pyarrow.parquet as pq
 
+    names: list[str] = []
+    try:
+        if path.is_file():
+            names = list(pq.read_schema(path).names)
+    except (pa.ArrowException, OSError, ValueError):
+        pass  # reported below by the reader
+    column_name_report(names, str(path)).raise_if_errors()
     try:
         return pd.read_parquet(path)
     except (pa.ArrowException, OSError, ValueError) as exc:
@@ -238,7 +325,19 @@ def _unknown_format(path: Path, ext: str) -> DataError:
     )
 
 
-def read_table(path: str | Path) -> pd.DataFrame:
+def _as_text(series: pd.Series) -> pd.Series:
+    """A typed column (Parquet, JSON) as text: numbers as their plain text (7 and 7.0 -> "7").
+
+    Columns holding lists (multi-valued features read from JSON or Parquet) are kept.
+    """
+    values = series.dropna()
+    if len(values) and any(isinstance(v, list | tuple | np.ndarray) for v in values.iloc[:100]):
+        return series
+    keys = categorical_keys(series)
+    return pd.Series(keys.to_numpy(), index=series.index, name=series.name, dtype="str")
+
+
+def read_table(path: str | Path, *, text_columns: Collection[str] = ()) -> pd.DataFrame:
     """Read one table file, choosing the reader by extension.
 
     - ``.csv`` (comma, or a sniffed delimiter when the header has no comma), ``.tsv``
@@ -248,10 +347,15 @@ def read_table(path: str | Path) -> pd.DataFrame:
       array of objects).
 
     Text formats may be compressed (``.csv.gz``, ``.jsonl.bz2``, ...). Values are read
-    as their file types (pandas inference for CSV; JSON types kept as they are).
+    as their file types (pandas inference for CSV; JSON types kept as they are), except
+    ``text_columns``: those are text, exactly as written in delimited files (``007``,
+    ``7.0`` and ``1e3`` stay as they are; only an empty cell is missing), and with
+    numbers given their plain text in typed formats (7 and 7.0 read "7").
 
     Args:
         path: the file.
+        text_columns: columns read as text (ids, categorical features); names the file
+            does not have are ignored.
 
     Returns:
         The table, index 0..n-1 (0 = first data row).
@@ -261,14 +365,15 @@ def read_table(path: str | Path) -> pd.DataFrame:
             Parquet dataset), "unknown_format" (unsupported extension; the message lists
             the supported ones), "empty_table" (empty file), "parse_error" (corrupt
             file; names the line when the parser reports one), "bad_encoding",
-            "unreadable" (permissions). Each names the file.
+            "unreadable" (permissions), "duplicate_column" (a header or JSON object names
+            a column twice). Each names the file.
     """
     p = require_path(
         path, "Check the path (it is relative to the current directory unless absolute)"
     )
     if p.is_dir():
         if any(p.glob("*.parquet")) or any(p.glob("*/*.parquet")):
-            return _read_parquet(p)
+            return _with_text(_read_parquet(p), text_columns)
         listing = sorted(c.name for c in p.iterdir())
         held = ", ".join(listing[:8])
         if len(listing) > 8:
@@ -286,11 +391,11 @@ def read_table(path: str | Path) -> pd.DataFrame:
         if ext in (".parquet", ".pq"):
             if compression is not None:
                 raise _unknown_format(p, ext + compression)
-            df = _read_parquet(p)
+            df = _with_text(_read_parquet(p), text_columns)
         elif ext in (".jsonl", ".ndjson", ".json"):
-            df = _read_json(p, ext, compression)
+            df = _with_text(_read_json(p, ext, compression), text_columns)
         else:
-            df = _read_delimited(p, ext, compression)
+            df = _read_delimited(p, ext, compression, text_columns)
     except PermissionError as exc:
         raise data_error(
             "unreadable",
@@ -307,6 +412,17 @@ def read_table(path: str | Path) -> pd.DataFrame:
         )
     df.columns = [str(c) for c in df.columns]
     return df.reset_index(drop=True)
+
+
+def _with_text(df: pd.DataFrame, text_columns: Collection[str]) -> pd.DataFrame:
+    """``df`` with its ``text_columns`` as text (see :func:`_as_text`)."""
+    cols = [c for c in df.columns if str(c) in text_columns]
+    if not cols:
+        return df
+    df = df.copy()
+    for c in cols:
+        df[c] = _as_text(df[c])
+    return df
 
 
 # ----------------------------------------------------------------------------- inference
@@ -398,9 +514,28 @@ def _merge_error(report: ValidationReport, exc: DataError) -> None:
             report.add(finding)
 
 
+def _text_columns(key_columns: Sequence[str], specs: Sequence[Feature]) -> set[str]:
+    """Columns a loader reads as text: the id columns and every non-numeric feature column."""
+    return set(key_columns) | {s.name for s in specs if not isinstance(s, Numeric)}
+
+
+def _ids_as_int(df: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    """Validated whole-number id columns (``Schema.id_dtype = "int"``) as int64."""
+    out = df.copy()
+    for col in columns:
+        if col in out.columns:
+            out[col] = pd.to_numeric(out[col]).astype("int64")
+    return out
+
+
 def _coerce_roles(df: pd.DataFrame, schema: Schema) -> pd.DataFrame:
-    """Make validated role columns numeric: labels/weights/propensities float, counts int64."""
+    """Make validated role columns numeric: labels/weights/propensities float, counts int64.
+
+    Ids become int64 when the schema declares ``id_dtype = "int"`` (they stay text else).
+    """
     out = df
+    if schema.id_dtype == "int":
+        out = _ids_as_int(df, [schema.user, schema.item])
     for col in (schema.label, schema.weight, schema.propensity):
         if col is None or col not in out.columns:
             continue
@@ -428,6 +563,7 @@ def _feature_table(
     interactions: pd.DataFrame | None,
     source: str,
     report: ValidationReport,
+    id_dtype: str,
 ) -> tuple[pd.DataFrame | None, tuple[Feature, ...]]:
     """Read, infer specs for and check one feature table; findings go into ``report``."""
     if path is None:
@@ -447,13 +583,16 @@ def _feature_table(
         return None, declared
     fsource = str(path)
     try:
-        table = read_table(path)
+        table = read_table(path, text_columns=_text_columns([key], declared))
     except DataError as exc:
         _merge_error(report, exc)
         return None, declared
     specs = declared
     if not specs:
         specs = infer_features(table, key)
+        if _text_columns([key], specs) != {key}:
+            # read again with the inferred categorical columns as written ("007" stays "007")
+            table = read_table(path, text_columns=_text_columns([key], specs))
         kinds = ", ".join(f"{s.name} ({type(s).__name__})" for s in specs) or "none"
         report.add(
             make_finding(
@@ -476,7 +615,10 @@ def _feature_table(
                 )
             )
     ids = interactions[key] if interactions is not None and key in interactions.columns else None
-    report.extend(validate_feature_table(table, key, specs, fsource, ids, role))
+    checked = validate_feature_table(table, key, specs, fsource, ids, role, id_dtype=id_dtype)
+    report.extend(checked)
+    if checked.ok and id_dtype == "int":
+        table = _ids_as_int(table, [key])
     return table, specs
 
 
@@ -538,7 +680,8 @@ def _load(
     report = ValidationReport()
     df: pd.DataFrame | None = None
     try:
-        df = read_table(path)
+        text = _text_columns([schema.user, schema.item], schema.context)
+        df = read_table(path, text_columns=text)
     except DataError as exc:
         _merge_error(report, exc)
     if ctr:
@@ -595,10 +738,24 @@ def _load(
                 )
             )
     users, user_specs = _feature_table(
-        "user", user_features_path, schema.user, schema.user_features, df, source, report
+        "user",
+        user_features_path,
+        schema.user,
+        schema.user_features,
+        df,
+        source,
+        report,
+        schema.id_dtype,
     )
     items, item_specs = _feature_table(
-        "item", item_features_path, schema.item, schema.item_features, df, source, report
+        "item",
+        item_features_path,
+        schema.item,
+        schema.item_features,
+        df,
+        source,
+        report,
+        schema.id_dtype,
     )
     if df is None or not report.ok:
         raise ReportedDataError(report)
@@ -622,8 +779,8 @@ def load_table(
 ) -> Dataset:
     """Load and check an interaction table and its optional user/item feature tables.
 
-    Every check of :func:`~wager.data.validate.validate_interactions` and
-    :func:`~wager.data.validate.validate_feature_table` runs on all tables before
+    Every check of :func:`~wager.data.checks.validate_interactions` and
+    :func:`~wager.data.checks.validate_feature_table` runs on all tables before
     anything is raised, so one error lists every problem. Feature specs come from
     ``schema.user_features`` / ``schema.item_features`` when given, else from
     :func:`infer_features` (reported as info). Validated role columns are made
