@@ -193,7 +193,11 @@ def train_run(
 
 
 def evaluate_run(
-    run_dir: str | Path, *, data_dir: str | Path | None = None, split: str | None = None
+    run_dir: str | Path,
+    *,
+    data_dir: str | Path | None = None,
+    split: str | None = None,
+    recommender: Recommender | None = None,
 ) -> dict[str, Any]:
     """Reload a run directory and evaluate it on the test split of its config's data.
 
@@ -201,13 +205,15 @@ def evaluate_run(
         run_dir: a directory written by :func:`train_run` / ``wager train``.
         data_dir: overrides the data path saved in the run's config.
         split: overrides the saved split (e.g. evaluate a u1 model on u2's test rows).
+        recommender: the run already loaded from ``run_dir`` (the CLI loads it first, to
+            report a damaged run apart from the evaluation); loaded here when None.
 
     Returns:
         The metrics, with "plots_dir": the run directory itself when the split and data are
         those of training (the same plots metrics.json lists), else its subfolder
         ``evaluation-<split>`` so that the training-time plots stay as listed.
     """
-    rec = Recommender.load(run_dir)
+    rec = recommender if recommender is not None else Recommender.load(run_dir)
     rd = load_run_data(rec.config, data_dir, split)
     trained_on = (rec.metrics_.get("split"), rec.metrics_.get("source"))
     plots_dir = Path(run_dir)
