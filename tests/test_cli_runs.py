@@ -472,7 +472,8 @@ def test_bad_input_with_json_prints_an_error_object(tmp_path):
     assert result.exit_code == 1
     payload = json.loads(result.stdout)
     assert payload["ok"] is False
-    assert "[model] dims is not a known key" in payload["error"]
+    assert "[model] dims is not a known key" in payload["error"]["message"]
+    assert payload["error"]["path"] == str(cfg)
 
 
 def test_unknown_split_with_json_lists_choices_and_suggests(tmp_path):
@@ -480,10 +481,10 @@ def test_unknown_split_with_json_lists_choices_and_suggests(tmp_path):
     cfg = _write(tmp_path / "c.toml", TABLE_TOML.format(path=tmp_path / "r.csv", model="biased_mf"))
     result = _invoke("train", cfg, "--split", "tempral", "--out", tmp_path / "run", "--json")
     assert result.exit_code == 1
-    payload = json.loads(result.stdout)
-    assert "random, temporal, leave-last-out" in payload["error"]
-    assert "Did you mean 'temporal'?" in payload["error"]
-    assert [f["code"] for f in payload["findings"]] == ["unknown_split"]
+    error = json.loads(result.stdout)["error"]
+    assert "random, temporal, leave-last-out" in error["message"]
+    assert "Did you mean 'temporal'?" in error["message"]
+    assert [f["code"] for f in error["findings"]] == ["unknown_split"]
 
 
 def test_evaluate_unknown_split_lists_choices(mf_run):

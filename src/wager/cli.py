@@ -1,31 +1,290 @@
 """The ``wager`` command line: thin; every flag maps onto a config or schema field.
 
 Every command that reports results prints a readable rich table, or JSON with ``--json``.
+This module is the only place that renders for a terminal: library code returns data
+(dicts, reports, frames) and raises named errors; everything here that came from data
+(ids, titles, file names, finding messages) is printed as plain text, never read as rich
+markup, and help text is printed as written (``rich_markup_mode=None``).
+
+Errors are reported in one place, :func:`_reports_errors`, which every command of
+:data:`app` gets (see :class:`_WagerTyper`). It draws the line between a mistake a user
+can make and a bug:
+
+- reported as one ``error: ...`` line (exit 1; 2 for a bad flag), or with ``--json`` one
+  JSON object ``{"ok": false, "error": {"type", "message", "path", "flag", "findings"}}``:
+  every :class:`~wager.errors.WagerError` (raised on purpose, message for the user); every
+  ``OSError`` (the file system: missing file, permission denied, a directory where a file
+  belongs, disk full), named by its file; a ``ValueError`` that a ``raise`` statement in
+  wager's own code raised (the library's convention for a bad argument or config value
+  until each is a named error; one that NumPy or PyTorch raised is a bug); a
+  :class:`CliError` (a bad flag or output path, found here); and any failure while reading
+  a run folder or config file, turned into a :class:`CliError` that names the damaged
+  file (:func:`_load_run`, :func:`_load_config`).
+- anything else (``TypeError``, ``IndexError``, a ``ValueError`` from inside NumPy or
+  PyTorch, ...) is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import linecache
 import math
+import os
+import secrets
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
-from wager.errors import DataError, WagerError
+from wager.errors import DataError, ValidationReport, WagerError
 
-app = typer.Typer(
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from wager.config import RunConfig
+    from wager.recommender import Recommender
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: the recommendation file formats ``wager recommend --out`` writes, by file extension
+OUT_FORMATS = (".parquet", ".csv", ".jsonl")
+#: files that mark a folder as a wager run (``wager recommend --out`` never writes into one)
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+class CliError(Exception):
+    """A user's mistake found by the command line itself: a bad flag, an output path that
+    must not be written, a damaged run folder or config file.
+
+    Args:
+        message: one line naming the flag or file and how to fix it.
+        flag: the offending flag (e.g. "--out"), if any.
+        path: the offending file or folder, if any.
+        kind: the error's type in the ``--json`` error object.
+        exit_code: 2 for a bad flag (as for any other usage error), else 1.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        flag: str | None = None,
+        path: str | Path | None = None,
+        kind: str = "UsageError",
+        exit_code: int = 1,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.flag = flag
+        self.path = None if path is None else str(path)
+        self.kind = kind
+        self.exit_code = exit_code
+
+
+def _flag_error(flag: str, message: str) -> CliError:
+    return CliError(message, flag=flag, kind="UsageError", exit_code=2)
+
+
+@dataclass(frozen=True)
+class _Failure:
+    """What the user is told about an error: the ``--json`` object and the text lines."""
+
+    kind: str
+    lines: tuple[str, ...]
+    path: str | None = None
+    flag: str | None = None
+    findings: list[dict[str, object]] = field(default_factory=list)
+    exit_code: int = 1
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "ok": False,
+            "error": {
+                "type": self.kind,
+                "message": "\n".join(self.lines),
+                "path": self.path,
+                "flag": self.flag,
+                "findings": self.findings,
+            },
+        }
+
+
+_OS_HINTS: dict[type[OSError], str] = {
+    FileNotFoundError: "check the path",
+    IsADirectoryError: "a directory is where a file belongs; pass the file",
+    NotADirectoryError: "a file is where a directory belongs; pass the directory",
+    PermissionError: "check the file's permissions",
+}
+
+
+def _lines(text: str) -> tuple[str, ...]:
+    return tuple(line for line in str(text).splitlines() if line.strip()) or (repr(text),)
+
+
+def _raised_in_wager(exc: BaseException) -> bool:
+    """True when a ``raise`` statement in wager's own code raised ``exc`` (a message meant
+    for the user), not a call into NumPy, PyTorch or the standard library."""
+    tb = exc.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    filename = tb.tb_frame.f_code.co_filename
+    if not Path(filename).resolve().is_relative_to(Path(__file__).resolve().parent):
+        return False
+    return linecache.getline(filename, tb.tb_lineno).lstrip().startswith("raise")
+
+
+def _failure_of(exc: Exception) -> _Failure | None:
+    """The report of a user's mistake, or None for a bug (which keeps its traceback)."""
+    if isinstance(exc, CliError):
+        return _Failure(exc.kind, _lines(exc.message), exc.path, exc.flag, [], exc.exit_code)
+    if isinstance(exc, DataError):
+        findings = [f.to_dict() for f in exc.findings]
+        path = exc.findings[0].source if exc.findings else None
+        return _Failure(type(exc).__name__, _lines(str(exc)), path, None, findings)
+    if isinstance(exc, WagerError):
+        path, flag = getattr(exc, "path", None), getattr(exc, "flag", None)
+        return _Failure(
+            type(exc).__name__,
+            _lines(str(exc)),
+            None if path is None else str(path),
+            None if flag is None else str(flag),
+        )
+    if isinstance(exc, OSError):
+        if exc.filename is None:  # raised by wager with its own message, or a bare OS error
+            return _Failure(type(exc).__name__, _lines(str(exc)))
+        reason = exc.strerror or str(exc)
+        hint = next((h for t, h in _OS_HINTS.items() if isinstance(exc, t)), None)
+        text = f"{exc.filename}: {reason}" + (f"; {hint}" if hint else "")
+        return _Failure(type(exc).__name__, (text,), str(exc.filename))
+    if isinstance(exc, ValueError) and _raised_in_wager(exc):
+        return _Failure(type(exc).__name__, _lines(str(exc)))
+    return None
+
+
+def _report_failure(failure: _Failure, as_json: bool) -> None:
+    if as_json:
+        print_json(failure.to_dict())
+        return
+    for line in failure.lines:
+        err_console.print(
+            Text.assemble(("error: ", "bold red"), line), soft_wrap=True, highlight=False
+        )
+
+
+def _reports_errors(command: F) -> F:
+    """Wrap a command so that a user's mistake exits non-zero with its message (JSON with
+    ``--json``) instead of a traceback; see the module docstring for where the line is."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except Exception as exc:
+            if isinstance(exc, typer.Exit | typer.Abort | typer.BadParameter):
+                raise
+            failure = _failure_of(exc)
+            if failure is None:
+                raise
+            _report_failure(failure, bool(kwargs.get("as_json", False)))
+            raise typer.Exit(code=failure.exit_code) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+class _WagerTyper(typer.Typer):
+    """A Typer whose every command reports errors through :func:`_reports_errors`."""
+
+    def command(self, *args: Any, **kwargs: Any) -> Callable[[F], F]:  # type: ignore[override]
+        register = super().command(*args, **kwargs)
+
+        def decorator(fn: F) -> F:
+            register(_reports_errors(fn))
+            return fn
+
+        return decorator
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def _not_utf8(path: Path, exc: UnicodeDecodeError) -> str:
+    byte = exc.object[exc.start : exc.start + 1].hex()
+    return f"{path}: not UTF-8 text (byte 0x{byte} at offset {exc.start}); save it as UTF-8"
+
+
+def _load_run(run: Path) -> Recommender:
+    """``Recommender.load(run)``: the run folder's manifest is verified first, so a missing,
+    truncated or corrupt file is a ``RunError`` naming it (reported by the command wrapper)."""
+    from wager.recommender import Recommender
+
+    return Recommender.load(run)
+
+
+def _load_config(path: Path) -> RunConfig:
+    """``RunConfig.load(path)``; a file that is not UTF-8 text, or a value of the wrong
+    type, is reported naming the file."""
+    from wager.config import RunConfig
+
+    try:
+        return RunConfig.load(path)
+    except UnicodeDecodeError as exc:
+        raise CliError(_not_utf8(path, exc), path=path, kind="ConfigError") from None
+    except (ValueError, TypeError) as exc:
+        if isinstance(exc, WagerError):
+            raise
+        text = " ".join(_lines(str(exc)))
+        message = text if str(path) in text else f"{path}: {text}"
+        raise CliError(message, path=path, kind="ConfigError") from None
+
+
+# ----------------------------------------------------------------------------- app
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from wager import __version__
+
+        sys.stdout.write(f"wager {__version__}\n")
+        raise typer.Exit()
+
+
+app = _WagerTyper(
     name="wager",
     help="Recommender systems whose every prediction carries a calibrated confidence.",
     no_args_is_help=True,
     add_completion=False,
+    rich_markup_mode=None,
 )
-data_app = typer.Typer(help="Inspect, validate and download datasets.", no_args_is_help=True)
+data_app = _WagerTyper(
+    help="Inspect, validate and download datasets.", no_args_is_help=True, rich_markup_mode=None
+)
 app.add_typer(data_app, name="data")
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Recommender systems whose every prediction carries a calibrated confidence."""
+
 
 console = Console()
 err_console = Console(stderr=True)
@@ -71,16 +330,213 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
-def _fail(exc: WagerError, as_json: bool) -> None:
-    """Report a wager error (all its findings) and exit with status 1."""
-    if as_json:
-        findings = [f.to_dict() for f in exc.findings] if isinstance(exc, DataError) else []
-        print_json({"ok": False, "error": str(exc), "findings": findings})
-    else:
-        err_console.print(
-            f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True
+# ----------------------------------------------------------------------------- rendering
+# Everything that came from data goes into a rich Text (or through ``_text``), never into
+# a markup string, so that an id such as "[/]" or "[bold]x" prints as written.
+
+
+def _text(value: Any, style: str = "") -> Text:
+    return Text(str(value), style=style)
+
+
+def _table(title: str, columns: list[str]) -> Table:
+    table = Table(title=_text(title), title_justify="left")
+    for c in columns:
+        table.add_column(_text(c))
+    return table
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def render_report(report: ValidationReport, console: Console, err_console: Console) -> None:
+    """Print a validation report: errors in red to ``err_console``; the rest to ``console``.
+
+    Lines are not wrapped (``soft_wrap``) so that file names, columns and row numbers stay
+    on one line, and messages are printed as plain text (no rich markup is interpreted).
+
+    Args:
+        report: what ``wager.data.validate.validate_path`` (or a loader) found.
+        console: where warnings, info, dropped counts and the summary go (stdout).
+        err_console: where errors go (stderr).
+    """
+
+    def line(label: str, style: str, message: str) -> Text:
+        return Text.assemble((label, f"bold {style}"), (message, style))
+
+    for f in report.errors:
+        err_console.print(line("error: ", "red", f.message), soft_wrap=True, highlight=False)
+    for f in report.warnings:
+        console.print(line("warning: ", "yellow", f.message), soft_wrap=True, highlight=False)
+    for f in report.findings:
+        if f.severity == "info":
+            console.print(line("info: ", "cyan", f.message), soft_wrap=True, highlight=False)
+    if report.dropped:
+        total = sum(report.dropped.values())
+        parts = "; ".join(f"{why}: {n}" for why, n in report.dropped.items())
+        console.print(
+            Text(f"dropped {_plural(total, 'row')} in all ({parts})", style="cyan"),
+            soft_wrap=True,
+            highlight=False,
         )
-    raise typer.Exit(code=1)
+    n_warn = len(report.warnings)
+    if report.ok:
+        tail = f" ({_plural(n_warn, 'warning')})" if n_warn else ""
+        console.print(Text.assemble(("OK", "bold green"), tail), highlight=False)
+    else:
+        tail = f", {_plural(n_warn, 'warning')}" if n_warn else ""
+        console.print(
+            Text.assemble((_plural(len(report.errors), "error"), "bold red"), tail),
+            highlight=False,
+        )
+
+
+def render_description(summary: dict[str, Any], console: Console) -> None:
+    """Print a ``wager.data.info.describe`` summary as rich tables: overview, label,
+    features, findings (every value as plain text).
+
+    Args:
+        summary: the dict returned by ``describe``.
+        console: where to print.
+    """
+    console.print(_overview_table(summary))
+    label = summary.get("label")
+    if label:
+        lt = Table(
+            title=_text(f"Label '{label['column']}' ({label['kind']})"),
+            title_justify="left",
+            show_header=False,
+        )
+        lt.add_column("what", style="bold")
+        lt.add_column("value")
+        for key in ("rating_range", "min", "max", "mean", "std", "missing"):
+            if key in label:
+                lt.add_row(key, _text(_fmt(label[key])))
+        if label.get("value_counts"):
+            counts = ", ".join(f"{k}: {v:,}" for k, v in label["value_counts"].items())
+            lt.add_row("counts", _text(counts))
+        console.print(lt)
+    ft = Table(title="Features", title_justify="left")
+    for col in ("table", "name", "type", "unique", "missing"):
+        ft.add_column(col, no_wrap=True)
+    ft.add_column("details")
+    for group in ("user_features", "item_features", "context"):
+        for feat in summary.get(group) or []:
+            ft.add_row(
+                group.replace("_features", ""),
+                _text(feat["name"]),
+                _text(feat["type"] + ("" if feat.get("in_schema", True) else " (unused)")),
+                _fmt_int(feat.get("n_unique")),
+                _fmt_int(feat.get("missing")),
+                _text(_details(feat)),
+            )
+    if ft.row_count:
+        console.print(ft)
+    report = summary.get("report") or {}
+    findings = report.get("findings") or []
+    if findings:
+        rt = Table(title="Findings", title_justify="left")
+        rt.add_column("severity")
+        rt.add_column("message", overflow="fold")
+        style = {"error": "red", "warning": "yellow", "info": "dim"}
+        for f in findings:
+            rt.add_row(_text(f["severity"], style.get(f["severity"], "")), _text(f["message"]))
+        console.print(rt)
+    dropped = report.get("dropped") or {}
+    if dropped:
+        console.print(
+            _text("dropped rows: " + ", ".join(f"{k}: {v:,}" for k, v in dropped.items())),
+            highlight=False,
+        )
+
+
+def _overview_table(summary: dict[str, Any]) -> Table:
+    rows: list[tuple[str, str]] = [
+        ("layout", str(summary.get("layout"))),
+        ("interactions", f"{summary['n_interactions']:,}"),
+        ("users", _fmt_int(summary.get("n_users"))),
+        ("items", _fmt_int(summary.get("n_items"))),
+    ]
+    if summary.get("density") is not None:
+        rows.append(("density", f"{summary['density']:.4%} (sparsity {summary['sparsity']:.4%})"))
+    if "n_impressions" in summary:
+        rows.append(("impressions", _fmt_int(summary["n_impressions"])))
+        rows.append(("clicks", _fmt_int(summary.get("n_clicks"))))
+        ctr = summary.get("ctr")
+        rows.append(("CTR", "-" if ctr is None else f"{ctr:.4f}"))
+    ts = summary.get("timestamp")
+    if ts:
+        rows.append(("time range", f"{ts['min']} .. {ts['max']}"))
+    pos = summary.get("positions")
+    if pos:
+        rows.append(("positions", f"{pos['count']}: {', '.join(map(str, pos['values']))}"))
+        if pos.get("ctr_by_position"):
+            by_position = ", ".join(f"{k}: {v:.4f}" for k, v in pos["ctr_by_position"].items())
+            rows.append(("CTR by position", by_position))
+    for key in ("propensity", "weight"):
+        info = summary.get(key)
+        if info:
+            stats = f"min {_fmt(info['min'])}, max {_fmt(info['max'])}, mean {_fmt(info['mean'])}"
+            rows.append((f"{key} ({info['column']})", stats))
+    for name, table in summary.get("tables", {}).items():
+        if name != "interactions":
+            rows.append(
+                (name.replace("_", " "), f"{table['n_rows']:,} rows keyed by {table['key']}")
+            )
+    folds = summary.get("folds") or {}
+    if folds:
+        text = ", ".join(f"{k} ({v['n_train']:,}/{v['n_test']:,})" for k, v in folds.items())
+        rows.append(("folds", text))
+    overview = Table(
+        title=_text(f"Dataset {summary.get('source', '')}"), title_justify="left", show_header=False
+    )
+    overview.add_column("what", style="bold")
+    overview.add_column("value")
+    for what, value in rows:
+        overview.add_row(_text(what), _text(value))
+    return overview
+
+
+def _details(feat: dict[str, Any]) -> str:
+    t = feat["type"]
+    if feat.get("present") is False:
+        return "column not found"
+    if t == "numeric":
+        return (
+            f"min {_fmt(feat.get('min'))}, max {_fmt(feat.get('max'))}, "
+            f"mean {_fmt(feat.get('mean'))}"
+        )
+    if t == "text":
+        return f"mean {_fmt(feat.get('mean_tokens'))} tokens, max {feat.get('max_tokens')}"
+    if t == "datetime":
+        midnight = "T00:00:00+00:00"
+        return f"{feat.get('min')} .. {feat.get('max')}".replace(midnight, "")
+    if t == "other":
+        return f"dtype {feat.get('dtype')}"
+    top = feat.get("top") or []
+    text = ", ".join(f"{_short(d['value'])} ({d['count']:,})" for d in top)
+    if t == "multi_categorical":
+        text = f"{_fmt(feat.get('mean_values_per_row'))} per row; " + text
+    return text
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, list):
+        return " .. ".join(_fmt(x) for x in v)
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return str(v)
+
+
+def _fmt_int(v: Any) -> str:
+    return "-" if v is None else f"{int(v):,}"
+
+
+def _short(text: str, width: int = 14) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 # ----------------------------------------------------------------------------- data
@@ -104,7 +560,7 @@ def _table_schema(
     rating_range = None
     if rating_min is not None or rating_max is not None:
         if rating_min is None or rating_max is None:
-            raise typer.BadParameter("--rating-min and --rating-max go together")
+            raise _flag_error("--rating-min", "--rating-min and --rating-max go together")
         rating_range = (rating_min, rating_max)
     return Schema(
         user=user_col,
@@ -177,27 +633,22 @@ def data_info(
     as_json: JsonFlag = False,
 ) -> None:
     """Summarise a dataset: users, items, interactions, labels, features, sparsity."""
-    from wager.data.info import describe, render_description
+    from wager.data.info import describe
 
-    try:
-        schema = _table_schema(
-            user_col,
-            item_col,
-            label_col,
-            label_kind,
-            rating_min,
-            rating_max,
-            weight_col,
-            impressions_col,
-            clicks_col,
-            timestamp_col,
-            propensity_col,
-        )
-        ds = _load(path, fmt, schema, user_features, item_features)
-        summary = describe(ds)
-    except WagerError as exc:
-        _fail(exc, as_json)
-        return
+    schema = _table_schema(
+        user_col,
+        item_col,
+        label_col,
+        label_kind,
+        rating_min,
+        rating_max,
+        weight_col,
+        impressions_col,
+        clicks_col,
+        timestamp_col,
+        propensity_col,
+    )
+    summary = describe(_load(path, fmt, schema, user_features, item_features))
     if as_json:
         print_json(summary)
     else:
@@ -229,28 +680,21 @@ def data_validate(
     as_json: JsonFlag = False,
 ) -> None:
     """Run every data check; exit 1 when any error is found (warnings alone exit 0)."""
-    from wager.data.validate import render_report, validate_path
+    from wager.data.validate import validate_path
 
-    try:
-        schema = _table_schema(
-            user_col,
-            item_col,
-            label_col,
-            label_kind,
-            rating_min,
-            rating_max,
-            weight_col,
-            impressions_col,
-            clicks_col,
-            timestamp_col,
-            propensity_col,
-        )
-    except ValueError as exc:
-        if as_json:
-            print_json({"ok": False, "error": str(exc), "findings": []})
-        else:
-            err_console.print(f"[bold red]error:[/] {escape(str(exc))}")
-        raise typer.Exit(code=1) from None
+    schema = _table_schema(
+        user_col,
+        item_col,
+        label_col,
+        label_kind,
+        rating_min,
+        rating_max,
+        weight_col,
+        impressions_col,
+        clicks_col,
+        timestamp_col,
+        propensity_col,
+    )
     report = validate_path(
         path,
         fmt,
@@ -284,15 +728,13 @@ def data_download(
     """Fetch an official dataset archive, verify its SHA-256 and unpack it."""
     from wager.data.loaders.download import download
 
-    try:
-        target = download(name, cache_dir=cache_dir)
-    except WagerError as exc:
-        _fail(exc, as_json)
-        return
+    target = download(name, cache_dir=cache_dir)
     if as_json:
         print_json({"ok": True, "name": name, "path": str(target)})
     else:
-        console.print(f"[green]downloaded[/] {name} -> {target}")
+        console.print(
+            Text.assemble(("downloaded", "green"), f" {name} -> {target}"), highlight=False
+        )
 
 
 # ----------------------------------------------------------------------------- quickstart
@@ -373,24 +815,13 @@ def _metrics_table(title: str, metrics: dict[str, Any]) -> Table:
         for key, value in metrics.items():
             if key.startswith(prefix) and key not in shown and isinstance(value, int | float):
                 shown.add(key)
-                table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+                text = f"{value:.4f}" if isinstance(value, float) else str(value)
+                table.add_row(_text(key), _text(text))
     for key, value in metrics.get("oov_std_ratio", {}).items():
-        table.add_row(f"oov_std_ratio[{key}]", f"{value:.4f}")
+        table.add_row(_text(f"oov_std_ratio[{key}]"), _text(f"{value:.4f}"))
     for name, file in metrics.get("plots", {}).items():
-        table.add_row(f"plot: {name}", str(file))
+        table.add_row(_text(f"plot: {name}"), _text(file))
     return table
-
-
-def _run_error(exc: Exception, as_json: bool) -> None:
-    if isinstance(exc, WagerError):
-        _fail(exc, as_json)
-    if as_json:
-        print_json({"ok": False, "error": str(exc), "findings": []})
-    else:
-        err_console.print(
-            f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True
-        )
-    raise typer.Exit(code=1)
 
 
 @app.command("train")
@@ -407,23 +838,18 @@ def train(
     as_json: JsonFlag = False,
 ) -> None:
     """Train the model a config describes, evaluate it on the test split, save the run."""
-    from wager.config import RunConfig
     from wager.pipeline import train_run
 
     out = out or Path("runs") / config.stem
-    try:
-        cfg = RunConfig.load(config)
-        _rec, metrics = train_run(
-            cfg,
-            data_dir=data_dir,
-            split=split,
-            out=out,
-            show_progress=not as_json,
-            overwrite=overwrite,
-        )
-    except (WagerError, ValueError, FileNotFoundError, KeyError) as exc:
-        _run_error(exc, as_json)
-        return
+    cfg = _load_config(config)
+    _rec, metrics = train_run(
+        cfg,
+        data_dir=data_dir,
+        split=split,
+        out=out,
+        show_progress=not as_json,
+        overwrite=overwrite,
+    )
     metrics = {"ok": True, "run": str(out), **metrics}
     if as_json:
         print_json(metrics)
@@ -431,7 +857,7 @@ def train(
     console.print(
         _metrics_table(f"{config.name}: {metrics['model']} on {metrics['split']}", metrics)
     )
-    console.print(f"run saved to [bold]{escape(str(out))}[/]")
+    console.print(Text.assemble("run saved to ", (str(out), "bold")), highlight=False)
 
 
 @app.command("evaluate")
@@ -444,17 +870,16 @@ def evaluate(
     """Evaluate a saved run on the test split of its data (or another split)."""
     from wager.pipeline import evaluate_run
 
-    try:
-        metrics = evaluate_run(run, data_dir=data_dir, split=split)
-    except (WagerError, ValueError, FileNotFoundError, KeyError) as exc:
-        _run_error(exc, as_json)
-        return
+    metrics = evaluate_run(run, data_dir=data_dir, split=split, recommender=_load_run(run))
     if as_json:
         print_json({"ok": True, "run": str(run), **metrics})
         return
     console.print(_metrics_table(f"{run}: {metrics['split']}", metrics))
     if metrics.get("plots"):
-        console.print(f"plots ({', '.join(metrics['plots'])}) in {metrics['plots_dir']}")
+        console.print(
+            _text(f"plots ({', '.join(metrics['plots'])}) in {metrics['plots_dir']}"),
+            highlight=False,
+        )
 
 
 @app.command("recommend")
@@ -468,13 +893,23 @@ def recommend(
     ] = False,
     k: Annotated[int, typer.Option("-k", help="Items per user.")] = 10,
     out: Annotated[
-        Path | None, typer.Option("--out", help="Write recommendations to Parquet or CSV.")
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Write the recommendations to a file instead of printing them; the format "
+            "follows the extension: .parquet, .csv or .jsonl (one JSON object a line). Never "
+            "inside a run folder.",
+        ),
     ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace the --out file if it exists.")
+    ] = False,
     include_seen: Annotated[
         bool, typer.Option("--include-seen", help="Do not exclude items seen in training.")
     ] = False,
     confidence_level: Annotated[
-        float, typer.Option("--confidence-level", help="Level of the [low, high] interval.")
+        float,
+        typer.Option("--confidence-level", help="Level of the [low, high] interval, in (0, 1)."),
     ] = 0.9,
     horizon: Annotated[
         float | None,
@@ -489,19 +924,21 @@ def recommend(
     """Top-k recommendations with confidence for some users (or all, in batch)."""
     from rich.progress import Progress
 
-    from wager.recommender import Recommender
-
     if not user and not all_users:
-        raise typer.BadParameter("give --user U (repeatable) or --all-users")
+        raise _flag_error("--user", "give --user U (repeatable) or --all-users")
     if k < 1:
-        raise typer.BadParameter(f"-k must be >= 1, got {k}")
+        raise _flag_error("-k", f"-k must be >= 1, got {k}")
+    if not 0.0 < confidence_level < 1.0:
+        raise _flag_error(
+            "--confidence-level",
+            f"--confidence-level must be in (0, 1), e.g. 0.9 for a 90% interval; "
+            f"got {confidence_level}",
+        )
     if horizon is not None and not horizon > 0:
-        raise typer.BadParameter(f"--horizon must be > 0 future positives, got {horizon}")
-    try:
-        rec = Recommender.load(run)
-    except (WagerError, ValueError, FileNotFoundError, KeyError) as exc:
-        _run_error(exc, as_json)
-        return
+        raise _flag_error("--horizon", f"--horizon must be > 0 future positives, got {horizon}")
+    if out is not None:
+        _check_out(out, run, overwrite)
+    rec = _load_run(run)
     users: list[Any] = list(rec.scorer_.catalogue.users) if all_users else list(user or [])
     known = rec.known_users(users)
     cold = [u for u, ok in zip(users, known, strict=True) if not ok]
@@ -522,11 +959,7 @@ def recommend(
         )
     frame["cold_start"] = frame["user"].isin(cold)
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        if out.suffix == ".csv":
-            frame.to_csv(out, index=False)
-        else:
-            frame.astype({"user": str, "item": str}).to_parquet(out)
+        _write_table(frame, out)
     if as_json:
         print_json(
             {
@@ -545,20 +978,29 @@ def recommend(
         )
         return
     for n in notices:
-        err_console.print(f"[yellow]notice:[/] {escape(n)}", highlight=False, soft_wrap=True)
+        err_console.print(Text.assemble(("notice: ", "yellow"), n), highlight=False, soft_wrap=True)
     if out is not None:
-        console.print(f"{len(frame):,} recommendations for {len(users):,} users written to {out}")
+        console.print(
+            _text(f"{len(frame):,} recommendations for {len(users):,} users written to {out}"),
+            highlight=False,
+        )
         return
+    _print_recommendations(rec, frame, f"top-{k} from {run}", confidence_level)
+
+
+def _print_recommendations(
+    rec: Recommender, frame: pd.DataFrame, title: str, confidence_level: float
+) -> None:
     level = f"{confidence_level:.0%}"
     table = _table(
-        f"top-{k} from {run}",
+        title,
         ["user", "rank", "item", "mean", "std", f"{level} low", f"{level} high", "confidence"],
     )
     for r in frame.itertuples(index=False):
         table.add_row(
-            str(r.user),
-            str(r.rank),
-            str(r.item),
+            _text(r.user),
+            _text(r.rank),
+            _text(r.item),
             f"{r.mean:.4f}",
             f"{r.std:.4f}",
             f"{r.low:.4f}",
@@ -570,18 +1012,69 @@ def recommend(
     if lists["expected_hits"].notna().any():
         for r in lists.itertuples(index=False):
             console.print(
-                f"user {escape(str(r.user))}: expected relevant items in the list "
-                f"{r.expected_hits:.2f}, probability of at least one "
-                f"{r.prob_at_least_one:.3f}",
+                _text(
+                    f"user {r.user}: expected relevant items in the list "
+                    f"{r.expected_hits:.2f}, probability of at least one "
+                    f"{r.prob_at_least_one:.3f}"
+                ),
                 highlight=False,
             )
 
 
-def _table(title: str, columns: list[str]) -> Table:
-    table = Table(title=title, title_justify="left")
-    for c in columns:
-        table.add_column(c)
-    return table
+# ----------------------------------------------------------------------------- output files
+
+
+def _is_run_folder(folder: Path) -> bool:
+    from wager.runs import RunDirectory
+
+    return RunDirectory(folder).is_run()
+
+
+def _check_out(out: Path, run: Path, overwrite: bool) -> None:
+    """Refuse an ``--out`` path before any work: an unknown extension, a directory, a path
+    inside the run being read or inside any run folder, an existing file (without
+    ``--overwrite``)."""
+    choices = ", ".join(OUT_FORMATS)
+    if out.suffix.lower() not in OUT_FORMATS:
+        found = f"'{out.suffix}'" if out.suffix else "no extension"
+        raise _flag_error(
+            "--out", f"--out {out}: {found} is not a format wager writes; end it in {choices}"
+        )
+    if out.is_dir():
+        raise _flag_error("--out", f"--out {out}: is a directory; give a file name ({choices})")
+    target = out.resolve()
+    run_dir = run.resolve()
+    for folder in target.parents:
+        if folder == run_dir or _is_run_folder(folder):
+            raise _flag_error(
+                "--out",
+                f"--out {out}: inside the run folder '{folder}', which wager never writes "
+                "into; write the recommendations elsewhere",
+            )
+    if (out.exists() or out.is_symlink()) and not overwrite:
+        raise _flag_error("--out", f"--out {out}: already exists; pass --overwrite to replace it")
+
+
+def _write_table(frame: pd.DataFrame, out: Path) -> None:
+    """Write ``frame`` to ``out`` in the format its extension names, whole or not at all:
+    into a hidden temporary file beside it, then renamed over it (an interrupted write
+    leaves no partial ``out``; the temporary file is removed)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    frame = frame.astype({"user": str, "item": str})  # ids are values as written
+    tmp = out.with_name(f".{out.name}.{os.getpid()}-{secrets.token_hex(4)}.partial")
+    try:
+        suffix = out.suffix.lower()
+        if suffix == ".parquet":
+            frame.to_parquet(tmp, index=False)
+        elif suffix == ".csv":
+            frame.to_csv(tmp, index=False)
+        else:
+            frame.to_json(tmp, orient="records", lines=True, force_ascii=False)
+        os.replace(tmp, out)
+    except OSError as exc:  # e.g. disk full: name the file the user asked for
+        raise OSError(exc.errno, exc.strerror or str(exc), str(out)) from exc
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -41,10 +41,11 @@ class ConfigError(WagerError, ValueError):
             is allowed (``"[training] epochs = '2' is invalid: must be an integer ..."``).
     """
 
-    def __init__(self, problems: str | Sequence[str]) -> None:
+    def __init__(self, problems: str | Sequence[str], path: str | Path | None = None) -> None:
         self.problems: tuple[str, ...] = (
             (problems,) if isinstance(problems, str) else tuple(problems)
         )
+        self.path = None if path is None else str(path)
         super().__init__("\n".join(self.problems))
 
 
@@ -864,15 +865,17 @@ class RunConfig:
             raise FileNotFoundError(f"{p}: config file not found") from None
         except IsADirectoryError:
             raise ConfigError(
-                f"{p}: is a directory, not a config file; pass a run config TOML (see examples/)"
+                f"{p}: is a directory, not a config file; pass a run config TOML (see examples/)",
+                p,
             ) from None
         except UnicodeDecodeError as exc:
             raise ConfigError(
                 f"{p}: not a UTF-8 text file ({exc.reason} at byte {exc.start}); save the "
-                "config as UTF-8"
+                "config as UTF-8",
+                p,
             ) from None
         except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{p}: invalid TOML: {exc}") from None
+            raise ConfigError(f"{p}: invalid TOML: {exc}", p) from None
         if device is not None:
             training = data.get("training")
             data["training"] = {
@@ -882,7 +885,7 @@ class RunConfig:
         try:
             return cls.from_dict(data)
         except ConfigError as exc:
-            raise ConfigError([f"{p}: {line}" for line in exc.problems]) from None
+            raise ConfigError([f"{p}: {line}" for line in exc.problems], p) from None
 
 
 _SECTIONS: dict[str, type] = {

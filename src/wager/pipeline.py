@@ -228,7 +228,11 @@ def train_run(
 
 
 def evaluate_run(
-    run_dir: str | Path, *, data_dir: str | Path | None = None, split: str | None = None
+    run_dir: str | Path,
+    *,
+    data_dir: str | Path | None = None,
+    split: str | None = None,
+    recommender: Recommender | None = None,
 ) -> dict[str, Any]:
     """Reload a run folder and evaluate it on the test split of its config's data.
 
@@ -236,13 +240,15 @@ def evaluate_run(
         run_dir: a folder written by :func:`train_run` / ``wager train``.
         data_dir: overrides the data path saved in the run's config.
         split: overrides the saved split (e.g. evaluate a u1 model on u2's test rows).
+        recommender: the run already loaded from ``run_dir`` (the CLI loads it first, to
+            report a damaged run apart from the evaluation); loaded here when None.
 
     Returns:
         The metrics, with "plots_dir": the run's subfolder ``evaluation-<split>`` where the
         plots were drawn (recorded in the run's manifest), so the training-time plots that
         metrics.json lists stay as they are.
     """
-    rec = Recommender.load(run_dir)
+    rec = recommender if recommender is not None else Recommender.load(run_dir)
     rd = load_run_data(rec.config, data_dir, split)
     tag = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(rd.split))
     run = RunDirectory(run_dir)

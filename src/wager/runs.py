@@ -44,7 +44,15 @@ Writer = Callable[[Path], None]
 
 
 class RunError(WagerError, ValueError):
-    """A run folder cannot be written or read: the message names the path and the fix."""
+    """A run folder cannot be written or read: the message names the path and the fix.
+
+    Attributes:
+        path: the run folder (or file) concerned, or None.
+    """
+
+    def __init__(self, message: str, path: str | Path | None = None) -> None:
+        super().__init__(message)
+        self.path = None if path is None else str(path)
 
 
 def wager_version() -> str:
@@ -108,27 +116,33 @@ class RunDirectory:
         """
         p = self.path
         if p.is_symlink():
-            raise RunError(f"{p}: is a symbolic link; give the real folder to write the run")
+            raise RunError(
+                f"{p}: is a symbolic link; give the real folder to write the run", path=self.path
+            )
         if p.exists() and not p.is_dir():
-            raise RunError(f"{p}: is a file, not a folder; choose another --out")
+            raise RunError(f"{p}: is a file, not a folder; choose another --out", path=self.path)
         if p.is_dir() and any(p.iterdir()):
             if not self.is_run():
                 raise RunError(
                     f"{p}: the folder exists and is not a wager run (no {MANIFEST}); wager "
                     "never writes into or deletes a folder it did not write: choose a new "
-                    "--out, or empty the folder yourself"
+                    "--out, or empty the folder yourself",
+                    path=self.path,
                 )
             if not overwrite:
                 raise RunError(
                     f"{p}: a wager run is already there; pass --overwrite (Python: "
-                    "overwrite=True) to replace it, or choose another --out"
+                    "overwrite=True) to replace it, or choose another --out",
+                    path=self.path,
                 )
         parent = p.parent if p.parent != Path("") else Path(".")
         anchor = parent
         while not anchor.exists():
             anchor = anchor.parent
         if not anchor.is_dir() or not os.access(anchor, os.W_OK | os.X_OK):
-            raise RunError(f"{anchor}: not a writable folder, so {p} cannot be written")
+            raise RunError(
+                f"{anchor}: not a writable folder, so {p} cannot be written", path=self.path
+            )
 
     def read_manifest(self) -> dict[str, Any]:
         """The manifest, checked for its format version.
@@ -141,12 +155,14 @@ class RunDirectory:
         if not p.is_dir():
             raise RunError(
                 f"{p}: run folder not found; pass a folder written by `wager train`, "
-                "`wager quickstart` or Recommender.save()"
+                "`wager quickstart` or Recommender.save()",
+                path=self.path,
             )
         if not self.manifest_path.is_file():
             raise RunError(
                 f"{p}: no {MANIFEST}: not a wager run, or a run saved by wager < 0.2 before "
-                "run folders carried a manifest; retrain it with `wager train`"
+                "run folders carried a manifest; retrain it with `wager train`",
+                path=self.path,
             )
         try:
             manifest = json.loads(self.manifest_path.read_text(encoding="utf-8"))
@@ -154,15 +170,19 @@ class RunDirectory:
             version = manifest["format_version"]
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise RunError(
-                f"{self.manifest_path}: unreadable manifest ({exc}); retrain the run"
+                f"{self.manifest_path}: unreadable manifest ({exc}); retrain the run",
+                path=self.path,
             ) from exc
         if version != FORMAT_VERSION:
             raise RunError(
                 f"{self.manifest_path}: run format version {version!r}, this wager reads "
-                f"version {FORMAT_VERSION}; retrain the run with this wager"
+                f"version {FORMAT_VERSION}; retrain the run with this wager",
+                path=self.path,
             )
         if not isinstance(files, dict):
-            raise RunError(f"{self.manifest_path}: 'files' is not a table; retrain the run")
+            raise RunError(
+                f"{self.manifest_path}: 'files' is not a table; retrain the run", path=self.path
+            )
         return manifest
 
     def verify(self) -> dict[str, dict[str, Any]]:
@@ -188,13 +208,15 @@ class RunDirectory:
                 )
                 if part
             )
-            raise RunError(f"{self.path}: incomplete run ({what}); retrain or restore the run")
+            raise RunError(
+                f"{self.path}: incomplete run ({what}); retrain or restore the run", path=self.path
+            )
         return files
 
     def file(self, name: str) -> Path:
         """Path of a manifest file (RunError if the manifest does not list it)."""
         if name not in self.read_manifest()["files"]:
-            raise RunError(f"{self.path}: the run has no {name}; retrain the run")
+            raise RunError(f"{self.path}: the run has no {name}; retrain the run", path=self.path)
         return self.path / name
 
     def write(
@@ -244,14 +266,15 @@ class RunDirectory:
         manifest = self.read_manifest()
         root = self.path / name
         if root.is_symlink() or (root.exists() and not root.is_dir()):
-            raise RunError(f"{root}: not a folder wager wrote; move it away")
+            raise RunError(f"{root}: not a folder wager wrote; move it away", path=self.path)
         if root.is_dir():
             listed = set(manifest["files"])
             foreign = [r for r in _files_under(root) if f"{name}/{r}" not in listed]
             if foreign:
                 raise RunError(
                     f"{root}: holds files wager did not write ({', '.join(foreign[:3])}); "
-                    "move them away first"
+                    "move them away first",
+                    path=self.path,
                 )
         root.mkdir(exist_ok=True)
         return root

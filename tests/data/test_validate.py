@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from rich.console import Console
 
 from wager.data.checks import ReportedDataError, validate_feature_table, validate_interactions
 from wager.data.schema import Categorical, Numeric, Schema
-from wager.data.validate import render_report, validate_path
+from wager.data.validate import validate_path
 from wager.errors import ValidationReport, make_finding
 
 RATING = Schema(label="rating", label_kind="rating", rating_range=(1, 5))
@@ -375,54 +372,3 @@ def test_reported_data_error_carries_the_whole_report() -> None:
     assert str(exc) == "an error"
     assert [f.code for f in exc.findings] == ["e"]
     assert exc.report is report
-
-
-# ----------------------------------------------------------------------------- render
-
-
-def _consoles() -> tuple[Console, Console, io.StringIO, io.StringIO]:
-    out, err = io.StringIO(), io.StringIO()
-    return (
-        Console(file=out, width=60, color_system=None),
-        Console(file=err, width=60, color_system=None),
-        out,
-        err,
-    )
-
-
-def test_render_report_routes_and_summarises() -> None:
-    report = ValidationReport()
-    report.add(make_finding("error", "x", "labels outside [0, 1]", source="a.csv", column="ctr",
-                            rows=[2]))  # fmt: skip
-    report.add(make_finding("error", "y", "second", source="a.csv"))
-    report.add(make_finding("warning", "z", "careful [bold]", source="a.csv"))
-    report.drop("zero impressions", 3, source="a.csv")
-    console, err_console, out, err = _consoles()
-    render_report(report, console, err_console)
-    # long lines are not wrapped, and brackets are printed, not read as markup
-    assert err.getvalue().splitlines() == [
-        "error: a.csv, column 'ctr', row 3: labels outside [0, 1]",
-        "error: a.csv: second",
-    ]
-    assert out.getvalue().splitlines() == [
-        "warning: a.csv: careful [bold]",
-        "info: a.csv: dropped 3 rows: zero impressions",
-        "dropped 3 rows in all (zero impressions: 3)",
-        "2 errors, 1 warning",
-    ]
-
-
-def test_render_report_ok() -> None:
-    console, err_console, out, err = _consoles()
-    render_report(ValidationReport(), console, err_console)
-    assert (out.getvalue(), err.getvalue()) == ("OK\n", "")
-
-
-@pytest.mark.parametrize("n_warnings, expected", [(1, "OK (1 warning)"), (2, "OK (2 warnings)")])
-def test_render_report_ok_with_warnings(n_warnings: int, expected: str) -> None:
-    report = ValidationReport()
-    for _ in range(n_warnings):
-        report.add(make_finding("warning", "w", "w"))
-    console, err_console, out, _ = _consoles()
-    render_report(report, console, err_console)
-    assert out.getvalue().splitlines()[-1] == expected

@@ -1,8 +1,8 @@
 """Dataset summary for ``wager data info``: counts, sparsity, label, features, folds, findings.
 
 :func:`describe` turns a :class:`~wager.data.dataset.Dataset` into a JSON-ready ``dict`` of plain
-Python types (the ``--json`` output; its keys are stable), and :func:`render_description`
-prints that dict as a few rich tables.
+Python types (the ``--json`` output; its keys are stable); ``wager data info`` renders it
+(``wager.cli.render_description``).
 
 Example:
     >>> import pandas as pd
@@ -24,8 +24,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from rich.console import Console
-from rich.table import Table
 
 from wager.data.dataset import Dataset
 from wager.data.schema import Feature, MultiCategorical, feature_type_name
@@ -146,120 +144,6 @@ def describe(dataset: Dataset) -> dict[str, Any]:
         "dropped": {k: int(v) for k, v in report.dropped.items()},
     }
     return out
-
-
-def render_description(summary: dict[str, Any], console: Console) -> None:
-    """Print a :func:`describe` summary as rich tables: overview, label, features, findings.
-
-    Args:
-        summary: the dict returned by :func:`describe`.
-        console: where to print.
-    """
-    overview = Table(
-        title=f"Dataset {summary.get('source', '')}", title_justify="left", show_header=False
-    )
-    overview.add_column("what", style="bold")
-    overview.add_column("value")
-    rows: list[tuple[str, str]] = [
-        ("layout", str(summary.get("layout"))),
-        ("interactions", f"{summary['n_interactions']:,}"),
-        ("users", _fmt_int(summary.get("n_users"))),
-        ("items", _fmt_int(summary.get("n_items"))),
-    ]
-    if summary.get("density") is not None:
-        rows.append(("density", f"{summary['density']:.4%} (sparsity {summary['sparsity']:.4%})"))
-    if "n_impressions" in summary:
-        rows.append(("impressions", _fmt_int(summary["n_impressions"])))
-        rows.append(("clicks", _fmt_int(summary.get("n_clicks"))))
-        ctr = summary.get("ctr")
-        rows.append(("CTR", "-" if ctr is None else f"{ctr:.4f}"))
-    ts = summary.get("timestamp")
-    if ts:
-        rows.append(("time range", f"{ts['min']} .. {ts['max']}"))
-    pos = summary.get("positions")
-    if pos:
-        rows.append(("positions", f"{pos['count']}: {', '.join(map(str, pos['values']))}"))
-        if pos.get("ctr_by_position"):
-            rows.append(
-                (
-                    "CTR by position",
-                    ", ".join(f"{k}: {v:.4f}" for k, v in pos["ctr_by_position"].items()),
-                )
-            )
-    for key in ("propensity", "weight"):
-        info = summary.get(key)
-        if info:
-            rows.append(
-                (
-                    f"{key} ({info['column']})",
-                    f"min {_fmt(info['min'])}, max {_fmt(info['max'])}, mean {_fmt(info['mean'])}",
-                )
-            )
-    for name, table in summary.get("tables", {}).items():
-        if name != "interactions":
-            rows.append(
-                (name.replace("_", " "), f"{table['n_rows']:,} rows keyed by {table['key']}")
-            )
-    folds = summary.get("folds") or {}
-    if folds:
-        rows.append(
-            (
-                "folds",
-                ", ".join(f"{k} ({v['n_train']:,}/{v['n_test']:,})" for k, v in folds.items()),
-            )
-        )
-    for what, value in rows:
-        overview.add_row(what, value)
-    console.print(overview)
-
-    label = summary.get("label")
-    if label:
-        lt = Table(
-            title=f"Label '{label['column']}' ({label['kind']})",
-            title_justify="left",
-            show_header=False,
-        )
-        lt.add_column("what", style="bold")
-        lt.add_column("value")
-        for key in ("rating_range", "min", "max", "mean", "std", "missing"):
-            if key in label:
-                lt.add_row(key, _fmt(label[key]))
-        if label.get("value_counts"):
-            lt.add_row("counts", ", ".join(f"{k}: {v:,}" for k, v in label["value_counts"].items()))
-        console.print(lt)
-
-    ft = Table(title="Features", title_justify="left")
-    for col in ("table", "name", "type", "unique", "missing"):
-        ft.add_column(col, no_wrap=True)
-    ft.add_column("details")
-    n_features = 0
-    for group in ("user_features", "item_features", "context"):
-        for feat in summary.get(group) or []:
-            n_features += 1
-            ft.add_row(
-                group.replace("_features", ""),
-                feat["name"],
-                feat["type"] + ("" if feat.get("in_schema", True) else " (unused)"),
-                _fmt_int(feat.get("n_unique")),
-                _fmt_int(feat.get("missing")),
-                _details(feat),
-            )
-    if n_features:
-        console.print(ft)
-
-    report = summary.get("report") or {}
-    findings = report.get("findings") or []
-    if findings:
-        rt = Table(title="Findings", title_justify="left")
-        rt.add_column("severity")
-        rt.add_column("message", overflow="fold")
-        style = {"error": "red", "warning": "yellow", "info": "dim"}
-        for f in findings:
-            rt.add_row(f"[{style.get(f['severity'], '')}]{f['severity']}[/]", f["message"])
-        console.print(rt)
-    dropped = report.get("dropped") or {}
-    if dropped:
-        console.print("dropped rows: " + ", ".join(f"{k}: {v:,}" for k, v in dropped.items()))
 
 
 # ----------------------------------------------------------------------------- pieces
@@ -462,29 +346,6 @@ def _extra(name: str, series: pd.Series) -> dict[str, Any]:
     }
 
 
-def _details(feat: dict[str, Any]) -> str:
-    t = feat["type"]
-    if feat.get("present") is False:
-        return "column not found"
-    if t == "numeric":
-        return (
-            f"min {_fmt(feat.get('min'))}, max {_fmt(feat.get('max'))}, "
-            f"mean {_fmt(feat.get('mean'))}"
-        )
-    if t == "text":
-        return f"mean {_fmt(feat.get('mean_tokens'))} tokens, max {feat.get('max_tokens')}"
-    if t == "datetime":
-        midnight = "T00:00:00+00:00"
-        return f"{feat.get('min')} .. {feat.get('max')}".replace(midnight, "")
-    if t == "other":
-        return f"dtype {feat.get('dtype')}"
-    top = feat.get("top") or []
-    text = ", ".join(f"{_short(d['value'])} ({d['count']:,})" for d in top)
-    if t == "multi_categorical":
-        text = f"{_fmt(feat.get('mean_values_per_row'))} per row; " + text
-    return text
-
-
 # ----------------------------------------------------------------------------- plain values
 
 
@@ -562,21 +423,3 @@ def _epoch(ts: Any) -> float | None:
     if stamp.tzinfo is None:
         stamp = stamp.tz_localize("UTC")
     return float(stamp.timestamp())
-
-
-def _fmt(v: Any) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, list):
-        return " .. ".join(_fmt(x) for x in v)
-    if isinstance(v, float):
-        return f"{v:.6g}"
-    return str(v)
-
-
-def _fmt_int(v: Any) -> str:
-    return "-" if v is None else f"{int(v):,}"
-
-
-def _short(text: str, width: int = 14) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"

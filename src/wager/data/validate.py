@@ -10,23 +10,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rich.console import Console
-from rich.text import Text as RichText
-
 from wager.data.checks import ReportedDataError
 from wager.data.loaders import load_dataset
 from wager.data.schema import Schema
 from wager.data.splits import split_dataset
 from wager.errors import (
     DataError,
-    Finding,
     ValidationReport,
     WagerError,
     make_finding,
 )
 
 __all__ = [
-    "render_report",
     "validate_path",
 ]
 
@@ -121,52 +116,3 @@ def validate_path(
         else:
             report.extend(result.report)
     return report
-
-
-# ----------------------------------------------------------------------------- rendering
-
-
-def _line(label: str, style: str, finding: Finding) -> RichText:
-    return RichText.assemble((label, f"bold {style}"), (finding.message, style))
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
-
-
-def render_report(report: ValidationReport, console: Console, err_console: Console) -> None:
-    """Print a report: errors in red to ``err_console``; the rest to ``console``.
-
-    Lines are not wrapped (``soft_wrap``) so that file names, columns and row numbers stay
-    on one line, and messages are printed as plain text (no rich markup is interpreted).
-
-    Args:
-        report: what :func:`validate_path` (or a loader) found.
-        console: where warnings, info, dropped counts and the summary go (stdout).
-        err_console: where errors go (stderr).
-    """
-    for f in report.errors:
-        err_console.print(_line("error: ", "red", f), soft_wrap=True, highlight=False)
-    for f in report.warnings:
-        console.print(_line("warning: ", "yellow", f), soft_wrap=True, highlight=False)
-    for f in report.findings:
-        if f.severity == "info":
-            console.print(_line("info: ", "cyan", f), soft_wrap=True, highlight=False)
-    if report.dropped:
-        total = sum(report.dropped.values())
-        parts = "; ".join(f"{why}: {n}" for why, n in report.dropped.items())
-        console.print(
-            RichText(f"dropped {_plural(total, 'row')} in all ({parts})", style="cyan"),
-            soft_wrap=True,
-            highlight=False,
-        )
-    n_warn = len(report.warnings)
-    if report.ok:
-        tail = f" ({_plural(n_warn, 'warning')})" if n_warn else ""
-        console.print(RichText.assemble(("OK", "bold green"), tail), highlight=False)
-    else:
-        tail = f", {_plural(n_warn, 'warning')}" if n_warn else ""
-        console.print(
-            RichText.assemble((_plural(len(report.errors), "error"), "bold red"), tail),
-            highlight=False,
-        )

@@ -1,0 +1,242 @@
+"""``wager recommend``: ids that look like rich markup print as written, and ``--out`` picks
+its format from the extension, refuses unsafe paths and writes whole or not at all.
+
+One tiny ``biased_mf`` run is trained once per module on a CSV whose ids include ``[/]``
+(which rich reads as "close the last style" and crashes on), ``[red]`` and ``[bold]x``.
+The ``--json`` output of the same call is the reference each written file is checked
+against.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner, Result
+
+from wager.cli import app
+
+MARKUP_ITEMS = ("[/]", "[red]")
+MARKUP_USER = "[bold]x"
+N_ITEMS = 8  # i0..i5 plus the two markup ids
+
+CONFIG = """\
+seed = 0
+
+[schema]
+user = "user_id"
+item = "item_id"
+label = "rating"
+label_kind = "rating"
+rating_range = [1.0, 5.0]
+
+[data]
+path = "{path}"
+format = "table"
+split = "random"
+test_fraction = 0.2
+valid_fraction = 0.1
+
+[model]
+type = "biased_mf"
+dim = 4
+
+[training]
+epochs = 2
+batch_size = 64
+
+[ensemble]
+members = 2
+"""
+
+COLUMNS = [
+    "user",
+    "item",
+    "rank",
+    "score",
+    "mean",
+    "std",
+    "low",
+    "high",
+    "confidence",
+    "cold_start",
+]
+
+
+def _invoke(*args: str | Path) -> Result:
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def _plain(text: str) -> str:
+    return " ".join(re.sub(r"\x1b\[[0-9;]*m", "", text).split())
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("cli_recommend")
+    rng = np.random.default_rng(0)
+    items = [f"i{i}" for i in range(N_ITEMS - len(MARKUP_ITEMS))] + list(MARKUP_ITEMS)
+    users = [f"u{u}" for u in range(30)] + [MARKUP_USER]
+    rows = [
+        (u, i, int(rng.integers(1, 6)))
+        for u in users
+        for i in rng.choice(items, size=4, replace=False)
+    ]
+    pd.DataFrame(rows, columns=["user_id", "item_id", "rating"]).to_csv(
+        d / "ratings.csv", index=False
+    )
+    (d / "run.toml").write_text(CONFIG.format(path=d / "ratings.csv"))
+    result = _invoke("train", d / "run.toml", "--out", d / "run", "--json")
+    assert result.exit_code == 0, result.output
+    return d / "run"
+
+
+def _reference(run: Path, *users: str, k: int = N_ITEMS) -> pd.DataFrame:
+    """The recommendations of ``--json`` (same run, users and k) as a frame."""
+    args = [a for u in users for a in ("--user", u)]
+    result = _invoke("recommend", run, *args, "-k", str(k), "--include-seen", "--json")
+    assert result.exit_code == 0, result.output
+    frame = pd.DataFrame(json.loads(result.stdout)["recommendations"])[COLUMNS]
+    assert frame[["mean", "std", "low", "high"]].notna().all().all()  # an ensemble: a spread
+    for col in (
+        "score",
+        "mean",
+        "std",
+        "low",
+        "high",
+        "confidence",
+    ):  # JSON null -> NaN, as in files
+        frame[col] = pd.to_numeric(frame[col])
+    return frame
+
+
+# ----------------------------------------------------------------------------- markup
+
+
+def test_markup_ids_print_as_written(run: Path) -> None:
+    # every item, seen ones included, so both markup items are listed for the markup user
+    result = _invoke("recommend", run, "--user", MARKUP_USER, "-k", N_ITEMS, "--include-seen")
+    assert result.exit_code == 0, result.output
+    assert result.exception is None
+    rows = [line for line in result.stdout.splitlines() if MARKUP_USER in line]
+    assert len(rows) == N_ITEMS  # the user id shows on each row, brackets and all
+    for item in MARKUP_ITEMS:
+        assert sum(item in line for line in rows) == 1, item
+    assert "\x1b[1m" not in result.stdout  # "[bold]" was not read as a style
+
+
+def test_markup_ids_in_a_cold_start_notice(run: Path) -> None:
+    result = _invoke("recommend", run, "--user", "[/]new[i]", "-k", "2")
+    assert result.exit_code == 0, result.output
+    assert "user '[/]new[i]' was not seen in training" in _plain(result.stderr)
+
+
+# ----------------------------------------------------------------------------- --out
+
+
+def _read(path: Path) -> pd.DataFrame:
+    if path.suffix == ".parquet":
+        return pd.read_parquet(path)
+    if path.suffix == ".csv":
+        return pd.read_csv(path, dtype={"user": str, "item": str})
+    return pd.read_json(path, lines=True, dtype={"user": str, "item": str})
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv", ".jsonl"])
+def test_out_format_follows_the_extension(run: Path, tmp_path: Path, suffix: str) -> None:
+    out = tmp_path / f"recs{suffix}"
+    users = ("u1", MARKUP_USER, "nobody")
+    args = [a for u in users for a in ("--user", u)]
+    result = _invoke("recommend", run, *args, "-k", N_ITEMS, "--include-seen", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert f"{3 * N_ITEMS} recommendations for 3 users written to {out}" in _plain(result.stdout)
+    head = out.read_bytes()[:4]
+    if suffix == ".parquet":
+        assert head == b"PAR1"
+    elif suffix == ".csv":
+        assert out.read_text().splitlines()[0] == ",".join(COLUMNS)
+    else:  # one JSON object a line
+        lines = out.read_text().splitlines()
+        assert len(lines) == 3 * N_ITEMS and json.loads(lines[0])["user"] == "u1"
+    written = _read(out)[COLUMNS]
+    expected = _reference(run, *users)
+    # the scores are float32: CSV and JSON hold each one's shortest decimal, which reads back
+    # as a float64 within float32 precision (2**-24 ~ 6e-8 relative) of the float32 value
+    pd.testing.assert_frame_equal(
+        written.reset_index(drop=True),
+        expected.reset_index(drop=True),
+        check_dtype=False,
+        rtol=1e-7,
+        atol=0,
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]  # no temporary file left
+
+
+def test_out_overwrite_replaces_an_existing_file(run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "recs.csv"
+    out.write_text("keep me\n")
+    refused = _invoke("recommend", run, "--user", "u1", "--out", out)
+    assert refused.exit_code == 2
+    assert f"--out {out}: already exists; pass --overwrite to replace it" in _plain(refused.stderr)
+    assert out.read_text() == "keep me\n"
+    result = _invoke("recommend", run, "--user", "u1", "-k", 3, "--out", out, "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert list(pd.read_csv(out)["rank"]) == [1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    ("where", "fragment"),
+    [
+        ("run/recs.parquet", "inside the run folder"),  # the run being read
+        ("run/config.toml", "'.toml' is not a format wager writes"),
+        ("other_run/sub/recs.csv", "inside the run folder"),  # any run folder
+        ("recs.json", "'.json' is not a format wager writes; end it in .parquet, .csv, .jsonl"),
+        ("recs", "no extension is not a format wager writes"),
+        ("adir.csv", "is a directory"),
+    ],
+)
+def test_out_refusals_leave_everything_as_it_was(
+    run: Path, tmp_path: Path, where: str, fragment: str
+) -> None:
+    local_run = tmp_path / "run"
+    shutil.copytree(run, local_run)
+    shutil.copytree(run, tmp_path / "other_run")
+    (tmp_path / "adir.csv").mkdir()
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    result = _invoke("recommend", local_run, "--user", "u1", "--out", tmp_path / where)
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    message = _plain(result.stderr)
+    assert message.startswith(f"error: --out {tmp_path / where}: ") and fragment in message
+    assert len(result.stderr.strip().splitlines()) == 1
+    after = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert after == before
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_interrupted_write_leaves_no_partial_file(
+    run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, existing: bool
+) -> None:
+    out = tmp_path / "recs.parquet"
+    if existing:
+        out.write_bytes(b"the previous file")
+
+    def half_write(self: pd.DataFrame, path: Path, *args: object, **kwargs: object) -> None:
+        Path(path).write_bytes(b"PAR1 and then the disk filled up")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pd.DataFrame, "to_parquet", half_write)
+    args = ("recommend", run, "--user", "u1", "--out", out)
+    result = _invoke(*args, *(["--overwrite"] if existing else []))
+    assert result.exit_code == 1
+    assert _plain(result.stderr) == f"error: {out}: No space left on device"
+    if existing:
+        assert out.read_bytes() == b"the previous file"
+        assert [p.name for p in tmp_path.iterdir()] == [out.name]
+    else:
+        assert list(tmp_path.iterdir()) == []
