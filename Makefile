@@ -25,9 +25,12 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest
 
+# ruff; the layer order of DESIGN.md (import-linter contract in pyproject.toml); mypy on src/
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -882,6 +882,29 @@ def evaluate(
         )
 
 
+@app.command("calibrate")
+def calibrate(
+    run: Annotated[Path, typer.Argument(help="Run directory written by `wager train`.")],
+    data_dir: DataDirOpt = None,
+    split: SplitOpt = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Refit a run's post-hoc chain (calibrators, variance steps, conformal intervals,
+    relevance map) on the validation rows of its data or another split, without
+    retraining; evaluate and replace the run."""
+    from wager.pipeline import calibrate_run
+
+    metrics = calibrate_run(run, data_dir=data_dir, split=split, recommender=_load_run(run))
+    if as_json:
+        print_json({"ok": True, "run": str(run), **metrics})
+        return
+    console.print(_metrics_table(f"{run}: recalibrated ({metrics['chain']})", metrics))
+    console.print(
+        _text(f"{metrics['calibration_rows']} calibration rows of {metrics['split']}; run saved"),
+        highlight=False,
+    )
+
+
 @app.command("recommend")
 def recommend(
     run: Annotated[Path, typer.Argument(help="Run directory written by `wager train`.")],

@@ -258,3 +258,63 @@ def evaluate_run(
     metrics.update({"split": rd.split, "source": rd.source, "n_test": len(rd.test)})
     metrics["plots_dir"] = str(plots_dir)
     return metrics
+
+
+def calibrate_run(
+    run_dir: str | Path,
+    *,
+    data_dir: str | Path | None = None,
+    split: str | None = None,
+    recommender: Recommender | None = None,
+) -> dict[str, Any]:
+    """Refit the post-hoc chain of a saved run on new calibration rows, without retraining
+    (scikit-learn's "prefit" pattern), evaluate it and replace the run folder atomically.
+
+    The calibration rows are the validation rows of the data and split named (the run's own
+    by default): ``[data] valid_fraction`` of that split's training rows, carved as at
+    training time. The weights, encoders and catalogue stay as they are; the chain's steps
+    are those of the run's ``[uncertainty]`` config.
+
+    Args:
+        run_dir: a folder written by :func:`train_run` / ``wager train``.
+        data_dir: overrides the data path saved in the run's config.
+        split: overrides the saved split.
+        recommender: the run already loaded from ``run_dir``; loaded here when None.
+
+    Returns:
+        The test metrics after recalibration, with "chain" (the fitted steps, e.g.
+        "local_variance+conformal+relevance"), "calibration_rows" and the split / source.
+
+    Raises:
+        ValueError: the split has no validation rows (``[data] valid_fraction`` is 0).
+    """
+    rec = recommender if recommender is not None else Recommender.load(run_dir)
+    rd = load_run_data(rec.config, data_dir, split)
+    if rd.valid is None or not len(rd.valid):
+        raise ValueError(
+            f"{rd.source} (split {rd.split!r}) has no validation rows to calibrate on: set "
+            "[data] valid_fraction > 0 in the run's config.toml"
+        )
+    rec.calibrate(rd.valid, rd.train)
+    metrics: dict[str, Any] = {}
+
+    def evaluate(folder: Path) -> None:
+        metrics.update(rec.evaluate(rd.test, plots_dir=folder))
+        metrics.update(
+            {
+                "split": rd.split,
+                "source": rd.source,
+                "n_test": len(rd.test),
+                "calibration_rows": len(rd.valid) if rd.valid is not None else 0,
+                "chain": rec.chain_.kind,
+            }
+        )
+        rec.metrics_.update(metrics)
+        rec.metrics_["calibrated_on"] = {
+            "source": rd.source,
+            "split": rd.split,
+            "rows": metrics["calibration_rows"],
+        }
+
+    rec.save(run_dir, overwrite=True, prepare=evaluate)
+    return metrics

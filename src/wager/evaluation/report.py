@@ -88,7 +88,9 @@ def _pointwise(rec: Recommender, test: pd.DataFrame, plots_dir: Path | None) -> 
         if conf is not None:
             # ratings: the probabilities to calibrate are P(rating >= threshold)
             hit = (y >= ev.relevance_threshold).astype(np.float64)
-            plot = Path(plots_dir) / "relevance_reliability_diagram.png" if draw else None
+            plot = None
+            if draw and plots_dir is not None:
+                plot = plots_dir / "relevance_reliability_diagram.png"
             block = probability_calibration(conf.numpy().astype(np.float64), hit, plot)
             plots.update(block.pop("plots", {}))
             out.update(block)

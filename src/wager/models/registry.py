@@ -91,6 +91,7 @@ def _factorization(m: Any, x: ModelInputs) -> nn.Module:
 
 
 def _biased_mf(m: Any, x: ModelInputs) -> nn.Module:
+    assert x.head is not None, "biased_mf needs a rating head"
     return BiasedMF(
         x.user,
         x.item,
@@ -138,6 +139,7 @@ def _neumf(m: Any, x: ModelInputs) -> nn.Module:
 
 
 def _dcn(m: Any, x: ModelInputs) -> nn.Module:
+    assert x.head is not None, "dcn needs a click or rating head"
     return DCNRanker(
         x.user,
         x.item,

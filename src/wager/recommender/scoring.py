@@ -134,7 +134,7 @@ class Scorer:
         """Encoded "user.*" tensors of ``user_ids`` on the model's device."""
         return to_tensors(self.encoder.transform_users(list(user_ids)), self.device)
 
-    def encode_items(self, items: Sequence[Any] | None = None) -> Batch:
+    def encode_items(self, items: Sequence[Any] | np.ndarray | None = None) -> Batch:
         """Encoded "item.*" tensors of ``items`` (default: the catalogue, cached)."""
         if items is not None:
             return to_tensors(self.encoder.transform_items(list(items)), self.device)
@@ -165,7 +165,7 @@ class Scorer:
             if isinstance(context, pd.DataFrame):
                 cols = [name] if name in context.columns else []
                 if isinstance(f, Vector) and not cols:
-                    cols = vector_columns(f, context.columns, "context")
+                    cols = vector_columns(f, list(context.columns), "context")
                 for c in cols:
                     rows[c] = context[c].to_numpy()
                 if not cols:
@@ -229,7 +229,9 @@ class Scorer:
 
         return batches()
 
-    def known_pairs(self, user_ids: Sequence[Any], item_ids: Sequence[Any]) -> np.ndarray:
+    def known_pairs(
+        self, user_ids: Sequence[Any] | pd.Series, item_ids: Sequence[Any] | pd.Series
+    ) -> np.ndarray:
         """(n,) bool: both ids are in the model's vocabulary (not OOV: seen in training at
         least ``min_count`` times)."""
         users, items = self.encoder.users.id_encoder_, self.encoder.items.id_encoder_
@@ -423,7 +425,7 @@ class Scorer:
     def mean_scores(
         self,
         user_ids: Sequence[Any],
-        items: Sequence[Any] | None = None,
+        items: Sequence[Any] | np.ndarray | None = None,
         context: Mapping[str, Any] | None = None,
     ) -> Tensor:
         """(n_users, n_items) ensemble-mean scores, what lists are ranked by.
@@ -451,7 +453,7 @@ class Scorer:
     def member_scores(
         self,
         user_ids: Sequence[Any],
-        items: Sequence[Any] | None = None,
+        items: Sequence[Any] | np.ndarray | None = None,
         context: Mapping[str, Any] | None = None,
         params: dict[str, Tensor] | None = None,
     ) -> Tensor:

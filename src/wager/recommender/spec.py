@@ -151,7 +151,7 @@ class ModelSpec:
         s = self.schema
         need = [s.user, s.item]
         for f in s.context:  # a context vector may be a list column or name_0..name_{d-1}
-            need += vector_columns(f, df.columns, what) if isinstance(f, Vector) else [f.name]
+            need += vector_columns(f, list(df.columns), what) if isinstance(f, Vector) else [f.name]
         if self.needs_label and s.label is not None:
             need.append(s.label)
         col = s.impressions
