@@ -205,6 +205,7 @@ def test_round_trip_leaves_unset_optionals_unset(tmp_path):
         (lambda: ModelConfig(type="neumf", negatives=0), "[model] negatives = 0"),
         (lambda: ModelConfig(low_rank=0), "[model] low_rank = 0"),
         (lambda: ModelConfig(hidden=(8, 0)), "[model] hidden = (8, 0)"),
+        (lambda: ModelConfig(hard_negatives=-1), "[model] hard_negatives = -1"),
         (
             lambda: ModelConfig(type="two_tower", in_batch_negatives=False),
             "[model] in_batch_negatives = False",
