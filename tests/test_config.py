@@ -203,6 +203,10 @@ def test_round_trip_leaves_unset_optionals_unset(tmp_path):
         (lambda: ModelConfig(type="dcn", low_rank=0), "[model] low_rank = 0"),
         (lambda: ModelConfig(type="dcn", hidden=(8, 0)), "[model] hidden = (8, 0)"),
         (
+            lambda: ModelConfig(type="two_tower", hard_negatives=-1),
+            "[model] hard_negatives = -1",
+        ),
+        (
             lambda: ModelConfig(type="two_tower", in_batch_negatives=False),
             "[model] in_batch_negatives = false",
         ),
@@ -735,6 +739,7 @@ NON_DEFAULT = {
     "low_rank": 4,
     "positive_threshold": 3.5,
     "oov_rate": 0.05,
+    "hard_negatives": 5,
 }
 
 

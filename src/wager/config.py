@@ -356,6 +356,9 @@ class ModelConfig:
             how uncertain it is) instead of keeping their random initialisation.
         positive_threshold: retrieval / implicit models: rows whose label is >= this are the
             positives (None: every row is a positive).
+        hard_negatives: two-tower: each row's softmax keeps only its n highest-scoring
+            negatives after the log-Q correction and accidental-hit removal (TensorFlow
+            Recommenders' ``HardNegativeMining``); 0 = off (every candidate counts).
     """
 
     type: str = "factorization"
@@ -384,6 +387,7 @@ class ModelConfig:
     low_rank: int | None = None
     positive_threshold: float | None = None
     oov_rate: float = 0.0
+    hard_negatives: int = 0
 
     def __post_init__(self) -> None:
         _conform_fields(self, "model")
@@ -453,6 +457,13 @@ class ModelConfig:
             "negatives",
             self.negatives,
             ">= 1 for type = 'neumf' (negatives sampled per positive)",
+        )
+        _check(
+            self.hard_negatives >= 0,
+            "model",
+            "hard_negatives",
+            self.hard_negatives,
+            "an integer >= 1, or 0 = off",
         )
 
 

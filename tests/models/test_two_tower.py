@@ -266,9 +266,12 @@ def _feature_model(dtype: torch.dtype = torch.float64, **kwargs) -> TwoTower:
     return m.eval()
 
 
-def _reference_loss(m: TwoTower, batch: dict[str, Tensor], weights: Tensor | None) -> Tensor:
+def _reference_loss(
+    m: TwoTower, batch: dict[str, Tensor], weights: Tensor | None, hard: int = 0
+) -> Tensor:
     """Column-by-column softmax: one column per in-batch row (others' zero-weight rows and,
-    with hit removal, others' rows of the same id > 0 removed) and per extra negative."""
+    with hit removal, others' rows of the same id > 0 removed) and per extra negative; with
+    ``hard`` > 0 each row keeps its positive and the ``hard`` largest remaining columns."""
     u, v = m.user_embedding(batch), m.item_embedding(batch)  # one tower pass per row
     ids, n = batch[m.item_id_key], len(batch[m.item_id_key])
     w = torch.ones(n, dtype=u.dtype) if weights is None else weights
@@ -288,6 +291,20 @@ def _reference_loss(m: TwoTower, batch: dict[str, Tensor], weights: Tensor | Non
         all_ids = torch.cat(col_ids)
         valid &= ~((ids[:, None] == all_ids[None, :]) & (all_ids > 0)) | eye
     per_row = torch.logsumexp(z.masked_fill(~valid, -torch.inf), 1) - z[eye]
+    if hard:
+        # removed columns leave the row; the rest sorted, the largest `hard` kept
+        per_row = torch.stack(
+            [
+                torch.logsumexp(
+                    torch.cat([z[i][eye[i]], z[i][valid[i] & ~eye[i]].sort(descending=True)[0]])[
+                        : 1 + hard
+                    ],
+                    0,
+                )
+                - z[i][eye[i]][0]
+                for i in range(n)
+            ]
+        )
     total = (per_row * w).sum()
     return total if m.reduction == "sum" else total / w.sum().clamp_min(1e-12)  # 0 if all 0
 
@@ -512,3 +529,226 @@ def test_shared_negative_path_equals_dense(hits, logq):
         dense = m._dense_losses(b, w, True)
         torch.testing.assert_close(fast, dense, rtol=1e-9, atol=1e-9)
         assert m._can_group_users(b)
+
+
+# --- hard-negative mining -----------------------------------------------------------------------
+
+
+def test_hard_negatives_hand_worked_example():
+    # 1-d towers, temperature 1: score(u, i) = u * v. Users u1 = 1, u2 = -1, u3 = 0;
+    # items v1 = 1, v2 = 2, v3 = 3; log-Q: item1 0, item2 2, item3 0.
+    # Rows (user, item): r0 = (u1, 3), r1 = (u2, 1), r2 = (u2, 2), r3 = (u3, 3); the in-batch
+    # columns hold items [3, 1, 2, 3], logq [0, 0, 2, 0].
+    # corrected logits c = u * v - logq, rows x columns:
+    #   r0 (u1):  [ 3,  1,  0,  3]   positive col 0; col 3 (item 3 again) is an accidental hit
+    #   r1 (u2):  [-3, -1, -4, -3]   positive col 1
+    #   r2 (u2):  [-3, -1, -4, -3]   positive col 2
+    #   r3 (u3):  [ 0,  0, -2,  0]   positive col 3; col 0 (item 3) is an accidental hit
+    # hard_negatives = 1 keeps per row the positive and the largest non-hit negative:
+    #   r0: col 1 (1), not col 2 (0) -- before log-Q, col 2 (raw 2) beat col 1 (raw 1) -- and
+    #       not the hit col 3 (3): loss = log(e^3 + e^1) - 3 = log(1 + e^-2)
+    #   r1: one of cols 0 / 3 (-3): loss = log(e^-1 + e^-3) + 1 = log(1 + e^-2)
+    #   r2: col 1 (-1); the positive (-4) is kept though it is the row's lowest:
+    #       loss = log(e^-4 + e^-1) + 4 = log(1 + e^3)
+    #   r3: col 1 (0): loss = log(e^0 + e^0) - 0 = log 2
+    # hard_negatives = 2:
+    #   r0: cols 1, 2: log(1 + e^-2 + e^-3) (every non-hit negative: the plain loss)
+    #   r1: cols 0, 3: log(1 + 2 e^-2)       (plain: log(1 + 2 e^-2 + e^-3))
+    #   r2: cols 1, 0: log(1 + e^3 + e^1)     (plain: log(1 + e^3 + 2 e^1))
+    #   r3: cols 1, 2: log(2 + e^-2)          (every non-hit negative: the plain loss)
+    e = np.exp
+    expected = {
+        1: np.mean([np.log1p(e(-2)), np.log1p(e(-2)), np.log1p(e(3)), np.log(2)]),
+        2: np.mean(
+            [
+                np.log(1 + e(-2) + e(-3)),
+                np.log(1 + 2 * e(-2)),
+                np.log(1 + e(3) + e(1)),
+                np.log(2 + e(-2)),
+            ]
+        ),
+        0: np.mean(
+            [
+                np.log(1 + e(-2) + e(-3)),
+                np.log(1 + 2 * e(-2) + e(-3)),
+                np.log(1 + e(3) + 2 * e(1)),
+                np.log(2 + e(-2)),
+            ]
+        ),
+    }
+    batch = {
+        "user.user_id": torch.tensor([1, 2, 2, 3]),
+        "item.item_id": torch.tensor([3, 1, 2, 3]),
+        "item.logq": torch.tensor([0.0, 0.0, 2.0, 0.0], dtype=torch.float64),
+    }
+    for n, value in expected.items():
+        m = TwoTower(
+            [Field("user.user_id", "index", 4)],
+            [Field("item.item_id", "index", 4)],
+            dim=1,
+            hard_negatives=n,
+        ).double()
+        with torch.no_grad():
+            m.user_tower.embedding.vectors["user__user_id"].weight.copy_(
+                torch.tensor([[0.0], [1.0], [-1.0], [0.0]])
+            )
+            m.item_tower.embedding.vectors["item__item_id"].weight.copy_(
+                torch.tensor([[0.0], [1.0], [2.0], [3.0]])
+            )
+        np.testing.assert_allclose(m.loss(batch).item(), value, rtol=1e-12)
+
+
+def test_hard_negatives_gradient_reaches_only_the_kept_columns():
+    # one row against 3 shared negatives: items 2, 3, 4 with scores 2, 3, 4 (u = 1); n = 1
+    # keeps item 4 only, so items 2 and 3 get no gradient; the loss log(e^v1 + e^v4) - v1
+    # (u = 1, v1 = 1, v4 = 4) gives item 4 p4 = e^4 / (e^1 + e^4) and item 1 (the
+    # positive) e^1 / (e^1 + e^4) - 1 = -p4
+    m = TwoTower(
+        [Field("user.user_id", "index", 2)],
+        [Field("item.item_id", "index", 5)],
+        dim=1,
+        in_batch_negatives=False,
+        logq_correction=False,
+        hard_negatives=1,
+    ).double()
+    with torch.no_grad():
+        m.user_tower.embedding.vectors["user__user_id"].weight.copy_(torch.tensor([[0.0], [1.0]]))
+        m.item_tower.embedding.vectors["item__item_id"].weight.copy_(
+            torch.arange(5, dtype=torch.float64).unsqueeze(1)
+        )
+    batch = {
+        "user.user_id": torch.tensor([1]),
+        "item.item_id": torch.tensor([1]),
+        "neg.item.item_id": torch.tensor([2, 3, 4]),
+    }
+    m.loss(batch).backward()
+    grad = m.item_tower.embedding.vectors["item__item_id"].weight.grad.squeeze(1)
+    p4 = np.exp(4) / (np.exp(1) + np.exp(4))
+    np.testing.assert_allclose(grad.numpy(), [0.0, -p4, 0.0, 0.0, p4], atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("hits", "logq", "n_neg", "in_batch", "hard"),
+    [
+        (h, q, k, b, n)
+        for h, q, k, b, n in itertools.product(
+            [True, False], [True, False], [0, 5], [True, False], [1, 3, 7]
+        )
+        if b or k
+    ],
+)
+def test_hard_negatives_equal_the_sorted_reference(hits, logq, n_neg, in_batch, hard):
+    # every path (in-batch, in-batch + shared, shared only) against a row-by-row reference that
+    # drops removed columns and sorts the rest; a third of the rows absent (weight 0)
+    m = _feature_model(
+        temperature=0.7,
+        remove_accidental_hits=hits,
+        logq_correction=logq,
+        in_batch_negatives=in_batch,
+        hard_negatives=hard,
+    )
+    batch = _random_batch(3, n_rows=30, n_users=5, n_items=6, n_neg=n_neg, dtype=torch.float64)
+    weights = (torch.rand(30, generator=torch.Generator().manual_seed(4)) > 0.33).double()
+    ref_model = copy.deepcopy(m)
+    if not in_batch:
+        # the reference's in-batch columns all removed: only the positive and the negatives
+        ref = _reference_loss_shared(ref_model, batch, weights, hard)
+    else:
+        ref = _reference_loss(ref_model, batch, weights, hard)
+    torch.testing.assert_close(m.loss(batch, weights), ref, rtol=1e-10, atol=0.0)
+
+
+def _reference_loss_shared(m: TwoTower, batch: dict[str, Tensor], w: Tensor, hard: int) -> Tensor:
+    """Row-by-row softmax of the positive against the shared negatives (hits removed), keeping
+    the ``hard`` largest negatives."""
+    u, v = m.user_embedding(batch), m.item_embedding(batch)
+    vn = m.item_embedding(batch, prefix="neg.item.")
+    pos = (u * v).sum(1) / m.temperature
+    z = u @ vn.T / m.temperature
+    if m.logq_correction:
+        pos = pos - batch["item.logq"]
+        z = z - batch["neg.item.logq"]
+    ids, neg_ids = batch["item.item_id"], batch["neg.item.item_id"]
+    rows = []
+    for i in range(len(pos)):
+        keep = torch.ones(len(neg_ids), dtype=torch.bool)
+        if m.remove_accidental_hits:
+            keep = ~((neg_ids == ids[i]) & (neg_ids > 0))
+        neg = z[i][keep].sort(descending=True)[0][:hard]
+        rows.append(torch.logsumexp(torch.cat([pos[i : i + 1], neg]), 0) - pos[i])
+    return (torch.stack(rows) * w).sum() / w.sum()
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    n_rows=st.integers(1, 30),
+    n_items=st.integers(1, 9),
+    n_neg=st.integers(0, 6),
+    hits=st.booleans(),
+    logq=st.booleans(),
+    in_batch=st.booleans(),
+    extra=st.integers(0, 5),
+)
+def test_hard_negatives_at_least_the_candidates_equal_the_plain_loss(
+    seed, n_rows, n_items, n_neg, hits, logq, in_batch, extra
+):
+    # N >= the number of candidate columns keeps every negative: the loss is the plain one,
+    # which runs on the grouped / per-user fast paths
+    if not in_batch and n_neg == 0:
+        n_neg = 1
+    batch = _random_batch(seed, n_rows, 4, n_items, n_neg, torch.float64)
+    if not in_batch:
+        # shared negatives drawn from the rows' own items, so an accidental hit has the
+        # positive's features (as the catalogue gives them): the per-user path subtracts the
+        # hit's share of the softmax and is exact only when the hit scores as the positive
+        pick = torch.randint(0, n_rows, (n_neg,), generator=torch.Generator().manual_seed(seed))
+        for key in ("item_id", "genre", "price", "logq"):
+            batch["neg.item." + key] = batch["item." + key][pick]
+    n_candidates = (n_rows if in_batch else 1) + n_neg
+    weights = torch.rand(n_rows, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    kwargs = {
+        "remove_accidental_hits": hits,
+        "logq_correction": logq,
+        "in_batch_negatives": in_batch,
+    }
+    hard = _feature_model(hard_negatives=n_candidates + extra, **kwargs)
+    plain = _feature_model(**kwargs)
+    got, got_grads = _value_and_grads(hard, lambda: hard.loss(batch, weights))
+    ref, ref_grads = _value_and_grads(plain, lambda: plain.loss(batch, weights))
+    torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-12)
+    for name, grad in ref_grads.items():
+        torch.testing.assert_close(got_grads[name], grad, rtol=0.0, atol=1e-10)
+
+
+def test_hard_negatives_under_vmap_over_stacked_members():
+    # ensemble members vmapped with a shared batch: each member's loss equals its own loss
+    members = [_feature_model(hard_negatives=2) for _ in range(2)]
+    with torch.no_grad():
+        for p in members[1].parameters():
+            p.mul_(0.5).add_(0.1)
+    batch = _random_batch(6, n_rows=25, n_users=4, n_items=5, n_neg=4, dtype=torch.float64)
+    weights = (torch.rand(2, 25, generator=torch.Generator().manual_seed(0)) > 0.3).double()
+    refs = [_reference_loss(m, batch, w, hard=2) for m, w in zip(members, weights, strict=True)]
+    wrapped = [_Loss(m) for m in members]
+    params, buffers = stack_module_state(wrapped)
+    base = copy.deepcopy(wrapped[0]).to("meta")
+
+    def member_loss(p, b, x, w):
+        return functional_call(base, (p, b), (x, w))
+
+    losses = vmap(member_loss, in_dims=(0, 0, None, 0))(params, buffers, batch, weights)
+    torch.testing.assert_close(losses, torch.stack(refs).detach(), rtol=1e-10, atol=0.0)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (-1, r"hard_negatives must be >= 0 \(0 = off\), got -1"),
+        (True, r"hard_negatives must be an integer \(0 = off\), got True"),
+        (2.5, r"hard_negatives must be an integer \(0 = off\), got 2.5"),
+    ],
+)
+def test_bad_hard_negatives(value, message):
+    with pytest.raises(ValueError, match=message):
+        _model(hard_negatives=value)

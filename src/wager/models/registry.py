@@ -123,6 +123,7 @@ def _two_tower(m: Any, x: ModelInputs) -> nn.Module:
         reg=m.reg,
         normalize=m.normalize,
         reduction=m.loss_reduction,
+        hard_negatives=m.hard_negatives,
     )
 
 
@@ -189,6 +190,7 @@ MODEL_TYPES: dict[str, ModelType] = {
                     "full_softmax",
                     "negatives",
                     "positive_threshold",
+                    "hard_negatives",
                 }
             ),
             build=_two_tower,

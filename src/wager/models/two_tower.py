@@ -4,7 +4,8 @@ score(u, i) = <user_tower(u), item_tower(i)> / temperature. The loss treats ever
 observed item as the positive class among candidate columns: the other rows' items
 (in-batch negatives) and/or extra negatives the caller supplies under ``"neg.item.*"``. With
 ``in_batch_negatives=False`` and the whole catalogue as the extra negatives, it is the exact
-(full) softmax. The model never samples by itself.
+(full) softmax. The model never samples by itself. With ``hard_negatives=n`` each row keeps
+only its n highest-scoring negatives (TensorFlow Recommenders' ``HardNegativeMining``).
 
 Retrieval scores rank items for a user; they are not probabilities or ratings.
 """
@@ -59,6 +60,11 @@ class TwoTower(nn.Module):
             every score: score = <u, v> / temperature + b_item (captures popularity).
         user_dropout: dropout rate on the user vector only (regularises user factors).
         reg: L2 weight on the embeddings in play (see :meth:`_penalty`), added to the loss.
+        hard_negatives: 0 = off; n >= 1 = each row's softmax keeps its positive and only
+            its n highest-scoring negative columns (TensorFlow Recommenders'
+            ``HardNegativeMining``), ranked after the log-Q correction and with accidental
+            hits and absent rows removed, as TFRS orders the three; see
+            :func:`hard_negative_softmax_loss`. Fewer valid negatives than n: all are kept.
 
     Example:
         >>> m = TwoTower([Field("user.user_id", "index", 4)], [Field("item.item_id", "index", 5)],
@@ -87,6 +93,7 @@ class TwoTower(nn.Module):
         item_bias: bool = False,
         user_dropout: float = 0.0,
         reg: float = 0.0,
+        hard_negatives: int = 0,
     ) -> None:
         super().__init__()
         check_rate("user_dropout", user_dropout)
@@ -96,6 +103,10 @@ class TwoTower(nn.Module):
             raise ValueError(f"temperature must be > 0, got {temperature!r}")
         if reduction not in ("mean", "sum"):
             raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+        if isinstance(hard_negatives, bool) or not isinstance(hard_negatives, int):
+            raise ValueError(f"hard_negatives must be an integer (0 = off), got {hard_negatives!r}")
+        if hard_negatives < 0:
+            raise ValueError(f"hard_negatives must be >= 0 (0 = off), got {hard_negatives!r}")
         self.user_tower = Tower(user_fields, dim, hidden, dropout, init_std, normalize)
         self.item_tower = Tower(item_fields, dim, hidden, dropout, init_std, normalize)
         self.temperature = float(temperature)
@@ -111,6 +122,7 @@ class TwoTower(nn.Module):
         self.user_dropout = float(user_dropout)
         self.user_drop = nn.Dropout(user_dropout) if user_dropout > 0 else None
         self.reg = float(reg)
+        self.hard_negatives = hard_negatives
 
     def user_embedding(self, batch: dict[str, Tensor]) -> Tensor:
         """(B, out_dim) user vectors from the ``"user.*"`` keys (user dropout when training)."""
@@ -183,6 +195,8 @@ class TwoTower(nn.Module):
         active (rows of one item get different dropout draws) and under ``torch.func``
         transforms of the batch itself (``torch.unique`` has no batching rule); parameters
         vmapped over ensemble members with a shared batch keep the grouped path.
+        With ``hard_negatives`` > 0 the column-by-column path always runs: the top-n
+        selection is over columns, which the grouped and per-user paths merge.
 
         Args:
             batch: see the class docstring for the keys read.
@@ -205,7 +219,9 @@ class TwoTower(nn.Module):
                 f"'neg.item.*' keys ({self.item_tower.input_keys(NEG_PREFIX + 'item.')}); "
                 "supply negatives or set in_batch_negatives=True"
             )
-        if self.in_batch_negatives and self._can_group(batch, has_neg):
+        if self.hard_negatives > 0:  # top-n per row over columns: the dense path only
+            per_row = self._dense_losses(batch, weights, has_neg)
+        elif self.in_batch_negatives and self._can_group(batch, has_neg):
             per_row = self._grouped_losses(batch, weights, has_neg)
         elif not self.in_batch_negatives and self._can_group_users(batch):
             per_row = self._shared_negative_losses(batch)
@@ -303,7 +319,8 @@ class TwoTower(nn.Module):
     def _dense_losses(
         self, batch: dict[str, Tensor], weights: Tensor | None, has_neg: bool
     ) -> Tensor:
-        """(B,) per-row cross-entropies from the full (B, B + N) or (B, 1 + N) logit matrix."""
+        """(B,) per-row cross-entropies from the full (B, B + N) or (B, 1 + N) logit matrix
+        (over the positive and the row's ``hard_negatives`` best negatives when that is set)."""
         u = self._user_side(self.user_embedding(batch))
         v = self._item_side(self.item_embedding(batch), batch, "item.")
         n_rows = u.shape[0]
@@ -346,12 +363,13 @@ class TwoTower(nn.Module):
                 neg_ids = self._ids(batch, NEG_PREFIX + self.item_id_key)
                 mask = (ids.unsqueeze(1) == neg_ids.unsqueeze(0)) & (neg_ids > 0).unsqueeze(0)
             invalid.append(mask)
-        return sampled_softmax_loss(
-            torch.cat(logits, dim=1),
-            positive,
-            torch.cat(logq, dim=1) if logq else None,
-            torch.cat(invalid, dim=1),
-        )
+        z = torch.cat(logits, dim=1)
+        q = torch.cat(logq, dim=1) if logq else None
+        if self.hard_negatives > 0:
+            return hard_negative_softmax_loss(
+                z, positive, q, torch.cat(invalid, dim=1), self.hard_negatives
+            )
+        return sampled_softmax_loss(z, positive, q, torch.cat(invalid, dim=1))
 
     def _grouped_losses(
         self, batch: dict[str, Tensor], weights: Tensor | None, has_neg: bool
@@ -455,6 +473,54 @@ class TwoTower(nn.Module):
         total = rest * torch.exp(row_top - shift) + torch.exp(own_logit - shift)
         lse = shift + total.clamp_min(torch.finfo(total.dtype).tiny).log()
         return lse - positive
+
+
+def hard_negative_softmax_loss(
+    logits: Tensor,
+    positive: Tensor,
+    logq: Tensor | None,
+    invalid: Tensor | None,
+    n: int,
+) -> Tensor:
+    """Softmax cross-entropy over each row's positive and its n highest-scoring negatives.
+
+    TensorFlow Recommenders' retrieval task in its order: the log-Q correction first, then
+    the masked columns (accidental hits, absent rows) set to a large negative number, then
+    ``HardNegativeMining``: per row the positive column and the n largest other columns
+    are kept, the rest leave the softmax. A masked column is chosen only when a row has
+    fewer than n valid negatives, and then adds exp(-huge) = 0. With n >= C - 1 every
+    column is kept and this equals :func:`~wager.models.losses.sampled_softmax_loss`.
+    Gradients reach only the kept columns.
+
+    Args:
+        logits: (B, C) scores (already divided by the temperature).
+        positive: (B,) int64 column of each row's positive.
+        logq: (C,) or (B, C) log sampling probabilities to subtract, or None.
+        invalid: (B, C) bool, True where a column is no negative for that row (never the
+            positive's own column), or None.
+        n: negatives kept per row (>= 1).
+
+    Returns:
+        (B,) ``logsumexp(positive, top-n negatives) - positive``, in nats.
+
+    Example:
+        >>> # corrected logits [0, 3, 1, 2], positive column 0, n = 2: keeps 3 and 2
+        >>> out = hard_negative_softmax_loss(torch.tensor([[0.0, 3, 1, 2]]), torch.tensor([0]),
+        ...                                  None, None, 2)
+        >>> torch.allclose(out, torch.log(1 + torch.exp(torch.tensor(3.0)) + torch.exp(
+        ...     torch.tensor(2.0))))
+        True
+    """
+    if logq is not None:
+        logits = logits - logq
+    if invalid is not None:
+        logits = logits.masked_fill(invalid, torch.finfo(logits.dtype).min / 100.0)
+    pos = logits.gather(-1, positive.unsqueeze(-1))  # (B, 1)
+    columns = torch.arange(logits.shape[-1], device=logits.device)
+    # the positive's own column can never be one of the negatives
+    negatives = logits.masked_fill(columns == positive.unsqueeze(-1), -torch.inf)
+    kept = negatives.topk(min(n, logits.shape[-1] - 1), dim=-1).values  # (B, n')
+    return torch.logsumexp(torch.cat([pos, kept], dim=-1), dim=-1) - pos.squeeze(-1)
 
 
 def _is_functorch_wrapped(t: Tensor) -> bool:
