@@ -380,7 +380,7 @@ def cost_section(models: dict[str, Recommender]) -> dict[str, Any]:
     # MC dropout: one batched pass of S samples vs a Python loop of S passes (k=10 pairs)
     top = single.recommend(users, k=10)
     pairs_u, pairs_i = top["user"].tolist(), top["item"].tolist()
-    batch = mc.encode_pairs(pairs_u, pairs_i)
+    batch = mc.scorer_.encode_pairs(pairs_u, pairs_i)
     mc_stack = mc.scorer_.stack
     assert mc_stack is not None
 

@@ -16,6 +16,7 @@ from wager.config import (
     EvaluationConfig,
     ModelConfig,
     RunConfig,
+    TaskConfig,
     TrainConfig,
     UncertaintyConfig,
     available_devices,
@@ -740,6 +741,10 @@ NON_DEFAULT = {
     "positive_threshold": 3.5,
     "oov_rate": 0.05,
     "hard_negatives": 5,
+    "tasks": (
+        TaskConfig("rating", "rating", likelihood="gaussian"),
+        TaskConfig("like", "rating", kind="click", weight=0.5, threshold=4.0),
+    ),
 }
 
 

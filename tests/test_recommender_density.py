@@ -75,7 +75,7 @@ def _member_components(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Each member's mixture from its raw (M, B, 3K) outputs, mapped in NumPy:
     weights = softmax(logits), means as they are, stds = softplus(raw) + min_std."""
-    batch = rec.encode_pairs(valid["context_id"], valid["item_id"])
+    batch = rec.scorer_.encode_pairs(valid["context_id"], valid["item_id"])
     with torch.no_grad():
         out = rec.scorer_.stack.call("forward", batch).double().numpy()  # type: ignore[union-attr]
     assert out.shape == (M, len(valid), 3 * K)

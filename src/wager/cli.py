@@ -819,6 +819,10 @@ def _metrics_table(title: str, metrics: dict[str, Any]) -> Table:
                 table.add_row(_text(key), _text(text))
     for key, value in metrics.get("oov_std_ratio", {}).items():
         table.add_row(_text(f"oov_std_ratio[{key}]"), _text(f"{value:.4f}"))
+    for task, values in metrics.get("tasks", {}).items():  # [[model.tasks]]
+        for key in ("rmse", "mae", "auc", "log_loss", "ece", "nll", "coverage@0.9"):
+            if isinstance(values.get(key), int | float):
+                table.add_row(_text(f"{task}.{key}"), _text(f"{values[key]:.4f}"))
     for name, file in metrics.get("plots", {}).items():
         table.add_row(_text(f"plot: {name}"), _text(file))
     return table

@@ -291,6 +291,59 @@ def unused_setting(model_type: str, name: str, value: Any) -> str:
 
 
 @dataclass(frozen=True)
+class TaskConfig:
+    """One task of a multi-task model (``[[model.tasks]]``; the DCN ranker).
+
+    The first task is the primary one: it is what ``predict``, ``recommend``, early stopping
+    and the post-hoc chain use, and its kind must be the schema's (rating or click). Every
+    task gets its own Prediction (``Recommender.predict_tasks``) and metrics under
+    ``evaluate()["tasks"][name]``.
+
+    Attributes:
+        name: the task's name (unique; letters, digits, "_" or "-").
+        label: the column holding its label.
+        kind: "rating" (a number: point or Gaussian head) or "click" (0/1: Bernoulli head).
+        likelihood: "point" or, for ratings, "gaussian".
+        weight: the task's weight in the summed loss (> 0).
+        threshold: clicks only: the label is ``column >= threshold`` (e.g. a click derived
+            from a rating >= 4); unset = the column already holds 0/1.
+    """
+
+    name: str
+    label: str
+    kind: Literal["rating", "click"] = "rating"
+    likelihood: Literal["point", "gaussian"] = "point"
+    weight: float = 1.0
+    threshold: float | None = None
+
+    def __post_init__(self) -> None:
+        _conform_fields(self, "model.tasks")
+        where = f"[[model.tasks]] {self.name!r}"
+        _check(
+            bool(self.name) and all(c.isalnum() or c in "_-" for c in self.name),
+            where,
+            "name",
+            self.name,
+            "a non-empty name of letters, digits, '_' or '-'",
+        )
+        _check(self.weight > 0, where, "weight", self.weight, "> 0")
+        _check(
+            self.kind == "rating" or self.likelihood == "point",
+            where,
+            "likelihood",
+            self.likelihood,
+            "'point' for kind = 'click' (the Bernoulli head)",
+        )
+        _check(
+            self.threshold is None or self.kind == "click",
+            where,
+            "threshold",
+            self.threshold,
+            "unset for kind = 'rating' (a threshold makes a 0/1 click label)",
+        )
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """Which model, and its settings.
 
@@ -388,6 +441,7 @@ class ModelConfig:
     positive_threshold: float | None = None
     oov_rate: float = 0.0
     hard_negatives: int = 0
+    tasks: tuple[TaskConfig, ...] = ()
 
     def __post_init__(self) -> None:
         _conform_fields(self, "model")
@@ -464,6 +518,21 @@ class ModelConfig:
             "hard_negatives",
             self.hard_negatives,
             "an integer >= 1, or 0 = off",
+        )
+        names = [t.name for t in self.tasks]
+        _check(
+            len(set(names)) == len(names),
+            "model",
+            "tasks",
+            names,
+            "tasks with distinct names",
+        )
+        _check(
+            len(self.tasks) != 1,
+            "model",
+            "tasks",
+            names,
+            "two or more [[model.tasks]] (one task is the schema's label: leave tasks out)",
         )
 
 
@@ -812,8 +881,12 @@ class RunConfig:
             out[name] = {
                 k: list(v) if isinstance(v, tuple) else v
                 for k, v in asdict(value).items()
-                if v is not None and (keep is None or k in keep)
+                if v is not None and v != () and (keep is None or k in keep)
             }
+            if out[name].get("tasks"):  # [[model.tasks]]: TOML has no null
+                out[name]["tasks"] = [
+                    {k: v for k, v in t.items() if v is not None} for t in out[name]["tasks"]
+                ]
         return out
 
     @classmethod
@@ -944,8 +1017,15 @@ def _section_from_toml(name: str, klass: type, raw: Any) -> tuple[Any, list[str]
         ]
     allowed = [f.name for f in fields(klass)]
     problems = _unknown_keys(name, raw, allowed)
+    raw = dict(raw)
+    tasks: tuple[TaskConfig, ...] | None = None
+    if klass is ModelConfig and "tasks" in raw:
+        tasks, found = _tasks_from_toml(raw.pop("tasks"))
+        problems += found
     good, found = _type_problems(klass, name, {k: v for k, v in raw.items() if k in allowed})
     problems += found
+    if tasks is not None:
+        good["tasks"] = tasks
     if klass is ModelConfig:
         if "type" in raw and "type" not in good:
             return None, problems  # which settings apply depends on the type
@@ -960,6 +1040,22 @@ def _section_from_toml(name: str, klass: type, raw: Any) -> tuple[Any, list[str]
         return None, [*problems, *exc.problems]
     except ValueError as exc:
         return None, [*problems, f"[{name}] {exc}"]
+
+
+def _tasks_from_toml(raw: Any) -> tuple[tuple[TaskConfig, ...] | None, list[str]]:
+    """``[[model.tasks]]`` tables -> TaskConfigs, and every problem found."""
+    if not isinstance(raw, list) or not all(isinstance(t, dict) for t in raw):
+        return None, [_problem("model", "tasks", raw, "a list of task tables ([[model.tasks]])")]
+    tasks, problems = [], []
+    for i, entry in enumerate(raw, 1):
+        where = f"[[model.tasks]] #{i}"
+        task, found = _section_from_toml(where, TaskConfig, entry)
+        missing = [k for k in ("name", "label") if k not in entry]
+        found += [f"{where} needs {k} = ..." for k in missing]
+        problems += found
+        if task is not None and not found:
+            tasks.append(task)
+    return (tuple(tasks) if not problems else None), problems
 
 
 def _model_type_choices(kind: str) -> str:

@@ -32,6 +32,11 @@ class NotFittedError(WagerError, RuntimeError):
     """A fitted-state method was called before ``fit()``."""
 
 
+class TrainingDivergedError(WagerError, RuntimeError):
+    """Training produced a non-finite loss or validation metric: nothing is kept as fitted;
+    the message names the epoch and members and how to fix it."""
+
+
 def format_rows(rows: Sequence[int], total: int | None = None) -> str:
     """Render row numbers as 'row 3' or 'rows 3, 7, 9 (and 12 more)'.
 

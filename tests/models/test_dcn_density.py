@@ -171,10 +171,17 @@ def test_point_and_multi_task_heads_unchanged_by_an_impressions_key():
     torch.testing.assert_close(multi.loss(batch), expected)
 
 
-def test_multi_task_rejects_density_heads():
-    tasks = (Task("a", "label", BernoulliHead()), Task("b", "label", DeepDensityHead()))
-    with pytest.raises(NotImplementedError, match="DeepDensityHead"):
-        DCNRanker(USERS, ITEMS, CONTEXT, tasks=tasks)
+def test_multi_task_with_a_density_head_sums_the_heads_losses_on_their_columns():
+    # columns: [click logit | K = 2 components x (weight, mean, scale) = 6]: 7 outputs
+    tasks = (Task("a", "label", BernoulliHead()), Task("b", "label", DeepDensityHead(2), 0.3))
+    m = DCNRanker(USERS, ITEMS, CONTEXT, tasks=tasks)
+    batch = _batch()
+    out = m(batch)
+    assert out.shape == (7, 7)
+    ref = BernoulliHead().loss(out[:, 0], batch["label"]) + 0.3 * DeepDensityHead(2).loss(
+        out[:, 1:], batch["label"], impressions=batch["impressions"]
+    )
+    torch.testing.assert_close(m.loss(batch), ref)
 
 
 @pytest.mark.parametrize(

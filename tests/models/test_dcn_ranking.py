@@ -8,7 +8,7 @@ import torch
 
 from wager.models.fields import Field
 from wager.models.heads import BernoulliHead, GaussianHead, PointHead
-from wager.models.ranking import CrossNetwork, DCNRanker, Task
+from wager.models.ranking import CrossNetwork, DCNRanker, Task, task_output
 
 
 def _params(module: torch.nn.Module) -> dict[str, np.ndarray]:
@@ -105,19 +105,24 @@ def test_single_gaussian_task_outputs_two_columns():
     torch.testing.assert_close(m.loss(BATCH), task.head.loss(out, BATCH["rating"]))
 
 
+def test_click_and_gaussian_rating_tasks_share_one_output_layer_side_by_side():
+    # columns: [click logit | rating location, rating log-scale]: 1 + 2 = 3 outputs
+    tasks = (Task("click", "click", BernoulliHead(), 0.5), Task("rating", "rating", GaussianHead()))
+    m = DCNRanker(USERS, ITEMS, CONTEXT, dim=3, deep=(4,), tasks=tasks)
+    out = m(BATCH)
+    assert out.shape == (3, 3) and m.head is None
+    heads = (tasks[0].head, tasks[1].head)
+    torch.testing.assert_close(task_output(out, heads, 0), out[:, 0])
+    torch.testing.assert_close(task_output(out, heads, 1), out[:, 1:3])
+    ref = 0.5 * BernoulliHead().loss(out[:, 0], BATCH["click"]) + GaussianHead().loss(
+        out[:, 1:3], BATCH["rating"]
+    )
+    torch.testing.assert_close(m.loss(BATCH), ref)
+
+
 @pytest.mark.parametrize(
     ("make", "error", "message"),
     [
-        (
-            lambda: DCNRanker(
-                USERS,
-                ITEMS,
-                [],
-                tasks=(Task("a", "click", BernoulliHead()), Task("b", "rating", GaussianHead())),
-            ),
-            NotImplementedError,
-            "out_dim 1",
-        ),
         (
             lambda: DCNRanker(
                 USERS, ITEMS, [], tasks=(Task("a", "x", PointHead()), Task("a", "y", PointHead()))

@@ -170,7 +170,7 @@ def test_facade_population_prediction_equals_a_loop_over_members_and_draws(popul
     users = [3, "nobody", 17, "nobody"]
     items = [0, 5, 5, 29]
     got = rec.scorer_.prediction(users, items)[0]
-    batch = rec.encode_pairs(users, items)
+    batch = rec.scorer_.encode_pairs(users, items)
     m, k = picks["user.user_id"].shape
     assert (m, k) == (4, 6)
     draws = np.zeros((m, k, len(users)))

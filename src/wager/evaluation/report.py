@@ -229,6 +229,28 @@ def _top_k_accuracy(rec: Recommender, test: pd.DataFrame) -> dict[str, float]:
     return {f"top_k_accuracy@{k}": float((beaten < k).float().mean()) for k in ks}
 
 
+def _task_metrics(rec: Recommender, test: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """{task name: its metrics} of a multi-task model: rmse / mae and the uncertainty report
+    for ratings; auc / log_loss and the calibration block for clicks (labels derived by the
+    task's threshold where it has one)."""
+    s, levels = rec.schema, rec.config.uncertainty.confidence_levels
+    preds = rec.predict_tasks(test[s.user].to_numpy(), test[s.item].to_numpy(), test)
+    out: dict[str, dict[str, Any]] = {}
+    for t in rec.spec.tasks:
+        y, pred = t.labels(test), preds[t.name]
+        mean = pred.mean.numpy().astype(np.float64)
+        if t.kind == "rating":
+            m: dict[str, Any] = {"rmse": rmse(mean, y), "mae": mae(mean, y)}
+            if pred.std is not None:
+                m.update(uncertainty_report(pred, y, levels=levels, probability=False))
+        else:
+            m = {"auc": auc(y, mean) if 0 < y.mean() < 1 else float("nan")}
+            m["log_loss"] = log_loss(y, mean)
+            m.update(probability_calibration(mean, y))
+        out[t.name] = m
+    return out
+
+
 def evaluate(
     rec: Recommender, test: pd.DataFrame, plots_dir: str | Path | None = None
 ) -> dict[str, Any]:
@@ -239,6 +261,8 @@ def evaluate(
     out: dict[str, Any] = {"n_test_rows": len(test)}
     if rec.spec.pointwise and s.label is not None and s.label in test.columns:
         out.update(_pointwise(rec, test, plots))
+        if len(rec.spec.tasks) > 1:
+            out["tasks"] = _task_metrics(rec, test)
     cat = rec.scorer_.catalogue
     users, relevant = cat.relevant_lists(test, s, ev.relevance_threshold)
     if ev.max_users is not None and len(users) > ev.max_users:
@@ -258,7 +282,7 @@ def evaluate(
                 cat.n_items,
                 cat.popularity(),
                 max(cat.n_users, 1),
-                item_vectors=rec.item_vectors(),
+                item_vectors=rec.scorer_.item_vectors(),
             )
         )
     out.update(_top_k_accuracy(rec, test))

@@ -109,13 +109,34 @@ def needs_impressions(head: Head) -> bool:
     return p is not None and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
 
 
+def task_output(out: Tensor, heads: tuple[Head, ...], i: int) -> Tensor:
+    """Task ``i``'s raw outputs from a ranker's outputs over tasks with ``heads``.
+
+    One task: ``out`` itself. Several: the task's ``head.out_dim`` columns of the last
+    dimension (tasks side by side in order), squeezed to (...) when that is 1.
+
+    Example:
+        >>> from wager.models.heads import GaussianHead, PointHead
+        >>> out = torch.arange(6.0).reshape(2, 3)  # (B=2, 1 + 2 outputs)
+        >>> task_output(out, (PointHead(), GaussianHead()), 1).tolist()
+        [[1.0, 2.0], [4.0, 5.0]]
+    """
+    if len(heads) == 1:
+        return out
+    start = sum(h.out_dim for h in heads[:i])
+    width = heads[i].out_dim
+    part = out[..., start : start + width]
+    return part.squeeze(-1) if width == 1 else part
+
+
 class DCNRanker(nn.Module):
     """DCN-v2 ranking model with one output per task.
 
     Output layout of :meth:`forward`: (B,) for one task whose head has ``out_dim`` 1;
     (B, out_dim) for one task with a multi-output head (e.g. (B, 2) for a GaussianHead,
-    (B, 3K) for a K-component MixtureDensityHead or DeepDensityHead); (B, T) for T tasks,
-    column t belonging to ``tasks[t]`` (multi-task needs every head to have ``out_dim`` 1).
+    (B, 3K) for a K-component MixtureDensityHead or DeepDensityHead); for T tasks
+    (B, sum of out_dims), the tasks' columns side by side in order (:func:`task_output`
+    picks one task's).
 
     Batch keys read: ``"user.<field>"``, ``"item.<field>"``, ``"context.<field>"`` (B, ...);
     in :meth:`loss` each task's ``label_key`` (B,), optional ``"weight"`` (B,), and
@@ -183,13 +204,6 @@ class DCNRanker(nn.Module):
         names = [t.name for t in tasks]
         if len(set(names)) != len(names):
             raise ValueError(f"task names must be unique, got {names}")
-        if len(tasks) > 1 and any(t.head.out_dim != 1 for t in tasks):
-            raise NotImplementedError(
-                "multi-task DCNRanker supports only heads with out_dim 1 (BernoulliHead, "
-                f"PointHead); got out_dims {[t.head.out_dim for t in tasks]} for tasks "
-                f"{names}. Train a separate DCNRanker for each multi-output task (GaussianHead, "
-                "MixtureDensityHead, DeepDensityHead)."
-            )
         fields = [*user_fields, *item_fields, *context_fields]
         if not fields:
             raise ValueError("DCNRanker needs at least one field")
@@ -259,9 +273,11 @@ class DCNRanker(nn.Module):
         if len(self.tasks) == 1:
             t = self.tasks[0]
             return t.weight * self._task_loss(0, out, batch, weights, impressions)
+        heads = tuple(t.head for t in self.tasks)
         total = out.new_zeros(())
         for i, t in enumerate(self.tasks):
-            total = total + t.weight * self._task_loss(i, out[..., i], batch, weights, impressions)
+            part = task_output(out, heads, i)
+            total = total + t.weight * self._task_loss(i, part, batch, weights, impressions)
         return total
 
     def _task_loss(

@@ -46,6 +46,8 @@ class ModelInputs:
         head: the likelihood head of pointwise models; None for retrieval scores.
         global_mean: mean training label (rating models start their bias there).
         item_id_key: the batch key of the item id (``item.<column>``).
+        tasks: the tasks of a multi-task model (the DCN ranker), or () for one task with
+            ``head``.
     """
 
     user: list[Field]
@@ -54,6 +56,7 @@ class ModelInputs:
     head: Head | None
     global_mean: float
     item_id_key: str
+    tasks: tuple[Task, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -151,7 +154,7 @@ def _dcn(m: Any, x: ModelInputs) -> nn.Module:
         deep=m.hidden or (256, 128),
         dropout=m.dropout,
         init_std=m.init_std,
-        tasks=(Task("label", "label", x.head, 1.0),),
+        tasks=x.tasks or (Task("label", "label", x.head, 1.0),),
     )
 
 
@@ -215,6 +218,7 @@ MODEL_TYPES: dict[str, ModelType] = {
                     "mean_loss",
                     "components",
                     "oov_rate",
+                    "tasks",
                 }
             ),
             build=_dcn,

@@ -164,6 +164,8 @@ class Recommender:
             history, fit_rows, item_features, s, spec.task == "click", label_mean
         )
         train_t = to_tensors(enc.transform(fit_rows), device)
+        for t in spec.tasks[1:]:  # [[model.tasks]]: each further task's label
+            train_t[t.label_key] = torch.tensor(t.labels(fit_rows), dtype=torch.float32).to(device)
         self.chain_ = self._new_chain()
         if self.config.uncertainty.local_variance and spec.task == "rating":
             sizes = {key: size for key, kind, size in enc.fields() if kind == "index"}
@@ -254,6 +256,19 @@ class Recommender:
         )
         return self.chain_.transform(pred, cov)
 
+    def predict_tasks(
+        self,
+        user_ids: Sequence[Any] | np.ndarray,
+        item_ids: Sequence[Any] | np.ndarray,
+        context: Context = None,
+    ) -> dict[str, Prediction]:
+        """{task name: Prediction} for every task (``[[model.tasks]]``; else the one task,
+        named "label"); the primary task's is :meth:`predict`'s, the others are raw."""
+        out = {self.spec.tasks[0].name: self.predict(user_ids, item_ids, context)}
+        for i, t in enumerate(self.spec.tasks[1:], 1):
+            out[t.name] = self.scorer_.prediction(user_ids, item_ids, context, task=i)[0]
+        return out
+
     def predict_mixture(
         self,
         user_ids: Sequence[Any] | np.ndarray,
@@ -275,15 +290,6 @@ class Recommender:
             ValueError: not a mixture likelihood, ids that do not pair up, or bad impressions.
         """
         return self.scorer_.mixture(user_ids, item_ids, context, impressions, batch_size)
-
-    def encode_pairs(
-        self,
-        user_ids: Sequence[Any] | np.ndarray,
-        item_ids: Sequence[Any] | np.ndarray,
-        context: Context = None,
-    ) -> Batch:
-        """Model inputs (B, ...) of (user, item) pairs (see :meth:`Scorer.encode_pairs`)."""
-        return self.scorer_.encode_pairs(user_ids, item_ids, context)
 
     def relevance_confidence(self, prediction: Prediction) -> Tensor | None:
         """(...) probability that each prediction is relevant, or None when undefined.
@@ -314,13 +320,11 @@ class Recommender:
 
         Args:
             user_ids: users (unknown users get cold-start lists from the OOV row).
-            k: list length per user (>= 1).
-            items: candidate items (default: the catalogue).
+            k: list length per user (>= 1); items: candidates (default: the catalogue).
             exclude_seen: drop items the user interacted with in training / validation.
             context: context applied to every candidate (e.g. {"position": 1}).
             confidence_level: level of the [low, high] interval, in (0, 1).
-            batch_users: users scored per pass.
-            progress: called with the number of users done after each pass.
+            batch_users: users scored per pass; progress: called with users done per pass.
             horizon: retrieval / implicit: confidence = P(among the user's next ``horizon``
                 positives); None = the mean number of validation positives per user.
 
@@ -340,10 +344,6 @@ class Recommender:
     def known_users(self, user_ids: Sequence[Any]) -> np.ndarray:
         """(n,) bool: which users had training interactions (False = cold start)."""
         return self.scorer_.catalogue.known_users(user_ids)
-
-    def item_vectors(self) -> np.ndarray | None:
-        """(n_items, d) catalogue item embeddings (members averaged) if the model has them."""
-        return self.scorer_.item_vectors()
 
     # ------------------------------------------------------------------ evaluation
     def oov_stds(self, rows: pd.DataFrame, max_rows: int = 5000) -> dict[str, Any]:

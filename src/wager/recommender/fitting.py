@@ -218,6 +218,7 @@ def pointwise_validator(scorer: Scorer, rows: Batch, mask: Tensor | None) -> Val
         try:
             with torch.no_grad():
                 out = stack.call("forward", inputs, params=p, per_member=per_member)
+                out = spec.task_output(out)  # the primary task decides early stopping
         finally:
             stack.train(True)
         if spec.task == "rating":

@@ -34,7 +34,7 @@ from torch import Tensor
 from wager.data.features import InteractionEncoder, vector_columns
 from wager.data.schema import Vector
 from wager.errors import suggest
-from wager.models.heads import DeepDensityHead, GaussianHead, Head
+from wager.models.heads import DeepDensityHead, GaussianHead, Head, MixtureDensityHead
 from wager.prediction import MixturePrediction, Prediction
 from wager.recommender.catalogue import Catalogue
 from wager.recommender.spec import ModelSpec
@@ -241,28 +241,29 @@ class Scorer:
         )
 
     # ------------------------------------------------------------------ raw outputs
-    def outputs(self, batch: Batch) -> Tensor:
-        """(R, B, ...) raw outputs: R = M members, or M * S with MC dropout (one pass)."""
+    def outputs(self, batch: Batch, task: int = 0) -> Tensor:
+        """(R, B, ...) raw outputs of task ``task``: R = M members, or M * S with MC dropout
+        (one pass)."""
         mc = self.spec.mc_dropout
         if mc is not None:
-            return mc.sample_outputs(self.stack, batch)
+            return self.spec.task_output(mc.sample_outputs(self.stack, batch), task)
         with torch.no_grad():
-            return self.stack.call("forward", batch)
+            return self.spec.task_output(self.stack.call("forward", batch), task)
 
-    def head_moments(self, out: Tensor) -> tuple[Tensor, Tensor | None]:
-        """(R, B) means and (R, B) head stds (None without a noise head) of raw (R, B, ...)
-        outputs. Mixture heads report the std of each member's mixture (for "ddn" the
-        clean-CTR mixture; the measurement noise of an observed CTR is not added)."""
-        head = self.spec.head
+    def head_moments(self, out: Tensor, task: int = 0) -> tuple[Tensor, Tensor | None]:
+        """(R, B) means and (R, B) head stds (None without a noise head) of task ``task``'s
+        raw (R, B, ...) outputs. Mixture heads report the std of each member's mixture (for
+        "ddn" the clean-CTR mixture; the measurement noise of an observed CTR is not added)."""
+        head = self.spec.tasks[task].head
         if head is None:
             return out, None
         means = torch.stack([head.mean(out[r]) for r in range(out.shape[0])])
-        if self.spec.noise_head:
+        if isinstance(head, GaussianHead | MixtureDensityHead | DeepDensityHead):
             stds = [head.aleatoric_std(out[r]) for r in range(out.shape[0])]
             return means, torch.stack([s for s in stds if s is not None])
         return means, None
 
-    def population_outputs(self, batch: Batch) -> Tensor:
+    def population_outputs(self, batch: Batch, task: int = 0) -> Tensor:
         """(M, K, B, ...) raw outputs of every row under each member's K population draws
         (``[uncertainty] cold_start = "population"``; known values are left as they are)."""
         picks = self.population_picks
@@ -270,10 +271,13 @@ class Scorer:
         pm = population_batch(batch, picks)
         with torch.no_grad():
             raw = self.stack.call("forward", pm, per_member=True)  # (M, K B, ...)
+        raw = self.spec.task_output(raw, task)
         m, k = next(iter(picks.values())).shape
         return raw.reshape(m, k, -1, *raw.shape[2:])
 
-    def member_outputs(self, batch: Batch) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    def member_outputs(
+        self, batch: Batch, task: int = 0
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """(R, B) member / sample means, (R, B) head stds (None without a noise head) and
         (B,) population variance (None when no row has a population-drawn OOV value).
 
@@ -283,7 +287,7 @@ class Scorer:
         so that adding it to the variance of the member means gives the variance over all
         M * K draws (law of total variance). Other rows cost one pass as usual.
         """
-        means, stds = self.head_moments(self.outputs(batch))
+        means, stds = self.head_moments(self.outputs(batch, task), task)
         picks = self.population_picks
         if not picks:
             return means, stds, None
@@ -296,9 +300,9 @@ class Scorer:
         parts_m, parts_s = [], []
         for start in range(0, idx.numel(), step):
             sel = idx[start : start + step]
-            raw = self.population_outputs({key: v[sel] for key, v in batch.items()})
+            raw = self.population_outputs({key: v[sel] for key, v in batch.items()}, task)
             m, _, b = raw.shape[:3]
-            pm, ps = self.head_moments(raw.reshape(m, k * b, *raw.shape[3:]))
+            pm, ps = self.head_moments(raw.reshape(m, k * b, *raw.shape[3:]), task)
             parts_m.append(pm.reshape(m, k, b))
             if ps is not None:
                 parts_s.append(ps.reshape(m, k, b))
@@ -321,10 +325,11 @@ class Scorer:
         member_means: Tensor,
         member_std: Tensor | None,
         population_var: Tensor | None = None,
+        task: int = 0,
     ) -> Prediction:
         """Prediction from (R, n) member means and optional (R, n) head stds / (n,) population
         variance (law of total variance over R >= 2 draws; one draw keeps its head std)."""
-        head = self.spec.head
+        head = self.spec.tasks[task].head
         support = head.support if head is not None else None
         if member_means.shape[0] >= 2:
             return Prediction.from_members(
@@ -360,15 +365,17 @@ class Scorer:
         context: Context = None,
         batch_size: int = 65536,
         covariates: Callable[[Batch], np.ndarray | None] | None = None,
+        task: int = 0,
     ) -> tuple[Prediction, np.ndarray | None]:
-        """Raw Prediction of (user, item) pairs (mean (n,)) and, with ``covariates``, the
-        (n, p) covariates it gives for the same encoded pairs (else None)."""
+        """Raw Prediction of (user, item) pairs (mean (n,)) for task ``task`` (0: the
+        primary one) and, with ``covariates``, the (n, p) covariates it gives for the same
+        encoded pairs (else None)."""
         means, stds, pops, covs = [], [], [], []
         for batch in self.pair_batches(user_ids, item_ids, context, batch_size):
             cov = covariates(batch) if covariates is not None else None
             if cov is not None:
                 covs.append(cov)
-            m, sd, pop = self.member_outputs(batch)
+            m, sd, pop = self.member_outputs(batch, task)
             means.append(m)
             pops.append(torch.zeros(m.shape[1], dtype=m.dtype) if pop is None else pop.cpu())
             if sd is not None:
@@ -376,7 +383,8 @@ class Scorer:
         mean = torch.cat(means, dim=1).cpu()
         std = torch.cat(stds, dim=1).cpu() if stds else None
         population = torch.cat(pops) if self.population_picks else None
-        return self.prediction_of(mean, std, population), (np.concatenate(covs) if covs else None)
+        cov = np.concatenate(covs) if covs else None
+        return self.prediction_of(mean, std, population, task), cov
 
     def mixture(
         self,
@@ -486,7 +494,7 @@ class Scorer:
                 }
                 pair.update({k: v.repeat((c,) + (1,) * (v.ndim - 1)) for k, v in ib.items()})
                 pair.update({k: v.expand(c * n_i, *v.shape[1:]) for k, v in ctx.items()})
-                out = self.stack.call("forward", pair, params=params)
+                out = self.spec.task_output(self.stack.call("forward", pair, params=params))
                 means = out if head is None else torch.stack([head.mean(o) for o in out])
                 parts.append(means.reshape(-1, c, n_i))
             return torch.cat(parts, dim=1)

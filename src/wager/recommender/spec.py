@@ -21,8 +21,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
-from torch import nn
+from torch import Tensor, nn
 
 from wager.config import RunConfig
 from wager.data.features import vector_columns
@@ -37,6 +38,7 @@ from wager.models.heads import (
     MixtureDensityHead,
     PointHead,
 )
+from wager.models.ranking import Task, task_output
 from wager.models.registry import ModelInputs, ModelType, TaskKind, model_type
 from wager.uncertainty.mc_dropout import MCDropout
 
@@ -60,15 +62,67 @@ def _head(config: RunConfig, task: TaskKind) -> Head | None:
 
 
 @dataclass(frozen=True)
+class TaskSpec:
+    """One task the model predicts (one, or several with ``[[model.tasks]]``).
+
+    Attributes:
+        name: the task's name ("label" for the schema's single task).
+        label: the data column of its label.
+        kind: "rating" or "click" (pointwise tasks).
+        head: its likelihood head.
+        label_key: the batch key of its label ("label" for the primary task).
+        weight: its weight in the summed loss.
+        threshold: clicks derived from a number: label = column >= threshold.
+    """
+
+    name: str
+    label: str | None
+    kind: str
+    head: Head | None
+    label_key: str = "label"
+    weight: float = 1.0
+    threshold: float | None = None
+
+    def labels(self, rows: pd.DataFrame) -> np.ndarray:
+        """(n,) float64 labels of ``rows`` (0/1 when derived by the threshold)."""
+        assert self.label is not None
+        y = rows[self.label].to_numpy(dtype=np.float64)
+        return (y >= self.threshold).astype(np.float64) if self.threshold is not None else y
+
+
+def _tasks(config: RunConfig, task: TaskKind, head: Head | None) -> tuple[TaskSpec, ...]:
+    """The schema's single task, or the ``[[model.tasks]]`` (the first is the primary)."""
+    label = config.schema.label if config.schema is not None else None
+    if not config.model.tasks:
+        return (TaskSpec("label", label, task, head),)
+    rr = config.schema.rating_range if config.schema is not None else None
+    out = []
+    for i, t in enumerate(config.model.tasks):
+        if t.kind == "click":
+            task_head: Head = BernoulliHead()
+        else:
+            support = (float(rr[0]), float(rr[1])) if rr is not None and t.label == label else None
+            task_head = (
+                GaussianHead(support=support, mean_loss=config.model.mean_loss)
+                if t.likelihood == "gaussian"
+                else PointHead(support=support)
+            )
+        key = "label" if i == 0 else f"label.{t.name}"
+        out.append(TaskSpec(t.name, t.label, t.kind, task_head, key, t.weight, t.threshold))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """The decisions a run config implies, made once.
 
     Attributes:
         config: the run configuration.
         model_type: the registry entry of ``[model] type``.
-        task: "click", "rating", "retrieval" or "implicit".
-        head: the likelihood head (None for retrieval scores).
+        task: "click", "rating", "retrieval" or "implicit" (the primary task's).
+        head: the primary task's likelihood head (None for retrieval scores).
         members: ensemble members M (1 without ``[ensemble]``).
+        tasks: every task the model predicts; the first is the primary one.
     """
 
     config: RunConfig
@@ -76,15 +130,28 @@ class ModelSpec:
     task: TaskKind
     head: Head | None
     members: int
+    tasks: tuple[TaskSpec, ...]
 
     @classmethod
     def from_config(cls, config: RunConfig) -> ModelSpec:
-        """Decide task, head and members from ``config``."""
+        """Decide tasks, heads and members from ``config``."""
         mt = model_type(config.model.type)
         label_kind = config.schema.label_kind if config.schema is not None else None
         task = mt.task(label_kind)
         members = config.ensemble.members if config.ensemble is not None else 1
-        return cls(config, mt, task, _head(config, task), members)
+        tasks = _tasks(config, task, _head(config, task))
+        return cls(config, mt, task, tasks[0].head, members, tasks)
+
+    @property
+    def heads(self) -> tuple[Head, ...]:
+        """Every task's head (pointwise models)."""
+        return tuple(t.head for t in self.tasks if t.head is not None)
+
+    def task_output(self, out: Tensor, task: int = 0) -> Tensor:
+        """Task ``task``'s raw outputs (..., out_dim) of the model's outputs ``out``."""
+        if len(self.tasks) == 1:
+            return out
+        return task_output(out, self.heads, task)
 
     # ------------------------------------------------------------------ capability flags
     @property
@@ -154,6 +221,8 @@ class ModelSpec:
             need += vector_columns(f, list(df.columns), what) if isinstance(f, Vector) else [f.name]
         if self.needs_label and s.label is not None:
             need.append(s.label)
+        if self.needs_label and len(self.tasks) > 1:
+            need += [t.label for t in self.tasks[1:] if t.label is not None and t.label not in need]
         col = s.impressions
         if self.config.model.likelihood == "ddn" and col is not None and col not in df.columns:
             raise data_error(
@@ -185,6 +254,11 @@ class ModelSpec:
             head=self.head,
             global_mean=global_mean,
             item_id_key=f"item.{s.item}",
+            tasks=tuple(
+                Task(t.name, t.label_key, t.head, t.weight)
+                for t in self.tasks
+                if t.head is not None and len(self.tasks) > 1
+            ),
         )
         return self.model_type.build(self.config.model, inputs)
 
@@ -213,6 +287,7 @@ class ModelSpec:
         self._validate_likelihood()
         self._validate_uncertainty()
         self._validate_training()
+        self._validate_tasks()
 
     def _validate_likelihood(self) -> None:
         m = self.config.model
@@ -296,6 +371,24 @@ class ModelSpec:
                 "need a predicted std, but this model is deterministic: set [model] "
                 "likelihood = 'gaussian', add an [ensemble] or set mc_dropout_samples; or use "
                 "conformal = 'homoscedastic'"
+            )
+
+    def _validate_tasks(self) -> None:
+        tasks = self.config.model.tasks
+        if not tasks:
+            return
+        s, first = self.schema, tasks[0]
+        kind = "rating" if s.label_kind == "rating" else "click"
+        if first.label != s.label or first.kind != kind or first.threshold is not None:
+            raise ValueError(
+                f"[[model.tasks]] {first.name!r} is the primary task: it must predict the "
+                f"schema's label as it is (label = {s.label!r}, kind = {kind!r}, no threshold); "
+                "list that task first"
+            )
+        if self.config.model.likelihood != "point":
+            raise ValueError(
+                f"[model] likelihood = {self.config.model.likelihood!r} applies to a single "
+                "task; with [[model.tasks]] give each task its own likelihood"
             )
 
     def _validate_training(self) -> None:

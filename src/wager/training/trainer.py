@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from wager.config import TrainConfig
+from wager.errors import TrainingDivergedError
 
 Params = dict[str, Tensor]
 Batch = dict[str, Tensor]
@@ -302,6 +303,14 @@ def _anchored_decay(
                 p.grad = wd * (p - p0)
 
 
+def _diverged(what: str, epoch: int, config: TrainConfig) -> TrainingDivergedError:
+    return TrainingDivergedError(
+        f"training diverged at epoch {epoch + 1}: {what}; nothing was kept. Lower [training] "
+        f"learning_rate (now {config.learning_rate:g}), set grad_clip (e.g. 1.0), or check the "
+        "labels and numeric features for huge or non-finite values"
+    )
+
+
 def train_stacked(
     params: Params,
     batch_losses: Callable[[Params, Tensor], Tensor],
@@ -387,6 +396,8 @@ def train_stacked(
                     )
             history.train_loss.append(float(total) / max(count, 1))
             history.epoch_seconds.append(time.perf_counter() - epoch_start)
+            if not math.isfinite(history.train_loss[-1]):
+                raise _diverged(f"the training loss is {history.train_loss[-1]}", epoch, config)
             if validate is None:
                 best = {k: v.detach().clone() for k, v in params.items()}
                 history.best_epoch = [epoch] * n_members
@@ -394,6 +405,11 @@ def train_stacked(
             with torch.no_grad():
                 metric = validate(params).detach().cpu().float()
             history.valid_metric.append(metric.tolist())
+            bad = torch.nonzero(~torch.isfinite(metric)).flatten().tolist()
+            if bad:
+                raise _diverged(
+                    f"the validation metric of members {bad} is not finite", epoch, config
+                )
             improved = metric < best_metric - 1e-6
             if bool(improved.any()):
                 stale = 0
