@@ -205,7 +205,7 @@ def _reports_errors(command: F) -> F:
 class _WagerTyper(typer.Typer):
     """A Typer whose every command reports errors through :func:`_reports_errors`."""
 
-    def command(self, *args: Any, **kwargs: Any) -> Callable[[F], F]:  # type: ignore[override]
+    def command(self, *args: Any, **kwargs: Any) -> Callable[[F], F]:
         register = super().command(*args, **kwargs)
 
         def decorator(fn: F) -> F:

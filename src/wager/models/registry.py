@@ -86,6 +86,12 @@ class ModelType:
         return _COMMON | self.uses
 
 
+def _pointwise_head(x: ModelInputs) -> Head:
+    """The head of a pointwise model: its task ("rating", "click") always has one."""
+    assert x.head is not None, "a pointwise model's task has a likelihood head"
+    return x.head
+
+
 def _factorization(m: Any, x: ModelInputs) -> nn.Module:
     return FeatureFactorization(x.user, x.item, x.context, dim=m.dim, init_std=m.init_std)
 
@@ -96,7 +102,7 @@ def _biased_mf(m: Any, x: ModelInputs) -> nn.Module:
         x.item,
         dim=m.dim,
         init_std=m.init_std,
-        head=x.head,
+        head=_pointwise_head(x),
         reg=m.reg,
         bias_reg=m.bias_reg,
         global_mean=x.global_mean,
@@ -148,7 +154,7 @@ def _dcn(m: Any, x: ModelInputs) -> nn.Module:
         deep=m.hidden or (256, 128),
         dropout=m.dropout,
         init_std=m.init_std,
-        tasks=(Task("label", "label", x.head, 1.0),),
+        tasks=(Task("label", "label", _pointwise_head(x), 1.0),),
     )
 
 
