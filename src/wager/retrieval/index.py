@@ -171,7 +171,7 @@ def _as_id_array(ids: object, n_items: int) -> np.ndarray:
     if isinstance(ids, np.ndarray):
         arr = ids
     else:
-        items = list(ids)  # type: ignore[call-overload]
+        items = list(ids)  # type: ignore[call-overload]  # any iterable; list() raises if not
         arr = np.asarray(items) if items else np.empty(0, dtype=np.int64)
         if arr.ndim != 1 or arr.dtype.kind not in "biuf":
             arr = np.fromiter(items, dtype=object, count=len(items))
@@ -209,7 +209,7 @@ def _flatten_rows(rows: object, name: str, n_queries: int) -> tuple[np.ndarray, 
         raise TypeError(
             f"{name} must hold one sequence per query (a list of lists), got {type(rows).__name__}"
         )
-    seqs = list(rows)  # type: ignore[call-overload]
+    seqs = list(rows)  # type: ignore[call-overload]  # has __len__: a sequence (checked above)
     if len(seqs) != n_queries:
         raise ValueError(
             f"{name} has {len(seqs)} rows but there are {n_queries} queries; pass one "
