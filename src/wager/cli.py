@@ -199,13 +199,13 @@ def _reports_errors(command: F) -> F:
             _report_failure(failure, bool(kwargs.get("as_json", False)))
             raise typer.Exit(code=failure.exit_code) from None
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper  # type: ignore[return-value]  # wraps() keeps F's signature
 
 
 class _WagerTyper(typer.Typer):
     """A Typer whose every command reports errors through :func:`_reports_errors`."""
 
-    def command(self, *args: Any, **kwargs: Any) -> Callable[[F], F]:  # type: ignore[override]
+    def command(self, *args: Any, **kwargs: Any) -> Callable[[F], F]:
         register = super().command(*args, **kwargs)
 
         def decorator(fn: F) -> F:
@@ -566,7 +566,7 @@ def _table_schema(
         user=user_col,
         item=item_col,
         label=label_col,
-        label_kind=label_kind,  # type: ignore[arg-type]
+        label_kind=label_kind,  # type: ignore[arg-type]  # a str; Schema checks the value
         rating_range=rating_range,
         weight=weight_col,
         impressions=impressions_col,

@@ -10,12 +10,15 @@ counted and reported, never dropped silently.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, SupportsInt, TypeAlias
 
 Severity = Literal["error", "warning", "info"]
+
+RowPositions: TypeAlias = Collection[SupportsInt]
+"""0-based data row positions: a list, tuple, NumPy integer array or pandas index."""
 
 _MAX_ROWS_SHOWN = 5
 
@@ -37,7 +40,7 @@ class TrainingDivergedError(WagerError, RuntimeError):
     the message names the epoch and members and how to fix it."""
 
 
-def format_rows(rows: Sequence[int], total: int | None = None) -> str:
+def format_rows(rows: RowPositions, total: int | None = None) -> str:
     """Render row numbers as 'row 3' or 'rows 3, 7, 9 (and 12 more)'.
 
     Args:
@@ -110,7 +113,7 @@ def make_finding(
     *,
     source: str | None = None,
     column: str | None = None,
-    rows: Sequence[int] = (),
+    rows: RowPositions = (),
     count: int | None = None,
     fix: str | None = None,
 ) -> Finding:
@@ -154,7 +157,7 @@ def data_error(
     *,
     source: str | None = None,
     column: str | None = None,
-    rows: Sequence[int] = (),
+    rows: RowPositions = (),
     count: int | None = None,
     fix: str | None = None,
 ) -> DataError:
@@ -204,7 +207,7 @@ class ValidationReport:
             self.dropped[reason] = self.dropped.get(reason, 0) + n
 
     def drop(
-        self, reason: str, n: int, *, source: str | None = None, rows: Sequence[int] = ()
+        self, reason: str, n: int, *, source: str | None = None, rows: RowPositions = ()
     ) -> None:
         """Record that ``n`` rows were dropped for ``reason`` (an info finding too)."""
         if n <= 0:

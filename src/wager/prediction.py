@@ -468,7 +468,7 @@ class MixturePrediction(Prediction):
         )
 
     @classmethod
-    def from_members(
+    def from_members(  # type: ignore[override]  # pools mixtures: not Prediction's inputs
         cls,
         weights: Tensor,
         means: Tensor,

@@ -232,7 +232,9 @@ def resolve_label_conflicts(
         means = pd.Series(y[by_time]).groupby(groups).mean()
         out = df.copy()
         out[schema.label] = y
-        out.iloc[kept, out.columns.get_loc(schema.label)] = means.loc[groups[is_last]].to_numpy()
+        label_col = out.columns.get_loc(schema.label)
+        assert isinstance(label_col, int)  # column names are unique: loading refuses repeats
+        out.iloc[kept, label_col] = means.loc[groups[is_last]].to_numpy()
     keep_mask = np.ones(len(df), dtype=bool)
     keep_mask[dropped] = False
     out = out.iloc[np.flatnonzero(keep_mask)]

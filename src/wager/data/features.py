@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,7 +68,7 @@ def _as_key(value: Any) -> str | None:
     return str(value)
 
 
-def categorical_keys(values: pd.Series | Sequence[Any] | np.ndarray) -> pd.Series:
+def categorical_keys(values: pd.Series | pd.Index | Sequence[Any] | np.ndarray) -> pd.Series:
     """Map raw values to canonical string keys (missing -> None), preserving order."""
     s = pd.Series(values).reset_index(drop=True)
     if pd.api.types.is_integer_dtype(s.dtype) and not isinstance(s.dtype, pd.CategoricalDtype):
@@ -107,7 +107,7 @@ class CategoricalEncoder:
         kept = counts[counts >= self.spec.min_count]
         # frequency descending, ties by key: deterministic across runs
         order = sorted(kept.items(), key=lambda kv: (-kv[1], kv[0]))
-        self.vocabulary_ = [k for k, _ in order]
+        self.vocabulary_ = [str(k) for k, _ in order]  # str already; str() types them
         self._lookup = {k: i + 1 for i, k in enumerate(self.vocabulary_)}
         return self
 
@@ -310,7 +310,7 @@ class MultiCategoricalEncoder:
         counts = flat.value_counts(sort=False)
         kept = counts[counts >= self.spec.min_count]
         order = sorted(kept.items(), key=lambda kv: (-kv[1], kv[0]))
-        self.vocabulary_ = [k for k, _ in order]
+        self.vocabulary_ = [str(k) for k, _ in order]  # str already; str() types them
         self._lookup = {k: i + 2 for i, k in enumerate(self.vocabulary_)}
         return self
 
@@ -407,7 +407,7 @@ class TextEncoder:
         return self
 
 
-def vector_columns(spec: Vector, columns: Sequence[Any], source: str = "") -> list[str]:
+def vector_columns(spec: Vector, columns: Iterable[Any], source: str = "") -> list[str]:
     """The columns that hold a :class:`~wager.data.schema.Vector`: ``[name]`` or its family.
 
     A column named ``spec.name`` is a list column; otherwise the vector is spread over

@@ -181,7 +181,8 @@ def _label(
     counts = values.value_counts(dropna=True)
     if 0 < len(counts) <= _MAX_VALUE_COUNTS:
         out["value_counts"] = {
-            _value_key(v): int(c) for v, c in sorted(counts.items(), key=lambda kv: kv[0])
+            _value_key(v): int(c)
+            for v, c in counts.sort_index().items()  # ascending values
         }
     return out
 

@@ -282,6 +282,7 @@ def _sample_negatives(
     # share of the proposal that falls on each user's positives: rejection sampling
     # needs 1 / (1 - share) rounds on average, so dense users are drawn exactly
     pos_users, pos_items = pos_keys // n_items, pos_keys % n_items
+    mass: np.ndarray  # (n_users,) float64
     if cdf is None:
         mass = n_pos_per_user / n_items
     else:

@@ -943,8 +943,8 @@ class SyntheticWorld:
         order = np.lexsort((g, items))
         g, items = g[order], items[order]
         true = group_ctr[g, items]
-        lo, hi = math.log(min_impressions), math.log(max_impressions + 1)
-        impressions = np.floor(np.exp(rng.uniform(lo, hi, n_rows))).astype(np.int64)
+        log_lo, log_hi = math.log(min_impressions), math.log(max_impressions + 1)
+        impressions = np.floor(np.exp(rng.uniform(log_lo, log_hi, n_rows))).astype(np.int64)
         impressions = np.clip(impressions, min_impressions, max_impressions)
         clicks = rng.binomial(impressions, true).astype(np.int64)
         seg, country = np.divmod(present[g], len(_COUNTRIES))

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
+import numpy.typing as npt
 import torch
 from scipy.stats import rankdata
 
@@ -49,8 +50,8 @@ def log_loss(labels: np.ndarray, probs: np.ndarray, eps: float = 1e-7) -> float:
 
 
 def calibration_bins(
-    probs: np.ndarray,
-    targets: np.ndarray,
+    probs: npt.ArrayLike,
+    targets: npt.ArrayLike,
     n_bins: int = 15,
     binning: Literal["equal_mass", "equal_width"] = "equal_mass",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

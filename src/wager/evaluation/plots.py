@@ -225,7 +225,7 @@ def std_histogram(
     lo, hi = float(both.min()), float(both.max())
     if hi <= lo:
         hi = lo + 1.0
-    bins = np.linspace(lo, hi, 31)
+    bins = np.linspace(lo, hi, 31).tolist()  # 30 equal-width bins: 31 edges
     fig = Figure(figsize=(5.0, 4.0))
     ax = fig.add_subplot()
     for values, label in ((a, labels[0]), (b, labels[1])):

@@ -28,17 +28,19 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TypeAlias
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 
 from wager.evaluation.metrics import _to_numpy
-from wager.retrieval.index import masked_top_k
+from wager.retrieval.index import _is_sparse, masked_top_k
 
-RelevantItems = Sequence[np.ndarray] | sp.spmatrix | sp.sparray
+RelevantItems: TypeAlias = Sequence[np.ndarray] | sp.spmatrix | sp.sparray
 """Relevant items per user: a list of (n_relevant_u,) int arrays, or an (n_users, n_items)
 scipy sparse matrix whose stored non-zero entries are the relevant items."""
+
 
 _RANKING_KEYS = ("precision", "recall", "ndcg", "map", "mrr", "hit_rate")
 
@@ -119,7 +121,7 @@ def _check_scores(x: np.ndarray | torch.Tensor, name: str, ndim: int) -> torch.T
 
 def _relevant_csr(relevant: RelevantItems, n_users: int) -> sp.csr_matrix:
     """Relevant items as a CSR matrix with sorted, unique column indices per row."""
-    if sp.issparse(relevant):
+    if _is_sparse(relevant):
         if relevant.ndim != 2 or relevant.shape[0] != n_users:
             raise ValueError(
                 f"relevant has shape {relevant.shape} but top_items has {n_users} rows; "
@@ -208,7 +210,7 @@ def per_user_ranking_metrics(
             one entry per user.
     """
     k = _check_k(k)
-    n_items = int(relevant.shape[1]) if sp.issparse(relevant) else None
+    n_items = int(relevant.shape[1]) if _is_sparse(relevant) else None
     top = _check_top_items(top_items, n_items, k)
     rel = _relevant_csr(relevant, top.shape[0])
     hits = _hits(top, rel).astype(np.float64)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 
 import numpy as np
 import numpy.typing as npt
@@ -43,7 +43,7 @@ from wager.evaluation.metrics import (
     mean_interval_width,
     rmse,
 )
-from wager.prediction import Prediction
+from wager.prediction import MixturePrediction, Prediction
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 _DEFAULT_FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
@@ -494,7 +494,8 @@ def oov_std_ratio(
     raise ValueError(f"statistic must be 'median' or 'mean', got {statistic!r}")
 
 
-def _is_mixture(prediction: Any) -> bool:
+def _is_mixture(prediction: Any) -> TypeGuard[MixturePrediction]:
+    """True when ``prediction`` carries mixture components (weights, means and stds)."""
     return all(getattr(prediction, name, None) is not None for name in ("weights", "means", "stds"))
 
 

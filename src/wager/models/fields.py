@@ -77,18 +77,22 @@ class FieldEmbedding(nn.Module):
             if f.kind in _DENSE:
                 if dim:
                     std = init_std / math.sqrt(f.size) if f.kind == "vector" else init_std
-                    self.vectors[name] = nn.Linear(f.size, dim, bias=False)
-                    nn.init.normal_(self.vectors[name].weight, std=std)
+                    linear = nn.Linear(f.size, dim, bias=False)
+                    nn.init.normal_(linear.weight, std=std)
+                    self.vectors[name] = linear
                 if bias:
-                    self.biases[name] = nn.Linear(f.size, 1, bias=False)
-                    nn.init.zeros_(self.biases[name].weight)
+                    linear = nn.Linear(f.size, 1, bias=False)
+                    nn.init.zeros_(linear.weight)
+                    self.biases[name] = linear
             else:
                 if dim:
-                    self.vectors[name] = nn.Embedding(f.size, dim)
-                    nn.init.normal_(self.vectors[name].weight, std=init_std)
+                    table = nn.Embedding(f.size, dim)
+                    nn.init.normal_(table.weight, std=init_std)
+                    self.vectors[name] = table
                 if bias:
-                    self.biases[name] = nn.Embedding(f.size, 1)
-                    nn.init.zeros_(self.biases[name].weight)
+                    table = nn.Embedding(f.size, 1)
+                    nn.init.zeros_(table.weight)
+                    self.biases[name] = table
 
     def _embed(
         self, batch: dict[str, Tensor], norms: bool

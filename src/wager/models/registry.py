@@ -89,18 +89,23 @@ class ModelType:
         return _COMMON | self.uses
 
 
+def _pointwise_head(x: ModelInputs) -> Head:
+    """The head of a pointwise model: its task ("rating", "click") always has one."""
+    assert x.head is not None, "a pointwise model's task has a likelihood head"
+    return x.head
+
+
 def _factorization(m: Any, x: ModelInputs) -> nn.Module:
     return FeatureFactorization(x.user, x.item, x.context, dim=m.dim, init_std=m.init_std)
 
 
 def _biased_mf(m: Any, x: ModelInputs) -> nn.Module:
-    assert x.head is not None, "biased_mf needs a rating head"
     return BiasedMF(
         x.user,
         x.item,
         dim=m.dim,
         init_std=m.init_std,
-        head=x.head,
+        head=_pointwise_head(x),
         reg=m.reg,
         bias_reg=m.bias_reg,
         global_mean=x.global_mean,
@@ -143,7 +148,6 @@ def _neumf(m: Any, x: ModelInputs) -> nn.Module:
 
 
 def _dcn(m: Any, x: ModelInputs) -> nn.Module:
-    assert x.head is not None, "dcn needs a click or rating head"
     return DCNRanker(
         x.user,
         x.item,
@@ -154,7 +158,7 @@ def _dcn(m: Any, x: ModelInputs) -> nn.Module:
         deep=m.hidden or (256, 128),
         dropout=m.dropout,
         init_std=m.init_std,
-        tasks=x.tasks or (Task("label", "label", x.head, 1.0),),
+        tasks=x.tasks or (Task("label", "label", _pointwise_head(x), 1.0),),
     )
 
 

@@ -25,7 +25,7 @@ import itertools
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from numbers import Integral
-from typing import Any, NamedTuple, Protocol, Self, runtime_checkable
+from typing import Any, NamedTuple, Protocol, Self, TypeAlias, TypeGuard, runtime_checkable
 
 import numpy as np
 import pandas as pd
@@ -37,10 +37,12 @@ from wager.errors import NotFittedError, data_error
 
 __all__ = ["BruteForceIndex", "Index", "TopK", "masked_top_k"]
 
-ExcludePositions = Sequence[Sequence[int]] | scipy.sparse.csr_matrix | scipy.sparse.csr_array
-ExcludeIds = Sequence[Sequence[Hashable]]
+ExcludePositions: TypeAlias = (
+    Sequence[Sequence[int]] | scipy.sparse.csr_matrix | scipy.sparse.csr_array
+)
+ExcludeIds: TypeAlias = Sequence[Sequence[Hashable]]
 _CPU_CHUNK_ELEMENTS = 2**20  # scores per chunk in masked_top_k on the CPU (4 MiB of float32)
-ItemIds = Sequence[Hashable] | np.ndarray
+ItemIds: TypeAlias = Sequence[Hashable] | np.ndarray
 
 
 @dataclass(frozen=True, eq=False)
@@ -169,7 +171,7 @@ def _as_id_array(ids: object, n_items: int) -> np.ndarray:
     if isinstance(ids, np.ndarray):
         arr = ids
     else:
-        items = list(ids)  # type: ignore[call-overload]
+        items = list(ids)  # type: ignore[call-overload]  # any iterable; list() raises if not
         arr = np.asarray(items) if items else np.empty(0, dtype=np.int64)
         if arr.ndim != 1 or arr.dtype.kind not in "biuf":
             arr = np.fromiter(items, dtype=object, count=len(items))
@@ -207,7 +209,7 @@ def _flatten_rows(rows: object, name: str, n_queries: int) -> tuple[np.ndarray, 
         raise TypeError(
             f"{name} must hold one sequence per query (a list of lists), got {type(rows).__name__}"
         )
-    seqs = list(rows)  # type: ignore[call-overload]
+    seqs = list(rows)  # type: ignore[call-overload]  # has __len__: a sequence (checked above)
     if len(seqs) != n_queries:
         raise ValueError(
             f"{name} has {len(seqs)} rows but there are {n_queries} queries; pass one "
@@ -234,8 +236,8 @@ def _build_exclusion(
     row_parts: list[np.ndarray] = []
     col_parts: list[np.ndarray] = []
     if exclude is not None:
-        if scipy.sparse.issparse(exclude):
-            shape = tuple(exclude.shape)  # type: ignore[union-attr]
+        if _is_sparse(exclude):
+            shape = tuple(exclude.shape)
             if shape != (n_queries, n_items):
                 raise ValueError(
                     f"exclude is a sparse matrix of shape {shape} but the search has "
@@ -270,7 +272,9 @@ def _build_exclusion(
     if exclude_ids is not None:
         counts, flat = _flatten_rows(exclude_ids, "exclude_ids", n_queries)
         values = np.fromiter(flat, dtype=object, count=len(flat))
-        cols = id_lookup.get_indexer(values) if len(values) else np.empty(0, dtype=np.int64)
+        cols = (
+            id_lookup.get_indexer(pd.Index(values)) if len(values) else np.empty(0, dtype=np.int64)
+        )
         known = cols >= 0
         row_parts.append(np.repeat(np.arange(n_queries), counts)[known])
         col_parts.append(cols[known].astype(np.int64))
@@ -285,6 +289,20 @@ def _build_exclusion(
     )
     csr.sum_duplicates()
     return _Exclusion(csr.indptr.astype(np.int64), csr.indices.astype(np.int64))
+
+
+def _is_sparse(value: object) -> TypeGuard[scipy.sparse.spmatrix | scipy.sparse.sparray]:
+    """``scipy.sparse.issparse``, typed so that a checker narrows ``value`` to sparse."""
+    return bool(scipy.sparse.issparse(value))
+
+
+def _is_integer(value: object) -> bool:
+    """True for an integer that is not a bool: an int, a NumPy integer, any ``Integral``.
+
+    Takes ``object`` so that a checker does not narrow an ``int`` argument by the
+    ``Integral`` test (which typeshed cannot reconcile with ``int``).
+    """
+    return isinstance(value, Integral) and not isinstance(value, bool)
 
 
 def masked_top_k(
@@ -343,9 +361,9 @@ def masked_top_k(
         raise ValueError(
             f"scores must have shape (n_rows, n_items), got shape {tuple(scores.shape)}"
         )
-    if isinstance(k, bool) or not isinstance(k, Integral) or k < 1:
+    if not _is_integer(k) or k < 1:
         raise ValueError(f"k must be an integer >= 1 (entries per row), got {k!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, Integral) or batch_size < 1:
+    if not _is_integer(batch_size) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1 (rows per chunk), got {batch_size!r}")
     n_rows, n_items = scores.shape
     csr = None
@@ -355,9 +373,9 @@ def masked_top_k(
                 f"exclude must be a scipy sparse matrix or array of shape {(n_rows, n_items)} "
                 f"whose stored entries mark excluded items, got {type(exclude).__name__}"
             )
-        if tuple(exclude.shape) != (n_rows, n_items):  # type: ignore[union-attr]
+        if tuple(exclude.shape) != (n_rows, n_items):
             raise ValueError(
-                f"exclude has shape {tuple(exclude.shape)} but scores has shape "  # type: ignore[union-attr]
+                f"exclude has shape {tuple(exclude.shape)} but scores has shape "
                 f"{(n_rows, n_items)}; pass one row per score row and one column per item"
             )
         csr = scipy.sparse.csr_array(exclude)  # no copy when already CSR
@@ -511,7 +529,7 @@ class _IndexBase:
         """Validate a search call; return ((n_queries, dim) float32 CPU queries, exclusions)."""
         self._check_indexed()
         assert self._id_lookup is not None
-        if isinstance(k, bool) or not isinstance(k, Integral) or k < 1:
+        if not _is_integer(k) or k < 1:
             raise ValueError(f"k must be an integer >= 1 (items per query), got {k!r}")
         if not isinstance(queries, Tensor):
             raise TypeError(
@@ -583,7 +601,7 @@ class BruteForceIndex(_IndexBase):
     """
 
     def __init__(self, batch_size: int = 4096, device: str = "cpu") -> None:
-        if isinstance(batch_size, bool) or not isinstance(batch_size, Integral) or batch_size < 1:
+        if not _is_integer(batch_size) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         self.batch_size = int(batch_size)
         self.device = str(device)

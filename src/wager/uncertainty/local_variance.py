@@ -350,7 +350,7 @@ class LocalVarianceScaling:
         self.ridge = float(state.get("ridge", self.ridge))
         self.features_ = [str(f) for f in state["features"]]
         self.covariate_names_ = [str(c) for c in state["covariates"]]
-        self.support_ = None if state["support"] is None else tuple(state["support"])  # type: ignore[assignment]
+        self.support_ = None if state["support"] is None else tuple(state["support"])
         self.split_ = bool(state["split"])
         self.epistemic_floor_ = float(state["epistemic_floor"])
         self.monotone_ = {str(k): int(v) for k, v in state.get("monotone", {}).items()}

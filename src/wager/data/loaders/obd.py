@@ -136,7 +136,7 @@ def load_obd(path: str | Path, campaign: str | None = None) -> Dataset:
     problems.raise_if_errors()
 
     user_values = df[user_cols].astype("str").fillna("")
-    joined = user_values.iloc[:, 0].str.cat([user_values[c] for c in user_cols[1:]], sep="|")
+    joined = user_values.iloc[:, 0].str.cat(user_values[user_cols[1:]], sep="|")
     codes, uniques = pd.factorize(joined)
     digests = np.array(
         [hashlib.blake2b(u.encode("utf-8"), digest_size=8).hexdigest() for u in uniques],

@@ -38,6 +38,7 @@ from typing import IO, Any
 
 import numpy as np
 import pandas as pd
+from pandas._libs.parsers import STR_NA_VALUES  # not in pandas-stubs: typed Any
 
 from wager.data.checks import (
     ReportedDataError,
@@ -72,7 +73,7 @@ _NUMERIC_SHARE = 0.9  # share of text cells that read as numbers -> judged as nu
 _TEXT_MIN_LEVELS = 50  # strings with more distinct values than this ...
 _TEXT_UNIQUE_SHARE = 0.5  # ... that are also mostly unique -> Text
 # pandas' default missing-value markers; id columns read as text take only "" as missing
-_DEFAULT_NA = sorted(pd._libs.parsers.STR_NA_VALUES)
+_DEFAULT_NA: list[str] = sorted(STR_NA_VALUES)
 
 
 # ----------------------------------------------------------------------------- reading
@@ -461,7 +462,7 @@ def _infer_one(series: pd.Series) -> Feature | None:
         return Numeric(name)
     if text.str.contains("|", regex=False).mean() >= _MULTI_SHARE:
         return MultiCategorical(name, sep="|")
-    if text.str.split().str.len().mean() >= _TEXT_MEAN_WORDS:
+    if text.str.split().map(len).mean() >= _TEXT_MEAN_WORDS:  # words per cell
         return Text(name)
     n_levels = text.nunique()
     if n_levels > _TEXT_MIN_LEVELS and n_levels > _TEXT_UNIQUE_SHARE * len(text):
