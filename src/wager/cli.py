@@ -842,10 +842,14 @@ def train(
     as_json: JsonFlag = False,
 ) -> None:
     """Train the model a config describes, evaluate it on the test split, save the run."""
-    from wager.pipeline import train_run
+    from wager.runs import RunDirectory
 
     out = out or Path("runs") / config.stem
+    # check first, then work: the config and the output folder before torch or any data
     cfg = _load_config(config)
+    RunDirectory(out).check_target(overwrite)
+    from wager.pipeline import train_run
+
     _rec, metrics = train_run(
         cfg,
         data_dir=data_dir,

@@ -23,8 +23,6 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
-import torch
-
 from wager.data.duplicates import DUPLICATE_POLICIES
 from wager.data.loaders import FORMATS
 from wager.data.schema import Feature, Schema, feature_type_name
@@ -248,6 +246,8 @@ def available_devices() -> tuple[str, ...]:
         "cpu" and "auto" always; "cuda" and "cuda:0" .. "cuda:N-1" with N CUDA devices;
         "mps" when Apple's Metal backend is present.
     """
+    import torch  # here, not at import: checking a CPU config needs no torch
+
     out = ["cpu", "auto"]
     if torch.cuda.is_available():
         out += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]

@@ -4,7 +4,9 @@ Each :class:`ModelType` says what the model learns (its task, given the label ki
 data), which ``[model]`` settings it reads (so a setting it ignores can be refused when a
 config names it) and how to build it from the encoded fields. The config's ``[model] type``
 choices, the facade's task dispatch and the model factory all read this table; there is no
-second list kept by hand.
+second list kept by hand. Importing it imports no torch (the builders import their
+model class when called), so ``wager train`` refuses a bad config within a fraction of a
+second.
 
 Example:
     >>> from wager.models.registry import MODEL_TYPES, task_of
@@ -18,16 +20,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from torch import nn
+if TYPE_CHECKING:  # the table itself needs no torch: a config is checked without it
+    from torch import nn
 
-from wager.models.fields import Field
-from wager.models.heads import Head
-from wager.models.mf import BiasedMF, FeatureFactorization
-from wager.models.ncf import NeuMF
-from wager.models.ranking import DCNRanker, Task
-from wager.models.two_tower import TwoTower
+    from wager.models.fields import Field
+    from wager.models.heads import Head
+    from wager.models.ranking import Task
 
 TaskKind = Literal["click", "rating", "retrieval", "implicit"]
 
@@ -96,10 +96,14 @@ def _pointwise_head(x: ModelInputs) -> Head:
 
 
 def _factorization(m: Any, x: ModelInputs) -> nn.Module:
+    from wager.models.mf import FeatureFactorization
+
     return FeatureFactorization(x.user, x.item, x.context, dim=m.dim, init_std=m.init_std)
 
 
 def _biased_mf(m: Any, x: ModelInputs) -> nn.Module:
+    from wager.models.mf import BiasedMF
+
     return BiasedMF(
         x.user,
         x.item,
@@ -114,6 +118,8 @@ def _biased_mf(m: Any, x: ModelInputs) -> nn.Module:
 
 
 def _two_tower(m: Any, x: ModelInputs) -> nn.Module:
+    from wager.models.two_tower import TwoTower
+
     return TwoTower(
         x.user,
         x.item,
@@ -136,6 +142,8 @@ def _two_tower(m: Any, x: ModelInputs) -> nn.Module:
 
 
 def _neumf(m: Any, x: ModelInputs) -> nn.Module:
+    from wager.models.ncf import NeuMF
+
     return NeuMF(
         x.user,
         x.item,
@@ -148,6 +156,8 @@ def _neumf(m: Any, x: ModelInputs) -> nn.Module:
 
 
 def _dcn(m: Any, x: ModelInputs) -> nn.Module:
+    from wager.models.ranking import DCNRanker, Task
+
     return DCNRanker(
         x.user,
         x.item,
