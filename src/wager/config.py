@@ -208,6 +208,8 @@ class DataConfig:
             names the dataset does not have are ignored, so one config serves every layout.
         synthetic_rows: logged impressions drawn when ``format = "synthetic"`` (the
             synthetic world of ``wager.data.synthetic``; ``path`` is then unused).
+        synthetic_users: users in the synthetic world (``format = "synthetic"``); with
+            ``synthetic_rows`` it sets how many impressions each user has.
     """
 
     path: str | None = None
@@ -219,12 +221,14 @@ class DataConfig:
     item_features: bool = True
     drop_features: tuple[str, ...] = ()
     synthetic_rows: int = 100_000
+    synthetic_users: int = 2000
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "drop_features", tuple(str(f) for f in self.drop_features))
         _check(
             self.synthetic_rows >= 1000, "data", "synthetic_rows", self.synthetic_rows, ">= 1000"
         )
+        _check(self.synthetic_users >= 1, "data", "synthetic_users", self.synthetic_users, ">= 1")
         _check(bool(self.split), "data", "split", self.split, SPLIT_NAMES)
         _check(0 < self.test_fraction < 1, "data", "test_fraction", self.test_fraction, "in (0, 1)")
         _check(
