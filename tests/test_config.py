@@ -778,6 +778,7 @@ SECTIONS = [
         drop_features=("a",),
         synthetic_rows=2000,
         duplicates="last",
+        synthetic_users=500,
     ),
     TrainConfig(
         epochs=2,

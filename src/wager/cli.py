@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -745,22 +746,96 @@ def quickstart(
     out: Annotated[Path, typer.Option("--out", help="Run directory to write.")] = Path(
         "runs/quickstart"
     ),
-    seed: Annotated[int, typer.Option("--seed", help="Seed for world and training.")] = 0,
-    members: Annotated[int, typer.Option("--members", help="Ensemble members (>= 2).")] = 5,
+    seed: Annotated[
+        int | None, typer.Option("--seed", help="Seed for world and training (config: seed).")
+    ] = None,
+    members: Annotated[
+        int | None,
+        typer.Option("--members", help="Ensemble members, >= 2 ([ensemble] members)."),
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Build the synthetic world, train an ensemble, evaluate confidence, save the run."""
-    from wager.quickstart import QuickstartConfig, render_quickstart, run_quickstart
+    """Train examples/synthetic.toml on the synthetic world, report its confidence, save it."""
+    from dataclasses import replace
 
+    from wager.quickstart import quickstart_config, run_quickstart
+
+    cfg = quickstart_config()
     try:
-        cfg = QuickstartConfig(seed=seed, members=members)
+        if seed is not None:
+            cfg = replace(cfg, seed=seed)
+        if members is not None and cfg.ensemble is not None:
+            cfg = replace(cfg, ensemble=replace(cfg.ensemble, members=members))
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
-    result = run_quickstart(cfg, out, show_progress=not as_json)
+    result = run_quickstart(out, cfg, show_progress=not as_json)
     if as_json:
         print_json(result)
     else:
-        render_quickstart(result, console)
+        _render_quickstart(result)
+
+
+def _render_quickstart(result: dict[str, Any]) -> None:
+    """Print the quickstart result (:func:`wager.quickstart.run_quickstart`) as tables."""
+    level = result["confidence_level"]
+    pct = f"{level:.0%}"
+    table = _table(
+        f"Top-{result['k']} recommendations at position 1: predicted CTR ± std, {pct} interval, "
+        "true CTR",
+        ["user", "#", "item", "mean", "std", f"{pct} interval", "true", "in?", "new?"],
+    )
+    last_user = None
+    for r in result["recommendations"]:
+        if last_user is not None and r["user"] != last_user:
+            table.add_section()
+        last_user = r["user"]
+        table.add_row(
+            escape(str(r["user"])),
+            str(r["rank"]),
+            escape(str(r["item"])),
+            f"{r['mean']:.4f}",
+            f"{r['std']:.4f}",
+            f"{r['low']:.3f}–{r['high']:.3f}",
+            f"{r['true_ctr']:.4f}",
+            "yes" if r["inside"] else "[red]no[/]",
+            "new" if r["new_item"] else "",
+        )
+    console.print(table)
+    m = result["metrics"]
+    mt = _table(
+        f"Test rows: {m['n_test']:,} impressions ({m['n_test_cold_item_rows']:,} on cold-start "
+        "items)",
+        ["metric", "wager", "reference"],
+    )
+    key = f"{level:g}"
+    mt.add_row("AUC", f"{m['auc']:.4f}", f"{m['auc_true_ctr_oracle']:.4f} (true CTR)")
+    mt.add_row(
+        "log-loss",
+        f"{m['log_loss']:.4f}",
+        f"{m['log_loss_true_ctr_oracle']:.4f} (true CTR), "
+        f"{m['log_loss_base_rate']:.4f} (base rate)",
+    )
+    mt.add_row("ECE vs clicks (15 equal-mass bins)", f"{m['ece']:.4f}", "0 = calibrated")
+    mt.add_row("ECE vs true CTR", f"{m['ece_true_ctr']:.4f}", "0 = calibrated")
+    mt.add_row(
+        f"true CTR inside {pct} interval",
+        f"{m[f'coverage_true_ctr@{key}']:.3f}",
+        f"{level:.2f} nominal",
+    )
+    mt.add_row(f"mean {pct} interval width", f"{m[f'width@{key}']:.4f}", "")
+    mt.add_row(
+        "mean std: known / cold-start items",
+        f"{m['mean_std_known_items']:.4f} / {m['mean_std_cold_items']:.4f}",
+        "cold should be larger",
+    )
+    for name, ratio in result["oov_std_ratio"].items():
+        mt.add_row(f"OOV std ratio {escape(name)}", f"{ratio:.2f}", "> 1: less sure when unknown")
+    mt.add_row("training seconds", f"{m['train_seconds']:.1f}", "")
+    console.print(mt)
+    console.print(
+        f"Run directory: [bold]{escape(result['run_dir'])}[/] "
+        f"({escape(', '.join(result['files']))}); total {result['seconds']:.1f} s"
+    )
 
 
 # ----------------------------------------------------------------------------- runs

@@ -562,6 +562,8 @@ class DataConfig:
             kind "rating" only; repeated clicks are impressions): "refuse" (an error naming
             the rows), "last" (keep the latest by timestamp, else file order), "mean"
             (average them into the latest row) or "keep" (every row counts).
+        synthetic_users: users in the synthetic world (``format = "synthetic"``); with
+            ``synthetic_rows`` it sets how many impressions each user has.
     """
 
     path: str | None = None
@@ -574,6 +576,7 @@ class DataConfig:
     drop_features: tuple[str, ...] = ()
     synthetic_rows: int = 100_000
     duplicates: str = "refuse"
+    synthetic_users: int = 2000
 
     def __post_init__(self) -> None:
         _conform_fields(self, "data")
@@ -588,6 +591,7 @@ class DataConfig:
         _check(
             self.synthetic_rows >= 1000, "data", "synthetic_rows", self.synthetic_rows, ">= 1000"
         )
+        _check(self.synthetic_users >= 1, "data", "synthetic_users", self.synthetic_users, ">= 1")
         _check(bool(self.split), "data", "split", self.split, SPLIT_NAMES)
         _check(0 < self.test_fraction < 1, "data", "test_fraction", self.test_fraction, "in (0, 1)")
         _check(

@@ -62,7 +62,7 @@ class RunData:
 def _load(config: RunConfig, data_dir: str | Path | None) -> Dataset:
     data = config.data
     if data.format == "synthetic":
-        world = SyntheticWorld(WorldConfig(seed=config.seed if config.seed is not None else 0))
+        world = synthetic_world(config)
         log = world.sample_log(data.synthetic_rows, seed=config.seed)
         return Dataset(
             interactions=log,
@@ -77,6 +77,16 @@ def _load(config: RunConfig, data_dir: str | Path | None) -> Dataset:
             "[data] path is not set: give the dataset location in the config or with --data-dir"
         )
     return load_dataset(path, data.format, config.schema)
+
+
+def synthetic_world(config: RunConfig) -> SyntheticWorld:
+    """The synthetic world that ``format = "synthetic"`` draws its log from.
+
+    Built from ``[data] synthetic_users`` and the run's seed, so the same config gives the
+    same world (its true CTRs and catalogue) to whoever rebuilds it.
+    """
+    seed = config.seed if config.seed is not None else 0
+    return SyntheticWorld(WorldConfig(n_users=config.data.synthetic_users, seed=seed))
 
 
 def _carve(split_name: str, df: pd.DataFrame, schema: Schema, fraction: float, seed: int) -> Split:

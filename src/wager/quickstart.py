@@ -1,27 +1,31 @@
 """The quickstart job (``wager quickstart``, ``make demo``): end to end on the synthetic world.
 
-Builds the synthetic world (known true CTR for every pair), logs impressions with the
-popularity logging policy, holds out the last day (which brings new, cold-start items),
-trains a 5-member ensemble of feature-aware factorisation models, and reports accuracy
-(AUC, log-loss), calibration (ECE against clicks and against the true CTR) and whether the
-90% intervals contain the true CTR, plus top-5 recommendations for three users with the
-true CTR side by side. Runs offline in well under 3 minutes on 2 CPU cores.
+The run is the one ``examples/synthetic.toml`` describes, read from the copy that ships inside
+the package (``wager/examples/synthetic.toml``; the repository's ``examples/synthetic.toml`` is
+a link to it), so the quickstart and ``wager train examples/synthetic.toml`` train the same
+model: the synthetic world (known true CTR for every pair), its logged impressions split as
+the config says (the latest rows are the test rows, which bring new, cold-start items), an
+ensemble whose spread is the confidence about each CTR. The result holds accuracy (AUC,
+log-loss), calibration (ECE against clicks and against the true CTR), how often the intervals
+contain the true CTR, how much less certain the model is when a feature value is unknown (the
+OOV std ratio of every categorical feature), and top-k lists for a few users with their true
+CTR side by side. The library returns data; ``wager.cli`` renders it.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import replace
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from rich.console import Console
-from rich.table import Table
 
-from wager.config import EnsembleConfig, ModelConfig, RunConfig, TrainConfig
-from wager.data.splits import random_split, temporal_split
-from wager.data.synthetic import SyntheticWorld, WorldConfig
+from wager.config import RunConfig
+from wager.data.synthetic import SyntheticWorld
 from wager.evaluation.metrics import (
     auc,
     expected_calibration_error,
@@ -29,112 +33,153 @@ from wager.evaluation.metrics import (
     log_loss,
     mean_interval_width,
 )
-from wager.recommender import RUN_FILES, Recommender
+from wager.pipeline import load_run_data, synthetic_world
+from wager.recommender import Recommender
+from wager.runs import RunDirectory
+
+CONFIG_RESOURCE = "examples/synthetic.toml"
+"""The quickstart's run config, as a path inside the installed ``wager`` package."""
 
 
-@dataclass(frozen=True)
-class QuickstartConfig:
-    """Settings of the quickstart job.
-
-    Attributes:
-        seed: seeds the world, the log, the splits and training.
-        members: ensemble members (>= 2).
-        n_users: users in the synthetic world.
-        n_log: logged impressions.
-        n_show_users: users whose top-k lists are shown.
-        k: list length.
-        confidence_level: interval level.
-    """
-
-    seed: int = 0
-    members: int = 5
-    n_users: int = 2000
-    n_log: int = 300_000
-    n_show_users: int = 3
-    k: int = 5
-    confidence_level: float = 0.9
-
-    def __post_init__(self) -> None:
-        if self.members < 2:
-            raise ValueError(f"members = {self.members} is invalid: must be an integer >= 2")
-        if self.n_log < 1000:
-            raise ValueError(f"n_log = {self.n_log} is invalid: must be >= 1000")
-        if not 0 < self.confidence_level < 1:
-            raise ValueError(
-                f"confidence_level = {self.confidence_level} is invalid: must be in (0, 1)"
-            )
+def quickstart_config() -> RunConfig:
+    """The run config of the quickstart: ``examples/synthetic.toml`` as shipped in the package."""
+    with resources.as_file(resources.files("wager").joinpath(CONFIG_RESOURCE)) as path:
+        return RunConfig.load(path)
 
 
-def quickstart_run_config(cfg: QuickstartConfig, world: SyntheticWorld) -> RunConfig:
-    """The model/training settings of the quickstart.
-
-    Chosen on the validation split (a seeded 10% of the training days' rows), never on the
-    held-out day. With 2 members, validation log-loss / AUC for Adam weight decay
-    1e-5: 0.11357 / 0.7066 (best epoch 0-1, overfits), 1e-4: 0.11067 / 0.7380 (best epoch
-    4-6), 3e-4: 0.11069 / 0.7388; 1e-4 was kept. Early stopping (patience 2) picks the epoch.
-    """
-    return RunConfig(
-        schema=world.schema(),
-        model=ModelConfig(dim=16, init_std=0.05, user_min_count=1, item_min_count=1),
-        training=TrainConfig(
-            epochs=12,
-            batch_size=4096,
-            learning_rate=0.01,
-            weight_decay=1e-4,
-            optimizer="adam",
-            patience=2,
-        ),
-        ensemble=EnsembleConfig(members=cfg.members, bootstrap=True),
-        seed=cfg.seed,
-    )
+def _check(config: RunConfig, n_show_users: int, k: int, confidence_level: float) -> None:
+    """Refuse settings the quickstart cannot report on, before any data is built."""
+    if config.data.format != "synthetic":
+        raise ValueError(
+            f'[data] format = "{config.data.format}" is invalid for the quickstart: it needs '
+            'the synthetic world (its true CTR); set format = "synthetic"'
+        )
+    if config.ensemble is None:
+        raise ValueError(
+            "[ensemble] is missing: the quickstart reports the spread of an ensemble; "
+            "add an [ensemble] section with members >= 2"
+        )
+    if n_show_users < 1 or k < 1:
+        raise ValueError(f"n_show_users = {n_show_users}, k = {k} are invalid: each must be >= 1")
+    if not 0 < confidence_level < 1:
+        raise ValueError(f"confidence_level = {confidence_level} is invalid: must be in (0, 1)")
 
 
 def run_quickstart(
-    cfg: QuickstartConfig, out: str | Path, show_progress: bool = False
+    out: str | Path,
+    config: RunConfig | None = None,
+    *,
+    n_show_users: int = 3,
+    k: int = 5,
+    confidence_level: float = 0.9,
+    oov_rows: int = 1000,
+    show_progress: bool = False,
 ) -> dict[str, Any]:
-    """Run the whole job and save the run directory; returns a JSON-ready result."""
+    """Train the synthetic example, measure it on its test rows, save the run directory.
+
+    Args:
+        out: the run directory to write.
+        config: the run config; None reads the shipped ``examples/synthetic.toml``
+            (:func:`quickstart_config`). Its ``[data] format`` must be "synthetic".
+        n_show_users: users whose top-k lists are returned (drawn with the config's seed).
+        k: length of those lists.
+        confidence_level: level of the intervals whose true-CTR coverage is reported.
+        oov_rows: test rows of the OOV std analysis (the first ones; it reports medians).
+        show_progress: print progress to stderr and draw the training progress bar.
+
+    Returns:
+        A JSON-ready dict: "world" (size, logged impressions, mean true CTR), "config"
+        (where the settings came from and the main ones), "metrics" (AUC, log-loss with the
+        true-CTR oracle and base-rate references, ECE against clicks and the true CTR,
+        ``coverage_true_ctr@<level>`` and ``width@<level>``, mean std on known / cold-start
+        items, row counts, training seconds, best epochs), "oov_std_ratio" ({field, e.g.
+        "user.segment": median std with the value unknown / std with it known}, every
+        categorical field of the schema), "confidence_level", "recommendations" (one record
+        per listed item: user, rank, item, mean, std, low, high, true_ctr, new_item, inside),
+        "run_dir", "files" (file names in it) and "seconds" (wall time of the whole job).
+
+    Raises:
+        ValueError: a setting the quickstart cannot use (the message names it).
+    """
     start = time.perf_counter()
+    source = "the caller's RunConfig"
+    if config is None:
+        config, source = quickstart_config(), f"wager/{CONFIG_RESOURCE} (shipped)"
+    _check(config, n_show_users, k, confidence_level)
+    # check first, then work: a previous quickstart run is replaced, any other folder refused
+    RunDirectory(out).check_target(overwrite=True)
     console = Console(stderr=True, quiet=not show_progress)
     console.print("[bold]wager quickstart[/]: building the synthetic world")
-    world = SyntheticWorld(WorldConfig(n_users=cfg.n_users, seed=cfg.seed))
-    schema = world.schema()
-    log = world.sample_log(cfg.n_log, seed=cfg.seed)
-    test_day = world.config.n_days - 1
-    split = temporal_split(log, schema, cutoff=test_day, source="synthetic log")
-    fit_split = random_split(
-        split.train,
-        schema,
-        test_fraction=0.1,
-        seed=cfg.seed,
-        source="synthetic log (training days)",
-    )
-    train, valid, test = fit_split.train, fit_split.test, split.test
+    rd = load_run_data(config)
+    world = synthetic_world(config)
+    config = replace(config, schema=rd.schema)
+    train, test = rd.train, rd.test
     console.print(
-        f"logged {len(log):,} impressions; train {len(train):,}, valid {len(valid):,},"
-        f" test (day {test_day}) {len(test):,}"
+        f"logged {config.data.synthetic_rows:,} impressions; train {len(train):,}, "
+        f"valid {0 if rd.valid is None else len(rd.valid):,}, test {len(test):,}"
     )
-
-    rec = Recommender(quickstart_run_config(cfg, world)).fit(
+    rec = Recommender(config).fit(
         train,
-        valid,
-        user_features=world.users,
-        item_features=world.items,
+        rd.valid,
+        user_features=rd.user_features,
+        item_features=rd.item_features,
         show_progress=show_progress,
     )
+    metrics = _test_metrics(rec, train, test, confidence_level)
+    console.print("cold-start analysis: each categorical feature set to unknown")
+    ratios = rec.oov_std_ratios(test, max_rows=oov_rows)
+    recs = _recommendations(rec, world, train, n_show_users, k, confidence_level)
 
+    rec.metrics_.update(metrics)
+    rec.metrics_["oov_std_ratio"] = ratios
+    out_dir = rec.save(out, overwrite=True)
+    frames = [f for f in (train, rd.valid, test) if f is not None]
+    n_log = sum(len(f) for f in frames)
+    return {
+        "world": {
+            "n_users": world.config.n_users,
+            "n_items": int(world.items.shape[0]),
+            "n_days": world.config.n_days,
+            "logged_impressions": n_log,
+            "mean_true_ctr": float(sum(f["true_ctr"].sum() for f in frames) / n_log),
+        },
+        "config": {
+            "source": source,
+            "model": config.model.type,
+            "members": config.ensemble.members if config.ensemble else 1,
+            "synthetic_rows": config.data.synthetic_rows,
+            "split": config.data.split,
+            "seed": config.seed,
+        },
+        "metrics": metrics,
+        "oov_std_ratio": ratios,
+        "confidence_level": confidence_level,
+        "k": k,
+        "recommendations": recs,
+        "run_dir": str(out_dir),
+        "files": sorted(p.name for p in Path(out_dir).iterdir()),
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def _test_metrics(
+    rec: Recommender, train: pd.DataFrame, test: pd.DataFrame, confidence_level: float
+) -> dict[str, Any]:
+    """Accuracy, calibration and interval coverage of the true CTR on the test rows."""
     pred = rec.predict(test["user_id"].to_numpy(), test["item_id"].to_numpy(), context=test)
     mean = pred.mean.numpy().astype(np.float64)
     std = (
         pred.std.numpy().astype(np.float64) if pred.std is not None else np.full_like(mean, np.nan)
     )
-    iv = pred.interval(cfg.confidence_level)
+    iv = pred.interval(confidence_level)
     low, high = iv.low.numpy(), iv.high.numpy()
-    clicks = test["click"].to_numpy()
-    truth = test["true_ctr"].to_numpy()
+    clicks = test["click"].to_numpy(dtype=np.float64)
+    truth = test["true_ctr"].to_numpy(dtype=np.float64)
     cold = ~np.isin(test["item_id"].to_numpy(), train["item_id"].unique())
-    level = f"{cfg.confidence_level:g}"
+    level = f"{confidence_level:g}"
     base_rate = float(train["click"].mean())
-    metrics: dict[str, Any] = {
+    history = rec.history_
+    return {
         "auc": auc(clicks, mean),
         "auc_true_ctr_oracle": auc(clicks, truth),
         "log_loss": log_loss(clicks, mean),
@@ -150,113 +195,37 @@ def run_quickstart(
         "n_test_cold_item_rows": int(cold.sum()),
         "test_ctr": float(clicks.mean()),
         "train_seconds": rec.metrics_.get("train_seconds", float("nan")),
-        "best_epoch": rec.history_.best_epoch if rec.history_ else [],
+        "best_epoch": history.best_epoch if history is not None else [],
     }
 
-    rng = np.random.default_rng(cfg.seed)
-    users = np.sort(rng.choice(world.users["user_id"].to_numpy(), cfg.n_show_users, replace=False))
-    available = world.available_items(test_day)
+
+def _recommendations(
+    rec: Recommender,
+    world: SyntheticWorld,
+    train: pd.DataFrame,
+    n_show_users: int,
+    k: int,
+    confidence_level: float,
+) -> list[dict[str, Any]]:
+    """Top-k lists at position 1 on the world's last day, with each listed item's true CTR."""
+    seed = rec.config.seed if rec.config.seed is not None else 0
+    rng = np.random.default_rng(seed)
+    all_users = world.users["user_id"].to_numpy()
+    users = np.sort(rng.choice(all_users, min(n_show_users, len(all_users)), replace=False))
+    last_day = world.config.n_days - 1
     recs = rec.recommend(
         users,
-        k=cfg.k,
-        items=available,
+        k=k,
+        items=world.available_items(last_day),
         exclude_seen=False,
         context={"position": 1},
-        confidence_level=cfg.confidence_level,
+        confidence_level=confidence_level,
     )
     recs["item"] = recs["item"].astype(np.int64)
     recs["user"] = recs["user"].astype(np.int64)
     recs["true_ctr"] = world.true_ctr(recs["user"].to_numpy(), recs["item"].to_numpy())
-    day_added = world.items.set_index("item_id")["day_added"]
-    recs["new_item"] = recs["item"].map(day_added).to_numpy() == test_day
+    recs["new_item"] = ~recs["item"].isin(train["item_id"].unique())
     recs["inside"] = (recs["true_ctr"] >= recs["low"]) & (recs["true_ctr"] <= recs["high"])
-
-    out_dir = Path(out)
-    rec.metrics_.update(metrics)
-    rec.save(out_dir, overwrite=True)  # the quickstart's own previous run
-    files = {k: str(out_dir / v) for k, v in RUN_FILES.items() if (out_dir / v).exists()}
-    return {
-        "world": {
-            "n_users": world.config.n_users,
-            "n_items": int(world.items.shape[0]),
-            "n_days": world.config.n_days,
-            "logged_impressions": len(log),
-            "mean_true_ctr": float(log["true_ctr"].mean()),
-        },
-        "config": asdict(cfg),
-        "metrics": metrics,
-        "confidence_level": cfg.confidence_level,
-        "recommendations": recs.to_dict(orient="records"),
-        "run_dir": str(out_dir),
-        "files": files,
-        "seconds": time.perf_counter() - start,
-    }
-
-
-def render_quickstart(result: dict[str, Any], console: Console) -> None:
-    """Print the quickstart result as rich tables."""
-    level = result["confidence_level"]
-    pct = f"{level:.0%}"
-    recs = result["recommendations"]
-    table = Table(
-        title=f"Top-{result['config']['k']} recommendations at position 1: predicted CTR ± std, "
-        f"{pct} interval, true CTR",
-        title_justify="left",
-    )
-    for col in ("user", "#", "item", "mean", "std", f"{pct} interval", "true", "in?", "new?"):
-        table.add_column(col, justify="center" if col in ("in?", "new?") else "right")
-    last_user = None
-    for r in recs:
-        if last_user is not None and r["user"] != last_user:
-            table.add_section()
-        last_user = r["user"]
-        table.add_row(
-            str(r["user"]),
-            str(r["rank"]),
-            str(r["item"]),
-            f"{r['mean']:.4f}",
-            f"{r['std']:.4f}",
-            f"{r['low']:.3f}–{r['high']:.3f}",
-            f"{r['true_ctr']:.4f}",
-            "yes" if r["inside"] else "[red]no[/]",
-            "new" if r["new_item"] else "",
-        )
-    console.print(table)
-
-    m = result["metrics"]
-    mt = Table(
-        title=f"Held-out day: {m['n_test']:,} impressions "
-        f"({m['n_test_cold_item_rows']:,} on cold-start items)",
-        title_justify="left",
-    )
-    mt.add_column("metric")
-    mt.add_column("wager", justify="right")
-    mt.add_column("reference", justify="right")
-    key = f"{level:g}"
-    mt.add_row("AUC", f"{m['auc']:.4f}", f"{m['auc_true_ctr_oracle']:.4f} (true CTR)")
-    mt.add_row(
-        "log-loss",
-        f"{m['log_loss']:.4f}",
-        f"{m['log_loss_true_ctr_oracle']:.4f} (true CTR), "
-        f"{m['log_loss_base_rate']:.4f} (base rate)",
-    )
-    mt.add_row("ECE vs clicks (15 equal-mass bins)", f"{m['ece']:.4f}", "0 = calibrated")
-    mt.add_row("ECE vs true CTR", f"{m['ece_true_ctr']:.4f}", "0 = calibrated")
-    mt.add_row(
-        f"true CTR inside {pct} interval",
-        f"{m[f'coverage_true_ctr@{key}']:.3f}",
-        f"{level:.2f} nominal",
-    )
-    mt.add_row(f"mean {pct} interval width", f"{m[f'width@{key}']:.4f}", "")
-    mt.add_row(
-        "mean std: known / cold-start items",
-        f"{m['mean_std_known_items']:.4f} / {m['mean_std_cold_items']:.4f}",
-        "cold should be larger",
-    )
-    mt.add_row("training seconds", f"{m['train_seconds']:.1f}", "")
-    console.print(mt)
-    console.print(
-        f"Run directory: [bold]{result['run_dir']}[/] "
-        f"({', '.join(Path(p).name for p in result['files'].values())}); "
-        f"total {result['seconds']:.1f} s"
-    )
+    columns = ["user", "rank", "item", "mean", "std", "low", "high", "true_ctr", "new_item"]
+    rows = recs[[*columns, "inside"]].to_dict(orient="records")
+    return [{str(key): value for key, value in row.items()} for row in rows]
