@@ -6,3 +6,44 @@ from __future__ import annotations
 import torch
 
 torch.set_num_threads(1)
+
+
+def rating_toml(
+    path: object,
+    *,
+    model: str = "biased_mf",
+    epochs: int = 2,
+    valid_fraction: float = 0.1,
+    schema_extra: str = "",
+    model_extra: str = "",
+    extra: str = "",
+) -> str:
+    """The run config TOML of a small rating table (user_id, item_id, rating) at ``path``,
+    which the CLI tests train on: ``schema_extra`` / ``model_extra`` add lines to [schema] /
+    [model], ``extra`` whole sections after [training]."""
+    return f"""\
+seed = 0
+
+[schema]
+user = "user_id"
+item = "item_id"
+label = "rating"
+label_kind = "rating"
+rating_range = [1.0, 5.0]
+{schema_extra}
+[data]
+path = "{path}"
+format = "table"
+split = "random"
+test_fraction = 0.2
+valid_fraction = {valid_fraction}
+
+[model]
+type = "{model}"
+dim = 4
+{model_extra}
+[training]
+epochs = {epochs}
+batch_size = 64
+
+{extra}"""

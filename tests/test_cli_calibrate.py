@@ -12,41 +12,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from conftest import rating_toml
 from wager.cli import app
 from wager.config import RunConfig
 from wager.pipeline import load_run_data
 from wager.recommender import Recommender
 from wager.runs import RunDirectory
-
-TOML = """\
-seed = 0
-
-[schema]
-user = "user_id"
-item = "item_id"
-label = "rating"
-label_kind = "rating"
-rating_range = [1.0, 5.0]
-timestamp = "ts"
-
-[data]
-path = "{path}"
-format = "table"
-split = "random"
-test_fraction = 0.2
-valid_fraction = 0.2
-
-[model]
-type = "biased_mf"
-dim = 4
-
-[training]
-epochs = 2
-batch_size = 64
-
-[uncertainty]
-conformal = "homoscedastic"
-"""
 
 
 def _ratings() -> pd.DataFrame:
@@ -68,7 +39,14 @@ def _invoke(*args: str | Path):
 @pytest.fixture()
 def run(tmp_path: Path) -> Path:
     _ratings().to_csv(tmp_path / "r.csv", index=False)
-    (tmp_path / "c.toml").write_text(TOML.format(path=tmp_path / "r.csv"))
+    (tmp_path / "c.toml").write_text(
+        rating_toml(
+            tmp_path / "r.csv",
+            valid_fraction=0.2,
+            schema_extra='timestamp = "ts"\n',
+            extra='[uncertainty]\nconformal = "homoscedastic"\n',
+        )
+    )
     out = tmp_path / "run"
     result = _invoke("train", tmp_path / "c.toml", "--out", out, "--json")
     assert result.exit_code == 0, result.output

@@ -21,31 +21,9 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner, Result
 
+from conftest import rating_toml
 from wager.cli import app, data_app
 
-CONFIG = """\
-seed = 0
-
-[schema]
-user = "user_id"
-item = "item_id"
-label = "rating"
-label_kind = "rating"
-rating_range = [1.0, 5.0]
-
-[data]
-path = "{path}"
-format = "table"
-split = "random"
-
-[model]
-type = "biased_mf"
-dim = 4
-
-[training]
-epochs = 1
-batch_size = 64
-"""
 # 9 bytes "seed = 0\n" + 5 bytes "# caf" put the Latin-1 "é" (0xe9) at offset 14
 NOT_UTF8 = b"seed = 0\n# caf\xe9\n"
 
@@ -66,7 +44,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pd.DataFrame(rows, columns=["user_id", "item_id", "rating"]).to_csv(
         d / "ratings.csv", index=False
     )
-    (d / "run.toml").write_text(CONFIG.format(path=d / "ratings.csv"))
+    (d / "run.toml").write_text(rating_toml(d / "ratings.csv", epochs=1))
     result = _invoke("train", d / "run.toml", "--out", d / "run", "--json")
     assert result.exit_code == 0, result.output
     return d / "run"

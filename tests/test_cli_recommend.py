@@ -19,40 +19,13 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner, Result
 
+from conftest import rating_toml
 from wager.cli import app
 
 MARKUP_ITEMS = ("[/]", "[red]")
 MARKUP_USER = "[bold]x"
 N_ITEMS = 8  # i0..i5 plus the two markup ids
 
-CONFIG = """\
-seed = 0
-
-[schema]
-user = "user_id"
-item = "item_id"
-label = "rating"
-label_kind = "rating"
-rating_range = [1.0, 5.0]
-
-[data]
-path = "{path}"
-format = "table"
-split = "random"
-test_fraction = 0.2
-valid_fraction = 0.1
-
-[model]
-type = "biased_mf"
-dim = 4
-
-[training]
-epochs = 2
-batch_size = 64
-
-[ensemble]
-members = 2
-"""
 
 COLUMNS = [
     "user",
@@ -90,7 +63,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pd.DataFrame(rows, columns=["user_id", "item_id", "rating"]).to_csv(
         d / "ratings.csv", index=False
     )
-    (d / "run.toml").write_text(CONFIG.format(path=d / "ratings.csv"))
+    (d / "run.toml").write_text(rating_toml(d / "ratings.csv", extra="[ensemble]\nmembers = 2\n"))
     result = _invoke("train", d / "run.toml", "--out", d / "run", "--json")
     assert result.exit_code == 0, result.output
     return d / "run"

@@ -22,6 +22,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner, Result
 
+from conftest import rating_toml
 from wager.cli import app
 from wager.recommender import Catalogue
 
@@ -74,37 +75,6 @@ k = 10
 top_k_accuracy = [1, 5]
 """
 
-TABLE_TOML = """\
-seed = 0
-
-[schema]
-user = "user_id"
-item = "item_id"
-label = "rating"
-label_kind = "rating"
-rating_range = [1.0, 5.0]
-timestamp = "ts"
-
-[data]
-path = "{path}"
-format = "table"
-split = "random"
-test_fraction = 0.2
-valid_fraction = 0.1
-
-[model]
-type = "{model}"
-dim = 4
-
-[training]
-epochs = 2
-batch_size = 64
-
-[evaluation]
-k = 10
-top_k_accuracy = [1, 5]
-"""
-
 
 def _ratings() -> pd.DataFrame:
     rng = np.random.default_rng(0)
@@ -133,13 +103,22 @@ def _ok_json(result: Result) -> dict:
     return json.loads(result.stdout)  # json reads NaN, as json.dumps writes it
 
 
+def _table_toml(path: Path, model: str) -> str:
+    return rating_toml(
+        path,
+        model=model,
+        schema_extra='timestamp = "ts"\n',
+        extra="[evaluation]\nk = 10\ntop_k_accuracy = [1, 5]\n",
+    )
+
+
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("cli_runs")
     _ratings().to_csv(d / "ratings.csv", index=False)
     (d / "synthetic.toml").write_text(SYNTHETIC_TOML)
     for model in ("biased_mf", "two_tower"):
-        (d / f"{model}.toml").write_text(TABLE_TOML.format(path=d / "ratings.csv", model=model))
+        (d / f"{model}.toml").write_text(_table_toml(d / "ratings.csv", model))
     return d
 
 
@@ -403,7 +382,7 @@ BAD_INPUTS: list[tuple[str, Callable[[Path], list[str | Path]], tuple[str, ...]]
         "unknown_split",
         lambda d: [
             "train",
-            _write(d / "c.toml", TABLE_TOML.format(path=d / "r.csv", model="biased_mf")),
+            _write(d / "c.toml", _table_toml(d / "r.csv", "biased_mf")),
             "--split",
             "bogus",
             "--out",
@@ -478,7 +457,7 @@ def test_bad_input_with_json_prints_an_error_object(tmp_path):
 
 def test_unknown_split_with_json_lists_choices_and_suggests(tmp_path):
     _ratings().to_csv(tmp_path / "r.csv", index=False)
-    cfg = _write(tmp_path / "c.toml", TABLE_TOML.format(path=tmp_path / "r.csv", model="biased_mf"))
+    cfg = _write(tmp_path / "c.toml", _table_toml(tmp_path / "r.csv", "biased_mf"))
     result = _invoke("train", cfg, "--split", "tempral", "--out", tmp_path / "run", "--json")
     assert result.exit_code == 1
     error = json.loads(result.stdout)["error"]

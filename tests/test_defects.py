@@ -16,6 +16,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from conftest import rating_toml
 from wager.cli import app
 from wager.config import ModelConfig, RunConfig, TrainConfig
 from wager.data.loaders import load_dataset
@@ -25,32 +26,6 @@ from wager.errors import DataError, TrainingDivergedError
 from wager.prediction import Prediction
 from wager.recommender import Catalogue, Recommender
 from wager.runs import RunDirectory, RunError
-
-TOML = """\
-seed = 0
-
-[schema]
-user = "user_id"
-item = "item_id"
-label = "rating"
-label_kind = "rating"
-rating_range = [1.0, 5.0]
-
-[data]
-path = "{path}"
-format = "table"
-split = "random"
-test_fraction = 0.2
-valid_fraction = 0.1
-
-[model]
-type = "biased_mf"
-dim = 4
-
-[training]
-epochs = 2
-batch_size = 64
-"""
 
 
 def _ratings() -> pd.DataFrame:
@@ -68,7 +43,7 @@ def _cli(*args: str | Path):
 def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("defects")
     _ratings().to_csv(d / "r.csv", index=False)
-    (d / "c.toml").write_text(TOML.format(path=d / "r.csv"))
+    (d / "c.toml").write_text(rating_toml(d / "r.csv"))
     result = _cli("train", d / "c.toml", "--out", d / "run", "--json")
     assert result.exit_code == 0, result.output
     return d
@@ -146,7 +121,7 @@ def d5_conflicting_labels(tmp: Path, w: Path) -> None:
     # was: the same (user, item) pair rated 1 and 5 passed silently
     path = tmp / "dup.csv"
     path.write_text("user_id,item_id,rating\nu1,a,1\nu1,a,5\nu2,a,3\n")
-    (tmp / "d.toml").write_text(TOML.format(path=path))
+    (tmp / "d.toml").write_text(rating_toml(path))
     result = _cli("train", tmp / "d.toml", "--out", tmp / "run")
     assert result.exit_code == 1
     assert "conflicting" in result.output and "duplicates" in result.output

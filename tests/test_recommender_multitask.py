@@ -12,6 +12,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from conftest import rating_toml
 from wager.cli import app
 from wager.config import ConfigError, ModelConfig, RunConfig, TaskConfig, TrainConfig
 from wager.data.schema import Schema
@@ -110,26 +111,7 @@ def test_the_primary_task_must_be_the_schemas_label():
         Recommender(cfg).spec.validate()
 
 
-TOML = """\
-seed = 0
-
-[schema]
-user = "user_id"
-item = "item_id"
-label = "rating"
-label_kind = "rating"
-rating_range = [1.0, 5.0]
-
-[data]
-path = "{path}"
-format = "table"
-split = "random"
-test_fraction = 0.2
-valid_fraction = 0.1
-
-[model]
-type = "dcn"
-dim = 8
+TASKS_TOML = """\
 hidden = [16]
 
 [[model.tasks]]
@@ -142,16 +124,14 @@ label = "rating"
 kind = "click"
 threshold = 4.0
 weight = 0.5
-
-[training]
-epochs = 5
-batch_size = 128
 """
 
 
 def test_two_task_config_trains_and_evaluates_through_the_cli(tmp_path: Path):
     _ratings().to_csv(tmp_path / "r.csv", index=False)
-    (tmp_path / "mt.toml").write_text(TOML.format(path=tmp_path / "r.csv"))
+    (tmp_path / "mt.toml").write_text(
+        rating_toml(tmp_path / "r.csv", model="dcn", epochs=5, model_extra=TASKS_TOML)
+    )
     run = tmp_path / "run"
     result = CliRunner().invoke(app, ["train", str(tmp_path / "mt.toml"), "--out", str(run),
                                       "--json"])  # fmt: skip
