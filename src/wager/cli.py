@@ -1030,18 +1030,7 @@ def recommend(
     """Top-k recommendations with confidence for some users (or all, in batch)."""
     from rich.progress import Progress
 
-    if not user and not all_users:
-        raise _flag_error("--user", "give --user U (repeatable) or --all-users")
-    if k < 1:
-        raise _flag_error("-k", f"-k must be >= 1, got {k}")
-    if not 0.0 < confidence_level < 1.0:
-        raise _flag_error(
-            "--confidence-level",
-            f"--confidence-level must be in (0, 1), e.g. 0.9 for a 90% interval; "
-            f"got {confidence_level}",
-        )
-    if horizon is not None and not horizon > 0:
-        raise _flag_error("--horizon", f"--horizon must be > 0 future positives, got {horizon}")
+    _check_recommend_flags(bool(user), all_users, k, confidence_level, horizon)
     if out is not None:
         _check_out(out, run, overwrite)
     rec = _load_run(run)
@@ -1067,21 +1056,7 @@ def recommend(
     if out is not None:
         _write_table(frame, out)
     if as_json:
-        print_json(
-            {
-                "ok": True,
-                "run": str(run),
-                "k": k,
-                "n_users": len(users),
-                "cold_start_users": [str(u) for u in cold],
-                "notices": notices,
-                "out": str(out) if out is not None else None,
-                "recommendations": [] if out is not None else frame.to_dict(orient="records"),
-                "lists": []
-                if out is not None
-                else rec.list_confidence(frame).to_dict(orient="records"),
-            }
-        )
+        print_json(_recommend_payload(rec, frame, run, k, len(users), cold, notices, out))
         return
     for n in notices:
         err_console.print(Text.assemble(("notice: ", "yellow"), n), highlight=False, soft_wrap=True)
@@ -1092,6 +1067,49 @@ def recommend(
         )
         return
     _print_recommendations(rec, frame, f"top-{k} from {run}", confidence_level)
+
+
+def _check_recommend_flags(
+    has_users: bool, all_users: bool, k: int, confidence_level: float, horizon: float | None
+) -> None:
+    """Refuse bad `wager recommend` flags (no user, k < 1, a level outside (0, 1), ...)."""
+    if not has_users and not all_users:
+        raise _flag_error("--user", "give --user U (repeatable) or --all-users")
+    if k < 1:
+        raise _flag_error("-k", f"-k must be >= 1, got {k}")
+    if not 0.0 < confidence_level < 1.0:
+        raise _flag_error(
+            "--confidence-level",
+            f"--confidence-level must be in (0, 1), e.g. 0.9 for a 90% interval; "
+            f"got {confidence_level}",
+        )
+    if horizon is not None and not horizon > 0:
+        raise _flag_error("--horizon", f"--horizon must be > 0 future positives, got {horizon}")
+
+
+def _recommend_payload(
+    rec: Recommender,
+    frame: pd.DataFrame,
+    run: Path,
+    k: int,
+    n_users: int,
+    cold: list[Any],
+    notices: list[str],
+    out: Path | None,
+) -> dict[str, Any]:
+    """The `wager recommend --json` object: recommendations and list confidences inline,
+    or empty lists when they were written to ``out``."""
+    return {
+        "ok": True,
+        "run": str(run),
+        "k": k,
+        "n_users": n_users,
+        "cold_start_users": [str(u) for u in cold],
+        "notices": notices,
+        "out": str(out) if out is not None else None,
+        "recommendations": [] if out is not None else frame.to_dict(orient="records"),
+        "lists": [] if out is not None else rec.list_confidence(frame).to_dict(orient="records"),
+    }
 
 
 def _print_recommendations(

@@ -554,38 +554,64 @@ def validate_interactions(df: pd.DataFrame, schema: Schema, source: str) -> Vali
         _check_label(report, df[schema.label], schema, src)
 
     if "weight" in present and schema.weight is not None:
-        w = _numeric_values(
-            report,
-            df[schema.weight],
-            what="weight",
-            source=src,
-            column=schema.weight,
-            missing_fix="Fill them in (1 is the neutral weight) or remove the rows",
-        )
-        negative = np.flatnonzero(w < 0)
-        if len(negative):
-            _add(
-                report,
-                "error",
-                "negative_value",
-                f"{_of(len(negative), len(w), 'weight')} negative: {_fmt_array(w, negative)}",
-                source=src,
-                column=schema.weight,
-                positions=negative,
-                fix="Sample weights must be >= 0; fix or remove the rows",
-            )
-        elif np.isfinite(w).any() and not (w[np.isfinite(w)] > 0).any():
-            _add(
-                report,
-                "warning",
-                "all_zero_weights",
-                "every weight is 0, so no row counts",
-                source=src,
-                column=schema.weight,
-                count=len(w),
-                fix="Check that --weight-col names the right column",
-            )
+        _check_weights(report, df[schema.weight], src, schema.weight)
+    _check_counts(report, df, schema, present, src)
+    if "propensity" in present and schema.propensity is not None:
+        _check_propensities(report, df[schema.propensity], src, schema.propensity)
+    if "timestamp" in present and schema.timestamp is not None:
+        _check_timestamps(report, df[schema.timestamp], src, schema.timestamp)
+    _check_repeats(report, df, schema, src)
+    return report
 
+
+def _check_weights(
+    report: ValidationReport, series: pd.Series, src: str | None, column: str
+) -> None:
+    """Check a sample-weight column: finite numbers >= 0, not all zero."""
+    w = _numeric_values(
+        report,
+        series,
+        what="weight",
+        source=src,
+        column=column,
+        missing_fix="Fill them in (1 is the neutral weight) or remove the rows",
+    )
+    negative = np.flatnonzero(w < 0)
+    if len(negative):
+        _add(
+            report,
+            "error",
+            "negative_value",
+            f"{_of(len(negative), len(w), 'weight')} negative: {_fmt_array(w, negative)}",
+            source=src,
+            column=column,
+            positions=negative,
+            fix="Sample weights must be >= 0; fix or remove the rows",
+        )
+    elif np.isfinite(w).any() and not (w[np.isfinite(w)] > 0).any():
+        _add(
+            report,
+            "warning",
+            "all_zero_weights",
+            "every weight is 0, so no row counts",
+            source=src,
+            column=column,
+            count=len(w),
+            fix="Check that --weight-col names the right column",
+        )
+
+
+def _check_counts(
+    report: ValidationReport,
+    df: pd.DataFrame,
+    schema: Schema,
+    present: set[str],
+    src: str | None,
+) -> None:
+    """Check impression and click counts: whole numbers >= 0, clicks <= impressions.
+
+    ``present`` holds the schema roles whose columns exist in ``df``.
+    """
     counts: dict[str, np.ndarray] = {}
     for role in ("impressions", "clicks"):
         col = getattr(schema, role)
@@ -639,74 +665,86 @@ def validate_interactions(df: pd.DataFrame, schema: Schema, source: str) -> Vali
                 "fix or remove the rows",
             )
 
-    if "propensity" in present and schema.propensity is not None:
-        p = _numeric_values(
+
+def _check_propensities(
+    report: ValidationReport, series: pd.Series, src: str | None, column: str
+) -> None:
+    """Check a logging-propensity column: finite numbers in (0, 1]."""
+    p = _numeric_values(
+        report,
+        series,
+        what="propensity",
+        source=src,
+        column=column,
+    )
+    bad = np.flatnonzero(np.isfinite(p) & ((p <= 0) | (p > 1)))
+    if len(bad):
+        _add(
             report,
-            df[schema.propensity],
-            what="propensity",
+            "error",
+            "out_of_range",
+            f"{_of(len(bad), len(p), 'propensity', 'propensities')} outside (0, 1]: "
+            f"{_fmt_array(p, bad)}",
             source=src,
-            column=schema.propensity,
+            column=column,
+            positions=bad,
+            fix="A propensity is the logging policy's probability of the logged action: "
+            "it must be > 0 (importance weights divide by it) and <= 1",
         )
-        bad = np.flatnonzero(np.isfinite(p) & ((p <= 0) | (p > 1)))
-        if len(bad):
-            _add(
-                report,
-                "error",
-                "out_of_range",
-                f"{_of(len(bad), len(p), 'propensity', 'propensities')} outside (0, 1]: "
-                f"{_fmt_array(p, bad)}",
-                source=src,
-                column=schema.propensity,
-                positions=bad,
-                fix="A propensity is the logging policy's probability of the logged action: "
-                "it must be > 0 (importance weights divide by it) and <= 1",
-            )
 
-    if "timestamp" in present and schema.timestamp is not None:
-        ts = df[schema.timestamp]
-        missing = _missing_mask(ts)
-        miss_pos = np.flatnonzero(missing)
-        if len(miss_pos):
-            _add(
-                report,
-                "error",
-                "missing_value",
-                f"{_of(len(miss_pos), len(ts), 'timestamp')} missing (empty or NaN)",
-                source=src,
-                column=schema.timestamp,
-                positions=miss_pos,
-                fix="Fill them in or remove the rows",
-            )
-        number, date = _parse_timestamps(ts)
-        bad = np.flatnonzero(~number & ~date & ~missing)
-        if len(bad):
-            _add(
-                report,
-                "error",
-                "bad_timestamp",
-                f"{_of(len(bad), len(ts), 'timestamp')} neither a number nor a date: "
-                f"{_fmt_values(ts, bad)}",
-                source=src,
-                column=schema.timestamp,
-                positions=bad,
-                fix="Use epoch seconds or ISO dates such as 2020-01-31T12:00:00",
-            )
-        if number.any() and date.any():
-            # name the rows of the rarer kind: they are the likely mistakes
-            odd = np.flatnonzero(number if number.sum() <= date.sum() else date)
-            _add(
-                report,
-                "error",
-                "mixed_timestamps",
-                f"timestamps mix epoch numbers ({_plural(int(number.sum()), 'row')}) and "
-                f"dates ({_plural(int(date.sum()), 'row')}), which cannot be ordered "
-                f"together; the rarer kind: {_fmt_values(ts, odd)}",
-                source=src,
-                column=schema.timestamp,
-                positions=odd,
-                fix="Write every timestamp the same way: epoch seconds or ISO dates",
-            )
 
+def _check_timestamps(
+    report: ValidationReport, ts: pd.Series, src: str | None, column: str
+) -> None:
+    """Check a timestamp column: present, readable, and all epoch numbers or all dates."""
+    missing = _missing_mask(ts)
+    miss_pos = np.flatnonzero(missing)
+    if len(miss_pos):
+        _add(
+            report,
+            "error",
+            "missing_value",
+            f"{_of(len(miss_pos), len(ts), 'timestamp')} missing (empty or NaN)",
+            source=src,
+            column=column,
+            positions=miss_pos,
+            fix="Fill them in or remove the rows",
+        )
+    number, date = _parse_timestamps(ts)
+    bad = np.flatnonzero(~number & ~date & ~missing)
+    if len(bad):
+        _add(
+            report,
+            "error",
+            "bad_timestamp",
+            f"{_of(len(bad), len(ts), 'timestamp')} neither a number nor a date: "
+            f"{_fmt_values(ts, bad)}",
+            source=src,
+            column=column,
+            positions=bad,
+            fix="Use epoch seconds or ISO dates such as 2020-01-31T12:00:00",
+        )
+    if number.any() and date.any():
+        # name the rows of the rarer kind: they are the likely mistakes
+        odd = np.flatnonzero(number if number.sum() <= date.sum() else date)
+        _add(
+            report,
+            "error",
+            "mixed_timestamps",
+            f"timestamps mix epoch numbers ({_plural(int(number.sum()), 'row')}) and "
+            f"dates ({_plural(int(date.sum()), 'row')}), which cannot be ordered "
+            f"together; the rarer kind: {_fmt_values(ts, odd)}",
+            source=src,
+            column=column,
+            positions=odd,
+            fix="Write every timestamp the same way: epoch seconds or ISO dates",
+        )
+
+
+def _check_repeats(
+    report: ValidationReport, df: pd.DataFrame, schema: Schema, src: str | None
+) -> None:
+    """Warn about exact duplicate rows and about conflicting ratings of one (user, item)."""
     dup = _duplicate_positions(df)
     if len(dup):
         _add(
@@ -733,7 +771,6 @@ def validate_interactions(df: pd.DataFrame, schema: Schema, source: str) -> Vali
             positions=conflicts.positions,
             fix=FIX_TEXT,
         )
-    return report
 
 
 def _hashable(value: Any) -> Any:
@@ -874,7 +911,6 @@ def validate_feature_table(
     if not report.ok:
         return report
     name = Path(source).name if source else "the feature table"
-    flag = ROLE_FLAGS.get(role, (role, f"--{role}-col"))[1]
     feature_specs = [s for s in specs if s.name != key]
     _check_feature_columns(
         report,
@@ -885,20 +921,7 @@ def validate_feature_table(
         where=role,
     )
     if key not in df.columns:
-        hint = suggest(key, [str(c) for c in df.columns]).strip()
-        report.add(
-            make_finding(
-                "error",
-                "missing_column",
-                f"the {role} feature table has no {role} id column (columns present: "
-                f"{_columns_listed(df)})",
-                source=src,
-                column=key,
-                fix=(hint + " " if hint else "")
-                + f"The table is joined on the {role} id column named by {flag}; "
-                "rename its id column to match",
-            )
-        )
+        _missing_key_column(report, df, key, role, src)
         return report
     if len(df) == 0:
         report.add(
@@ -914,10 +937,57 @@ def validate_feature_table(
     _check_ids(report, df[key], role, src, key, id_dtype)
     keys = _id_keys(df[key], id_dtype)
     present = keys.notna().to_numpy(dtype=bool)
+    _check_duplicate_ids(report, df[key], keys, present, role, src, key)
+    if interaction_ids is not None:
+        _check_id_coverage(report, interaction_ids, keys[present], role, src, key, name, id_dtype)
+    return report
+
+
+def _missing_key_column(
+    report: ValidationReport, df: pd.DataFrame, key: str, role: str, src: str | None
+) -> None:
+    """Report a feature table without its id column, naming the flag that names the key."""
+    flag = ROLE_FLAGS.get(role, (role, f"--{role}-col"))[1]
+    hint = suggest(key, [str(c) for c in df.columns]).strip()
+    report.add(
+        make_finding(
+            "error",
+            "missing_column",
+            f"the {role} feature table has no {role} id column (columns present: "
+            f"{_columns_listed(df)})",
+            source=src,
+            column=key,
+            fix=(hint + " " if hint else "")
+            + f"The table is joined on the {role} id column named by {flag}; "
+            "rename its id column to match",
+        )
+    )
+
+
+def _check_duplicate_ids(
+    report: ValidationReport,
+    ids: pd.Series,
+    keys: pd.Series,
+    present: np.ndarray,
+    role: str,
+    src: str | None,
+    key: str,
+) -> None:
+    """Report feature-table ids that occur more than once, naming every copy's row.
+
+    Args:
+        report: the report to add to.
+        ids: the table's id column as written.
+        keys: canonical keys of ``ids`` (see :func:`_id_keys`), NaN where missing.
+        present: bool mask, shape (n_rows,): the id is present.
+        role: "user" or "item".
+        src: the source named in messages.
+        key: the id column's name.
+    """
     dup_mask = (keys.duplicated(keep=False).to_numpy(dtype=bool)) & present
     dup = np.flatnonzero(dup_mask)
     if len(dup):
-        dup_ids = list(dict.fromkeys(df[key].iloc[dup].tolist()))
+        dup_ids = list(dict.fromkeys(ids.iloc[dup].tolist()))
         _add(
             report,
             "error",
@@ -929,37 +999,62 @@ def validate_feature_table(
             positions=dup,
             fix=f"Keep one row per {role} id, so that its features are not ambiguous",
         )
-    if interaction_ids is not None:
-        inter_keys = pd.Index(_id_keys(interaction_ids, id_dtype).dropna().unique())
-        table_keys = pd.Index(keys[present].unique())
-        absent = inter_keys[~inter_keys.isin(table_keys)]
-        if len(absent):
-            report.add(
-                make_finding(
-                    "warning",
-                    "ids_missing_from_features",
-                    f"{len(absent)} of {len(inter_keys)} {role} ids in the interactions "
-                    f"{_have(len(absent))} no row in {name} "
-                    f"(e.g. {_fmt_ids(list(absent), len(absent))}); "
-                    f"{'it is' if len(absent) == 1 else 'they are'} handled as out-of-vocabulary",
-                    source=src,
-                    column=key,
-                    count=len(absent),
-                    fix=f"Add rows for them to {name} if their features are known",
-                )
+
+
+def _check_id_coverage(
+    report: ValidationReport,
+    interaction_ids: pd.Series,
+    table_keys_present: pd.Series,
+    role: str,
+    src: str | None,
+    key: str,
+    name: str,
+    id_dtype: str,
+) -> None:
+    """Compare the ids of the interactions with those of a feature table.
+
+    Warns about interaction ids with no feature row (handled as out-of-vocabulary) and
+    records as info the feature-table ids that never occur in the interactions.
+
+    Args:
+        report: the report to add to.
+        interaction_ids: the id column of the interactions.
+        table_keys_present: canonical keys of the feature table's present ids.
+        role: "user" or "item".
+        src: the source named in messages.
+        key: the id column's name.
+        name: the feature table's file name, for messages.
+        id_dtype: the schema's ``id_dtype``.
+    """
+    inter_keys = pd.Index(_id_keys(interaction_ids, id_dtype).dropna().unique())
+    table_keys = pd.Index(table_keys_present.unique())
+    absent = inter_keys[~inter_keys.isin(table_keys)]
+    if len(absent):
+        report.add(
+            make_finding(
+                "warning",
+                "ids_missing_from_features",
+                f"{len(absent)} of {len(inter_keys)} {role} ids in the interactions "
+                f"{_have(len(absent))} no row in {name} "
+                f"(e.g. {_fmt_ids(list(absent), len(absent))}); "
+                f"{'it is' if len(absent) == 1 else 'they are'} handled as out-of-vocabulary",
+                source=src,
+                column=key,
+                count=len(absent),
+                fix=f"Add rows for them to {name} if their features are known",
             )
-        unused = table_keys[~table_keys.isin(inter_keys)]
-        if len(unused):
-            report.add(
-                make_finding(
-                    "info",
-                    "ids_without_interactions",
-                    f"{len(unused)} of {len(table_keys)} {role} ids in {name} never "
-                    f"{'occurs' if len(unused) == 1 else 'occur'} in "
-                    "the interactions",
-                    source=src,
-                    column=key,
-                    count=len(unused),
-                )
+        )
+    unused = table_keys[~table_keys.isin(inter_keys)]
+    if len(unused):
+        report.add(
+            make_finding(
+                "info",
+                "ids_without_interactions",
+                f"{len(unused)} of {len(table_keys)} {role} ids in {name} never "
+                f"{'occurs' if len(unused) == 1 else 'occur'} in "
+                "the interactions",
+                source=src,
+                column=key,
+                count=len(unused),
             )
-    return report
+        )

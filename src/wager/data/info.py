@@ -26,7 +26,8 @@ import numpy as np
 import pandas as pd
 
 from wager.data.dataset import Dataset
-from wager.data.schema import Feature, MultiCategorical, feature_type_name
+from wager.data.schema import Feature, MultiCategorical, Schema, feature_type_name
+from wager.errors import ValidationReport
 
 _LAYOUT_CODE = "layout_detected"
 _LAYOUT_TEXT = re.compile(r"read as (\S+) layout")
@@ -88,17 +89,7 @@ def describe(dataset: Dataset) -> dict[str, Any]:
         "sparsity": None if density is None else 1.0 - density,
         "label": _label(df, schema.label, schema.label_kind, schema.rating_range),
     }
-    if schema.impressions is not None and schema.clicks is not None:
-        imp = _total(df, schema.impressions)
-        clk = _total(df, schema.clicks)
-        out["n_impressions"] = imp
-        out["n_clicks"] = clk
-        out["ctr"] = clk / imp if imp and clk is not None else None
-    elif schema.label_kind == "click" and schema.label in df.columns:
-        clicks = pd.to_numeric(df[schema.label], errors="coerce")
-        out["n_impressions"] = int(n)
-        out["n_clicks"] = _int(clicks.sum())
-        out["ctr"] = _float(clicks.mean()) if n else None
+    out.update(_click_totals(df, schema))
     if schema.timestamp is not None and schema.timestamp in df.columns:
         out["timestamp"] = _timestamps(df[schema.timestamp], schema.timestamp)
     position = _position_column(df)
@@ -106,24 +97,8 @@ def describe(dataset: Dataset) -> dict[str, Any]:
         out["positions"] = _positions(df, position, schema.label, schema.label_kind)
     for key, col in (("propensity", schema.propensity), ("weight", schema.weight)):
         if col is not None and col in df.columns:
-            values = pd.to_numeric(df[col], errors="coerce")
-            out[key] = {
-                "column": col,
-                "min": _float(values.min()),
-                "max": _float(values.max()),
-                "mean": _float(values.mean()),
-            }
-    out["tables"] = {
-        "interactions": {"n_rows": int(n), "n_columns": int(df.shape[1])},
-        **{
-            name: {"n_rows": len(table), "key": key}
-            for name, table, key in (
-                ("user_features", dataset.user_features, schema.user),
-                ("item_features", dataset.item_features, schema.item),
-            )
-            if table is not None
-        },
-    }
+            out[key] = _numeric_summary(df[col], col)
+    out["tables"] = _tables(dataset)
     named = set(schema.interaction_columns)
     out["user_features"] = _features(
         schema.user_features, dataset.user_features, df, schema.user, named
@@ -136,14 +111,67 @@ def describe(dataset: Dataset) -> dict[str, Any]:
         name: {"n_train": len(train), "n_test": len(test)}
         for name, (train, test) in dataset.folds.items()
     }
-    report = dataset.report
-    out["report"] = {
+    out["report"] = _report_summary(dataset.report)
+    return out
+
+
+def _click_totals(df: pd.DataFrame, schema: Schema) -> dict[str, Any]:
+    """``n_impressions``, ``n_clicks`` and pooled ``ctr`` (in that key order), or {}.
+
+    Aggregated CTR data sum the impression and click columns; click labels count one
+    impression per row. Other data have no click totals (empty dict).
+    """
+    n = len(df)
+    out: dict[str, Any] = {}
+    if schema.impressions is not None and schema.clicks is not None:
+        imp = _total(df, schema.impressions)
+        clk = _total(df, schema.clicks)
+        out["n_impressions"] = imp
+        out["n_clicks"] = clk
+        out["ctr"] = clk / imp if imp and clk is not None else None
+    elif schema.label_kind == "click" and schema.label in df.columns:
+        clicks = pd.to_numeric(df[schema.label], errors="coerce")
+        out["n_impressions"] = int(n)
+        out["n_clicks"] = _int(clicks.sum())
+        out["ctr"] = _float(clicks.mean()) if n else None
+    return out
+
+
+def _numeric_summary(series: pd.Series, column: str) -> dict[str, Any]:
+    """``{"column", "min", "max", "mean"}`` of a numeric column (non-numbers ignored)."""
+    values = pd.to_numeric(series, errors="coerce")
+    return {
+        "column": column,
+        "min": _float(values.min()),
+        "max": _float(values.max()),
+        "mean": _float(values.mean()),
+    }
+
+
+def _tables(dataset: Dataset) -> dict[str, Any]:
+    """Rows (and key) of the interaction table and of each feature table present."""
+    df, schema = dataset.interactions, dataset.schema
+    return {
+        "interactions": {"n_rows": len(df), "n_columns": int(df.shape[1])},
+        **{
+            name: {"n_rows": len(table), "key": key}
+            for name, table, key in (
+                ("user_features", dataset.user_features, schema.user),
+                ("item_features", dataset.item_features, schema.item),
+            )
+            if table is not None
+        },
+    }
+
+
+def _report_summary(report: ValidationReport) -> dict[str, Any]:
+    """Counts of errors and warnings, every finding as a dict, and rows dropped per reason."""
+    return {
         "n_errors": len(report.errors),
         "n_warnings": len(report.warnings),
         "findings": [f.to_dict() for f in report.findings],
         "dropped": {k: int(v) for k, v in report.dropped.items()},
     }
-    return out
 
 
 # ----------------------------------------------------------------------------- pieces

@@ -219,19 +219,9 @@ def _sample_negatives(
     items: np.ndarray | None,
     alpha: float | None,
 ) -> pd.DataFrame:
+    """The shared body of the samplers: ``alpha`` None is uniform, else popularity ** alpha."""
     _check_inputs(positives, schema, n_per_positive, generator)
-    if items is None:
-        catalogue = pd.Index(positives[schema.item].unique())
-    else:
-        catalogue = pd.Index(items).unique()
-        bad = np.flatnonzero(catalogue.isna())
-        if len(bad):
-            raise data_error(
-                "missing_id",
-                "the item catalogue holds a missing id",
-                source="items",
-                fix="Remove missing values from items.",
-            )
+    catalogue = _catalogue(positives, schema, items)
     n_items = len(catalogue)
     user_codes, user_values = pd.factorize(positives[schema.user])
     n_users = len(user_values)
@@ -249,11 +239,54 @@ def _sample_negatives(
             source="items",
             fix="Pass the catalogue of items as items=...",
         )
-    item_codes = catalogue.get_indexer(positives[schema.item])
+    item_codes = catalogue.get_indexer(pd.Index(positives[schema.item]))
     user_codes = user_codes.astype(np.int64)
     keep = item_codes >= 0
     pos_keys = np.unique(user_codes[keep] * n_items + item_codes[keep])
     n_pos_per_user = np.bincount(pos_keys // n_items, minlength=n_users)
+    _check_negative_exists(n_pos_per_user, n_items, user_values, schema.user)
+    log_w = _log_weights(item_codes, n_items, alpha)
+    rows_user = np.repeat(user_codes, n_per_positive)
+    out = _draw_negatives(rows_user, pos_keys, n_pos_per_user, n_items, log_w, generator)
+    return pd.DataFrame(
+        {
+            schema.user: user_values.take(rows_user),
+            schema.item: catalogue.take(out),
+        }
+    )
+
+
+def _catalogue(positives: pd.DataFrame, schema: Schema, items: np.ndarray | None) -> pd.Index:
+    """The distinct catalogue items: ``items`` if given, else the items of the positives.
+
+    Raises:
+        DataError: ``items`` holds a missing id.
+    """
+    if items is None:
+        return pd.Index(positives[schema.item].unique())
+    catalogue = pd.Index(items).unique()
+    bad = np.flatnonzero(catalogue.isna())
+    if len(bad):
+        raise data_error(
+            "missing_id",
+            "the item catalogue holds a missing id",
+            source="items",
+            fix="Remove missing values from items.",
+        )
+    return catalogue
+
+
+def _check_negative_exists(
+    n_pos_per_user: np.ndarray, n_items: int, user_values: pd.Index, user_col: str
+) -> None:
+    """Refuse users with positives on every catalogue item (no negative exists for them).
+
+    Args:
+        n_pos_per_user: (n_users,) int, distinct catalogue items each user has positives on.
+        n_items: catalogue size.
+        user_values: the user ids, indexed by user code.
+        user_col: the user column, named in the error.
+    """
     full = np.flatnonzero(n_pos_per_user >= n_items)
     if len(full):
         names = [user_values[int(u)] for u in full[:_MAX_IDS_SHOWN]]
@@ -262,13 +295,34 @@ def _sample_negatives(
             f"user {_format_ids(names, len(full))} has positives on every one of the "
             f"{n_items} items of the catalogue, so no negative item exists",
             source="positives",
-            column=schema.user,
+            column=user_col,
             count=len(full),
             fix="Pass a larger catalogue as items=..., or leave these users out of "
             "negative sampling.",
         )
 
-    log_w = _log_weights(item_codes, n_items, alpha)
+
+def _draw_negatives(
+    rows_user: np.ndarray,
+    pos_keys: np.ndarray,
+    n_pos_per_user: np.ndarray,
+    n_items: int,
+    log_w: np.ndarray | None,
+    generator: np.random.Generator,
+) -> np.ndarray:
+    """Draw one negative item code per output row: rejection sampling, exact for dense users.
+
+    Args:
+        rows_user: (n_rows,) int64 user code of each output row.
+        pos_keys: sorted distinct ``user_code * n_items + item_code`` of the positives.
+        n_pos_per_user: (n_users,) distinct positive items per user.
+        n_items: catalogue size.
+        log_w: (n_items,) log proposal weights, or None for uniform.
+        generator: the source of randomness; the draws happen in a fixed order.
+
+    Returns:
+        (n_rows,) int64 item codes, none of them a positive of the row's user.
+    """
     cdf = None
     if log_w is not None:
         cdf = np.cumsum(np.exp(log_w - log_w.max()))
@@ -287,8 +341,7 @@ def _sample_negatives(
         mass = n_pos_per_user / n_items
     else:
         p = np.diff(cdf, prepend=0.0) / cdf[-1]
-        mass = np.bincount(pos_users, weights=p[pos_items], minlength=n_users)
-    rows_user = np.repeat(user_codes, n_per_positive)
+        mass = np.bincount(pos_users, weights=p[pos_items], minlength=len(n_pos_per_user))
     out = np.empty(len(rows_user), dtype=np.int64)
     dense = mass[rows_user] > _MAX_REJECTED_MASS
     pending = np.flatnonzero(~dense)
@@ -305,13 +358,7 @@ def _sample_negatives(
         pending = pending[rejected]
     if len(pending):
         _draw_exactly(out, pending, rows_user, pos_keys, n_items, log_w, generator)
-
-    return pd.DataFrame(
-        {
-            schema.user: user_values.take(rows_user),
-            schema.item: catalogue.take(out),
-        }
-    )
+    return out
 
 
 def _draw_exactly(

@@ -578,20 +578,7 @@ def uncertainty_report(
         )
     report: dict[str, float | dict[str, float]] = {}
     if probability:
-        if np.any((mean < 0) | (mean > 1)):
-            raise ValueError(
-                "prediction.mean must be probabilities in [0, 1] when probability=True; "
-                "pass probability=False for ratings or other real-valued targets"
-            )
-        if np.any((y < 0) | (y > 1)):
-            raise ValueError(
-                "targets must be 0/1 outcomes or probabilities in [0, 1] when probability=True"
-            )
-        report["ece"] = expected_calibration_error(mean, y, binning="equal_mass")
-        report["ece_equal_width"] = expected_calibration_error(mean, y, binning="equal_width")
-        report["mce"] = max_calibration_error(mean, y, binning="equal_mass")
-        report["brier"] = brier_score(mean, y)
-        report["nll"] = log_loss(y, mean)
+        report.update(_probability_metrics(mean, y))
     outcomes = bool(np.all((y == 0) | (y == 1)))
     if prediction.std is None:
         # a deterministic mean can still carry intervals (split conformal with one
@@ -600,23 +587,7 @@ def uncertainty_report(
             report.update(_interval_report(prediction, y, levels, probability and outcomes))
         return report
     std = _vector(prediction.std, "prediction.std")
-    if _is_mixture(prediction):
-        w = _components(prediction.weights)
-        mu_k = _components(prediction.means)
-        s_k = _components(prediction.stds)
-        if not probability:
-            report["nll"] = mixture_nll(w, mu_k, s_k, y)
-        report["crps"] = mixture_crps(w, mu_k, s_k, y)
-    elif (t := prediction.student_t()) is not None and np.all(std > 0):
-        # spread from M draws alone: the Student-t its intervals come from (Prediction.quantile)
-        df, scale = t[0], _vector(t[1], "scale")
-        if not probability:
-            report["nll"] = student_t_nll(mean, scale, df, y)
-        report["crps"] = student_t_crps(mean, scale, df, y)
-    else:
-        if not probability:
-            report["nll"] = gaussian_nll(mean, std, y) if np.all(std > 0) else float("nan")
-        report["crps"] = gaussian_crps(mean, std, y)
+    report.update(_scoring_rules(prediction, mean, std, y, probability))
     report.update(_interval_report(prediction, y, levels, probability and outcomes))
     abs_error = np.abs(mean - y)
     report["spearman_std_abs_error"] = spearman_std_abs_error(std, abs_error)
@@ -625,3 +596,66 @@ def uncertainty_report(
     curve = confidence_curve(std, abs_error)
     report["confidence_curve"] = {f"{f:g}": v for f, v in curve.items()}
     return report
+
+
+def _probability_metrics(mean: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """ECE (equal-mass and equal-width), MCE, Brier and log-loss of a probability mean.
+
+    Args:
+        mean: (n,) predicted probabilities, in [0, 1].
+        y: (n,) 0/1 outcomes or true probabilities, in [0, 1].
+
+    Raises:
+        ValueError: a mean or target lies outside [0, 1].
+    """
+    if np.any((mean < 0) | (mean > 1)):
+        raise ValueError(
+            "prediction.mean must be probabilities in [0, 1] when probability=True; "
+            "pass probability=False for ratings or other real-valued targets"
+        )
+    if np.any((y < 0) | (y > 1)):
+        raise ValueError(
+            "targets must be 0/1 outcomes or probabilities in [0, 1] when probability=True"
+        )
+    return {
+        "ece": expected_calibration_error(mean, y, binning="equal_mass"),
+        "ece_equal_width": expected_calibration_error(mean, y, binning="equal_width"),
+        "mce": max_calibration_error(mean, y, binning="equal_mass"),
+        "brier": brier_score(mean, y),
+        "nll": log_loss(y, mean),
+    }
+
+
+def _scoring_rules(
+    prediction: Prediction, mean: np.ndarray, std: np.ndarray, y: np.ndarray, probability: bool
+) -> dict[str, float]:
+    """``nll`` (unless ``probability``) and ``crps`` of the predictive distribution.
+
+    The mixture closed forms when the prediction has components, the Student-t ones when
+    ``prediction.student_t()`` is set (and every std > 0), else the Gaussian ones (NLL NaN
+    when some std is 0).
+
+    Args:
+        prediction: the prediction (for its components or Student-t parameters).
+        mean: (n,) predictive means; std: (n,) predictive stds; y: (n,) targets.
+        probability: the mean is a probability (its NLL is the log-loss, set elsewhere).
+    """
+    out: dict[str, float] = {}
+    if _is_mixture(prediction):
+        w = _components(prediction.weights)
+        mu_k = _components(prediction.means)
+        s_k = _components(prediction.stds)
+        if not probability:
+            out["nll"] = mixture_nll(w, mu_k, s_k, y)
+        out["crps"] = mixture_crps(w, mu_k, s_k, y)
+    elif (t := prediction.student_t()) is not None and np.all(std > 0):
+        # spread from M draws alone: the Student-t its intervals come from (Prediction.quantile)
+        df, scale = t[0], _vector(t[1], "scale")
+        if not probability:
+            out["nll"] = student_t_nll(mean, scale, df, y)
+        out["crps"] = student_t_crps(mean, scale, df, y)
+    else:
+        if not probability:
+            out["nll"] = gaussian_nll(mean, std, y) if np.all(std > 0) else float("nan")
+        out["crps"] = gaussian_crps(mean, std, y)
+    return out

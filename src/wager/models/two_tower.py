@@ -397,39 +397,9 @@ class TwoTower(nn.Module):
         user_keys = self.user_tower.input_keys()
         n_rows = batch[user_keys[0]].shape[0]
         sources = ["item.", NEG_PREFIX + "item."] if has_neg else ["item."]
-        item_keys = [self.item_tower.input_keys(prefix) for prefix in sources]
-        # grouping keys of the B + N candidate columns: id first (same-id groups contiguous)
-        columns: list[Tensor] = []
-        logq = None
-        if self.logq_correction:
-            logq = torch.cat([self._logq(batch, prefix + "logq") for prefix in sources])
-        ids = None
-        if self.remove_accidental_hits:
-            id_keys = [self.item_id_key, NEG_PREFIX + self.item_id_key][: len(sources)]
-            ids = torch.cat([self._ids(batch, key) for key in id_keys])
-            columns += _key_columns([ids])
-        for j, key in enumerate(item_keys[0]):
-            if ids is None or key != self.item_id_key:
-                columns += _key_columns([batch[keys[j]] for keys in item_keys])
-        if logq is not None:
-            columns += _key_columns([logq])
-        item_group, item_first = _group(columns)
+        logq, ids, item_group, item_first = self._item_groups(batch, sources)
         user_group, user_first = _group([c for k in user_keys for c in _key_columns([batch[k]])])
-        # one tower pass per distinct user / item
-        u = self._user_side(self.user_tower({k: batch[k][user_first] for k in user_keys}))
-        from_batch = item_first < n_rows
-        parts: list[Tensor] = []
-        order: list[Tensor] = []
-        for prefix, keys, chosen, offset in zip(
-            sources, item_keys, (from_batch, ~from_batch), (0, n_rows), strict=False
-        ):
-            rows = item_first[chosen] - offset
-            if rows.numel():
-                sub = {k: batch[k][rows] for k in keys}
-                parts.append(self._item_side(self.item_tower(sub, prefix=prefix), sub, prefix))
-                order.append(chosen.nonzero().squeeze(1))
-        v = torch.cat(parts)[torch.argsort(torch.cat(order))]
-        scores = u @ v.T / self.temperature  # (U, T)
+        scores = self._group_scores(batch, sources, user_first, item_first, n_rows)  # (U, T)
         if logq is not None:
             scores = scores - logq[item_first]
         # multiplicity of each group: in-batch rows with non-zero weight + extra negatives
@@ -447,18 +417,9 @@ class TwoTower(nn.Module):
         # own group: its own column counts once (hits removed) or n_t (+1 if absent itself)
         own_group = item_group[:n_rows]
         own_count = counts[own_group] - present + 1.0
-        n_groups = item_first.shape[0]
-        start = torch.arange(n_groups, device=scores.device)
-        stop = start + 1
         if ids is not None:
-            group_ids = ids[item_first]
             own_count = torch.where(ids[:n_rows] > 0, 1.0, own_count)
-            block_key = torch.where(group_ids > 0, group_ids, -1 - start)
-            _, block, sizes = torch.unique_consecutive(
-                block_key, return_inverse=True, return_counts=True
-            )
-            stop = sizes.cumsum(0)[block]
-            start = stop - sizes[block]
+        start, stop = _own_blocks(ids, item_first)
         positive = scores[user_group, own_group]
         own_logit = positive + own_count.log()
         logits = scores + log_counts  # (U, T)
@@ -473,6 +434,73 @@ class TwoTower(nn.Module):
         total = rest * torch.exp(row_top - shift) + torch.exp(own_logit - shift)
         lse = shift + total.clamp_min(torch.finfo(total.dtype).tiny).log()
         return lse - positive
+
+    def _item_groups(
+        self, batch: dict[str, Tensor], sources: list[str]
+    ) -> tuple[Tensor | None, Tensor | None, Tensor, Tensor]:
+        """Group the B + N candidate columns by id, item-tower inputs and logq (in that order).
+
+        Args:
+            batch: the batch.
+            sources: the item prefixes of the candidates: in-batch items, then negatives.
+
+        Returns:
+            ((B + N,) logq of each candidate or None; (B + N,) int64 ids or None (without
+            accidental-hit removal); (B + N,) int64 group of each candidate; (T,) int64
+            first candidate of each group).
+        """
+        item_keys = [self.item_tower.input_keys(prefix) for prefix in sources]
+        # grouping keys of the B + N candidate columns: id first (same-id groups contiguous)
+        columns: list[Tensor] = []
+        logq = None
+        if self.logq_correction:
+            logq = torch.cat([self._logq(batch, prefix + "logq") for prefix in sources])
+        ids = None
+        if self.remove_accidental_hits:
+            id_keys = [self.item_id_key, NEG_PREFIX + self.item_id_key][: len(sources)]
+            ids = torch.cat([self._ids(batch, key) for key in id_keys])
+            columns += _key_columns([ids])
+        for j, key in enumerate(item_keys[0]):
+            if ids is None or key != self.item_id_key:
+                columns += _key_columns([batch[keys[j]] for keys in item_keys])
+        if logq is not None:
+            columns += _key_columns([logq])
+        item_group, item_first = _group(columns)
+        return logq, ids, item_group, item_first
+
+    def _group_scores(
+        self,
+        batch: dict[str, Tensor],
+        sources: list[str],
+        user_first: Tensor,
+        item_first: Tensor,
+        n_rows: int,
+    ) -> Tensor:
+        """(U, T) scores / temperature: one tower pass per distinct user, then per item.
+
+        Args:
+            batch: the batch.
+            sources: the item prefixes: in-batch items (rows < ``n_rows``), then negatives.
+            user_first: (U,) int64 first row of each user group.
+            item_first: (T,) int64 first candidate of each item group.
+            n_rows: B, the in-batch rows.
+        """
+        user_keys = self.user_tower.input_keys()
+        item_keys = [self.item_tower.input_keys(prefix) for prefix in sources]
+        u = self._user_side(self.user_tower({k: batch[k][user_first] for k in user_keys}))
+        from_batch = item_first < n_rows
+        parts: list[Tensor] = []
+        order: list[Tensor] = []
+        for prefix, keys, chosen, offset in zip(
+            sources, item_keys, (from_batch, ~from_batch), (0, n_rows), strict=False
+        ):
+            rows = item_first[chosen] - offset
+            if rows.numel():
+                sub = {k: batch[k][rows] for k in keys}
+                parts.append(self._item_side(self.item_tower(sub, prefix=prefix), sub, prefix))
+                order.append(chosen.nonzero().squeeze(1))
+        v = torch.cat(parts)[torch.argsort(torch.cat(order))]
+        return u @ v.T / self.temperature
 
 
 def hard_negative_softmax_loss(
@@ -526,6 +554,34 @@ def hard_negative_softmax_loss(
 def _is_functorch_wrapped(t: Tensor) -> bool:
     """Whether ``t`` is batched (vmap) or wrapped by another ``torch.func`` transform."""
     return bool(torch._C._functorch.is_functorch_wrapped_tensor(t))
+
+
+def _own_blocks(ids: Tensor | None, item_first: Tensor) -> tuple[Tensor, Tensor]:
+    """Each item group's masked block of groups: [start, stop) in group order.
+
+    Without ids (no accidental-hit removal) the block of group t is t alone. With ids, the
+    groups sharing an id > 0 (contiguous, as the id is the first grouping key) form one
+    block; groups with id 0 (unknown) stay alone.
+
+    Args:
+        ids: (B + N,) int64 candidate ids, or None.
+        item_first: (T,) int64 first candidate of each group.
+
+    Returns:
+        ((T,) int64 start, (T,) int64 stop) of each group's block.
+    """
+    n_groups = item_first.shape[0]
+    start = torch.arange(n_groups, device=item_first.device)
+    stop = start + 1
+    if ids is not None:
+        group_ids = ids[item_first]
+        block_key = torch.where(group_ids > 0, group_ids, -1 - start)
+        _, block, sizes = torch.unique_consecutive(
+            block_key, return_inverse=True, return_counts=True
+        )
+        stop = sizes.cumsum(0)[block]
+        start = stop - sizes[block]
+    return start, stop
 
 
 def _key_columns(parts: list[Tensor]) -> list[Tensor]:

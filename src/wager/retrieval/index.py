@@ -351,34 +351,8 @@ def masked_top_k(
         >>> positions.tolist(), values.tolist()
         ([[1, 2, 0], [1, 2, 3]], [[3.0, 3.0, 1.0], [0.0, 0.0, 0.0]])
     """
-    if not isinstance(scores, Tensor) or not scores.is_floating_point():
-        what = f"a tensor of dtype {scores.dtype}" if isinstance(scores, Tensor) else type(scores)
-        raise TypeError(
-            f"scores must be a floating torch.Tensor of shape (n_rows, n_items), got {what}; "
-            f"convert with torch.as_tensor(scores, dtype=torch.float32)"
-        )
-    if scores.ndim != 2:
-        raise ValueError(
-            f"scores must have shape (n_rows, n_items), got shape {tuple(scores.shape)}"
-        )
-    if not _is_integer(k) or k < 1:
-        raise ValueError(f"k must be an integer >= 1 (entries per row), got {k!r}")
-    if not _is_integer(batch_size) or batch_size < 1:
-        raise ValueError(f"batch_size must be an integer >= 1 (rows per chunk), got {batch_size!r}")
+    csr = _check_top_k_inputs(scores, k, exclude, batch_size)
     n_rows, n_items = scores.shape
-    csr = None
-    if exclude is not None:
-        if not scipy.sparse.issparse(exclude):
-            raise TypeError(
-                f"exclude must be a scipy sparse matrix or array of shape {(n_rows, n_items)} "
-                f"whose stored entries mark excluded items, got {type(exclude).__name__}"
-            )
-        if tuple(exclude.shape) != (n_rows, n_items):
-            raise ValueError(
-                f"exclude has shape {tuple(exclude.shape)} but scores has shape "
-                f"{(n_rows, n_items)}; pass one row per score row and one column per item"
-            )
-        csr = scipy.sparse.csr_array(exclude)  # no copy when already CSR
     k, batch_size = int(k), int(batch_size)
     device = scores.device
     out_values = torch.full((n_rows, k), float("-inf"), dtype=scores.dtype, device=device)
@@ -394,15 +368,11 @@ def masked_top_k(
         stop = min(start + step, n_rows)
         chunk = scores[start:stop]
         if csr is not None and csr.indptr[stop] > csr.indptr[start]:
-            lo, hi = int(csr.indptr[start]), int(csr.indptr[stop])
-            rows = np.repeat(np.arange(stop - start), np.diff(csr.indptr[start : stop + 1]))
-            flat = rows * n_items + csr.indices[lo:hi].astype(np.int64)
             if buffer is None:
                 buffer = torch.empty(
                     (min(step, n_rows), n_items), dtype=scores.dtype, device=device
                 )
-            chunk = buffer[: stop - start].copy_(chunk)
-            chunk.view(-1).index_fill_(0, torch.from_numpy(flat).to(device), float("-inf"))
+            chunk = _mask_chunk(chunk, csr, start, stop, buffer)
         values, positions = _top_k_rows(chunk, k_eff)
         nan_rows = torch.isnan(values[:, 0])  # topk ranks NaN above every number
         if bool(nan_rows.any()):
@@ -411,6 +381,70 @@ def masked_top_k(
         out_values[start:stop, :k_eff] = values
         out_positions[start:stop, :k_eff] = torch.where(torch.isneginf(values), -1, positions)
     return out_values, out_positions
+
+
+def _check_top_k_inputs(
+    scores: Tensor,
+    k: int,
+    exclude: scipy.sparse.spmatrix | scipy.sparse.sparray | None,
+    batch_size: int,
+) -> scipy.sparse.csr_array | None:
+    """Check :func:`masked_top_k`'s arguments; return ``exclude`` as CSR (None if not given).
+
+    Raises:
+        TypeError, ValueError: as documented on :func:`masked_top_k`.
+    """
+    if not isinstance(scores, Tensor) or not scores.is_floating_point():
+        what = f"a tensor of dtype {scores.dtype}" if isinstance(scores, Tensor) else type(scores)
+        raise TypeError(
+            f"scores must be a floating torch.Tensor of shape (n_rows, n_items), got {what}; "
+            f"convert with torch.as_tensor(scores, dtype=torch.float32)"
+        )
+    if scores.ndim != 2:
+        raise ValueError(
+            f"scores must have shape (n_rows, n_items), got shape {tuple(scores.shape)}"
+        )
+    if not _is_integer(k) or k < 1:
+        raise ValueError(f"k must be an integer >= 1 (entries per row), got {k!r}")
+    if not _is_integer(batch_size) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1 (rows per chunk), got {batch_size!r}")
+    n_rows, n_items = scores.shape
+    if exclude is not None:
+        if not scipy.sparse.issparse(exclude):
+            raise TypeError(
+                f"exclude must be a scipy sparse matrix or array of shape {(n_rows, n_items)} "
+                f"whose stored entries mark excluded items, got {type(exclude).__name__}"
+            )
+        if tuple(exclude.shape) != (n_rows, n_items):
+            raise ValueError(
+                f"exclude has shape {tuple(exclude.shape)} but scores has shape "
+                f"{(n_rows, n_items)}; pass one row per score row and one column per item"
+            )
+        return scipy.sparse.csr_array(exclude)  # no copy when already CSR
+    return None
+
+
+def _mask_chunk(
+    chunk: Tensor, csr: scipy.sparse.csr_array, start: int, stop: int, buffer: Tensor
+) -> Tensor:
+    """Copy rows ``start:stop`` of the scores into ``buffer`` with their excluded entries -inf.
+
+    Args:
+        chunk: (stop - start, n_items) scores of the rows; not modified.
+        csr: (n_rows, n_items) exclusions, CSR.
+        start: first row of the chunk; stop: one past its last row.
+        buffer: (>= stop - start, n_items) scratch tensor in the scores' dtype and device.
+
+    Returns:
+        A view of ``buffer``, (stop - start, n_items): the masked copy.
+    """
+    n_items = chunk.shape[1]
+    lo, hi = int(csr.indptr[start]), int(csr.indptr[stop])
+    rows = np.repeat(np.arange(stop - start), np.diff(csr.indptr[start : stop + 1]))
+    flat = rows * n_items + csr.indices[lo:hi].astype(np.int64)
+    masked = buffer[: stop - start].copy_(chunk)
+    masked.view(-1).index_fill_(0, torch.from_numpy(flat).to(chunk.device), float("-inf"))
+    return masked
 
 
 def _top_k_rows(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
@@ -340,14 +340,7 @@ def train_stacked(
     leaves = list(params.values())
     for p in leaves:
         p.requires_grad_(True)
-    device = leaves[0].device
-    anchors: list[Tensor] | None = None
-    if config.anchored and config.weight_decay > 0:
-        # anchored weight decay: the decay term wd * (p - p0) replaces the optimiser's own
-        anchors = [p.detach().clone() for p in leaves]
-        opt = make_optimizer(leaves, replace(config, weight_decay=0.0))
-    else:
-        opt = make_optimizer(leaves, config)
+    opt, anchors = _stacked_optimizer(leaves, config)
     steps_per_epoch = (n_rows + config.batch_size - 1) // config.batch_size
     total_steps = steps_per_epoch * config.epochs
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -359,42 +352,15 @@ def train_stacked(
     best = {k: v.detach().clone() for k, v in params.items()}
     stale = 0
     start = time.perf_counter()
-    progress = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total} steps"),
-        TextColumn("{task.fields[status]}"),
-        TimeElapsedColumn(),
-        disable=not show_progress,
-        transient=False,
-    )
+    step = _EpochStep(params, batch_losses, config, opt, sched, anchors)
+    progress = _progress_bar(show_progress)
     with progress:
         task = progress.add_task(description, total=total_steps, status="")
         for epoch in range(config.epochs):
             epoch_start = time.perf_counter()
-            total = torch.zeros((), device=device)
-            count = 0
-            for idx in _batches(n_rows, config.batch_size, generator):
-                with autocast(device, config.mixed_precision):
-                    losses = batch_losses(params, idx)
-                loss = losses.float().sum()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if config.grad_clip is not None:
-                    torch.nn.utils.clip_grad_norm_(leaves, config.grad_clip)
-                if anchors is not None:
-                    _anchored_decay(leaves, anchors, config, opt.param_groups[0]["lr"])
-                opt.step()
-                sched.step()
-                total += loss.detach() / n_members
-                count += 1
-                if show_progress:
-                    progress.update(
-                        task,
-                        advance=1,
-                        status=f"epoch {epoch + 1} loss {float(total) / count:.4f}",
-                    )
-            history.train_loss.append(float(total) / max(count, 1))
+            history.train_loss.append(
+                step.run(n_rows, generator, epoch, progress if show_progress else None, task)
+            )
             history.epoch_seconds.append(time.perf_counter() - epoch_start)
             if not math.isfinite(history.train_loss[-1]):
                 raise _diverged(f"the training loss is {history.train_loss[-1]}", epoch, config)
@@ -402,23 +368,12 @@ def train_stacked(
                 best = {k: v.detach().clone() for k, v in params.items()}
                 history.best_epoch = [epoch] * n_members
                 continue
-            with torch.no_grad():
-                metric = validate(params).detach().cpu().float()
-            history.valid_metric.append(metric.tolist())
-            bad = torch.nonzero(~torch.isfinite(metric)).flatten().tolist()
-            if bad:
-                raise _diverged(
-                    f"the validation metric of members {bad} is not finite", epoch, config
-                )
+            metric = _validation_metric(validate, params, history, epoch, config)
             improved = metric < best_metric - 1e-6
             if bool(improved.any()):
                 stale = 0
                 best_metric = torch.where(improved, metric, best_metric)
-                for k, v in params.items():
-                    mask = improved.to(v.device).view(-1, *([1] * (v.ndim - 1)))
-                    best[k] = torch.where(mask, v.detach(), best[k])
-                for m in torch.nonzero(improved).flatten().tolist():
-                    history.best_epoch[m] = epoch
+                _keep_improved(params, best, improved, history, epoch)
             else:
                 stale += 1
             progress.update(
@@ -435,3 +390,132 @@ def train_stacked(
             v.requires_grad_(False)
     history.seconds = time.perf_counter() - start
     return history
+
+
+def _stacked_optimizer(
+    leaves: list[Tensor], config: TrainConfig
+) -> tuple[torch.optim.Optimizer, list[Tensor] | None]:
+    """The optimiser of the stacked leaves, and the anchors of anchored weight decay.
+
+    With ``config.anchored`` and a weight decay > 0 the anchors are copies of the initial
+    values and the optimiser gets no decay of its own (see :func:`_anchored_decay`);
+    otherwise the anchors are None.
+    """
+    if config.anchored and config.weight_decay > 0:
+        # anchored weight decay: the decay term wd * (p - p0) replaces the optimiser's own
+        anchors = [p.detach().clone() for p in leaves]
+        return make_optimizer(leaves, replace(config, weight_decay=0.0)), anchors
+    return make_optimizer(leaves, config), None
+
+
+def _progress_bar(show_progress: bool) -> Progress:
+    """The rich progress bar of :func:`train_stacked` (disabled unless ``show_progress``)."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} steps"),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        disable=not show_progress,
+        transient=False,
+    )
+
+
+@dataclass
+class _EpochStep:
+    """One epoch of optimiser steps over shuffled batches of :func:`train_stacked`."""
+
+    params: Params
+    batch_losses: Callable[[Params, Tensor], Tensor]
+    config: TrainConfig
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    anchors: list[Tensor] | None
+
+    def run(
+        self,
+        n_rows: int,
+        generator: torch.Generator | None,
+        epoch: int,
+        progress: Progress | None,
+        task: TaskID,
+    ) -> float:
+        """Run one epoch; return the mean over batches of the per-member mean loss.
+
+        Args:
+            n_rows: training rows, shuffled with ``generator``.
+            generator: seeded generator for the shuffle.
+            epoch: 0-based epoch, shown on the progress bar.
+            progress: the progress bar to advance each step, or None.
+            task: the bar's task.
+        """
+        config, opt, leaves = self.config, self.opt, list(self.params.values())
+        device = leaves[0].device
+        n_members = leaves[0].shape[0]
+        total = torch.zeros((), device=device)
+        count = 0
+        for idx in _batches(n_rows, config.batch_size, generator):
+            with autocast(device, config.mixed_precision):
+                losses = self.batch_losses(self.params, idx)
+            loss = losses.float().sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(leaves, config.grad_clip)
+            if self.anchors is not None:
+                _anchored_decay(leaves, self.anchors, config, opt.param_groups[0]["lr"])
+            opt.step()
+            self.sched.step()
+            total += loss.detach() / n_members
+            count += 1
+            if progress is not None:
+                progress.update(
+                    task,
+                    advance=1,
+                    status=f"epoch {epoch + 1} loss {float(total) / count:.4f}",
+                )
+        return float(total) / max(count, 1)
+
+
+def _validation_metric(
+    validate: Callable[[Params], Tensor],
+    params: Params,
+    history: History,
+    epoch: int,
+    config: TrainConfig,
+) -> Tensor:
+    """Run ``validate`` without gradients and record its (M,) metric in ``history``.
+
+    Returns:
+        (M,) float32 CPU metric of each member (lower is better).
+
+    Raises:
+        TrainingDivergedError: some member's metric is not finite (after recording it).
+    """
+    with torch.no_grad():
+        metric = validate(params).detach().cpu().float()
+    history.valid_metric.append(metric.tolist())
+    bad = torch.nonzero(~torch.isfinite(metric)).flatten().tolist()
+    if bad:
+        raise _diverged(f"the validation metric of members {bad} is not finite", epoch, config)
+    return metric
+
+
+def _keep_improved(
+    params: Params, best: Params, improved: Tensor, history: History, epoch: int
+) -> None:
+    """Copy into ``best`` (in place) the members whose validation metric improved, and
+    record ``epoch`` as their best epoch in ``history``.
+
+    Args:
+        params: name -> (M, ...) current stacked values.
+        best: name -> (M, ...) best values so far; updated in place.
+        improved: (M,) bool, True for members that improved this epoch.
+        history: the history whose ``best_epoch`` is updated.
+        epoch: the 0-based epoch just validated.
+    """
+    for k, v in params.items():
+        mask = improved.to(v.device).view(-1, *([1] * (v.ndim - 1)))
+        best[k] = torch.where(mask, v.detach(), best[k])
+    for m in torch.nonzero(improved).flatten().tolist():
+        history.best_epoch[m] = epoch

@@ -96,7 +96,58 @@ def load_obd(path: str | Path, campaign: str | None = None) -> Dataset:
     root, campaign = _resolve(path, campaign)
     source = str(root / f"{campaign}.csv")
     report = ValidationReport()
-    df = _read_csv(root / f"{campaign}.csv")
+    df, user_cols, affinity_cols = _read_campaign(root / f"{campaign}.csv", source)
+    problems = ValidationReport()
+    stamps = _convert_columns(df, affinity_cols, source, problems)
+    problems.raise_if_errors()
+    user_id, user_features = _synthesise_users(df, user_cols)
+    interactions = pd.DataFrame(
+        {
+            "user_id": user_id,
+            "item_id": df["item_id"],
+            "position": df["position"],
+            "click": df["click"],
+            "propensity_score": df["propensity_score"].astype("float64"),
+            "timestamp": stamps,
+        }
+    )
+    interactions = pd.concat([interactions, df[affinity_cols].astype("float64")], axis=1)
+    interactions = interactions.reset_index(drop=True)
+
+    item_features = _read_items(root / _ITEM_FILE, problems)
+    problems.raise_if_errors()
+    _report_items_without_features(interactions, item_features, root / _ITEM_FILE, report)
+    schema = _obd_schema(user_cols, affinity_cols, item_features)
+    report.add(
+        make_finding(
+            "info",
+            LAYOUT_FINDING_CODE,
+            f"read as obd layout (campaign '{campaign}': {campaign}.csv, {_ITEM_FILE}); user_id "
+            f"synthesised from {', '.join(user_cols)}",
+            source=str(root),
+        )
+    )
+    return Dataset(
+        interactions=interactions,
+        schema=schema,
+        user_features=user_features,
+        item_features=item_features,
+        source=source,
+        report=report,
+    )
+
+
+def _read_campaign(file: Path, source: str) -> tuple[pd.DataFrame, list[str], list[str]]:
+    """Read a campaign CSV and check its columns.
+
+    Returns:
+        (the table with ``action_prob`` renamed to ``propensity_score``, the user feature
+        columns, the affinity columns), both column lists in numeric suffix order.
+
+    Raises:
+        DataError: required columns (or every user feature) are missing.
+    """
+    df = _read_csv(file)
     if "propensity_score" not in df.columns and "action_prob" in df.columns:
         df = df.rename(columns={"action_prob": "propensity_score"})
     missing = [c for c in _REQUIRED if c not in df.columns]
@@ -113,8 +164,21 @@ def load_obd(path: str | Path, campaign: str | None = None) -> Dataset:
             "click, propensity_score, user_feature_*, user-item_affinity_*).",
         )
     affinity_cols = sorted((c for c in df.columns if c.startswith(_AFFINITY_PREFIX)), key=_suffix)
+    return df, user_cols, affinity_cols
 
-    problems = ValidationReport()
+
+def _convert_columns(
+    df: pd.DataFrame, affinity_cols: list[str], source: str, problems: ValidationReport
+) -> pd.Series:
+    """Convert the campaign columns in place and check their values, collecting problems.
+
+    ``position``/``click`` become int64, ``item_id`` is checked to be a whole number (kept as
+    text), ``propensity_score`` and the affinities become float64; then the value rules
+    (:data:`_VALUE_RULES`) and the timestamps are checked.
+
+    Returns:
+        The timestamps parsed as UTC datetimes (NaT where unreadable).
+    """
     converted = {col: _to_int(df, col, source, problems) for col in ("position", "click")}
     _to_int(df, "item_id", source, problems, keep_text=True)
     converted["propensity_score"] = _to_float(df, "propensity_score", source, problems)
@@ -133,8 +197,16 @@ def load_obd(path: str | Path, campaign: str | None = None) -> Dataset:
         problems,
         fix="Fix or delete these lines.",
     )
-    problems.raise_if_errors()
+    return stamps
 
+
+def _synthesise_users(df: pd.DataFrame, user_cols: list[str]) -> tuple[pd.Series, pd.DataFrame]:
+    """Synthesise ``user_id`` from the user features (see the module docstring).
+
+    Returns:
+        (the user id of each impression, aligned with ``df``; the user feature table, one row
+        per distinct id in order of first appearance, features as written).
+    """
     user_values = df[user_cols].astype("str").fillna("")
     joined = user_values.iloc[:, 0].str.cat(user_values[user_cols[1:]], sep="|")
     codes, uniques = pd.factorize(joined)
@@ -143,27 +215,17 @@ def load_obd(path: str | Path, campaign: str | None = None) -> Dataset:
         dtype=object,
     )
     user_id = pd.Series(digests[codes], index=df.index, dtype="str")
-
-    interactions = pd.DataFrame(
-        {
-            "user_id": user_id,
-            "item_id": df["item_id"],
-            "position": df["position"],
-            "click": df["click"],
-            "propensity_score": df["propensity_score"].astype("float64"),
-            "timestamp": stamps,
-        }
-    )
-    interactions = pd.concat([interactions, df[affinity_cols].astype("float64")], axis=1)
-    interactions = interactions.reset_index(drop=True)
     first = pd.Series(codes).drop_duplicates().index.to_numpy()
     user_features = pd.DataFrame({"user_id": user_id.to_numpy()[first]})
     for col in user_cols:
         user_features[col] = df[col].astype("str").to_numpy()[first]
+    return user_id, user_features
 
-    item_features = _read_items(root / _ITEM_FILE, problems)
-    problems.raise_if_errors()
-    item_cols = [c for c in item_features.columns if c != "item_id"]
+
+def _report_items_without_features(
+    interactions: pd.DataFrame, item_features: pd.DataFrame, file: Path, report: ValidationReport
+) -> None:
+    """Warn (once, with a count of impressions) about shown items with no item_context line."""
     absent = ~interactions["item_id"].isin(item_features["item_id"]).to_numpy()
     if absent.any():
         ids = pd.unique(interactions["item_id"].to_numpy()[absent])
@@ -173,16 +235,23 @@ def load_obd(path: str | Path, campaign: str | None = None) -> Dataset:
                 "missing_feature_row",
                 f"{len(ids)} item_id value(s) of the impressions (e.g. {ids[0]}) have no line "
                 "here; their features are treated as unknown",
-                source=str(root / _ITEM_FILE),
+                source=str(file),
                 column="item_id",
                 count=int(absent.sum()),
             )
         )
+
+
+def _obd_schema(
+    user_cols: list[str], affinity_cols: list[str], item_features: pd.DataFrame
+) -> Schema:
+    """The suggested schema: click label, propensities, position and affinities as context."""
+    item_cols = [c for c in item_features.columns if c != "item_id"]
     item_specs: list[Feature] = [
         Numeric(c) if pd.api.types.is_numeric_dtype(item_features[c]) else Categorical(c)
         for c in item_cols
     ]
-    schema = Schema(
+    return Schema(
         user="user_id",
         item="item_id",
         label="click",
@@ -192,23 +261,6 @@ def load_obd(path: str | Path, campaign: str | None = None) -> Dataset:
         context=(Categorical("position"), *(Numeric(c) for c in affinity_cols)),
         user_features=tuple(Categorical(c) for c in user_cols),
         item_features=tuple(item_specs),
-    )
-    report.add(
-        make_finding(
-            "info",
-            LAYOUT_FINDING_CODE,
-            f"read as obd layout (campaign '{campaign}': {campaign}.csv, {_ITEM_FILE}); user_id "
-            f"synthesised from {', '.join(user_cols)}",
-            source=str(root),
-        )
-    )
-    return Dataset(
-        interactions=interactions,
-        schema=schema,
-        user_features=user_features,
-        item_features=item_features,
-        source=source,
-        report=report,
     )
 
 
