@@ -133,15 +133,37 @@ def run_quickstart(
     rec.metrics_.update(metrics)
     rec.metrics_["oov_std_ratio"] = ratios
     out_dir = rec.save(out, overwrite=True)
-    frames = [f for f in (train, rd.valid, test) if f is not None]
-    n_log = sum(len(f) for f in frames)
+    result = _result(config, source, world, [train, rd.valid, test], out_dir)
+    result.update(
+        {
+            "metrics": metrics,
+            "oov_std_ratio": ratios,
+            "confidence_level": confidence_level,
+            "k": k,
+            "recommendations": recs,
+            "seconds": time.perf_counter() - start,
+        }
+    )
+    return result
+
+
+def _result(
+    config: RunConfig,
+    source: str,
+    world: SyntheticWorld,
+    frames: list[pd.DataFrame | None],
+    out_dir: Path,
+) -> dict[str, Any]:
+    """The "world", "config", "run_dir" and "files" parts of the quickstart's result."""
+    logged = [f for f in frames if f is not None]
+    n_log = sum(len(f) for f in logged)
     return {
         "world": {
             "n_users": world.config.n_users,
             "n_items": int(world.items.shape[0]),
             "n_days": world.config.n_days,
             "logged_impressions": n_log,
-            "mean_true_ctr": float(sum(f["true_ctr"].sum() for f in frames) / n_log),
+            "mean_true_ctr": float(sum(f["true_ctr"].sum() for f in logged) / n_log),
         },
         "config": {
             "source": source,
@@ -151,14 +173,8 @@ def run_quickstart(
             "split": config.data.split,
             "seed": config.seed,
         },
-        "metrics": metrics,
-        "oov_std_ratio": ratios,
-        "confidence_level": confidence_level,
-        "k": k,
-        "recommendations": recs,
         "run_dir": str(out_dir),
         "files": sorted(p.name for p in Path(out_dir).iterdir()),
-        "seconds": time.perf_counter() - start,
     }
 
 
