@@ -56,4 +56,4 @@ def test_version_comes_from_the_installed_metadata() -> None:
 def test_py_typed_marker_ships_with_the_package() -> None:
     assert (Path(wager.__file__).parent / "py.typed").is_file()
     pyproject = (Path(__file__).parents[1] / "pyproject.toml").read_text()
-    assert 'wager = ["py.typed"]' in pyproject
+    assert 'wager = ["py.typed", "examples/*.toml"]' in pyproject
