@@ -1,0 +1,5 @@
+"""``python -m wager.cli``: the ``wager`` command."""
+
+from wager.cli import app
+
+app()

@@ -1,0 +1,355 @@
+"""The run commands: ``wager quickstart``, ``train``, ``evaluate``, ``calibrate`` and
+``recommend`` (and the checked, atomic ``recommend --out`` file)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.text import Text
+
+from wager.cli.common import (
+    JsonFlag,
+    _flag_error,
+    _load_config,
+    _load_run,
+    app,
+    console,
+    err_console,
+    print_json,
+)
+from wager.cli.render import (
+    _metrics_table,
+    _print_recommendations,
+    _render_quickstart,
+    _text,
+)
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from wager.recommender import Recommender
+
+#: the recommendation file formats ``wager recommend --out`` writes, by file extension
+OUT_FORMATS = (".parquet", ".csv", ".jsonl")
+
+
+# ----------------------------------------------------------------------------- quickstart
+
+
+@app.command("quickstart")
+def quickstart(
+    out: Annotated[Path, typer.Option("--out", help="Run directory to write.")] = Path(
+        "runs/quickstart"
+    ),
+    seed: Annotated[
+        int | None, typer.Option("--seed", help="Seed for world and training (config: seed).")
+    ] = None,
+    members: Annotated[
+        int | None,
+        typer.Option("--members", help="Ensemble members, >= 2 ([ensemble] members)."),
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Train examples/synthetic.toml on the synthetic world, report its confidence, save it."""
+    from dataclasses import replace
+
+    from wager.quickstart import quickstart_config, run_quickstart
+
+    cfg = quickstart_config()
+    try:
+        if seed is not None:
+            cfg = replace(cfg, seed=seed)
+        if members is not None and cfg.ensemble is not None:
+            cfg = replace(cfg, ensemble=replace(cfg.ensemble, members=members))
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    result = run_quickstart(out, cfg, show_progress=not as_json)
+    if as_json:
+        print_json(result)
+    else:
+        _render_quickstart(result)
+
+
+# ----------------------------------------------------------------------------- runs
+
+DataDirOpt = Annotated[
+    Path | None,
+    typer.Option("--data-dir", help="Dataset location; overrides [data] path in the config."),
+]
+SplitOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--split",
+        help="random | temporal | leave-last-out | a predefined fold (u1..u5); "
+        "overrides [data] split.",
+    ),
+]
+
+
+@app.command("train")
+def train(
+    config: Annotated[Path, typer.Argument(help="Run config TOML (see examples/).")],
+    data_dir: DataDirOpt = None,
+    split: SplitOpt = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Run directory to write (default runs/<name>).")
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace a previous wager run at --out.")
+    ] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Train the model a config describes, evaluate it on the test split, save the run."""
+    from wager.runs import RunDirectory
+
+    out = out or Path("runs") / config.stem
+    # check first, then work: the config and the output folder before torch or any data
+    cfg = _load_config(config)
+    RunDirectory(out).check_target(overwrite)
+    from wager.pipeline import train_run
+
+    _rec, metrics = train_run(
+        cfg,
+        data_dir=data_dir,
+        split=split,
+        out=out,
+        show_progress=not as_json,
+        overwrite=overwrite,
+    )
+    metrics = {"ok": True, "run": str(out), **metrics}
+    if as_json:
+        print_json(metrics)
+        return
+    console.print(
+        _metrics_table(f"{config.name}: {metrics['model']} on {metrics['split']}", metrics)
+    )
+    console.print(Text.assemble("run saved to ", (str(out), "bold")), highlight=False)
+
+
+@app.command("evaluate")
+def evaluate(
+    run: Annotated[Path, typer.Argument(help="Run directory written by `wager train`.")],
+    data_dir: DataDirOpt = None,
+    split: SplitOpt = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Evaluate a saved run on the test split of its data (or another split)."""
+    from wager.pipeline import evaluate_run
+
+    metrics = evaluate_run(run, data_dir=data_dir, split=split, recommender=_load_run(run))
+    if as_json:
+        print_json({"ok": True, "run": str(run), **metrics})
+        return
+    console.print(_metrics_table(f"{run}: {metrics['split']}", metrics))
+    if metrics.get("plots"):
+        console.print(
+            _text(f"plots ({', '.join(metrics['plots'])}) in {metrics['plots_dir']}"),
+            highlight=False,
+        )
+
+
+@app.command("calibrate")
+def calibrate(
+    run: Annotated[Path, typer.Argument(help="Run directory written by `wager train`.")],
+    data_dir: DataDirOpt = None,
+    split: SplitOpt = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Refit a run's post-hoc chain (calibrators, variance steps, conformal intervals,
+    relevance map) on the validation rows of its data or another split, without
+    retraining; evaluate and replace the run."""
+    from wager.pipeline import calibrate_run
+
+    metrics = calibrate_run(run, data_dir=data_dir, split=split, recommender=_load_run(run))
+    if as_json:
+        print_json({"ok": True, "run": str(run), **metrics})
+        return
+    console.print(_metrics_table(f"{run}: recalibrated ({metrics['chain']})", metrics))
+    console.print(
+        _text(f"{metrics['calibration_rows']} calibration rows of {metrics['split']}; run saved"),
+        highlight=False,
+    )
+
+
+@app.command("recommend")
+def recommend(
+    run: Annotated[Path, typer.Argument(help="Run directory written by `wager train`.")],
+    user: Annotated[
+        list[str] | None, typer.Option("--user", "-u", help="User id (repeat for several).")
+    ] = None,
+    all_users: Annotated[
+        bool, typer.Option("--all-users", help="Recommend for every user seen in training.")
+    ] = False,
+    k: Annotated[int, typer.Option("-k", help="Items per user.")] = 10,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Write the recommendations to a file instead of printing them; the format "
+            "follows the extension: .parquet, .csv or .jsonl (one JSON object a line). Never "
+            "inside a run folder.",
+        ),
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace the --out file if it exists.")
+    ] = False,
+    include_seen: Annotated[
+        bool, typer.Option("--include-seen", help="Do not exclude items seen in training.")
+    ] = False,
+    confidence_level: Annotated[
+        float,
+        typer.Option("--confidence-level", help="Level of the [low, high] interval, in (0, 1)."),
+    ] = 0.9,
+    horizon: Annotated[
+        float | None,
+        typer.Option(
+            "--horizon",
+            help="Retrieval / implicit runs: confidence = P(among the user's next H positive "
+            "interactions); default: the mean validation positives per user.",
+        ),
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Top-k recommendations with confidence for some users (or all, in batch)."""
+    from rich.progress import Progress
+
+    _check_recommend_flags(bool(user), all_users, k, confidence_level, horizon)
+    if out is not None:
+        _check_out(out, run, overwrite)
+    rec = _load_run(run)
+    users: list[Any] = list(rec.scorer_.catalogue.users) if all_users else list(user or [])
+    known = rec.known_users(users)
+    cold = [u for u, ok in zip(users, known, strict=True) if not ok]
+    notices = [
+        f"user {u!r} was not seen in training: cold-start recommendations "
+        "(out-of-vocabulary row and features; expect wider uncertainty)"
+        for u in cold
+    ]
+    with Progress(console=err_console, disable=as_json or len(users) < 1000) as progress:
+        task = progress.add_task("recommending", total=len(users))
+        frame = rec.recommend(
+            users,
+            k,
+            exclude_seen=not include_seen,
+            confidence_level=confidence_level,
+            progress=lambda n: progress.advance(task, n),
+            horizon=horizon,
+        )
+    frame["cold_start"] = frame["user"].isin(cold)
+    if out is not None:
+        _write_table(frame, out)
+    if as_json:
+        print_json(_recommend_payload(rec, frame, run, k, len(users), cold, notices, out))
+        return
+    for n in notices:
+        err_console.print(Text.assemble(("notice: ", "yellow"), n), highlight=False, soft_wrap=True)
+    if out is not None:
+        console.print(
+            _text(f"{len(frame):,} recommendations for {len(users):,} users written to {out}"),
+            highlight=False,
+        )
+        return
+    _print_recommendations(rec, frame, f"top-{k} from {run}", confidence_level)
+
+
+def _check_recommend_flags(
+    has_users: bool, all_users: bool, k: int, confidence_level: float, horizon: float | None
+) -> None:
+    """Refuse bad `wager recommend` flags (no user, k < 1, a level outside (0, 1), ...)."""
+    if not has_users and not all_users:
+        raise _flag_error("--user", "give --user U (repeatable) or --all-users")
+    if k < 1:
+        raise _flag_error("-k", f"-k must be >= 1, got {k}")
+    if not 0.0 < confidence_level < 1.0:
+        raise _flag_error(
+            "--confidence-level",
+            f"--confidence-level must be in (0, 1), e.g. 0.9 for a 90% interval; "
+            f"got {confidence_level}",
+        )
+    if horizon is not None and not horizon > 0:
+        raise _flag_error("--horizon", f"--horizon must be > 0 future positives, got {horizon}")
+
+
+def _recommend_payload(
+    rec: Recommender,
+    frame: pd.DataFrame,
+    run: Path,
+    k: int,
+    n_users: int,
+    cold: list[Any],
+    notices: list[str],
+    out: Path | None,
+) -> dict[str, Any]:
+    """The `wager recommend --json` object: recommendations and list confidences inline,
+    or empty lists when they were written to ``out``."""
+    return {
+        "ok": True,
+        "run": str(run),
+        "k": k,
+        "n_users": n_users,
+        "cold_start_users": [str(u) for u in cold],
+        "notices": notices,
+        "out": str(out) if out is not None else None,
+        "recommendations": [] if out is not None else frame.to_dict(orient="records"),
+        "lists": [] if out is not None else rec.list_confidence(frame).to_dict(orient="records"),
+    }
+
+
+# ----------------------------------------------------------------------------- output files
+
+
+def _is_run_folder(folder: Path) -> bool:
+    from wager.runs import RunDirectory
+
+    return RunDirectory(folder).is_run()
+
+
+def _check_out(out: Path, run: Path, overwrite: bool) -> None:
+    """Refuse an ``--out`` path before any work: an unknown extension, a directory, a path
+    inside the run being read or inside any run folder, an existing file (without
+    ``--overwrite``)."""
+    choices = ", ".join(OUT_FORMATS)
+    if out.suffix.lower() not in OUT_FORMATS:
+        found = f"'{out.suffix}'" if out.suffix else "no extension"
+        raise _flag_error(
+            "--out", f"--out {out}: {found} is not a format wager writes; end it in {choices}"
+        )
+    if out.is_dir():
+        raise _flag_error("--out", f"--out {out}: is a directory; give a file name ({choices})")
+    target = out.resolve()
+    run_dir = run.resolve()
+    for folder in target.parents:
+        if folder == run_dir or _is_run_folder(folder):
+            raise _flag_error(
+                "--out",
+                f"--out {out}: inside the run folder '{folder}', which wager never writes "
+                "into; write the recommendations elsewhere",
+            )
+    if (out.exists() or out.is_symlink()) and not overwrite:
+        raise _flag_error("--out", f"--out {out}: already exists; pass --overwrite to replace it")
+
+
+def _write_table(frame: pd.DataFrame, out: Path) -> None:
+    """Write ``frame`` to ``out`` in the format its extension names, whole or not at all:
+    into a hidden temporary file beside it, then renamed over it (an interrupted write
+    leaves no partial ``out``; the temporary file is removed)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    frame = frame.astype({"user": str, "item": str})  # ids are values as written
+    tmp = out.with_name(f".{out.name}.{os.getpid()}-{secrets.token_hex(4)}.partial")
+    try:
+        suffix = out.suffix.lower()
+        if suffix == ".parquet":
+            frame.to_parquet(tmp, index=False)
+        elif suffix == ".csv":
+            frame.to_csv(tmp, index=False)
+        else:
+            frame.to_json(tmp, orient="records", lines=True, force_ascii=False)
+        os.replace(tmp, out)
+    except OSError as exc:  # e.g. disk full: name the file the user asked for
+        raise OSError(exc.errno, exc.strerror or str(exc), str(out)) from exc
+    finally:
+        tmp.unlink(missing_ok=True)
