@@ -105,6 +105,19 @@ def test_bad_task_configs_name_the_key(make, message):
         make()
 
 
+def test_a_task_table_without_its_label_is_one_line_per_missing_key(tmp_path: Path):
+    toml = rating_toml(tmp_path / "r.csv", model="dcn", model_extra=(
+        '[[model.tasks]]\nname = "a"\n\n[[model.tasks]]\nlabel = "rating"\nweight = "x"\n'
+    ))  # fmt: skip
+    (tmp_path / "c.toml").write_text(toml)
+    with pytest.raises(ConfigError) as info:
+        RunConfig.load(tmp_path / "c.toml")
+    assert [line.split(": ", 1)[1] for line in info.value.problems] == [
+        "[[model.tasks]] #1 needs label = ... (a string)",
+        "[[model.tasks]] #2 needs name = ... (a string)",
+    ]
+
+
 def test_the_primary_task_must_be_the_schemas_label():
     cfg = RunConfig(schema=SCHEMA, model=ModelConfig(type="dcn", tasks=(TASKS[1], TASKS[0])))
     with pytest.raises(ValueError, match="primary task"):

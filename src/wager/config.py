@@ -791,9 +791,11 @@ def _tasks_from_toml(raw: Any) -> tuple[tuple[TaskConfig, ...] | None, list[str]
     tasks, problems = [], []
     for i, entry in enumerate(raw, 1):
         where = f"[[model.tasks]] #{i}"
-        task, found = _section_from_toml(where, TaskConfig, entry)
         missing = [k for k in ("name", "label") if k not in entry]
-        found += [f"{where} needs {k} = ..." for k in missing]
+        if missing:  # a task without them cannot be built
+            problems += [f"{where} needs {k} = ... (a string)" for k in missing]
+            continue
+        task, found = _section_from_toml(where, TaskConfig, entry)
         problems += found
         if task is not None and not found:
             tasks.append(task)
