@@ -92,6 +92,7 @@ class Options:
         threads: torch and ALS threads.
         slow_peers: also run Surprise's SVD++.
         max_epochs: cap on every wager config's epochs (smoke runs), or None.
+        folds: the rating part's predefined folds.
     """
 
     data_dir: Path
@@ -99,6 +100,7 @@ class Options:
     threads: int = 1
     slow_peers: bool = False
     max_epochs: int | None = None
+    folds: tuple[str, ...] = FOLDS
 
     def config(self, name: str) -> RunConfig:
         """``examples/<name>``, its epochs capped at ``max_epochs`` when set."""
@@ -274,7 +276,7 @@ def rating_section(ds: Dataset, opts: Options) -> dict:
         "config": str(opts.examples / "movielens-rating.toml"),
     }
     runs: dict[str, list[dict[str, Any]]] = {"wager": [], "global_mean": []}
-    for fold in FOLDS:
+    for fold in opts.folds:
         log(f"rating: wager on {fold}")
         fold_cfg = replace(cfg, data=replace(cfg.data, split=fold))
         _, m = train_run(fold_cfg, data_dir=opts.data_dir, split=fold)
@@ -301,7 +303,7 @@ def rating_section(ds: Dataset, opts: Options) -> dict:
     else:
         for name, make in peers.items():
             runs[name] = []
-            for fold in FOLDS:
+            for fold in opts.folds:
                 log(f"rating: {name} on {fold}")
                 train, test = ds.folds[fold]
                 runs[name].append({"fold": fold, **surprise_fold(make, train, test)})
@@ -833,6 +835,11 @@ def main() -> None:
         help="cap every wager config's epochs (smoke runs only; recorded in the JSON)",
     )
     ap.add_argument(
+        "--folds",
+        default=",".join(FOLDS),
+        help="rating part: comma-separated predefined folds (default u1..u5)",
+    )
+    ap.add_argument(
         "--examples-dir",
         type=Path,
         default=EXAMPLES,
@@ -851,7 +858,11 @@ def main() -> None:
         threads=args.threads,
         slow_peers=args.slow_peers,
         max_epochs=args.max_epochs,
+        folds=tuple(f.strip() for f in args.folds.split(",") if f.strip()),
     )
+    unknown_folds = sorted(set(opts.folds) - set(FOLDS))
+    if unknown_folds or not opts.folds:
+        ap.error(f"--folds: unknown fold(s) {unknown_folds}; choose from {', '.join(FOLDS)}")
     torch.set_num_threads(args.threads)
     log(f"loading {args.data_dir}")
     ds = load_dataset(args.data_dir, "movielens")
