@@ -139,3 +139,24 @@ def test_errors_before_fit_and_on_bad_input(tmp_path):
     df, users, items = _data(200)
     with pytest.raises(DataError, match="column 'click'"):
         Recommender(CFG).fit(df.drop(columns="click"), user_features=users, item_features=items)
+
+
+@pytest.mark.parametrize(
+    ("context", "message"),
+    [
+        ({"positon": 1}, r"context key 'positon' is not a context column.*Did you mean 'position'"),
+        (pd.DataFrame({"pos": [1, 2]}), "lacks the context column 'position'"),
+        (pd.DataFrame({"position": [1]}), "context has 1 rows but there are 2 pairs"),
+    ],
+)
+def test_context_mistakes_are_named_before_any_work(fitted, context, message):
+    rec = fitted[0]
+    with pytest.raises(ValueError, match=message):
+        rec.predict([1, 2], [4, 5], context=context)
+
+
+def test_a_missing_context_value_is_the_unknown_value(fitted):
+    rec = fitted[0]
+    frame = rec.predict([1], [4], context=pd.DataFrame({"position": [None]}))
+    absent = rec.predict([1], [4], context={})
+    torch.testing.assert_close(frame.mean, absent.mean)

@@ -146,10 +146,13 @@ class Scorer:
         return self._item_cache[key]
 
     def context_rows(self, n: int, context: Context) -> pd.DataFrame:
-        """(n rows) context columns of the schema from ``context`` (missing: None -> OOV).
+        """(n rows) context columns of the schema from ``context``: a DataFrame with one row
+        per pair (every context column present; None / NaN cells are missing values), a
+        mapping applied to every pair (an absent key is a missing value -> OOV), or None.
 
         Raises:
-            ValueError: ``context`` names a column the schema does not have.
+            ValueError: a mapping names a column the schema does not have, or a DataFrame
+                lacks one of the schema's context columns.
         """
         names = [f.name for f in self.spec.schema.context]
         given = list(context.columns) if isinstance(context, pd.DataFrame) else list(context or {})
@@ -166,10 +169,14 @@ class Scorer:
                 cols = [name] if name in context.columns else []
                 if isinstance(f, Vector) and not cols:
                     cols = vector_columns(f, list(context.columns), "context")
+                if not cols:
+                    raise ValueError(
+                        f"the context DataFrame lacks the context column {name!r} of the "
+                        "schema: add it (None / NaN cells are missing values), or pass a "
+                        "mapping of the columns you know"
+                    )
                 for c in cols:
                     rows[c] = context[c].to_numpy()
-                if not cols:
-                    rows[name] = None
             elif context is not None and name in context:
                 value = context[name]
                 # one vector for every pair: a column of n copies, not n scalars
