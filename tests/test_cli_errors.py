@@ -290,3 +290,18 @@ def test_version() -> None:
     result = _invoke("--version")
     assert result.exit_code == 0
     assert result.stdout == f"wager {version('wager')}\n"
+
+
+def test_ctrl_c_exits_130_saying_nothing_was_saved(tmp_path: Path, monkeypatch) -> None:
+    import wager.pipeline
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(wager.pipeline, "train_run", interrupted)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(rating_toml(tmp_path / "r.csv"))
+    result = _invoke("train", cfg, "--out", tmp_path / "run")
+    assert result.exit_code == 130
+    assert "interrupted: nothing was saved" in _plain(result.output)
+    assert not (tmp_path / "run").exists()

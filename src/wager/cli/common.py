@@ -176,6 +176,14 @@ def _reports_errors(command: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
+        except KeyboardInterrupt:
+            # Ctrl-C: a run folder is written whole or not at all, so nothing half-done stays
+            err_console.print(
+                Text("interrupted: nothing was saved (a run folder is written whole or not at "
+                     "all)"),
+                soft_wrap=True,
+            )  # fmt: skip
+            raise typer.Exit(code=130) from None
         except Exception as exc:
             if isinstance(exc, typer.Exit | typer.Abort | typer.BadParameter):
                 raise
