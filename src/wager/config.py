@@ -51,10 +51,9 @@ from wager.models.registry import MODEL_TYPES
 class TaskConfig:
     """One task of a multi-task model (``[[model.tasks]]``; the DCN ranker).
 
-    The first task is the primary one: it is what ``predict``, ``recommend``, early stopping
-    and the post-hoc chain use, and its kind must be the schema's (rating or click). Every
-    task gets its own Prediction (``Recommender.predict_tasks``) and metrics under
-    ``evaluate()["tasks"][name]``.
+    The first task is the primary one (``predict``, ``recommend``, early stopping, the
+    post-hoc chain; its kind is the schema's). Each task gets a Prediction
+    (``Recommender.predict_tasks``) and metrics under ``evaluate()["tasks"][name]``.
 
     Attributes:
         name: the task's name (unique; letters, digits, "_" or "-").
