@@ -61,8 +61,7 @@ class TaskConfig:
         kind: "rating" (a number: point or Gaussian head) or "click" (0/1: Bernoulli head).
         likelihood: "point" or, for ratings, "gaussian".
         weight: the task's weight in the summed loss (> 0).
-        threshold: clicks only: the label is ``column >= threshold`` (e.g. a click derived
-            from a rating >= 4); unset = the column already holds 0/1.
+        threshold: clicks only: label = ``column >= threshold``; unset: the column is 0/1.
     """
 
     name: str
