@@ -1,0 +1,55 @@
+"""What a long training run reports and keeps between epochs: epoch reports and checkpoints.
+
+Every training loop (the gradient loop of :mod:`wager.training.trainer`, the alternating
+least squares loop of :mod:`wager.training.als`) takes two optional hooks:
+
+- ``on_epoch``: a callable that receives one :class:`EpochReport` after each epoch (the
+  CLI prints it as one log line when stderr is not a terminal);
+- ``checkpoint``: a :class:`Checkpoint` that the loop saves its whole state to after each
+  epoch and, when it starts, loads from to continue a stopped run (``wager train --resume``).
+  The state is a dict of tensors and JSON-like values (ints, floats, strings, lists, dicts)
+  written with ``torch.save``; the loop that saved it is the only reader of its keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class EpochReport:
+    """One finished epoch of a training loop.
+
+    Attributes:
+        epoch: 1-based epoch just finished.
+        epochs: the most epochs the run may take (``[training] epochs``).
+        loss: mean training loss of the epoch over members (the loop's own objective).
+        metric: mean validation metric over members, lower is better (e.g. minus NDCG@10),
+            or None without validation.
+        metric_name: what ``metric`` is, e.g. "ndcg@10" (shown negated back), or "".
+        seconds: wall time of the epoch, validation included.
+        best_epoch: 1-based epoch with the best mean metric so far (0 = none yet).
+    """
+
+    epoch: int
+    epochs: int
+    loss: float
+    metric: float | None
+    metric_name: str
+    seconds: float
+    best_epoch: int
+
+
+EpochHook = Callable[[EpochReport], None]
+
+
+class Checkpoint(Protocol):
+    """Where a training loop keeps its state between epochs."""
+
+    def load(self) -> dict[str, Any] | None:
+        """The state last saved, or None when there is none (a fresh run)."""
+
+    def save(self, state: dict[str, Any]) -> None:
+        """Replace the saved state with ``state`` (atomically: a crash keeps the old one)."""
