@@ -13,6 +13,7 @@ least squares loop of :mod:`wager.training.als`) takes two optional hooks:
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -31,6 +32,9 @@ class EpochReport:
         metric_name: what ``metric`` is, e.g. "ndcg@10" (shown negated back), or "".
         seconds: wall time of the epoch, validation included.
         best_epoch: 1-based epoch with the best mean metric so far (0 = none yet).
+        best_metric: that epoch's mean metric (lower is better), or None.
+        higher_is_better: the metric shown to users is ``-metric`` (e.g. NDCG: the loop
+            minimises minus NDCG); False for metrics shown as they are (RMSE, log-loss).
     """
 
     epoch: int
@@ -40,6 +44,14 @@ class EpochReport:
     metric_name: str
     seconds: float
     best_epoch: int
+    best_metric: float | None = None
+    higher_is_better: bool = False
+
+    def shown(self, value: float | None) -> float | None:
+        """``value`` (a ``metric`` or ``best_metric``) with its natural sign for display."""
+        if value is None:
+            return None
+        return -value if self.higher_is_better else value
 
 
 EpochHook = Callable[[EpochReport], None]
@@ -52,4 +64,35 @@ class Checkpoint(Protocol):
         """The state last saved, or None when there is none (a fresh run)."""
 
     def save(self, state: dict[str, Any]) -> None:
-        """Replace the saved state with ``state`` (atomically: a crash keeps the old one)."""
+        """Replace the saved state with ``state`` (atomically: a crash keeps the old one).
+
+        ``state`` holds the loop's live tensors (parameters, optimiser moments): serialise
+        or copy it before returning, since the loop goes on changing them in place.
+        """
+
+
+class MemoryCheckpoint:
+    """A :class:`Checkpoint` held in memory (a deep copy of the last state saved): for
+    tests, and for notebooks that stop and continue a loop within one process.
+
+    Example:
+        >>> ck = MemoryCheckpoint()
+        >>> ck.load() is None
+        True
+        >>> ck.save({"epoch": 1})
+        >>> ck.load()
+        {'epoch': 1}
+    """
+
+    def __init__(self) -> None:
+        self.state: dict[str, Any] | None = None
+        self.saves = 0
+
+    def load(self) -> dict[str, Any] | None:
+        """A deep copy of the state last saved, or None."""
+        return None if self.state is None else copy.deepcopy(self.state)
+
+    def save(self, state: dict[str, Any]) -> None:
+        """Keep a deep copy of ``state``; counts the saves in ``saves``."""
+        self.state = copy.deepcopy(state)
+        self.saves += 1

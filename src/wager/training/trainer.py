@@ -10,7 +10,9 @@ so one loop trains single models and ensembles alike.
 The loop: AdamW / Adam / Adagrad, a per-step learning-rate schedule (constant, cosine or
 linear decay, with linear warm-up), gradient clipping, bfloat16 autocast on CUDA when
 ``mixed_precision`` is set, and early stopping on a validation metric run between epochs
-(never inside the loss step); each member keeps its best epoch's parameters.
+(never inside the loss step); each member keeps its best epoch's parameters. After each
+epoch the loop can save its whole state to a :class:`~wager.training.checkpoint.Checkpoint`
+(and continue from it later, bit for bit) and report the epoch to an ``on_epoch`` hook.
 """
 
 from __future__ import annotations
@@ -24,12 +26,14 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
+from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from wager.config import TrainConfig
 from wager.errors import TrainingDivergedError
+from wager.training.checkpoint import Checkpoint, EpochHook, EpochReport
 
 Params = dict[str, Tensor]
 Batch = dict[str, Tensor]
@@ -321,8 +325,17 @@ def train_stacked(
     generator: torch.Generator | None = None,
     show_progress: bool = False,
     description: str = "training",
+    on_epoch: EpochHook | None = None,
+    checkpoint: Checkpoint | None = None,
+    metric_name: str = "",
+    higher_is_better: bool = False,
 ) -> History:
     """Train stacked parameters in place with early stopping.
+
+    After each epoch the whole loop state (see :class:`_Loop`) is saved to ``checkpoint``
+    and then ``on_epoch`` gets the epoch's report; a ``checkpoint`` that holds a state when
+    the loop starts is loaded first and the loop continues at the next epoch, giving the same
+    parameters and history as a run that was never stopped (same config, same data).
 
     Args:
         params: name -> (M, ...) leaf tensors; updated in place, best epoch restored.
@@ -331,9 +344,14 @@ def train_stacked(
         config: optimiser, schedule, epochs, batch size, patience, clipping, precision.
         validate: params -> (M,) validation metric (lower is better), run between epochs;
             without it every epoch counts as an improvement (no early stopping).
-        generator: seeded generator for the shuffles.
-        show_progress: draw a rich progress bar with running loss and validation metric.
+        generator: seeded generator for the shuffles (and the caller's samplers: its state is
+            part of the checkpoint).
+        show_progress: draw a rich progress bar (on stderr) with running loss and metric.
         description: label of the progress bar.
+        on_epoch: called with an :class:`EpochReport` after each epoch (and its checkpoint).
+        checkpoint: where the loop state is saved after each epoch and loaded at the start.
+        metric_name: what ``validate`` measures, for the reports (e.g. "rmse", "ndcg@10").
+        higher_is_better: ``validate`` returns minus the metric (e.g. minus NDCG).
     """
     if n_rows <= 0:
         raise ValueError("cannot train on 0 rows: the training split is empty")
@@ -346,17 +364,20 @@ def train_stacked(
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda step: lr_factor(step, total_steps, config)
     )
-    n_members = leaves[0].shape[0]
-    history = History(best_epoch=[0] * n_members)
-    best_metric = torch.full((n_members,), float("inf"))
-    best = {k: v.detach().clone() for k, v in params.items()}
-    stale = 0
-    start = time.perf_counter()
+    loop = _Loop(params, opt, sched, anchors, generator)
+    saved = checkpoint.load() if checkpoint is not None else None
+    if saved is not None:
+        loop.restore(saved)
+    history = loop.history
+    start = time.perf_counter() - history.seconds
     step = _EpochStep(params, batch_losses, config, opt, sched, anchors)
     progress = _progress_bar(show_progress)
     with progress:
-        task = progress.add_task(description, total=total_steps, status="")
-        for epoch in range(config.epochs):
+        task = progress.add_task(
+            description, total=total_steps, completed=loop.epoch * steps_per_epoch, status=""
+        )
+        while loop.epoch < config.epochs and not loop.stopped:
+            epoch = loop.epoch
             epoch_start = time.perf_counter()
             history.train_loss.append(
                 step.run(n_rows, generator, epoch, progress if show_progress else None, task)
@@ -364,32 +385,167 @@ def train_stacked(
             history.epoch_seconds.append(time.perf_counter() - epoch_start)
             if not math.isfinite(history.train_loss[-1]):
                 raise _diverged(f"the training loss is {history.train_loss[-1]}", epoch, config)
+            metric = None
             if validate is None:
-                best = {k: v.detach().clone() for k, v in params.items()}
-                history.best_epoch = [epoch] * n_members
-                continue
-            metric = _validation_metric(validate, params, history, epoch, config)
-            improved = metric < best_metric - 1e-6
-            if bool(improved.any()):
-                stale = 0
-                best_metric = torch.where(improved, metric, best_metric)
-                _keep_improved(params, best, improved, history, epoch)
+                loop.best = {k: v.detach().clone() for k, v in params.items()}
+                history.best_epoch = [epoch] * loop.members
+                loop.best_mean_epoch = epoch + 1
             else:
-                stale += 1
-            progress.update(
-                task,
-                status=f"epoch {epoch + 1} loss {history.train_loss[-1]:.4f} "
-                f"valid {float(metric.mean()):.4f}",
-            )
-            if stale >= config.patience:
-                progress.update(task, completed=total_steps)
-                break
+                metric = _validation_metric(validate, params, history, epoch, config)
+                loop.record(metric, epoch, config.patience)
+                progress.update(
+                    task,
+                    status=f"epoch {epoch + 1} loss {history.train_loss[-1]:.4f} "
+                    f"valid {float(metric.mean()):.4f}",
+                )
+            loop.epoch = epoch + 1
+            history.seconds = time.perf_counter() - start
+            if checkpoint is not None:
+                checkpoint.save(loop.state_dict())
+            if on_epoch is not None:
+                seconds = time.perf_counter() - epoch_start
+                on_epoch(loop.report(config.epochs, metric, seconds, metric_name, higher_is_better))
+        if loop.stopped:
+            progress.update(task, completed=total_steps)
     with torch.no_grad():
         for k, v in params.items():
-            v.copy_(best[k])
+            v.copy_(loop.best[k])
             v.requires_grad_(False)
     history.seconds = time.perf_counter() - start
     return history
+
+
+class _Loop:
+    """The state of :func:`train_stacked` between epochs, and its checkpoint form.
+
+    Attributes:
+        history: what happened so far (``seconds``: loop time up to the last epoch).
+        best: name -> (M, ...) each member's best parameters so far.
+        best_metric: (M,) each member's best validation metric (inf before the first).
+        stale: epochs since the last improvement of any member.
+        epoch: epochs finished.
+        stopped: early stopping ended the run (patience reached).
+        best_mean: the best mean-over-members metric so far (for the reports), and
+            ``best_mean_epoch`` its 1-based epoch (0 = none yet).
+    """
+
+    def __init__(
+        self,
+        params: Params,
+        opt: torch.optim.Optimizer,
+        sched: torch.optim.lr_scheduler.LRScheduler,
+        anchors: list[Tensor] | None,
+        generator: torch.Generator | None,
+    ) -> None:
+        self.params, self.opt, self.sched = params, opt, sched
+        self.anchors, self.generator = anchors, generator
+        self.members = next(iter(params.values())).shape[0]
+        self.device = next(iter(params.values())).device
+        self.history = History(best_epoch=[0] * self.members)
+        self.best = {k: v.detach().clone() for k, v in params.items()}
+        self.best_metric = torch.full((self.members,), float("inf"))
+        self.stale = 0
+        self.epoch = 0
+        self.stopped = False
+        self.best_mean = float("inf")
+        self.best_mean_epoch = 0
+
+    def record(self, metric: Tensor, epoch: int, patience: int) -> None:
+        """Take the (M,) validation metric of 0-based ``epoch``: keep improved members'
+        parameters, count stale epochs, stop at ``patience``."""
+        improved = metric < self.best_metric - 1e-6
+        if bool(improved.any()):
+            self.stale = 0
+            self.best_metric = torch.where(improved, metric, self.best_metric)
+            _keep_improved(self.params, self.best, improved, self.history, epoch)
+        else:
+            self.stale += 1
+        mean = float(metric.mean())
+        if mean < self.best_mean:
+            self.best_mean, self.best_mean_epoch = mean, epoch + 1
+        self.stopped = self.stale >= patience
+
+    def report(
+        self,
+        epochs: int,
+        metric: Tensor | None,
+        seconds: float,
+        metric_name: str,
+        higher_is_better: bool,
+    ) -> EpochReport:
+        """The report of the epoch just finished, whose (M,) metric is ``metric`` (or None
+        without validation) and which took ``seconds``."""
+        return EpochReport(
+            epoch=self.epoch,
+            epochs=epochs,
+            loss=self.history.train_loss[-1],
+            metric=None if metric is None else float(metric.mean()),
+            metric_name=metric_name if metric is not None else "",
+            seconds=seconds,
+            best_epoch=self.best_mean_epoch,
+            best_metric=None if metric is None else self.best_mean,
+            higher_is_better=higher_is_better,
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything the loop needs to continue: parameters, best parameters and metrics,
+        counters, history, optimiser and schedule, and the random states (the shuffle
+        generator, torch's global RNG for dropout, CUDA's when the parameters are there)."""
+        cpu = {k: v.detach().cpu() for k, v in self.params.items()}
+        return {
+            "format": 1,
+            "members": self.members,
+            "epoch": self.epoch,
+            "stopped": self.stopped,
+            "stale": self.stale,
+            "best_mean": self.best_mean,
+            "best_mean_epoch": self.best_mean_epoch,
+            "best_metric": self.best_metric.clone(),
+            "params": cpu,
+            "best": {k: v.detach().cpu() for k, v in self.best.items()},
+            "anchors": None if self.anchors is None else [a.cpu() for a in self.anchors],
+            "history": self.history.to_dict(),
+            "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(),
+            "generator": None if self.generator is None else self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": (
+                torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
+            ),
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Load a :meth:`state_dict` (the parameters in place).
+
+        Raises:
+            ValueError: the state was saved by another model (members, parameter names or
+                shapes differ).
+        """
+        saved = state.get("params", {})
+        shapes = {k: tuple(v.shape) for k, v in self.params.items()}
+        if state.get("format") != 1 or {k: tuple(v.shape) for k, v in saved.items()} != shapes:
+            raise ValueError(
+                "the checkpoint was saved by another model (its parameters differ from this "
+                "config's); delete the checkpoint to start fresh"
+            )
+        with torch.no_grad():
+            for k, v in self.params.items():
+                v.copy_(saved[k])
+        self.best = {k: v.to(self.device).clone() for k, v in state["best"].items()}
+        if self.anchors is not None and state["anchors"] is not None:
+            for a, s in zip(self.anchors, state["anchors"], strict=True):
+                a.copy_(s)
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        self.history = History(**state["history"])
+        self.best_metric = state["best_metric"].clone()
+        self.stale, self.epoch, self.stopped = state["stale"], state["epoch"], state["stopped"]
+        self.best_mean, self.best_mean_epoch = state["best_mean"], state["best_mean_epoch"]
+        if self.generator is not None and state["generator"] is not None:
+            self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"] is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
 
 
 def _stacked_optimizer(
@@ -409,13 +565,15 @@ def _stacked_optimizer(
 
 
 def _progress_bar(show_progress: bool) -> Progress:
-    """The rich progress bar of :func:`train_stacked` (disabled unless ``show_progress``)."""
+    """The rich progress bar of :func:`train_stacked`, on stderr (stdout stays for results,
+    e.g. ``--json``); disabled unless ``show_progress``."""
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         TextColumn("{task.completed}/{task.total} steps"),
         TextColumn("{task.fields[status]}"),
         TimeElapsedColumn(),
+        console=Console(stderr=True),
         disable=not show_progress,
         transient=False,
     )
