@@ -16,6 +16,10 @@ Rules that keep user files safe:
 - replacing a run deletes only the files its manifest lists (and the folders left empty);
   nothing else is ever deleted, and nothing is written outside the target's parent folder.
 
+While a run trains, :class:`CheckpointDirectory` keeps its last finished epoch in the hidden
+sibling ``.NAME.checkpoint`` of the run folder (``wager train --resume`` continues from it);
+wager removes it once the run folder is saved.
+
 Example:
     >>> import tempfile, pathlib
     >>> root = pathlib.Path(tempfile.mkdtemp())
@@ -339,3 +343,209 @@ def _remove_listed(folder: Path, names: list[str]) -> None:
             f"{folder}: files wager did not write were in the replaced run; they were kept there",
             stacklevel=3,
         )
+
+
+CHECKPOINT_MARKER = "checkpoint.json"
+CHECKPOINT_STATE = "state.pt"
+_CHECKPOINT_KIND = "wager training checkpoint"
+
+
+class CheckpointDirectory:
+    """The checkpoint of an unfinished run: the hidden sibling ``.NAME.checkpoint`` of the
+    run folder ``NAME`` (the run folder itself is written whole at the end, so the state of
+    the epochs in between lives beside it, in the same parent folder).
+
+    The folder holds ``checkpoint.json`` (the marker: what wrote it, the wager version, the
+    last finished epoch, and the identity of the run: its config and a fingerprint of its
+    training data) and ``state.pt`` (the training loop's state, ``torch.save``). Each save
+    writes a temporary file in the folder and renames it over the old one, so a crash keeps
+    the previous epoch's state. :meth:`remove` deletes the folder once the run is saved,
+    and only when its marker says wager wrote it; nothing else is ever deleted.
+
+    It is a :class:`~wager.training.checkpoint.Checkpoint`: pass it to ``Recommender.fit``.
+
+    Args:
+        run: the run folder (``--out``) whose checkpoint this is.
+        identity: JSON-ready facts that must not change between a stop and its resume (e.g.
+            {"config": {section: {key: value}}, "training data": ...}); written into the
+            marker, compared by :meth:`check_identity`.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> ck = CheckpointDirectory(pathlib.Path(tempfile.mkdtemp()) / "run", {"seed": 0})
+        >>> ck.path.name, ck.load()
+        ('.run.checkpoint', None)
+    """
+
+    def __init__(self, run: str | Path, identity: Mapping[str, Any] | None = None) -> None:
+        self.run = Path(run)
+        self.path = self.run.parent / f".{self.run.name}.checkpoint"
+        self.identity: dict[str, Any] = json.loads(json.dumps(dict(identity or {})))
+
+    @property
+    def marker_path(self) -> Path:
+        """The marker file."""
+        return self.path / CHECKPOINT_MARKER
+
+    @property
+    def state_path(self) -> Path:
+        """The saved loop state."""
+        return self.path / CHECKPOINT_STATE
+
+    def read_marker(self) -> dict[str, Any] | None:
+        """The marker, or None when the folder is not a checkpoint wager wrote."""
+        if self.path.is_symlink() or not self.path.is_dir() or self.marker_path.is_symlink():
+            return None
+        try:
+            marker = json.loads(self.marker_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        ok = isinstance(marker, dict) and marker.get("written_by") == _CHECKPOINT_KIND
+        return marker if ok else None
+
+    def has_state(self) -> bool:
+        """A checkpoint that wager wrote, with a saved state: a run to resume."""
+        return self.read_marker() is not None and self.state_path.is_file()
+
+    def last_epoch(self) -> int:
+        """The last finished epoch saved (0 when none)."""
+        marker = self.read_marker() or {}
+        return int(marker.get("epoch") or 0)
+
+    def check_start(self, resume: bool) -> None:
+        """Refuse to start when the checkpoint folder is in the way; run before any work.
+
+        Args:
+            resume: the run continues from the checkpoint (``--resume``).
+
+        Raises:
+            RunError: the folder exists and wager did not write it; ``resume`` without a
+                checkpoint; a checkpoint of a stopped run without ``resume``.
+        """
+        p = self.path
+        empty = p.is_dir() and not p.is_symlink() and not any(p.iterdir())
+        if (p.exists() or p.is_symlink()) and not empty and self.read_marker() is None:
+            raise RunError(
+                f"{p}: exists and was not written by wager (no {CHECKPOINT_MARKER} of "
+                f"wager's); wager keeps the checkpoint of --out {self.run} there and never "
+                "writes into or deletes what it did not write: move it away",
+                path=p,
+            )
+        if resume and not self.has_state():
+            raise RunError(
+                f"--resume: there is no checkpoint of an unfinished run to {self.run} (wager "
+                f"keeps it in {p}); run without --resume to start fresh",
+                path=p,
+            )
+        if not resume and self.has_state():
+            raise RunError(
+                f"{p}: holds the checkpoint of an unfinished run to {self.run} (epoch "
+                f"{self.last_epoch()} finished); pass --resume to continue it, or delete {p} "
+                "to start fresh",
+                path=p,
+            )
+
+    def check_identity(self) -> None:
+        """Refuse to resume a checkpoint written for another config, data or wager version.
+
+        Raises:
+            RunError: naming every difference and how to fix it.
+        """
+        marker = self.read_marker() or {}
+        saved = marker.get("identity", {})
+        found = _differences(saved, self.identity)
+        if marker.get("wager_version") != wager_version():
+            found.append(
+                f"it was written by wager {marker.get('wager_version')}, this is wager "
+                f"{wager_version()} (resume with that version)"
+            )
+        if found:
+            raise RunError(
+                f"--resume: the checkpoint {self.path} was written for another run: "
+                + "; ".join(found)
+                + f". Restore what it was started with, or delete {self.path} and run "
+                "without --resume to start fresh",
+                path=self.path,
+            )
+
+    def load(self) -> dict[str, Any] | None:
+        """The state last saved, or None when there is none."""
+        if not self.has_state():
+            return None
+        import torch
+
+        state: dict[str, Any] = torch.load(self.state_path, map_location="cpu", weights_only=True)
+        return state
+
+    def save(self, state: dict[str, Any]) -> None:
+        """Write ``state`` (atomically: temporary file, then renamed over the old one) and
+        the marker with the epoch it holds (``state["epoch"]``)."""
+        import torch
+
+        if self.read_marker() is None:
+            self.check_start(resume=False)  # an empty folder, or none: ours from now on
+            self.path.mkdir(parents=True, exist_ok=True)
+            self._write_marker(0)
+        tmp = self.path / f"{CHECKPOINT_STATE}.partial-{os.getpid()}"
+        try:
+            torch.save(state, tmp)
+            os.replace(tmp, self.state_path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        self._write_marker(int(state.get("epoch", 0)))
+
+    def remove(self) -> None:
+        """Delete the checkpoint (its marker, state and wager's temporary files) when wager
+        wrote it; anything else stays (the folder is then kept and named in a warning)."""
+        if self.read_marker() is None:
+            return
+        ours = {CHECKPOINT_STATE, CHECKPOINT_MARKER}
+        names = [
+            f.name
+            for f in self.path.iterdir()
+            if f.name in ours or f.name.startswith(tuple(f"{n}.partial-" for n in ours))
+        ]
+        self.marker_path.unlink()  # first: a half-removed folder is no longer "ours"
+        _remove_listed(self.path, [n for n in names if n != CHECKPOINT_MARKER])
+
+    def _write_marker(self, epoch: int) -> None:
+        marker = {
+            "written_by": _CHECKPOINT_KIND,
+            "wager_version": wager_version(),
+            "run": str(self.run),
+            "epoch": epoch,
+            "identity": self.identity,
+        }
+        tmp = self.path / f"{CHECKPOINT_MARKER}.partial-{os.getpid()}"
+        tmp.write_text(json.dumps(marker, indent=1), encoding="utf-8")
+        os.replace(tmp, self.marker_path)
+
+
+def _differences(saved: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
+    """What differs between two run identities, one phrase each: the config key by key
+    (``[section] key``, or ``seed``; its digest "config_sha256" is not repeated), any other
+    fact (e.g. "training data") as a whole."""
+    out = []
+    cs, cn = saved.get("config") or {}, now.get("config") or {}
+    for key in sorted(set(cs) | set(cn)):
+        a, b = cs.get(key), cn.get(key)
+        if isinstance(a, dict) or isinstance(b, dict):
+            a, b = a or {}, b or {}
+            out += [
+                _changed(f"[{key}] {k}", a.get(k), b.get(k))
+                for k in sorted(set(a) | set(b))
+                if a.get(k) != b.get(k)
+            ]
+        elif a != b:
+            out.append(_changed(key, a, b))
+    for key in sorted((set(saved) | set(now)) - {"config", "config_sha256"}):
+        if saved.get(key) != now.get(key):
+            out.append(_changed(key, saved.get(key), now.get(key)))
+    return out
+
+
+def _changed(name: str, saved: Any, now: Any) -> str:
+    def show(v: Any) -> str:
+        return "unset" if v is None else json.dumps(v)
+
+    return f"{name} is {show(saved)} in the checkpoint, {show(now)} now"
