@@ -16,6 +16,8 @@ user's latest interaction), so early stopping never sees the test split.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -31,7 +33,8 @@ from wager.data.schema import Schema
 from wager.data.splits import Split, leave_last_out, random_split, split_dataset, temporal_split
 from wager.data.synthetic import SyntheticWorld, WorldConfig
 from wager.recommender import ModelSpec, Recommender
-from wager.runs import RunDirectory
+from wager.runs import CheckpointDirectory, RunDirectory
+from wager.training.checkpoint import EpochHook
 
 
 @dataclass
@@ -152,18 +155,64 @@ def load_run_data(
     )
 
 
-def check_run(config: RunConfig, out: str | Path | None, overwrite: bool = False) -> None:
+def check_run(
+    config: RunConfig, out: str | Path | None, overwrite: bool = False, resume: bool = False
+) -> None:
     """Everything about a run that can be checked before any data is read: the config's
-    cross-section rules (when it names its schema) and the output folder.
+    cross-section rules (when it names its schema), the output folder and its checkpoint.
 
     Raises:
-        ValueError: a config rule, naming section and key.
-        RunError: the output folder would lose or expose files (see ``RunDirectory``).
+        ValueError: a config rule, naming section and key; ``resume`` without ``out``.
+        RunError: the output folder would lose or expose files (see ``RunDirectory``); a
+            checkpoint of a stopped run is there and ``resume`` is False, or none and it is
+            True (see ``CheckpointDirectory.check_start``).
     """
     if config.schema is not None:
         ModelSpec.from_config(config).validate()
-    if out is not None:
-        RunDirectory(out).check_target(overwrite)
+    if out is None:
+        if resume:
+            raise ValueError("resume=True needs the run folder out= whose checkpoint to resume")
+        return
+    RunDirectory(out).check_target(overwrite)
+    CheckpointDirectory(out).check_start(resume)
+
+
+def run_identity(config: RunConfig, rd: RunData) -> dict[str, Any]:
+    """What a checkpoint records of its run, so that ``--resume`` refuses another one: the
+    config (as TOML writes it, ``[data] path`` left out: the data are compared by content)
+    with its canonical SHA-256, and a fingerprint of the training data (every row of the
+    train / valid frames and feature tables, hashed with pandas).
+
+    Args:
+        config: the run config after the data's schema and any ``--data-dir`` / ``--split``.
+        rd: the run's data.
+    """
+    cfg = config.to_dict()
+    cfg.get("data", {}).pop("path", None)
+    canonical = json.dumps(cfg, sort_keys=True, separators=(",", ":"), default=str)
+    h = hashlib.sha256()
+    frames = (rd.train, rd.valid, rd.user_features, rd.item_features)
+    for name, frame in zip(("train", "valid", "users", "items"), frames, strict=True):
+        h.update(name.encode())
+        if frame is None:
+            continue
+        h.update(json.dumps([list(map(str, frame.columns)), len(frame)]).encode())
+        for column in frame.columns:
+            values = frame[column]
+            try:
+                hashed = pd.util.hash_pandas_object(values, index=False)
+            except TypeError:  # unhashable cells (lists of a multi-valued feature)
+                hashed = pd.util.hash_pandas_object(values.astype(str), index=False)
+            h.update(hashed.to_numpy().tobytes())
+    return {
+        "config": json.loads(canonical),
+        "config_sha256": hashlib.sha256(canonical.encode()).hexdigest(),
+        "training data": {
+            "train_rows": len(rd.train),
+            "valid_rows": 0 if rd.valid is None else len(rd.valid),
+            "sha256": h.hexdigest(),
+        },
+    }
 
 
 def train_run(
@@ -174,9 +223,15 @@ def train_run(
     out: str | Path | None = None,
     show_progress: bool = False,
     overwrite: bool = False,
+    resume: bool = False,
+    on_epoch: EpochHook | None = None,
 ) -> tuple[Recommender, dict[str, Any]]:
     """Check the run, train on the config's data, evaluate on its test split and save the
     run folder (whole, with the evaluation's plots, or not at all).
+
+    With ``out``, the training loop saves each finished epoch to the run's checkpoint (the
+    hidden sibling ``.NAME.checkpoint``, see :class:`~wager.runs.CheckpointDirectory`),
+    removed once the run folder is saved; ``resume`` continues a stopped run from it.
 
     Args:
         config: the run config.
@@ -185,11 +240,14 @@ def train_run(
         out: the run folder to write, or None (nothing saved).
         show_progress: draw progress bars.
         overwrite: replace a previous run at ``out``.
+        resume: continue the stopped run to ``out`` from its checkpoint (same config and
+            data, or a RunError naming what differs).
+        on_epoch: called with each epoch's report (e.g. to print a log line).
 
     Returns:
         The fitted recommender and its metrics (also in ``out/metrics.json``).
     """
-    check_run(config, out, overwrite)
+    check_run(config, out, overwrite, resume)
     rd = load_run_data(config, data_dir, split)
     cfg = replace(config, schema=rd.schema)
     if data_dir is not None or split is not None:
@@ -203,12 +261,17 @@ def train_run(
         )
     rec = Recommender(cfg)
     rec.spec.validate()  # the loader's schema: still before any epoch
+    checkpoint = None if out is None else CheckpointDirectory(out, run_identity(cfg, rd))
+    if checkpoint is not None and resume:
+        checkpoint.check_identity()
     rec.fit(
         rd.train,
         rd.valid,
         user_features=rd.user_features,
         item_features=rd.item_features,
         show_progress=show_progress,
+        on_epoch=on_epoch,
+        checkpoint=checkpoint,
     )
     metrics: dict[str, Any] = {}
 
@@ -234,6 +297,8 @@ def train_run(
         evaluate(None)
     else:
         rec.save(out, overwrite=overwrite, prepare=evaluate)
+        if checkpoint is not None:
+            checkpoint.remove()  # the run is saved: its checkpoint is done with
     return rec, metrics
 
 

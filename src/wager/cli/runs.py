@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import secrets
+import shlex
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from wager.recommender import Recommender
+    from wager.training.checkpoint import EpochReport
 
 #: the recommendation file formats ``wager recommend --out`` writes, by file extension
 OUT_FORMATS = (".parquet", ".csv", ".jsonl")
@@ -101,25 +104,61 @@ def train(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace a previous wager run at --out.")
     ] = False,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Continue the stopped run to --out from its checkpoint (the hidden folder "
+            ".NAME.checkpoint beside it), with the same config and data.",
+        ),
+    ] = False,
     as_json: JsonFlag = False,
 ) -> None:
-    """Train the model a config describes, evaluate it on the test split, save the run."""
-    from wager.runs import RunDirectory
+    """Train the model a config describes, evaluate it on the test split, save the run.
+
+    Each finished epoch is checkpointed beside --out; Ctrl-C keeps it, --resume goes on
+    from it. On a terminal a progress bar is drawn (stderr); otherwise one line per epoch
+    is written to stderr. stdout holds only the results (the table, or JSON with --json).
+    """
+    from wager.runs import CheckpointDirectory, RunDirectory
 
     out = out or Path("runs") / config.stem
     # check first, then work: the config and the output folder before torch or any data
     cfg = _load_config(config)
     RunDirectory(out).check_target(overwrite)
+    checkpoint = CheckpointDirectory(out)
+    checkpoint.check_start(resume)
     from wager.pipeline import train_run
 
-    _rec, metrics = train_run(
-        cfg,
-        data_dir=data_dir,
-        split=split,
-        out=out,
-        show_progress=not as_json,
-        overwrite=overwrite,
-    )
+    terminal = sys.stderr.isatty()
+    try:
+        _rec, metrics = train_run(
+            cfg,
+            data_dir=data_dir,
+            split=split,
+            out=out,
+            show_progress=terminal,
+            overwrite=overwrite,
+            resume=resume,
+            on_epoch=None if terminal else _print_epoch,
+        )
+    except KeyboardInterrupt:
+        if not checkpoint.has_state():
+            raise  # before the first epoch: "nothing was saved"
+        command = ["wager", "train", str(config), "--out", str(out), "--resume"]
+        command += ["--data-dir", str(data_dir)] if data_dir is not None else []
+        command += ["--split", split] if split is not None else []
+        command += ["--overwrite"] * overwrite + ["--json"] * as_json
+        err_console.print(
+            _text(
+                f"interrupted: no run was saved to {out}; the last finished epoch "
+                f"({checkpoint.last_epoch()}) is checkpointed in {checkpoint.path}. Continue "
+                f"with: {shlex.join(command)}"
+            ),
+            soft_wrap=True,
+            highlight=False,
+        )
+        raise typer.Exit(code=130) from None
     metrics = {"ok": True, "run": str(out), **metrics}
     if as_json:
         print_json(metrics)
@@ -128,6 +167,26 @@ def train(
         _metrics_table(f"{config.name}: {metrics['model']} on {metrics['split']}", metrics)
     )
     console.print(Text.assemble("run saved to ", (str(out), "bold")), highlight=False)
+
+
+def epoch_line(report: EpochReport) -> str:
+    """One log line of a finished epoch, the validation metric with its natural sign, e.g.
+    ``epoch 3/30  loss 5.1234  valid ndcg@10 0.2311 (best 0.2311 at epoch 3)  12.3 s``."""
+    parts = [f"epoch {report.epoch}/{report.epochs}", f"loss {report.loss:.4f}"]
+    metric, best = report.shown(report.metric), report.shown(report.best_metric)
+    if metric is not None:
+        valid = f"valid {report.metric_name} {metric:.4f}".replace("  ", " ")
+        if best is not None and report.best_epoch:
+            valid += f" (best {best:.4f} at epoch {report.best_epoch})"
+        parts.append(valid)
+    parts.append(f"{report.seconds:.1f} s")
+    return "  ".join(parts)
+
+
+def _print_epoch(report: EpochReport) -> None:
+    """Write :func:`epoch_line` to stderr (plain text: not a terminal, no progress bar)."""
+    sys.stderr.write(epoch_line(report) + "\n")
+    sys.stderr.flush()
 
 
 @app.command("evaluate")

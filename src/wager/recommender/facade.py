@@ -39,7 +39,7 @@ from torch import Tensor
 from wager.config import RunConfig
 from wager.data.features import InteractionEncoder
 from wager.data.schema import Schema
-from wager.errors import NotFittedError, data_error
+from wager.errors import NotFittedError
 from wager.evaluation import oov, report
 from wager.models.heads import Head
 from wager.prediction import MixturePrediction, Prediction
@@ -48,6 +48,7 @@ from wager.recommender.catalogue import Catalogue
 from wager.recommender.listing import recommend_frame
 from wager.recommender.scoring import Batch, Context, Scorer, to_tensors
 from wager.recommender.spec import ModelSpec
+from wager.training.checkpoint import Checkpoint, EpochHook
 from wager.training.trainer import History, resolve_device
 from wager.uncertainty.chain import PostHocChain
 from wager.uncertainty.relevance import list_confidence
@@ -115,6 +116,8 @@ class Recommender:
         user_features: pd.DataFrame | None = None,
         item_features: pd.DataFrame | None = None,
         show_progress: bool = False,
+        on_epoch: EpochHook | None = None,
+        checkpoint: Checkpoint | None = None,
     ) -> Recommender:
         """Check the config, fit encoders (training split only), train the model and the
         post-hoc chain; returns self.
@@ -127,6 +130,9 @@ class Recommender:
             user_features: user feature table keyed by ``schema.user``, or None.
             item_features: item feature table keyed by ``schema.item``, or None.
             show_progress: draw a progress bar.
+            on_epoch: called with each epoch's :class:`~wager.training.checkpoint.EpochReport`.
+            checkpoint: the training loop's state is saved there after each epoch, and a
+                state found there is continued (same config and data: same result).
         """
         spec, s = self.spec, self.schema
         spec.validate()
@@ -139,16 +145,7 @@ class Recommender:
                 f"[uncertainty] {asked[0]} is fitted on validation rows, but there are "
                 "none: set [data] valid_fraction > 0 (or pass valid to fit())"
             )
-        fit_rows = fitting.positives(spec, train) if spec.ranking else train
-        if len(fit_rows) == 0:
-            raise data_error(
-                "empty_data",
-                "the training split has no rows"
-                + (" at or above model.positive_threshold" if len(train) else ""),
-                source="train",
-                fix="Check the split, any filters applied before fit() and "
-                "model.positive_threshold.",
-            )
+        fit_rows = fitting.fit_rows(spec, train)
         device = resolve_device(self.config.training.device)
         mc = self.config.model
         self.encoder_ = enc = InteractionEncoder.from_schema(
@@ -178,7 +175,7 @@ class Recommender:
         stack = fitting.build_stack(spec, fitting.fields_of(enc), label_mean, device)
         self._scorer = Scorer(spec, enc, stack, catalogue)
         self.history_ = hist = fitting.train_members(
-            self._scorer, train_t, fit_rows, train, valid, show_progress
+            self._scorer, train_t, fit_rows, train, valid, show_progress, on_epoch, checkpoint
         )
         if valid is not None and len(valid):
             self.calibrate(valid, train)

@@ -23,10 +23,12 @@ import torch
 from torch import Tensor
 
 from wager.data.features import InteractionEncoder, categorical_keys
+from wager.errors import data_error
 from wager.evaluation import ranking
 from wager.models.fields import Field
 from wager.recommender.scoring import Batch, Scorer, to_tensors
 from wager.recommender.spec import ModelSpec
+from wager.training.checkpoint import Checkpoint, EpochHook
 from wager.training.trainer import History, StackedModel, train_stacked
 from wager.uncertainty.cold_start import centre_oov, draw_known_rows
 from wager.uncertainty.ensemble import bootstrap_weights, holdout_mask
@@ -268,6 +270,16 @@ def ranking_validator(scorer: Scorer, valid: pd.DataFrame, train_seen: sp.csr_ma
     return ranking_metric
 
 
+def validation_metric_name(spec: ModelSpec) -> str:
+    """The name of the metric that early stopping watches (the validators above): e.g.
+    "rmse" (ratings), "log_loss" (clicks), "ctr_mse" ("mdn" / "ddn"), "ndcg@10" (ranking)."""
+    if spec.ranking:
+        return spec.config.training.validation_metric or f"ndcg@{spec.config.evaluation.k}"
+    if spec.task == "rating":
+        return "rmse"
+    return "ctr_mse" if spec.mixture else "log_loss"
+
+
 def list_calibration_rows(
     scorer: Scorer, valid: pd.DataFrame, history: pd.DataFrame | None
 ) -> tuple[list[Tensor], list[list[np.ndarray]]]:
@@ -292,6 +304,25 @@ def list_calibration_rows(
     return rows, positives
 
 
+def fit_rows(spec: ModelSpec, train: pd.DataFrame) -> pd.DataFrame:
+    """The training rows the model fits: the positives of ``train`` for ranking models,
+    else ``train`` itself.
+
+    Raises:
+        DataError: there are none.
+    """
+    rows = positives(spec, train) if spec.ranking else train
+    if len(rows) == 0:
+        raise data_error(
+            "empty_data",
+            "the training split has no rows"
+            + (" at or above model.positive_threshold" if len(train) else ""),
+            source="train",
+            fix="Check the split, any filters applied before fit() and model.positive_threshold.",
+        )
+    return rows
+
+
 def positives(spec: ModelSpec, df: pd.DataFrame) -> pd.DataFrame:
     """Rows that count as positives for retrieval / implicit training."""
     thr = spec.config.model.positive_threshold
@@ -307,6 +338,8 @@ def train_members(
     train: pd.DataFrame,
     valid: pd.DataFrame | None,
     show_progress: bool = False,
+    on_epoch: EpochHook | None = None,
+    checkpoint: Checkpoint | None = None,
 ) -> History:
     """Train the scorer's stacked members in place; returns the training history.
 
@@ -317,6 +350,8 @@ def train_members(
         train: every training row (what validation lists exclude).
         valid: validation rows for early stopping, or None.
         show_progress: draw a progress bar.
+        on_epoch: called after each epoch with its report.
+        checkpoint: where the loop keeps its state between epochs (and resumes from).
     """
     spec, stack = scorer.spec, scorer.stack
     config = spec.config
@@ -359,6 +394,10 @@ def train_members(
         generator=gen,
         show_progress=show_progress,
         description=spec.method,
+        on_epoch=on_epoch,
+        checkpoint=checkpoint,
+        metric_name=validation_metric_name(spec),
+        higher_is_better=spec.ranking,
     )
     stack.train(False)
     if config.uncertainty.cold_start == "population":
