@@ -258,7 +258,7 @@ SCHEMA = Schema(label="rating", label_kind="rating", rating_range=(1.0, 5.0))
 
 
 @pytest.mark.parametrize(
-    ("schema", "ensemble", "message"),
+    ("schema", "section", "message"),
     [
         (
             Schema(label="rating", item_features=(Categorical("genre"),)),
@@ -272,10 +272,17 @@ SCHEMA = Schema(label="rating", label_kind="rating", rating_range=(1.0, 5.0))
             r"schema has context \(device\): remove \[schema\] context, or use",
         ),
         (SCHEMA, EnsembleConfig(members=3), r"set \[uncertainty\] cold_start = 'population'"),
+        (
+            SCHEMA,
+            TrainConfig(learning_rate=0.1),
+            r"\[training\] learning_rate = 0.1 is not used by \[model\] type = 'als' .*: "
+            "remove learning_rate",
+        ),
     ],
 )
-def test_spec_refuses_features_and_a_learned_cold_start(schema, ensemble, message):
-    config = RunConfig(schema=schema, model=ModelConfig(type="als"), ensemble=ensemble)
+def test_spec_refuses_features_a_learned_cold_start_and_gradient_settings(schema, section, message):
+    more = {"training" if isinstance(section, TrainConfig) else "ensemble": section}
+    config = RunConfig(schema=schema, model=ModelConfig(type="als"), **more)
     with pytest.raises(ValueError, match=message):
         ModelSpec.from_config(config).validate()
 

@@ -125,7 +125,7 @@ class ModelConfig:
         type: one of the model types above (the keys of
             :data:`wager.models.registry.MODEL_TYPES`).
         dim: embedding dimension (>= 1); for "neumf" the GMF dimension.
-        init_std: std of the embedding initialisation (> 0).
+        init_std: std of the embedding initialisation (> 0); als: factors start U(0, init_std).
         user_min_count: training interactions a user id needs for its own embedding (>= 1).
         item_min_count: training interactions an item id needs for its own embedding (>= 1).
         hidden: MLP widths on top of the embeddings (towers; NeuMF's MLP; DCN's deep tower).

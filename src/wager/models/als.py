@@ -31,8 +31,11 @@ class ImplicitALS(nn.Module):
         user_fields: the user fields: exactly one, the user id (kind "index").
         item_fields: the item fields: exactly one, the item id (kind "index").
         dim: factors per side (>= 1).
-        init_std: std of the normal initialisation of both tables (the starting point of
-            the first half-step; ensemble members differ by it).
+        init_std: width of the uniform U(0, init_std) start of every factor, as implicit's
+            ``AlternatingLeastSquares`` starts (its width is 0.01). ALS is not convex: the
+            start matters, and a small positive one, with 15 or so iterations, ranks better
+            on MovieLens than a zero-mean normal start, which reaches a lower objective
+            (over-fitting). Ensemble members differ by it.
 
     Raises:
         ValueError: a side has feature fields besides its id, or the id is not an index.
@@ -67,7 +70,7 @@ class ImplicitALS(nn.Module):
             nn.Embedding(item_fields[0].size, dim),
         )
         for table in (users, items):
-            nn.init.normal_(table.weight, std=init_std)
+            nn.init.uniform_(table.weight, 0.0, init_std)
         self.vectors = nn.ModuleDict({self.user_name: users, self.item_name: items})
 
     @property

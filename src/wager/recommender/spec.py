@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 from torch import Tensor, nn
 
-from wager.config import RunConfig
+from wager.config import RunConfig, TrainConfig
 from wager.data.features import vector_columns
 from wager.data.schema import Schema, Vector
 from wager.errors import data_error
@@ -41,6 +41,19 @@ from wager.models.heads import (
 from wager.models.ranking import Task, task_output
 from wager.models.registry import ModelInputs, ModelType, TaskKind, model_type
 from wager.uncertainty.mc_dropout import MCDropout
+
+# [training] settings of the gradient loop (what ALS, fitted in closed form, never reads)
+_GRADIENT_SETTINGS = (
+    "batch_size",
+    "learning_rate",
+    "weight_decay",
+    "anchored",
+    "optimizer",
+    "grad_clip",
+    "lr_schedule",
+    "warmup_steps",
+    "mixed_precision",
+)
 
 
 def _head(config: RunConfig, task: TaskKind) -> Head | None:
@@ -343,6 +356,15 @@ class ModelSpec:
                     f"schema has {what} ({', '.join(f.name for f in specs)}): remove [schema] "
                     f"{what}{loader}, or use a model type that reads them (two_tower, dcn)"
                 )
+        if mt.name == "als":  # fitted in closed form: the gradient loop's settings do nothing
+            t, default = self.config.training, TrainConfig()
+            for key in _GRADIENT_SETTINGS:
+                if getattr(t, key) != getattr(default, key):
+                    raise ValueError(
+                        f"[training] {key} = {getattr(t, key)!r} is not used by [model] type = "
+                        "'als' (alternating least squares reads epochs, patience, device and "
+                        f"validation_metric only): remove {key}"
+                    )
         if self.members >= 2 and self.config.uncertainty.cold_start != "population":
             raise ValueError(
                 f"[model] type = {mt.name!r} learns nothing for unknown users and items (their "
