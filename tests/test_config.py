@@ -463,12 +463,12 @@ BAD_TOML = [
     (
         '[model]\ntype = "svd"\n',
         "[model] type = 'svd' is invalid: must be one of 'factorization', 'biased_mf', "
-        "'two_tower', 'neumf', 'dcn'",
+        "'two_tower', 'neumf', 'dcn', 'als'",
     ),
     (
         '[model]\ntype = "twotower"\n',
         "[model] type = 'twotower' is invalid: must be one of 'factorization', 'biased_mf', "
-        "'two_tower', 'neumf', 'dcn'; did you mean 'two_tower'?",
+        "'two_tower', 'neumf', 'dcn', 'als'; did you mean 'two_tower'?",
     ),
     (
         '[model]\ntype = "dcn"\nlikelihood = "beta"\n',
@@ -741,6 +741,8 @@ NON_DEFAULT = {
     "positive_threshold": 3.5,
     "oov_rate": 0.05,
     "hard_negatives": 5,
+    "alpha": 40.0,
+    "cg_steps": 0,
     "tasks": (
         TaskConfig("rating", "rating", likelihood="gaussian"),
         TaskConfig("like", "rating", kind="click", weight=0.5, threshold=4.0),

@@ -118,12 +118,14 @@ class ModelConfig:
         "dcn": ranking over user, item and context features with a DCN-v2 cross network and
             a deep tower (:class:`~wager.models.ranking.DCNRanker`); BCE for clicks / CTRs,
             MSE or Gaussian NLL for ratings.
+        "als": retrieval, user and item id factors fitted by implicit alternating least
+            squares (:class:`~wager.models.als.ImplicitALS`, :mod:`wager.training.als`).
 
     Attributes:
         type: one of the model types above (the keys of
             :data:`wager.models.registry.MODEL_TYPES`).
         dim: embedding dimension (>= 1); for "neumf" the GMF dimension.
-        init_std: std of the embedding initialisation (> 0).
+        init_std: std of the embedding initialisation (> 0); als: factors start U(0, init_std).
         user_min_count: training interactions a user id needs for its own embedding (>= 1).
         item_min_count: training interactions an item id needs for its own embedding (>= 1).
         hidden: MLP widths on top of the embeddings (towers; NeuMF's MLP; DCN's deep tower).
@@ -140,7 +142,9 @@ class ModelConfig:
             :class:`~wager.models.heads.GaussianHead`).
         reg: L2 on the embeddings of the batch rows (>= 0): biased_mf (factors and biases,
             per example); two_tower (user vectors of the batch rows and the candidate item
-            vectors).
+            vectors); als: on every factor (implicit's unscaled ``regularization``).
+        alpha: als: confidence slope (>= 0): c = 1 + alpha * (summed row weight) on pairs.
+        cg_steps: als: conjugate-gradient steps per solve (>= 0; 0 = exact Cholesky).
         bias_reg: biased_mf: L2 on the user and item biases (>= 0); unset = ``reg``.
         temperature: two-tower softmax temperature (> 0).
         logq_correction: two-tower: subtract the log sampling probability of candidates.
@@ -196,6 +200,8 @@ class ModelConfig:
     positive_threshold: float | None = None
     oov_rate: float = 0.0
     hard_negatives: int = 0
+    alpha: float = 1.0
+    cg_steps: int = 3
     tasks: tuple[TaskConfig, ...] = ()
 
     def __post_init__(self) -> None:
@@ -242,6 +248,8 @@ class ModelConfig:
         _check(0 <= self.oov_rate < 1, "model", "oov_rate", self.oov_rate, "in [0, 1)")
         _check(self.temperature > 0, "model", "temperature", self.temperature, "> 0")
         _check(self.negatives >= 0, "model", "negatives", self.negatives, ">= 0")
+        _check(self.alpha >= 0, "model", "alpha", self.alpha, ">= 0 (e.g. 1.0 on 0/1 data)")
+        _check(self.cg_steps >= 0, "model", "cg_steps", self.cg_steps, "an integer >= 0")
         _check(self.cross_layers >= 1, "model", "cross_layers", self.cross_layers, ">= 1")
         _check(
             self.low_rank is None or self.low_rank >= 1,

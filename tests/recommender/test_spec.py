@@ -25,13 +25,14 @@ def _spec(schema=RATING, **kw) -> ModelSpec:
         ("factorization", CLICK, "click"),
         ("biased_mf", RATING, "rating"),
         ("two_tower", RATING, "retrieval"),
+        ("als", RATING, "retrieval"),
         ("neumf", RATING, "implicit"),
         ("dcn", RATING, "rating"),
         ("dcn", CLICK, "click"),
     ],
 )
 def test_task_comes_from_the_registry(model_type, schema, task):
-    assert set(MODEL_TYPES) == {"factorization", "biased_mf", "two_tower", "neumf", "dcn"}
+    assert set(MODEL_TYPES) == {"factorization", "biased_mf", "two_tower", "neumf", "dcn", "als"}
     negatives = {"negatives": 2} if model_type in ("two_tower", "neumf") else {}
     spec = _spec(schema, model=ModelConfig(type=model_type, **negatives))
     assert spec.task == task

@@ -11,7 +11,7 @@ second.
 Example:
     >>> from wager.models.registry import MODEL_TYPES, task_of
     >>> sorted(MODEL_TYPES)
-    ['biased_mf', 'dcn', 'factorization', 'neumf', 'two_tower']
+    ['als', 'biased_mf', 'dcn', 'factorization', 'neumf', 'two_tower']
     >>> task_of("dcn", "rating"), task_of("dcn", "click")
     ('rating', 'click')
 """
@@ -71,6 +71,7 @@ class ModelType:
         uses: the ``[model]`` settings the type reads (besides the common ones).
         build: ``(model settings, inputs) -> nn.Module``; the settings object is
             :class:`wager.config.ModelConfig` (typed loosely here: models sit below config).
+        ids_only: the model reads the user and item ids alone (no features, no context).
     """
 
     name: str
@@ -78,6 +79,7 @@ class ModelType:
     uses: frozenset[str]
     build: Callable[[Any, ModelInputs], nn.Module]
     tasks: tuple[tuple[str, TaskKind], ...] = ()
+    ids_only: bool = False
 
     def task(self, label_kind: str | None) -> TaskKind:
         """The task for data whose label is of ``label_kind`` (None: no label)."""
@@ -172,6 +174,12 @@ def _dcn(m: Any, x: ModelInputs) -> nn.Module:
     )
 
 
+def _als(m: Any, x: ModelInputs) -> nn.Module:
+    from wager.models.als import ImplicitALS
+
+    return ImplicitALS(x.user, x.item, dim=m.dim, init_std=m.init_std)
+
+
 MODEL_TYPES: dict[str, ModelType] = {
     t.name: t
     for t in (
@@ -236,6 +244,13 @@ MODEL_TYPES: dict[str, ModelType] = {
                 }
             ),
             build=_dcn,
+        ),
+        ModelType(
+            "als",
+            default="retrieval",  # ranks a catalogue, as the two-tower: the same evaluation
+            uses=frozenset({"reg", "alpha", "cg_steps", "positive_threshold"}),
+            build=_als,
+            ids_only=True,
         ),
     )
 }

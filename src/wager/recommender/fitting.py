@@ -8,6 +8,9 @@ with the one trainer; the batches come from a sampler picked by the task:
 - :class:`RetrievalSampler` (two-tower): in-batch candidates with their log sampling
   probability, plus the whole catalogue (full softmax) or uniform extra negatives;
 - :class:`ImplicitSampler` (NeuMF): K uniform negatives per positive, resampled when seen.
+
+``[model] type = "als"`` needs no sampler: :func:`train_als` solves it by alternating least
+squares over the positive rows (:mod:`wager.training.als`).
 """
 
 from __future__ import annotations
@@ -25,9 +28,11 @@ from torch import Tensor
 from wager.data.features import InteractionEncoder, categorical_keys
 from wager.errors import data_error
 from wager.evaluation import ranking
+from wager.models.als import ImplicitALS
 from wager.models.fields import Field
 from wager.recommender.scoring import Batch, Scorer, to_tensors
 from wager.recommender.spec import ModelSpec
+from wager.training.als import ALSSettings, ImplicitData, fit_als
 from wager.training.checkpoint import Checkpoint, EpochHook
 from wager.training.trainer import History, StackedModel, train_stacked
 from wager.uncertainty.cold_start import centre_oov, draw_known_rows
@@ -343,6 +348,10 @@ def train_members(
 ) -> History:
     """Train the scorer's stacked members in place; returns the training history.
 
+    Gradient-trained models go through the trainer; ``[model] type = "als"`` through
+    :func:`train_als` (``on_epoch`` / ``checkpoint``: that loop's hooks, see
+    :mod:`wager.training.checkpoint`).
+
     Args:
         scorer: the scorer over the freshly built (untrained) members.
         train_t: encoded training rows (fit rows), "weight" (n,) optional.
@@ -363,7 +372,6 @@ def train_members(
     row_w = train_t.pop("weight", torch.ones(n_rows, device=device))
     member_w = bootstrap_weights(row_w, spec.members, ens is not None and ens.bootstrap, gen)
     member_w = member_w.to(device)
-    make_batch = make_sampler(scorer, train_t, fit_rows, gen)
     validate: Validator | None = None
     holdout = ens.holdout if ens is not None else 0.0
     if holdout > 0:
@@ -380,26 +388,31 @@ def train_members(
             train_seen = scorer.catalogue.seen_matrix(train, spec.schema, spec.task == "click")
             validate = ranking_validator(scorer, valid, train_seen)
 
-    def batch_losses(p: dict[str, Tensor], idx: Tensor) -> Tensor:
-        idx = idx.to(device)
-        return stack.call_weighted("loss", make_batch(idx), member_w[:, idx], params=p)
+    if isinstance(stack.model, ImplicitALS):
+        history = train_als(scorer, train_t, member_w, validate, on_epoch, checkpoint)
+    else:
+        make_batch = make_sampler(scorer, train_t, fit_rows, gen)
 
-    stack.train(True)
-    history = train_stacked(
-        stack.params,
-        batch_losses,
-        n_rows,
-        config.training,
-        validate=validate,
-        generator=gen,
-        show_progress=show_progress,
-        description=spec.method,
-        on_epoch=on_epoch,
-        checkpoint=checkpoint,
-        metric_name=validation_metric_name(spec),
-        higher_is_better=spec.ranking,
-    )
-    stack.train(False)
+        def batch_losses(p: dict[str, Tensor], idx: Tensor) -> Tensor:
+            idx = idx.to(device)
+            return stack.call_weighted("loss", make_batch(idx), member_w[:, idx], params=p)
+
+        stack.train(True)
+        history = train_stacked(
+            stack.params,
+            batch_losses,
+            n_rows,
+            config.training,
+            validate=validate,
+            generator=gen,
+            show_progress=show_progress,
+            description=spec.method,
+            on_epoch=on_epoch,
+            checkpoint=checkpoint,
+            metric_name=validation_metric_name(spec),
+            higher_is_better=spec.ranking,
+        )
+        stack.train(False)
     if config.uncertainty.cold_start == "population":
         s = spec.schema
         learned = (
@@ -413,6 +426,49 @@ def train_members(
             fields, spec.members, config.uncertainty.population_draws, gen
         )
     return history
+
+
+def train_als(
+    scorer: Scorer,
+    train_t: Batch,
+    member_w: Tensor,
+    validate: Validator | None,
+    on_epoch: EpochHook | None = None,
+    checkpoint: Checkpoint | None = None,
+) -> History:
+    """Fit the stacked :class:`~wager.models.als.ImplicitALS` members by ALS, in place.
+
+    Args:
+        scorer: the scorer over the freshly built members.
+        train_t: encoded positive rows (the user and item id keys are read).
+        member_w: (M, n) row weights of each member (1, the schema's weight column, times
+            the Poisson bootstrap draw); a pair's r_ui is the sum over its duplicate rows.
+        validate: params -> (M,) minus the validation ranking metric, or None.
+        on_epoch: called after each iteration.
+        checkpoint: where the loop keeps its state (resume).
+    """
+    spec, stack = scorer.spec, scorer.stack
+    model = stack.model
+    assert isinstance(model, ImplicitALS)
+    m, t = spec.config.model, spec.config.training
+    names = (f"model.{model.table_names[0]}", f"model.{model.table_names[1]}")
+    data = ImplicitData.from_pairs(
+        train_t[model.user_key],
+        train_t[model.item_key],
+        member_w,
+        stack.params[names[0]].shape[1],
+        stack.params[names[1]].shape[1],
+    )
+    return fit_als(
+        stack.params,
+        names,
+        data,
+        ALSSettings(m.alpha, m.reg, m.cg_steps, t.epochs, t.patience),
+        validate=validate,
+        metric_name=validation_metric_name(spec),
+        on_epoch=on_epoch,
+        checkpoint=checkpoint,
+    )
 
 
 def fields_of(encoder: InteractionEncoder) -> list[Field]:

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 from torch import Tensor, nn
 
-from wager.config import RunConfig
+from wager.config import RunConfig, TrainConfig
 from wager.data.features import vector_columns
 from wager.data.schema import Schema, Vector
 from wager.errors import data_error
@@ -41,6 +41,19 @@ from wager.models.heads import (
 from wager.models.ranking import Task, task_output
 from wager.models.registry import ModelInputs, ModelType, TaskKind, model_type
 from wager.uncertainty.mc_dropout import MCDropout
+
+# [training] settings of the gradient loop (what ALS, fitted in closed form, never reads)
+_GRADIENT_SETTINGS = (
+    "batch_size",
+    "learning_rate",
+    "weight_decay",
+    "anchored",
+    "optimizer",
+    "grad_clip",
+    "lr_schedule",
+    "warmup_steps",
+    "mixed_precision",
+)
 
 
 def _head(config: RunConfig, task: TaskKind) -> Head | None:
@@ -285,6 +298,7 @@ class ModelSpec:
                 f"Schema.label is None: a {self.task} model needs a label column; set schema.label"
             )
         self._validate_likelihood()
+        self._validate_ids_only()
         self._validate_uncertainty()
         self._validate_training()
         self._validate_tasks()
@@ -321,6 +335,42 @@ class ModelSpec:
                 "[model] likelihood = 'ddn' needs aggregated CTR rows with their impression "
                 "counts, but Schema.impressions is not set: set Schema(impressions=<column>, "
                 "clicks=<column>), or use likelihood = 'mdn'"
+            )
+
+    def _validate_ids_only(self) -> None:
+        """A model of the ids alone ("als") refuses features and context it would ignore, and
+        an ensemble of it needs cold_start = "population" (its unknown-id rows have no data:
+        they would solve to 0 in every member, a certain score for what is least known)."""
+        mt, s = self.model_type, self.schema
+        if not mt.ids_only:
+            return
+        for what, specs in (
+            ("user_features", s.user_features),
+            ("item_features", s.item_features),
+            ("context", s.context),
+        ):
+            if specs:
+                loader = "" if what == "context" else f" (or set [data] {what} = false)"
+                raise ValueError(
+                    f"[model] type = {mt.name!r} uses the user and item ids only, but the "
+                    f"schema has {what} ({', '.join(f.name for f in specs)}): remove [schema] "
+                    f"{what}{loader}, or use a model type that reads them (two_tower, dcn)"
+                )
+        if mt.name == "als":  # fitted in closed form: the gradient loop's settings do nothing
+            t, default = self.config.training, TrainConfig()
+            for key in _GRADIENT_SETTINGS:
+                if getattr(t, key) != getattr(default, key):
+                    raise ValueError(
+                        f"[training] {key} = {getattr(t, key)!r} is not used by [model] type = "
+                        "'als' (alternating least squares reads epochs, patience, device and "
+                        f"validation_metric only): remove {key}"
+                    )
+        if self.members >= 2 and self.config.uncertainty.cold_start != "population":
+            raise ValueError(
+                f"[model] type = {mt.name!r} learns nothing for unknown users and items (their "
+                "rows have no data), so every ensemble member would score them alike: set "
+                "[uncertainty] cold_start = 'population' to give them the spread of the "
+                "known population"
             )
 
     def _validate_uncertainty(self) -> None:
