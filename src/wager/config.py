@@ -152,8 +152,11 @@ class ModelConfig:
         in_batch_negatives: two-tower: the batch's other items are negatives.
         full_softmax: two-tower: every catalogue item is a negative (exact softmax), for
             catalogues of at most ``full_softmax_max_items`` items; a larger one trains by
-            sampled softmax (in-batch + ``negatives`` extra, log-Q corrected) and says so.
-        full_softmax_max_items: two-tower: the largest catalogue trained by full softmax.
+            sampled softmax (in-batch + ``negatives`` extra, log-Q corrected, whatever
+            in_batch_negatives / logq_correction say), warns, and records
+            ``metrics_["softmax"] = "sampled"``.
+        full_softmax_max_items: two-tower: the largest catalogue trained by full softmax
+            (its (users in batch, n_items) scores per batch grow with the catalogue).
         negatives: two-tower: extra sampled negatives per batch; neumf: uniform sampled
             negatives per positive (>= 0).
         negative_sampling: two-tower: how the extra negatives are drawn: "uniform" or
