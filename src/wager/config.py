@@ -25,6 +25,7 @@ from wager.config_types import (
 from wager.config_types import (
     _check,
     _check_device,
+    _check_negatives,
     _choice,
     _conform_fields,
     _did_you_mean,
@@ -153,9 +154,18 @@ class ModelConfig:
         item_bias: two-tower: add a learned per-item bias to the score (popularity).
         user_dropout: two-tower: dropout rate on the user vector, in [0, 1).
         in_batch_negatives: two-tower: the batch's other items are negatives.
-        full_softmax: two-tower: every catalogue item is a negative (exact softmax).
-        negatives: two-tower: extra uniformly sampled negatives per batch; neumf: sampled
+        full_softmax: two-tower: every catalogue item is a negative (exact softmax), for
+            catalogues of at most ``full_softmax_max_items`` items; a larger one trains by
+            sampled softmax (in-batch + ``negatives`` extra, log-Q corrected, whatever
+            in_batch_negatives / logq_correction say), warns, and records
+            ``metrics_["softmax"] = "sampled"``.
+        full_softmax_max_items: two-tower: the largest catalogue trained by full softmax
+            (its (users in batch, n_items) scores per batch grow with the catalogue).
+        negatives: two-tower: extra sampled negatives per batch; neumf: uniform sampled
             negatives per positive (>= 0).
+        negative_sampling: two-tower: how the extra negatives are drawn: "uniform" or
+            "popularity" (q_i proportional to count_i ** ``negative_power``).
+        negative_power: two-tower, popularity negatives: the exponent (> 0; word2vec: 0.75).
         loss_reduction: two-tower: "mean" or "sum" (the TensorFlow Recommenders tutorial) over
             the batch.
         normalize: two-tower: L2-normalise the tower outputs (cosine scores).
@@ -191,7 +201,10 @@ class ModelConfig:
     user_dropout: float = 0.0
     in_batch_negatives: bool = True
     full_softmax: bool = False
+    full_softmax_max_items: int = 10_000
     negatives: int = 0
+    negative_sampling: Literal["uniform", "popularity"] = "uniform"
+    negative_power: float = 0.75
     loss_reduction: Literal["mean", "sum"] = "mean"
     normalize: bool = False
     components: int = 3
@@ -247,7 +260,6 @@ class ModelConfig:
         _check(0 <= self.user_dropout < 1, "model", "user_dropout", self.user_dropout, "in [0, 1)")
         _check(0 <= self.oov_rate < 1, "model", "oov_rate", self.oov_rate, "in [0, 1)")
         _check(self.temperature > 0, "model", "temperature", self.temperature, "> 0")
-        _check(self.negatives >= 0, "model", "negatives", self.negatives, ">= 0")
         _check(self.alpha >= 0, "model", "alpha", self.alpha, ">= 0 (e.g. 1.0 on 0/1 data)")
         _check(self.cg_steps >= 0, "model", "cg_steps", self.cg_steps, "an integer >= 0")
         _check(self.cross_layers >= 1, "model", "cross_layers", self.cross_layers, ">= 1")
@@ -258,30 +270,7 @@ class ModelConfig:
             self.low_rank,
             ">= 1 or unset",
         )
-        _check(
-            self.type != "two_tower"
-            or self.in_batch_negatives
-            or self.full_softmax
-            or self.negatives > 0,
-            "model",
-            "in_batch_negatives",
-            self.in_batch_negatives,
-            "true unless full_softmax = true or negatives > 0 (a softmax needs negatives)",
-        )
-        _check(
-            self.type != "neumf" or self.negatives >= 1,
-            "model",
-            "negatives",
-            self.negatives,
-            ">= 1 for type = 'neumf' (negatives sampled per positive)",
-        )
-        _check(
-            self.hard_negatives >= 0,
-            "model",
-            "hard_negatives",
-            self.hard_negatives,
-            "an integer >= 1, or 0 = off",
-        )
+        _check_negatives(self)
         names = [t.name for t in self.tasks]
         _check(
             len(set(names)) == len(names),

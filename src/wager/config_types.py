@@ -69,6 +69,76 @@ def _check(cond: bool, section: str, name: str, value: Any, allowed: str) -> Non
         raise ConfigError(_problem(section, name, value, allowed))
 
 
+def _default(obj: Any, name: str) -> Any:
+    """The declared default of dataclass field ``name`` of ``obj``."""
+    return next(f.default for f in fields(obj) if f.name == name)
+
+
+def _check_negatives(m: Any) -> None:
+    """The ``[model]`` rules on negatives (``m`` is a :class:`wager.config.ModelConfig`):
+    counts, the full / sampled softmax switch and the sampling distribution."""
+    _check(m.negatives >= 0, "model", "negatives", m.negatives, ">= 0")
+    _check(
+        m.type != "two_tower" or m.in_batch_negatives or m.full_softmax or m.negatives > 0,
+        "model",
+        "in_batch_negatives",
+        m.in_batch_negatives,
+        "true unless full_softmax = true or negatives > 0 (a softmax needs negatives)",
+    )
+    _check(
+        m.type != "neumf" or m.negatives >= 1,
+        "model",
+        "negatives",
+        m.negatives,
+        ">= 1 for type = 'neumf' (negatives sampled per positive)",
+    )
+    _check(
+        m.hard_negatives >= 0,
+        "model",
+        "hard_negatives",
+        m.hard_negatives,
+        "an integer >= 1, or 0 = off",
+    )
+    _check(
+        m.full_softmax_max_items >= 1,
+        "model",
+        "full_softmax_max_items",
+        m.full_softmax_max_items,
+        "an integer >= 1 (the largest catalogue trained by full softmax)",
+    )
+    _check(
+        m.full_softmax or m.full_softmax_max_items == _default(m, "full_softmax_max_items"),
+        "model",
+        "full_softmax_max_items",
+        m.full_softmax_max_items,
+        "left out unless full_softmax = true (it caps the full softmax): remove it, or set "
+        "full_softmax = true",
+    )
+    _check(
+        m.negative_sampling == "uniform" or m.negatives >= 1,
+        "model",
+        "negative_sampling",
+        m.negative_sampling,
+        "'uniform' (or left out) when negatives = 0: set negatives >= 1 (e.g. 1024) for "
+        "popularity-sampled negatives",
+    )
+    _check(
+        math.isfinite(m.negative_power) and m.negative_power > 0,
+        "model",
+        "negative_power",
+        m.negative_power,
+        "a number > 0 (0.75 as word2vec; 1 = in proportion to the item counts)",
+    )
+    _check(
+        m.negative_sampling == "popularity" or m.negative_power == _default(m, "negative_power"),
+        "model",
+        "negative_power",
+        m.negative_power,
+        "left out unless negative_sampling = 'popularity' (it shapes those draws): remove "
+        "it, or set negative_sampling = 'popularity'",
+    )
+
+
 # ----------------------------------------------------------------------------- types
 # One checker for every field, driven by the dataclass annotations: int (not bool), float
 # (int accepted, bool not, finite), bool, str, None (unset), Literal choices, tuple[X, ...]

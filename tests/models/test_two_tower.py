@@ -15,7 +15,7 @@ from torch import Tensor
 from torch.func import functional_call, stack_module_state, vmap
 
 from wager.models.fields import Field
-from wager.models.two_tower import TwoTower
+from wager.models.two_tower import TwoTower, block_logsumexp
 
 N_USERS, N_ITEMS = 5, 6  # embedding rows incl. OOV 0
 
@@ -752,3 +752,53 @@ def test_hard_negatives_under_vmap_over_stacked_members():
 def test_bad_hard_negatives(value, message):
     with pytest.raises(ValueError, match=message):
         _model(hard_negatives=value)
+
+
+@pytest.mark.parametrize("cells", [1, 7, 10**6])
+def test_block_logsumexp_equals_logsumexp_in_value_and_gradient(cells):
+    # blocks of max(1, cells // 4) items: one item, one item, every item at once
+    g = torch.Generator().manual_seed(0)
+    u = (torch.randn(4, 3, generator=g, dtype=torch.float64) * 5).requires_grad_(True)
+    v = torch.randn(9, 3, generator=g, dtype=torch.float64).requires_grad_(True)
+    offset = torch.randn(9, generator=g, dtype=torch.float64).requires_grad_(True)
+    w = torch.randn(4, generator=g, dtype=torch.float64)  # an arbitrary incoming gradient
+    got = block_logsumexp(u, v, offset, cells)
+    got_grads = torch.autograd.grad((got * w).sum(), (u, v, offset))
+    ref = torch.logsumexp(u @ v.T + offset, dim=1)
+    ref_grads = torch.autograd.grad((ref * w).sum(), (u, v, offset))
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=0.0)
+    for a, b in zip(got_grads, ref_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_block_logsumexp_under_vmap_over_stacked_members():
+    g = torch.Generator().manual_seed(1)
+    u = torch.randn(3, 4, 2, generator=g, dtype=torch.float64)  # 3 members
+    v = torch.randn(3, 5, 2, generator=g, dtype=torch.float64)
+    offset = torch.randn(5, generator=g, dtype=torch.float64)
+
+    def loss(u_m: Tensor, v_m: Tensor, blocks: bool) -> Tensor:
+        if blocks:
+            return block_logsumexp(u_m, v_m, offset, cells=4).sum()
+        return torch.logsumexp(u_m @ v_m.T + offset, dim=1).sum()
+
+    got = vmap(torch.func.grad(loss, argnums=(0, 1)), in_dims=(0, 0, None))(u, v, True)
+    ref = vmap(torch.func.grad(loss, argnums=(0, 1)), in_dims=(0, 0, None))(u, v, False)
+    for a, b in zip(got, ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_full_softmax_loss_never_needs_the_whole_score_matrix(monkeypatch):
+    # blocks of 2 items (cells = 2 * U): the full-softmax loss and its gradients are unchanged
+    m = _model(in_batch_negatives=False, logq_correction=False)
+    batch = {
+        "user.user_id": torch.tensor([1, 2, 1, 3]),
+        "item.item_id": torch.tensor([1, 2, 3, 5]),
+        "neg.item.item_id": torch.arange(1, N_ITEMS),
+    }
+    whole, whole_grads = _value_and_grads(m, lambda: m.loss(batch))
+    monkeypatch.setattr("wager.models.two_tower.LSE_CELLS", 6)  # 3 users x 2 items
+    got, got_grads = _value_and_grads(m, lambda: m.loss(batch))
+    torch.testing.assert_close(got, whole, rtol=1e-6, atol=0.0)
+    for name in whole_grads:
+        torch.testing.assert_close(got_grads[name], whole_grads[name], rtol=1e-5, atol=1e-7)

@@ -48,6 +48,8 @@ class ModelInputs:
         item_id_key: the batch key of the item id (``item.<column>``).
         tasks: the tasks of a multi-task model (the DCN ranker), or () for one task with
             ``head``.
+        n_items: the catalogue size (it decides full vs sampled softmax, see
+            :func:`softmax_kind`), or None when unknown (a loaded run: the loss is unused).
     """
 
     user: list[Field]
@@ -57,6 +59,26 @@ class ModelInputs:
     global_mean: float
     item_id_key: str
     tasks: tuple[Task, ...] = ()
+    n_items: int | None = None
+
+
+def softmax_kind(m: Any, n_items: int | None) -> Literal["full", "sampled"]:
+    """How a two-tower model with ``[model]`` settings ``m`` trains on ``n_items`` items.
+
+    "full" when ``full_softmax`` is set and the catalogue has at most
+    ``full_softmax_max_items`` items (or its size is unknown); otherwise "sampled": in-batch
+    negatives plus ``negatives`` extra ones, log-Q corrected (a full softmax forms a
+    (users in batch, n_items) score matrix per batch, whose cost grows with the catalogue).
+
+    Example:
+        >>> from types import SimpleNamespace as NS
+        >>> m = NS(full_softmax=True, full_softmax_max_items=3)
+        >>> softmax_kind(m, 3), softmax_kind(m, 4), softmax_kind(m, None)
+        ('full', 'sampled', 'full')
+    """
+    if m.full_softmax and (n_items is None or n_items <= m.full_softmax_max_items):
+        return "full"
+    return "sampled"
 
 
 @dataclass(frozen=True)
@@ -122,6 +144,9 @@ def _biased_mf(m: Any, x: ModelInputs) -> nn.Module:
 def _two_tower(m: Any, x: ModelInputs) -> nn.Module:
     from wager.models.two_tower import TwoTower
 
+    # full softmax: the catalogue is every batch's negatives (exact, no log-Q); past its
+    # catalogue cap the run falls back to in-batch + sampled negatives, log-Q corrected
+    full = softmax_kind(m, x.n_items) == "full"
     return TwoTower(
         x.user,
         x.item,
@@ -130,8 +155,8 @@ def _two_tower(m: Any, x: ModelInputs) -> nn.Module:
         dropout=m.dropout,
         init_std=m.init_std,
         temperature=m.temperature,
-        logq_correction=m.logq_correction and not m.full_softmax,
-        in_batch_negatives=m.in_batch_negatives and not m.full_softmax,
+        logq_correction=m.logq_correction if not m.full_softmax else not full,
+        in_batch_negatives=m.in_batch_negatives if not m.full_softmax else not full,
         remove_accidental_hits=m.remove_accidental_hits,
         item_id_key=x.item_id_key,
         item_bias=m.item_bias,
@@ -213,7 +238,10 @@ MODEL_TYPES: dict[str, ModelType] = {
                     "normalize",
                     "loss_reduction",
                     "full_softmax",
+                    "full_softmax_max_items",
                     "negatives",
+                    "negative_sampling",
+                    "negative_power",
                     "positive_threshold",
                     "hard_negatives",
                 }

@@ -12,7 +12,7 @@ Retrieval scores rank items for a user; they are not probabilities or ratings.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -287,12 +287,13 @@ class TwoTower(nn.Module):
         neg = NEG_PREFIX + "item."
         vn = self._item_side(self.item_embedding(batch, prefix=neg), batch, neg)
         v = self._item_side(self.item_embedding(batch), batch, "item.")
-        scores = u @ vn.T / self.temperature  # (U, N)
-        positive = (u[user_group] * v).sum(-1) / self.temperature
+        u = u / self.temperature
+        positive = (u[user_group] * v).sum(-1)
+        offset = torch.zeros(vn.shape[0], dtype=u.dtype, device=u.device)
         if self.logq_correction:
-            scores = scores - self._logq(batch, NEG_PREFIX + "item.logq")
+            offset = -self._logq(batch, NEG_PREFIX + "item.logq")
             positive = positive - self._logq(batch, "item.logq")
-        lse = torch.logsumexp(scores, dim=1)  # (U,)
+        lse = block_logsumexp(u, vn, offset, LSE_CELLS)  # (U,), never (U, N) at once
         rel = positive - lse[user_group]
         hits = torch.zeros_like(rel)
         if self.remove_accidental_hits:
@@ -304,11 +305,13 @@ class TwoTower(nn.Module):
             hi = torch.searchsorted(sorted_ids, ids, side="right")
             if bool((hi - lo <= 1).all()):
                 # each positive matches at most one negative column (e.g. the catalogue):
-                # gather that one score instead of scanning the (U, N) matrix
+                # that one score, from the vectors, instead of the (U, N) matrix
                 col = order[lo.clamp_max(order.numel() - 1)]
-                hit = torch.exp(scores[user_group, col] - lse[user_group])
+                score = (u[user_group] * vn[col]).sum(-1) + offset[col]
+                hit = torch.exp(score - lse[user_group])
                 hits = torch.where(hi > lo, hit, torch.zeros_like(hit))
             else:
+                scores = u @ vn.T + offset  # (U, N): several hits per row, rare
                 e = torch.exp(scores[:, order] - lse.unsqueeze(1))
                 prefix = torch.cat([torch.zeros_like(e[:, :1]), e.cumsum(1)], dim=1)
                 hits = prefix[user_group, hi] - prefix[user_group, lo]
@@ -376,69 +379,75 @@ class TwoTower(nn.Module):
     ) -> Tensor:
         """(B,) per-row cross-entropies with in-batch negatives, one column per distinct item.
 
-        Candidate columns (B in-batch rows, then N extra negatives) are grouped by everything
-        their logit depends on: the item tower's inputs, the logq value and the item id. A
-        group t of identical columns has logit ``c_t = s(u, v_t) / temperature - logq_t`` and
-        multiplicity ``n_t`` (its in-batch rows with non-zero weight plus its negatives), so
-        it enters the softmax once as ``c_t + log(n_t)``. Users are grouped by the user
+        Candidate columns (B in-batch rows, then N extra negatives) are grouped by what their
+        score depends on: the item id and the item tower's inputs. A group t holds copies c
+        of one item (score s_at for user a) that differ at most in their logq, so together
+        they enter the softmax once as ``s_at + m_t`` with the log-mass
+        ``m_t = log(sum_c present_c exp(-logq_c))`` (present_c: 0 for an in-batch row of
+        weight 0, else 1; logq = 0 without the correction). Users are grouped by the user
         tower's inputs, and scores are computed on (U distinct users, T distinct items).
 
-        Row i (user group a, item group t) sees every group except a block around its own:
-        with accidental-hit removal and an id > 0, the groups sharing its id (contiguous,
-        because the id is the first grouping key) are masked and its own column counts once
-        (the positive itself); otherwise the block is t alone and the own group counts
-        ``n_t`` plus 1 when row i itself has weight 0 (its diagonal is never masked). So
+        Row i (user a, group t, positive logit p_i = s_at - logq_i) sees every column but a
+        block: with accidental-hit removal and an id > 0, the groups sharing its id
+        (contiguous, the id being the first grouping key) are masked and its own column is
+        added back once; otherwise nothing is masked, and its own column is added once more
+        when row i has weight 0 (its diagonal is never masked). So
 
-            lse_i = log(sum_{groups g outside the block} n_g exp(c_ag) + own_i exp(c_at)),
+            lse_i = log(sum_{groups g outside the block} exp(s_ag + m_g) + own_i exp(p_i)).
 
-        with the sums outside a block read from prefix and suffix sums along each user's
-        columns (no subtraction, hence no cancellation), scaled by the user's largest logit.
+        When every id's block is one group (ids with identical tower inputs) the sum outside
+        the block is the user's float64 total minus the block's own float32 term; the two
+        differ by the copies' logq only, not by score, so no cancellation can grow with the
+        scores. Otherwise (one id, different tower inputs) the sums come from prefix and
+        suffix sums along the user's columns (no subtraction at all).
         """
         user_keys = self.user_tower.input_keys()
         n_rows = batch[user_keys[0]].shape[0]
         sources = ["item.", NEG_PREFIX + "item."] if has_neg else ["item."]
         logq, ids, item_group, item_first = self._item_groups(batch, sources)
         user_group, user_first = _group([c for k in user_keys for c in _key_columns([batch[k]])])
-        scores = self._group_scores(batch, sources, user_first, item_first, n_rows)  # (U, T)
-        if logq is not None:
-            scores = scores - logq[item_first]
-        # multiplicity of each group: in-batch rows with non-zero weight + extra negatives
-        n_cand = item_group.shape[0]
+        # (U, d') user vectors / temperature, (T, d') item vectors: one tower pass per group
+        u, v = self._group_vectors(batch, sources, user_first, item_first, n_rows)
         present = (
-            torch.ones(n_rows, dtype=scores.dtype, device=scores.device)
+            torch.ones(n_rows, dtype=u.dtype, device=u.device)
             if weights is None
-            else (weights != 0).to(scores.dtype)
+            else (weights != 0).to(u.dtype)
         )
-        ones = torch.ones(n_cand - n_rows, dtype=scores.dtype, device=scores.device)
-        counts = torch.zeros(item_first.shape[0], dtype=scores.dtype, device=scores.device)
-        counts = counts.index_add(0, item_group, torch.cat([present, ones]))
-        masked = torch.finfo(scores.dtype).min / 100.0
-        log_counts = torch.where(counts > 0, counts.log(), masked)
-        # own group: its own column counts once (hits removed) or n_t (+1 if absent itself)
-        own_group = item_group[:n_rows]
-        own_count = counts[own_group] - present + 1.0
-        if ids is not None:
-            own_count = torch.where(ids[:n_rows] > 0, 1.0, own_count)
-        start, stop = _own_blocks(ids, item_first)
-        positive = scores[user_group, own_group]
-        own_logit = positive + own_count.log()
-        logits = scores + log_counts  # (U, T)
+        ones = torch.ones(item_group.shape[0] - n_rows, dtype=u.dtype, device=u.device)
+        offset = _group_log_mass(torch.cat([present, ones]), logq, item_group, len(item_first))
+        logits = u @ v.T + offset  # (U, T)
         top = logits.detach().amax(dim=1, keepdim=True)
         e = torch.exp(logits - top)
-        zero = torch.zeros(e.shape[0], 1, dtype=e.dtype, device=e.device)
-        before = torch.cat([zero, e.cumsum(1)], dim=1)  # [:, s] = sum of groups < s
-        after = torch.cat([e.flip(1).cumsum(1).flip(1), zero], dim=1)  # [:, s]: groups >= s
-        rest = before[user_group, start[own_group]] + after[user_group, stop[own_group]]
+        own_group = item_group[:n_rows]
+        positive = (u[user_group] * v[own_group]).sum(-1)
+        if logq is not None:
+            positive = positive - logq[:n_rows]
+        hit = ids[:n_rows] > 0 if ids is not None else torch.zeros_like(own_group, dtype=torch.bool)
+        # own column added back: once (hits removed), else once more when the row is absent
+        own_weight = torch.where(hit, 1.0, 1.0 - present)
+        masked = torch.finfo(u.dtype).min / 100.0
+        own_logit = positive + torch.where(own_weight > 0, own_weight.log(), masked)
+        start, stop = _own_blocks(ids, item_first)
+        start = torch.where(hit, start[own_group], own_group)  # no hit: empty block
+        stop = torch.where(hit, stop[own_group], own_group)
+        if bool((stop - start <= 1).all()):
+            total = e.sum(dim=1, dtype=torch.float64)[user_group]
+            block = torch.where(hit, e[user_group, own_group].double(), 0.0)
+            rest = (total - block).clamp_min(0.0).to(u.dtype)
+        else:
+            before = torch.nn.functional.pad(e, (1, 0)).cumsum(1)  # [:, s]: groups < s
+            after = torch.nn.functional.pad(e, (0, 1)).flip(1).cumsum(1).flip(1)  # >= s
+            rest = before[user_group, start] + after[user_group, stop]
         row_top = top[user_group, 0]
         shift = torch.maximum(row_top, own_logit.detach())
-        total = rest * torch.exp(row_top - shift) + torch.exp(own_logit - shift)
-        lse = shift + total.clamp_min(torch.finfo(total.dtype).tiny).log()
+        inside = rest * torch.exp(row_top - shift) + torch.exp(own_logit - shift)
+        lse = shift + inside.clamp_min(torch.finfo(inside.dtype).tiny).log()
         return lse - positive
 
     def _item_groups(
         self, batch: dict[str, Tensor], sources: list[str]
     ) -> tuple[Tensor | None, Tensor | None, Tensor, Tensor]:
-        """Group the B + N candidate columns by id, item-tower inputs and logq (in that order).
+        """Group the B + N candidate columns by id and item-tower inputs (in that order).
 
         Args:
             batch: the batch.
@@ -463,20 +472,19 @@ class TwoTower(nn.Module):
         for j, key in enumerate(item_keys[0]):
             if ids is None or key != self.item_id_key:
                 columns += _key_columns([batch[keys[j]] for keys in item_keys])
-        if logq is not None:
-            columns += _key_columns([logq])
         item_group, item_first = _group(columns)
         return logq, ids, item_group, item_first
 
-    def _group_scores(
+    def _group_vectors(
         self,
         batch: dict[str, Tensor],
         sources: list[str],
         user_first: Tensor,
         item_first: Tensor,
         n_rows: int,
-    ) -> Tensor:
-        """(U, T) scores / temperature: one tower pass per distinct user, then per item.
+    ) -> tuple[Tensor, Tensor]:
+        """((U, d') user vectors / temperature, (T, d') item vectors): one tower pass per
+        distinct user, then per distinct item; score = u @ v.T.
 
         Args:
             batch: the batch.
@@ -500,7 +508,78 @@ class TwoTower(nn.Module):
                 parts.append(self._item_side(self.item_tower(sub, prefix=prefix), sub, prefix))
                 order.append(chosen.nonzero().squeeze(1))
         v = torch.cat(parts)[torch.argsort(torch.cat(order))]
-        return u @ v.T / self.temperature
+        return u / self.temperature, v
+
+
+# (users, items) score cells per block of :func:`block_logsumexp` (16 MiB of float32)
+LSE_CELLS = 2**22
+
+
+class _BlockLogSumExp(torch.autograd.Function):
+    """logsumexp over the columns of u @ v.T + offset, block by block, exact gradients."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(u: Tensor, v: Tensor, offset: Tensor, cells: int) -> Tensor:
+        step = max(1, cells // max(u.shape[0], 1))
+        top = torch.full(u.shape[:1], -torch.inf, dtype=u.dtype, device=u.device)
+        total = torch.zeros_like(top)
+        for start in range(0, v.shape[0], step):
+            block = u @ v[start : start + step].T + offset[start : start + step]
+            new_top = torch.maximum(top, block.amax(dim=1))
+            scale = torch.where(torch.isfinite(top), torch.exp(top - new_top), 0.0)
+            total = total * scale + torch.exp(block - new_top.unsqueeze(1)).sum(dim=1)
+            top = new_top
+        return top + total.log()
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        u, v, offset, cells = inputs
+        ctx.save_for_backward(u, v, offset, output)
+        ctx.cells = cells
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, Tensor, None]:
+        u, v, offset, lse = ctx.saved_tensors
+        step = max(1, ctx.cells // max(u.shape[0], 1))
+        grad_u = torch.zeros_like(u)
+        grad_v: list[Tensor] = []
+        grad_offset: list[Tensor] = []
+        for start in range(0, v.shape[0], step):
+            vb = v[start : start + step]
+            # d lse_a / d score_aj = softmax_aj; times the incoming gradient of lse_a
+            p = torch.exp(u @ vb.T + offset[start : start + step] - lse.unsqueeze(1))
+            p = p * grad.unsqueeze(1)
+            grad_u = grad_u + p @ vb
+            grad_v.append(p.T @ u)
+            grad_offset.append(p.sum(dim=0))
+        return grad_u, torch.cat(grad_v), torch.cat(grad_offset), None
+
+
+def block_logsumexp(u: Tensor, v: Tensor, offset: Tensor, cells: int = LSE_CELLS) -> Tensor:
+    """Per row of ``u``: logsumexp over the items of ``u @ v.T + offset``, computed over
+    blocks of items so that at most ``cells`` (row, item) scores are held at once, forward
+    and backward (the backward recomputes each block's softmax); exact, not sampled.
+
+    Args:
+        u: (U, d) query vectors (already divided by the temperature).
+        v: (N, d) item vectors.
+        offset: (N,) added to every row's scores (e.g. minus the log sampling probability).
+        cells: scores per block (>= 1); the blocks hold ``max(1, cells // U)`` items.
+
+    Returns:
+        (U,) logsumexp_j (u_a . v_j + offset_j); gradients reach u, v and offset.
+
+    Example:
+        >>> u, v = torch.randn(3, 2), torch.randn(5, 2)
+        >>> torch.allclose(block_logsumexp(u, v, torch.zeros(5), cells=3),
+        ...                torch.logsumexp(u @ v.T, dim=1))
+        True
+    """
+    out = _BlockLogSumExp.apply(u, v, offset, cells)
+    assert isinstance(out, Tensor)
+    return out
 
 
 def hard_negative_softmax_loss(
@@ -554,6 +633,24 @@ def hard_negative_softmax_loss(
 def _is_functorch_wrapped(t: Tensor) -> bool:
     """Whether ``t`` is batched (vmap) or wrapped by another ``torch.func`` transform."""
     return bool(torch._C._functorch.is_functorch_wrapped_tensor(t))
+
+
+def _group_log_mass(present: Tensor, logq: Tensor | None, group: Tensor, n_groups: int) -> Tensor:
+    """(T,) log(sum over a group's candidates of present * exp(-logq)), computed shifted by
+    the group's largest -logq; a group without a present candidate gets a huge negative.
+
+    Args:
+        present: (B + N,) 1.0 for a candidate that counts, 0.0 for an absent in-batch row.
+        logq: (B + N,) log sampling probability of each candidate, or None (all 0).
+        group: (B + N,) int64 group of each candidate.
+        n_groups: T.
+    """
+    neg = -logq if logq is not None else torch.zeros_like(present)
+    floor = torch.finfo(present.dtype).min / 100.0
+    top = torch.full((n_groups,), floor, dtype=present.dtype, device=present.device)
+    top = top.scatter_reduce(0, group, torch.where(present > 0, neg, floor), "amax")
+    mass = torch.zeros_like(top).index_add(0, group, present * torch.exp(neg - top[group]))
+    return torch.where(mass > 0, top + mass.clamp_min(torch.finfo(mass.dtype).tiny).log(), floor)
 
 
 def _own_blocks(ids: Tensor | None, item_first: Tensor) -> tuple[Tensor, Tensor]:

@@ -172,19 +172,15 @@ class Recommender:
                 fit_rows[s.label].to_numpy(dtype=np.float64),
                 {k: sizes[k] for k in keys},
             )
-        stack = fitting.build_stack(spec, fitting.fields_of(enc), label_mean, device)
+        fields = fitting.fields_of(enc)
+        stack = fitting.build_stack(spec, fields, label_mean, device, catalogue.n_items)
         self._scorer = Scorer(spec, enc, stack, catalogue)
         self.history_ = hist = fitting.train_members(
             self._scorer, train_t, fit_rows, train, valid, show_progress, on_epoch, checkpoint
         )
         if valid is not None and len(valid):
             self.calibrate(valid, train)
-        self.metrics_ = {
-            "train_seconds": hist.seconds,
-            "epoch_seconds": float(np.mean(hist.epoch_seconds)) if hist.epoch_seconds else 0.0,
-            "epochs": len(hist.train_loss),
-            "best_epoch": hist.best_epoch,
-        }
+        self.metrics_ = fitting.fit_metrics(spec, hist, catalogue.n_items)
         return self
 
     def calibrate(self, valid: pd.DataFrame, history: pd.DataFrame | None = None) -> Recommender:

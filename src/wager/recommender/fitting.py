@@ -16,8 +16,10 @@ squares over the positive rows (:mod:`wager.training.als`).
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -30,6 +32,7 @@ from wager.errors import data_error
 from wager.evaluation import ranking
 from wager.models.als import ImplicitALS
 from wager.models.fields import Field
+from wager.models.registry import softmax_kind
 from wager.recommender.scoring import Batch, Scorer, to_tensors
 from wager.recommender.spec import ModelSpec
 from wager.training.als import ALSSettings, ImplicitData, fit_als
@@ -39,6 +42,9 @@ from wager.uncertainty.cold_start import centre_oov, draw_known_rows
 from wager.uncertainty.ensemble import bootstrap_weights, holdout_mask
 
 Validator = Callable[[dict[str, Tensor]], Tensor]
+# (member, user, item) score cells held at once by the per-epoch ranking validation (64 MiB
+# of float32): users are scored in chunks of this many cells / (members * n_items)
+VALIDATION_CELLS = 2**24
 
 
 def gather(batch: Batch, rows: Tensor, prefix: str = "") -> Batch:
@@ -74,7 +80,10 @@ class PointwiseSampler:
 
 @dataclass
 class RetrievalSampler:
-    """Row indices -> positives with log-Q terms, plus catalogue / uniform negatives.
+    """Row indices -> positives with log-Q terms, plus catalogue or sampled negatives.
+
+    Every tensor it makes has B (rows), N (negatives) or n_items (the catalogue, full
+    softmax only) rows: in sampled mode nothing is (B, n_items).
 
     Attributes:
         rows: encoded positive rows (n, ...).
@@ -82,9 +91,14 @@ class RetrievalSampler:
         row_item: (n,) catalogue row of each positive's item.
         item_probability: (n_items,) share of positives per item (the in-batch sampling
             probability of a candidate).
-        full_softmax: every catalogue item is a negative.
-        negatives: extra uniform negatives per batch.
+        full_softmax: every catalogue item is a negative (``negatives`` is then unused).
+        negatives: N, extra negatives per batch, drawn with replacement.
         generator: the random generator.
+        negative_probability: (n_items,) probability q_i of drawing item i as an extra
+            negative (e.g. popularity: count_i ** power, normalised), or None for uniform
+            (q_i = 1 / n_items). A negative's ``"neg.item.logq"`` is log(N q_i), its
+            expected count among the N draws, as the in-batch ``"item.logq"`` is
+            log(B p_i).
     """
 
     rows: Batch
@@ -94,6 +108,25 @@ class RetrievalSampler:
     full_softmax: bool
     negatives: int
     generator: torch.Generator
+    negative_probability: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        q = self.negative_probability
+        # cumulative q on the CPU, float64 (the draws search it; 1-ulp-wide items still drawn)
+        self.negative_cdf = None if q is None else torch.cumsum(q.double().cpu(), 0)
+
+    def draw_negatives(self) -> tuple[Tensor, Tensor]:
+        """((N,) int64 catalogue rows drawn, (N,) float32 log(N q) of each), on the CPU."""
+        n_items, n = len(self.item_probability), self.negatives
+        if self.negative_cdf is None:
+            neg = torch.randint(0, n_items, (n,), generator=self.generator)
+            return neg, torch.full((n,), math.log(n / n_items))
+        cdf = self.negative_cdf
+        u = torch.rand(n, generator=self.generator, dtype=torch.float64) * cdf[-1]
+        neg = torch.searchsorted(cdf, u, right=True).clamp_max(n_items - 1)
+        q = self.negative_probability
+        assert q is not None
+        return neg, torch.log(q.cpu()[neg].double() * n).float()
 
     def __call__(self, idx: Tensor) -> Batch:
         n_items = len(self.item_probability)
@@ -105,11 +138,9 @@ class RetrievalSampler:
             batch.update(gather(self.items, torch.arange(n_items, device=device), "neg."))
             batch["neg.item.logq"] = torch.zeros(n_items, device=device)
         elif self.negatives > 0:
-            neg = torch.randint(0, n_items, (self.negatives,), generator=self.generator)
+            neg, logq = self.draw_negatives()
             batch.update(gather(self.items, neg.to(device), "neg."))
-            batch["neg.item.logq"] = torch.full(
-                (self.negatives,), math.log(self.negatives / n_items), device=device
-            )
+            batch["neg.item.logq"] = logq.to(device)
         return batch
 
 
@@ -172,14 +203,19 @@ def make_sampler(
     row_item = torch.tensor(cat.item_rows(fit_rows[s.item]).astype(np.int64), device=device)
     if spec.task == "retrieval":
         p_item = cat.item_counts / cat.item_counts.sum()
+        q = None
+        if m.negative_sampling == "popularity":
+            weight = cat.item_counts**m.negative_power
+            q = torch.as_tensor(weight / weight.sum(), dtype=torch.float32)
         return RetrievalSampler(
             train_t,
             items,
             row_item,
             torch.as_tensor(p_item, dtype=torch.float32, device=device),
-            m.full_softmax,
+            softmax_kind(m, cat.n_items) == "full",
             m.negatives,
             gen,
+            q,
         )
     seen = cat.seen.tocoo()
     keys = np.sort(seen.row.astype(np.int64) * cat.n_items + seen.col.astype(np.int64))
@@ -242,9 +278,19 @@ def pointwise_validator(scorer: Scorer, rows: Batch, mask: Tensor | None) -> Val
     return pointwise
 
 
-def ranking_validator(scorer: Scorer, valid: pd.DataFrame, train_seen: sp.csr_matrix) -> Validator:
+def ranking_validator(
+    scorer: Scorer,
+    valid: pd.DataFrame,
+    train_seen: sp.csr_matrix,
+    cells: int = VALIDATION_CELLS,
+) -> Validator:
     """params -> (M,) minus the validation NDCG@k / recall@k / top-k accuracy of each member
-    (lower is better) on the positives of ``valid``, the training items excluded."""
+    (lower is better) on the positives of ``valid``, the training items excluded.
+
+    Users are scored in chunks of at most ``cells`` (member, user, item) cells, each chunk
+    reduced to its members' top-k lists before the next is scored, so memory does not grow
+    with users x catalogue; the metric is the same for any ``cells``.
+    """
     spec, cat, stack = scorer.spec, scorer.catalogue, scorer.stack
     s = spec.schema
     rows = positives(spec, valid)
@@ -255,6 +301,7 @@ def ranking_validator(scorer: Scorer, valid: pd.DataFrame, train_seen: sp.csr_ma
     v_users = categorical_keys(rows[s.user]).to_numpy()
     v_items = cat.item_rows(rows[s.item])
     in_cat = ~np.isnan(v_items)
+    chunk = max(1, cells // max(spec.members * cat.n_items, 1))
 
     def ranking_metric(p: dict[str, Tensor]) -> Tensor:
         stack.train(False)
@@ -262,14 +309,20 @@ def ranking_validator(scorer: Scorer, valid: pd.DataFrame, train_seen: sp.csr_ma
             if name == "top_k_accuracy":
                 beaten = scorer.n_beaten(v_users[in_cat], v_items[in_cat], p, per_member=True)
                 return -(beaten < k).float().mean(dim=1)
-            scores = scorer.member_scores(users, params=p)  # (M, U, I)
+            tops: list[list[np.ndarray]] = [[] for _ in range(spec.members)]
+            for start in range(0, len(users), chunk):
+                part = users[start : start + chunk]
+                scores = scorer.member_scores(part, params=p)  # (M, U_chunk, I)
+                exclude = cat.seen_rows(part, train_seen)
+                for m in range(scores.shape[0]):
+                    tops[m].append(ranking.top_k_from_scores(scores[m], k, exclude))
+                del scores
         finally:
             stack.train(True)
-        exclude = cat.seen_rows(users, train_seen)
-        out = []
-        for m in range(scores.shape[0]):
-            top = ranking.top_k_from_scores(scores[m], k, exclude)
-            out.append(-ranking.ranking_metrics(top, relevant, k)[f"{name}@{k}"])
+        out = [
+            -ranking.ranking_metrics(np.concatenate(top), relevant, k)[f"{name}@{k}"]
+            for top in tops
+        ]
         return torch.tensor(out)
 
     return ranking_metric
@@ -392,6 +445,7 @@ def train_members(
         history = train_als(scorer, train_t, member_w, validate, on_epoch, checkpoint)
     else:
         make_batch = make_sampler(scorer, train_t, fit_rows, gen)
+        warn_sampled_softmax(spec, scorer.catalogue.n_items)
 
         def batch_losses(p: dict[str, Tensor], idx: Tensor) -> Tensor:
             idx = idx.to(device)
@@ -471,15 +525,56 @@ def train_als(
     )
 
 
+def warn_sampled_softmax(spec: ModelSpec, n_items: int) -> None:
+    """Warn (on stderr) when ``[model] full_softmax = true`` trains by sampled softmax
+    because the catalogue is larger than ``full_softmax_max_items``."""
+    m = spec.config.model
+    if m.type != "two_tower" or not m.full_softmax or softmax_kind(m, n_items) == "full":
+        return
+    extra = f" + {m.negatives} {m.negative_sampling} negatives per batch" if m.negatives else ""
+    warnings.warn(
+        f"[model] full_softmax = true, but the catalogue has {n_items:,} items, more than "
+        f"[model] full_softmax_max_items = {m.full_softmax_max_items:,}: training by sampled "
+        f"softmax (in-batch negatives{extra}, log-Q corrected; metrics_['softmax'] = "
+        "'sampled'). Raise full_softmax_max_items to train the exact softmax (its time and "
+        "memory grow with the catalogue), or set negatives (e.g. 1024) for more negatives",
+        stacklevel=2,
+    )
+
+
 def fields_of(encoder: InteractionEncoder) -> list[Field]:
     """The model fields of a fitted interaction encoder."""
     return [Field(k, kind, size) for k, kind, size in encoder.fields()]  # type: ignore[arg-type]
 
 
 def build_stack(
-    spec: ModelSpec, fields: list[Field], label_mean: float, device: torch.device
+    spec: ModelSpec,
+    fields: list[Field],
+    label_mean: float,
+    device: torch.device,
+    n_items: int | None = None,
 ) -> StackedModel:
-    """The M freshly initialised members of the run (seeded by ``[run] seed``)."""
+    """The M freshly initialised members of the run (seeded by ``[run] seed``) for a
+    catalogue of ``n_items`` items (None: unknown, e.g. a loaded run)."""
     return StackedModel(
-        lambda: spec.build_model(fields, label_mean), spec.members, spec.config.seed, device
+        lambda: spec.build_model(fields, label_mean, n_items),
+        spec.members,
+        spec.config.seed,
+        device,
     )
+
+
+def fit_metrics(spec: ModelSpec, history: History, n_items: int) -> dict[str, Any]:
+    """The facade's ``metrics_`` after fit: training seconds, seconds per epoch, epochs,
+    best epoch per member, and for two-tower models ``"softmax"``: "full" or "sampled"
+    (see :func:`wager.models.registry.softmax_kind`)."""
+    seconds = history.epoch_seconds
+    out: dict[str, Any] = {
+        "train_seconds": history.seconds,
+        "epoch_seconds": float(np.mean(seconds)) if seconds else 0.0,
+        "epochs": len(history.train_loss),
+        "best_epoch": history.best_epoch,
+    }
+    if spec.config.model.type == "two_tower":
+        out["softmax"] = softmax_kind(spec.config.model, n_items)
+    return out

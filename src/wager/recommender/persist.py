@@ -116,6 +116,7 @@ def load(cls: type[Recommender], directory: Path, device: str | None = None) -> 
             fitting.fields_of(enc),
             catalogue.label_mean,
             resolve_device(config.training.device),
+            catalogue.n_items,
         )
         stack.load_state_dict(load_file(str(directory / RUN_FILES["weights"])))
         stack.train(False)

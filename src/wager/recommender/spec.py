@@ -257,8 +257,11 @@ class ModelSpec:
                 fix=f"Available columns: {', '.join(map(str, df.columns))}.",
             )
 
-    def build_model(self, fields: list[Field], global_mean: float = 0.0) -> nn.Module:
-        """A fresh model of ``[model] type`` over the encoded ``fields``."""
+    def build_model(
+        self, fields: list[Field], global_mean: float = 0.0, n_items: int | None = None
+    ) -> nn.Module:
+        """A fresh model of ``[model] type`` over the encoded ``fields``; ``n_items`` is the
+        catalogue size (a two-tower model's full / sampled softmax switch), None unknown."""
         s = self.schema
         inputs = ModelInputs(
             user=[f for f in fields if f.key.startswith("user.")],
@@ -272,6 +275,7 @@ class ModelSpec:
                 for t in self.tasks
                 if t.head is not None and len(self.tasks) > 1
             ),
+            n_items=n_items,
         )
         return self.model_type.build(self.config.model, inputs)
 
