@@ -36,15 +36,10 @@ reported as "not installed" otherwise.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import importlib.metadata
-import json
 import math
-import os
-import platform
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -54,6 +49,23 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import (
+    capped,
+    emit,
+    environment,
+    factor_scores,
+    fit_implicit,
+    history_summary,
+    interaction_matrix,
+    log,
+    per_user_holdout,
+    rank_metrics,
+    seconds_since_start,
+    stdout_to_stderr,
+    version_of,
+)
 from wager.config import DataConfig, EvaluationConfig, ModelConfig, RunConfig, TrainConfig
 from wager.data.dataset import Dataset
 from wager.data.loaders import load_dataset
@@ -69,7 +81,6 @@ FOLDS = ("u1", "u2", "u3", "u4", "u5")
 PARTS = ("rating", "retrieval", "implicit")
 TOP_KS = (1, 5, 10, 50, 100)
 TFRS_SECONDS_PER_EPOCH = 5.0  # the TensorFlow Recommenders tutorial's bar, not measured here
-PEERS = ("scikit-surprise", "implicit")
 # chosen so that the best cell is inside the grid on both validation splits
 ALS_GRID = {
     "factors": (16, 32, 64, 128),
@@ -78,8 +89,6 @@ ALS_GRID = {
 }
 ALS_ITERATIONS = 15
 HARD_NEGATIVES = (1, 5, 20, 100)  # [model] hard_negatives tried on the retrieval validation rows
-
-_START = time.perf_counter()
 
 
 @dataclass(frozen=True)
@@ -108,29 +117,7 @@ class Options:
         return self.capped(cfg)
 
     def capped(self, cfg: RunConfig) -> RunConfig:
-        if self.max_epochs is None or cfg.training.epochs <= self.max_epochs:
-            return cfg
-        return replace(cfg, training=replace(cfg.training, epochs=self.max_epochs))
-
-
-def log(message: str) -> None:
-    """Progress line on stderr, with seconds since start."""
-    print(f"[{time.perf_counter() - _START:7.1f}s] {message}", file=sys.stderr, flush=True)
-
-
-@contextlib.contextmanager
-def stdout_to_stderr() -> Iterator[None]:
-    """Peers that print to stdout would corrupt the JSON: send their output to stderr."""
-    with contextlib.redirect_stdout(sys.stderr):
-        yield
-
-
-def version_of(dist: str) -> str:
-    """Installed version of a distribution, or "not installed"."""
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
+        return capped(cfg, self.max_epochs)
 
 
 def with_fields(obj: Any, **changes: Any) -> tuple[Any, list[str]]:
@@ -148,60 +135,12 @@ def mean_of(rows: Sequence[dict[str, Any]], key: str) -> float:
     return float(np.mean([r[key] for r in rows]))
 
 
-def history_summary(rec: Recommender) -> dict[str, Any]:
-    """Epochs run, epoch kept (1-based; one per member for an ensemble), seconds per epoch.
-
-    ``seconds_per_epoch`` is the mean wall time of an epoch's training steps (validation
-    excluded; all members together); ``train_seconds`` is the whole loop, validation included.
-    """
-    hist = rec.history_
-    assert hist is not None
-    chosen = [int(e) + 1 for e in hist.best_epoch]
-    out: dict[str, Any] = {"epochs_run": len(hist.train_loss)}
-    if len(chosen) == 1:
-        out["epoch_chosen"] = chosen[0]
-    else:
-        out["epoch_chosen_per_member"] = chosen
-    out["seconds_per_epoch"] = float(np.mean(hist.epoch_seconds)) if hist.epoch_seconds else None
-    out["train_seconds"] = float(hist.seconds)
-    return out
-
-
 def best_validation(rec: Recommender) -> float:
     """The validation metric at the kept epoch, sign restored (the trainer minimises minus an
     accuracy-like metric)."""
     hist = rec.history_
     assert hist is not None and hist.valid_metric
     return -float(hist.valid_metric[hist.best_epoch[0]][0])
-
-
-def rank_metrics(
-    scores: torch.Tensor | np.ndarray,
-    relevant: list[np.ndarray],
-    exclude: sp.csr_matrix,
-    k: int,
-    item_popularity: np.ndarray | None = None,
-    n_train_users: int | None = None,
-) -> dict[str, Any]:
-    """Full-ranking metrics @k of (n_users, n_items) scores, excluded items never ranked."""
-    top = ranking.top_k_from_scores(scores, k, exclude)
-    out: dict[str, Any] = dict(ranking.ranking_metrics(top, relevant, k))
-    n_items = int(exclude.shape[1])
-    out[f"coverage@{k}"] = ranking.catalogue_coverage(top, n_items)
-    if item_popularity is not None and n_train_users is not None:
-        out[f"novelty@{k}"] = ranking.novelty(top, item_popularity, n_train_users)
-    return out
-
-
-def interaction_matrix(
-    users: np.ndarray, items: np.ndarray, n_users: int, n_items: int
-) -> sp.csr_matrix:
-    """(n_users, n_items) binary CSR from index pairs (duplicates count once)."""
-    m = sp.csr_matrix(
-        (np.ones(len(users), dtype=np.float32), (users, items)), shape=(n_users, n_items)
-    )
-    m.data[:] = 1.0
-    return m
 
 
 def score_grid(rec: Recommender, user_ids: Sequence[Any], item_ids: Sequence[Any]) -> torch.Tensor:
@@ -483,37 +422,11 @@ def hard_negatives_variant(
 # ------------------------------------------------------------------------------- implicit
 
 
-def per_user_holdout(df: pd.DataFrame, fraction: float, seed: int) -> np.ndarray:
-    """(n,) bool: a random ``round(fraction * n_u)`` of each user's rows (seeded)."""
-    users = pd.factorize(df["user_id"])[0]
-    r = np.random.default_rng(seed).random(len(df))
-    order = np.lexsort((r, users))
-    counts = np.bincount(users)
-    starts = np.r_[0, np.cumsum(counts)[:-1]]
-    rank = np.arange(len(df)) - starts[users[order]]
-    mask = np.zeros(len(df), dtype=bool)
-    mask[order[rank < np.round(fraction * counts[users[order]])]] = True
-    return mask
-
-
 def als_scores(user_items: sp.csr_matrix, params: dict[str, float], threads: int) -> np.ndarray:
     """(n_users, n_items) ALS scores (implicit's AlternatingLeastSquares, seeded)."""
-    from implicit.als import AlternatingLeastSquares
-    from threadpoolctl import threadpool_limits
-
-    # implicit checks the BLAS thread pool when the model is built: limit it first
-    with threadpool_limits(1, "blas"), stdout_to_stderr():
-        model = AlternatingLeastSquares(
-            factors=int(params["factors"]),
-            regularization=params["regularization"],
-            alpha=params["alpha"],
-            iterations=ALS_ITERATIONS,
-            random_state=0,
-            num_threads=threads,
-            use_gpu=False,
-        )
-        model.fit(user_items, show_progress=False)
-    return np.asarray(model.user_factors) @ np.asarray(model.item_factors).T
+    als_params = {**params, "factors": int(params["factors"]), "iterations": ALS_ITERATIONS}
+    model, _ = fit_implicit("als", user_items, als_params, threads)
+    return factor_scores(model)
 
 
 def als_select(
@@ -786,35 +699,6 @@ def implicit_section(ds: Dataset, opts: Options) -> dict:
 # ----------------------------------------------------------------------------------- main
 
 
-def json_ready(value: Any) -> Any:
-    """numpy scalars / arrays to Python; NaN and infinities to None (JSON has no NaN)."""
-    if isinstance(value, dict):
-        return {str(k): json_ready(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_ready(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return json_ready(value.tolist())
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def environment(threads: int) -> dict[str, Any]:
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "pandas": pd.__version__,
-        "wager": version_of("wager"),
-        "threads": threads,
-        "cpu_count": os.cpu_count(),
-        "machine": platform.machine(),
-        "peers": {name: version_of(name) for name in PEERS},
-    }
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -881,11 +765,8 @@ def main() -> None:
         result[part] = sections[part](ds, opts)
         result[part]["wall_seconds"] = time.perf_counter() - start
         log(f"{part}: done in {result[part]['wall_seconds']:.1f}s")
-    result["total_wall_seconds"] = time.perf_counter() - _START
-    text = json.dumps(json_ready(result), indent=2)
-    if args.out is not None:
-        args.out.write_text(text + "\n", encoding="utf-8")
-    print(text)
+    result["total_wall_seconds"] = seconds_since_start()
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

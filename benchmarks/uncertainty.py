@@ -43,7 +43,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from movielens import EXAMPLES, FOLDS, environment, json_ready, log
+from _common import environment, json_ready, log
+from movielens import EXAMPLES, FOLDS
 from wager.config import EnsembleConfig, RunConfig, UncertaintyConfig
 from wager.evaluation.metrics import expected_calibration_error, log_loss, rmse
 from wager.evaluation.uncertainty import uncertainty_report
