@@ -77,10 +77,10 @@ from wager.recommender import Recommender
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 PARTS = ("synthetic", "ml100k")
-METHODS = ("wager", "most_popular", "als", "bpr")
+METHODS = ("wager", "most_popular", "als", "bpr", "als_parity")
 DEFAULT_CONFIGS = {
-    "synthetic": (EXAMPLES / "implicit-large.toml",),
-    "ml100k": (EXAMPLES / "movielens-implicit.toml",),
+    "synthetic": (EXAMPLES / "implicit-large.toml", EXAMPLES / "implicit-als.toml"),
+    "ml100k": (EXAMPLES / "movielens-implicit.toml", EXAMPLES / "movielens-als.toml"),
 }
 K = 10
 METRIC = f"ndcg@{K}"  # what the peers' grids maximise on the validation rows
@@ -88,9 +88,11 @@ METRIC = f"ndcg@{K}"  # what the peers' grids maximise on the validation rows
 # validation rows after each checkpoint's iteration, so the iterations are chosen too
 PEER_GRIDS: dict[str, dict[str, tuple[float, ...]]] = {
     "als": {
-        "factors": (32, 64, 128),
-        "regularization": (1.0, 10.0, 100.0, 1000.0),
-        "alpha": (0.3, 1.0, 3.0, 10.0, 30.0),
+        "factors": (16, 32, 64, 128),
+        "regularization": (1.0, 10.0, 100.0),
+        # implicit's confidence is alpha * value; >= 1 so that wager's ALS (1 + alpha' * r)
+        # can take the very same confidences in the parity run (alpha' = alpha - 1 on 0/1)
+        "alpha": (1.0, 3.0, 10.0),
     },
     "bpr": {
         "factors": (16, 32, 64),
@@ -98,7 +100,7 @@ PEER_GRIDS: dict[str, dict[str, tuple[float, ...]]] = {
         "regularization": (0.0001, 0.001, 0.01),
     },
 }
-PEER_CHECKPOINTS = {"als": (5, 15, 30, 50), "bpr": (10, 25, 50, 100, 200, 400)}
+PEER_CHECKPOINTS = {"als": (5, 15, 30), "bpr": (10, 25, 50, 100, 200, 400)}
 PEER_CLASSES = {
     "als": "implicit.cpu.als.AlternatingLeastSquares",
     "bpr": "implicit.cpu.bpr.BayesianPersonalizedRanking",
@@ -228,6 +230,8 @@ def synthetic_part(opts: Options) -> PartData:
             n_days=1,
             new_items_per_day=0,
             popularity_exponent=w["popularity_exponent"],
+            hidden_strength=w["hidden_strength"],
+            latent_dim=w["latent_dim"],
             seed=w["world_seed"],
         )
     )
@@ -258,7 +262,8 @@ def synthetic_part(opts: Options) -> PartData:
         protocol={
             "world": f"SyntheticWorld(WorldConfig(n_users={w['n_users']}, n_items="
             f"{w['n_items']}, n_days=1, new_items_per_day=0, popularity_exponent="
-            f"{w['popularity_exponent']}, seed={w['world_seed']}))",
+            f"{w['popularity_exponent']}, hidden_strength={w['hidden_strength']}, "
+            f"latent_dim={w['latent_dim']}, seed={w['world_seed']}))",
             "log": f"world.sample_log({w['impressions']}, seed={w['log_seed']})",
             "positives": "clicked impressions aggregated to unique (user_id, item_id) pairs, "
             "plays = clicks of the pair",
@@ -506,6 +511,48 @@ def peer_run(
     }
 
 
+def als_parity(
+    part: PartData, index: Index, test: Target, chosen: dict[str, Any], opts: Options
+) -> dict:
+    """wager's ``als`` model against implicit's ALS at the same setting, on the same rows.
+
+    Both fit the train pairs with value 1 (binary), ``chosen`` factors, regularization and
+    iterations, no early stopping; implicit's confidence of an observed pair is alpha, wager's
+    1 + alpha' with alpha' = alpha - 1, so both minimise the same objective. One seed each.
+    """
+    fit_matrix = index.matrix(part.train)
+    model, implicit_seconds = fit_implicit("als", fit_matrix, chosen, opts.threads)
+    implicit = rank_metrics(factor_scores(model, test.users), test.relevant, test.exclude, K)
+    cfg = RunConfig.from_dict(
+        {
+            "seed": 0,
+            "schema": {"user": "user_id", "item": "item_id"},
+            "data": {"user_features": False, "item_features": False},
+            "model": {
+                "type": "als",
+                "dim": int(chosen["factors"]),
+                "reg": float(chosen["regularization"]),
+                "alpha": float(chosen["alpha"]) - 1.0,
+                "cg_steps": 3,
+                "init_std": 0.01,
+            },
+            "training": {"epochs": int(chosen["iterations"])},
+            "evaluation": {"k": K},
+        }
+    )
+    pairs = part.train[["user_id", "item_id"]]
+    start = time.perf_counter()
+    rec = Recommender(cfg).fit(pairs, None)  # no validation rows: every iteration is kept
+    wager_seconds = time.perf_counter() - start
+    ours = member_spread(rec, index, test)
+    return {
+        "setting": {**chosen, "wager_alpha": float(chosen["alpha"]) - 1.0, "input": "binary"},
+        "implicit": {**implicit, "fit_seconds": implicit_seconds},
+        "wager": {**ours, "fit_seconds": wager_seconds},
+        f"ratio_{METRIC}": ours[METRIC] / implicit[METRIC],
+    }
+
+
 def most_popular(part: PartData, index: Index, test: Target) -> dict:
     """Train positives per candidate item, the same list for every user (minus exclusions)."""
     counts = np.bincount(
@@ -573,6 +620,10 @@ def part_section(name: str, opts: Options) -> dict:
             out[key] = "not installed"
             continue
         out[key] = peer_run(kind, part, index, valid, test, opts)
+    als = out.get("implicit_als")
+    if "als_parity" in opts.methods and isinstance(als, dict):
+        log(f"{name}: wager's als beside implicit's at {als['chosen']}")
+        out["als_parity"] = als_parity(part, index, test, als["chosen"], opts)
     ratios_to_als(out)
     return out
 
@@ -617,8 +668,17 @@ def arguments() -> argparse.ArgumentParser:
     ap.add_argument("--out", type=Path, default=None, help="also write the JSON to this file")
     ap.add_argument("--n-users", type=int, default=2000, help="synthetic world's users")
     ap.add_argument("--n-items", type=int, default=20000, help="synthetic world's items")
-    ap.add_argument("--impressions", type=int, default=3_000_000, help="synthetic log size")
-    ap.add_argument("--popularity-exponent", type=float, default=0.6)
+    ap.add_argument("--impressions", type=int, default=4_000_000, help="synthetic log size")
+    ap.add_argument("--popularity-exponent", type=float, default=0.8)
+    ap.add_argument(
+        "--hidden-strength",
+        type=float,
+        default=6.0,
+        help="weight of the world's hidden user x item factors (default 6: tastes that "
+        "personalisation can learn; at the world's default 1 the clicks are mostly noise and "
+        "ALS does no better than most-popular)",
+    )
+    ap.add_argument("--latent-dim", type=int, default=4, help="the world's hidden factors")
     ap.add_argument("--world-seed", type=int, default=0)
     ap.add_argument("--log-seed", type=int, default=1)
     ap.add_argument("--split-seed", type=int, default=0)
@@ -659,6 +719,8 @@ def main() -> None:
             "n_items": args.n_items,
             "impressions": args.impressions,
             "popularity_exponent": args.popularity_exponent,
+            "hidden_strength": args.hidden_strength,
+            "latent_dim": args.latent_dim,
             "world_seed": args.world_seed,
             "log_seed": args.log_seed,
             "split_seed": args.split_seed,
