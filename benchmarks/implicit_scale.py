@@ -79,7 +79,7 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 PARTS = ("synthetic", "ml100k")
 METHODS = ("wager", "most_popular", "als", "bpr", "als_parity")
 DEFAULT_CONFIGS = {
-    "synthetic": (EXAMPLES / "implicit-large.toml", EXAMPLES / "implicit-als.toml"),
+    "synthetic": (EXAMPLES / "implicit-large.toml", EXAMPLES / "implicit-large-two-tower.toml"),
     "ml100k": (EXAMPLES / "movielens-implicit.toml", EXAMPLES / "movielens-als.toml"),
 }
 K = 10
@@ -88,11 +88,11 @@ METRIC = f"ndcg@{K}"  # what the peers' grids maximise on the validation rows
 # validation rows after each checkpoint's iteration, so the iterations are chosen too
 PEER_GRIDS: dict[str, dict[str, tuple[float, ...]]] = {
     "als": {
-        "factors": (16, 32, 64, 128),
-        "regularization": (1.0, 10.0, 100.0),
+        "factors": (32, 64, 128),
+        "regularization": (10.0, 100.0, 300.0),
         # implicit's confidence is alpha * value; >= 1 so that wager's ALS (1 + alpha' * r)
         # can take the very same confidences in the parity run (alpha' = alpha - 1 on 0/1)
-        "alpha": (1.0, 3.0, 10.0),
+        "alpha": (1.0, 3.0, 10.0, 30.0),
     },
     "bpr": {
         "factors": (16, 32, 64),
@@ -661,7 +661,8 @@ def arguments() -> argparse.ArgumentParser:
         default=[],
         metavar="PART=PATH",
         help="a wager config for a part (repeat for several; PATH alone: every part); "
-        "defaults: synthetic=examples/implicit-large.toml, ml100k=examples/movielens-implicit.toml",
+        "defaults: synthetic=examples/implicit-large.toml and implicit-large-two-tower.toml, "
+        "ml100k=examples/movielens-implicit.toml and movielens-als.toml",
     )
     ap.add_argument("--threads", type=int, default=1, help="torch / BLAS / implicit threads")
     ap.add_argument("--max-epochs", type=int, default=None, help="cap wager's epochs (smoke runs)")
