@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from wager.config import EvaluationConfig, ModelConfig, RunConfig, TrainConfig
 from wager.data.schema import Schema
@@ -16,59 +19,170 @@ from wager.recommender import Recommender
 from wager.uncertainty.relevance import ListRelevanceCalibrator, load_relevance_calibrator
 
 
-def test_temperature_is_recovered_from_next_positives_drawn_from_a_softmax():
-    # 3000 users x 40 items, one positive each drawn from softmax(score / 0.5); items with
-    # index 39 are "seen" (-inf) and never drawn
+def _standard_rows(n_users: int, n_items: int, gen: torch.Generator) -> torch.Tensor:
+    """(U, I) float64 scores already standardised per row (mean 0, population std 1), so
+    the calibrator's z-scores are the rows themselves."""
+    rows = torch.randn(n_users, n_items, generator=gen, dtype=torch.float64)
+    return (rows - rows.mean(1, keepdim=True)) / rows.std(1, unbiased=False, keepdim=True)
+
+
+def _chunks(rows: torch.Tensor, positives: list[np.ndarray]):
+    half = rows.shape[0] // 2
+    return [rows[:half], rows[half:]], [positives[:half], positives[half:]]
+
+
+def test_fit_recovers_the_softmax_and_an_identity_head_map():
+    # data from the model itself with a = 1, b = 0: each user's H in 1..6 positives are
+    # draws from softmax(z / 0.8) over 399 items (a 400th is seen: -inf); an item is then
+    # among them with probability 1 - (1 - pi) ** H, which the fit must recover (repeats,
+    # rare at these pi, are one positive)
     gen = torch.Generator().manual_seed(0)
-    scores = torch.randn(3000, 40, generator=gen, dtype=torch.float64)
-    scores[:, 39] = -math.inf
-    pos = torch.multinomial(torch.softmax(scores / 0.5, dim=1), 1, generator=gen).squeeze(1)
-    chunks = [scores[:1500], scores[1500:]]
+    z = _standard_rows(4000, 399, gen)
+    scores = torch.cat([z, torch.full((4000, 1), -math.inf, dtype=torch.float64)], dim=1)
+    pi = torch.softmax(scores / 0.8, dim=1)
+    h = torch.randint(1, 7, (4000,), generator=gen)
     positives = [
-        [np.array([p]) for p in pos[:1500].tolist()],
-        [np.array([p]) for p in pos[1500:].tolist()],
+        np.unique(torch.multinomial(pi[u], int(h[u]), True, generator=gen).numpy())
+        for u in range(4000)
     ]
-    cal = ListRelevanceCalibrator().fit(chunks, positives)
-    assert cal.temperature_ == pytest.approx(0.5, rel=0.06)
-    assert cal.horizon_ == pytest.approx(1.0)
+    cal = ListRelevanceCalibrator(head=20).fit(*_chunks(scores, positives))
+    assert cal.temperature_ == pytest.approx(0.8, rel=0.05)
+    assert cal.slope_ == pytest.approx(1.0, abs=0.08)
+    assert cal.offset_ == pytest.approx(0.0, abs=0.25)
+    assert cal.horizon_ == pytest.approx(np.mean([len(p) for p in positives]))
 
     def nll(t: float) -> float:
-        return float(-(torch.log_softmax(scores / t, 1)[torch.arange(3000), pos]).mean())
+        lp = torch.log_softmax(scores / t, 1)
+        return float(-torch.cat([lp[u, p] for u, p in enumerate(positives)]).mean())
 
     t = cal.temperature_
     assert nll(t) <= min(nll(t * 0.97), nll(t * 1.03)) + 1e-9  # the likelihood's minimum
 
 
+def test_fit_recovers_the_head_probabilities_of_a_sharper_world():
+    # every user's 500 scores are a permutation of one standardised vector, so the softmax
+    # normaliser is the same for all users and the head map at any T can express the truth
+    # exactly. Each user has H in 10..15 positives (>= the 10 listed); their top-10 items are
+    # among them with probability 1 - (1 - q) ** H, q = exp(-1.5) * softmax(z / 0.4) ** 0.7
+    # (closed form), the rest of the H are uniform tail items. The fitted model's
+    # probabilities of the top-10 items must match the true ones.
+    gen = torch.Generator().manual_seed(1)
+    rng = np.random.default_rng(1)
+    z0 = _standard_rows(1, 500, gen)[0]
+    z = torch.stack([z0[torch.randperm(500, generator=gen)] for _ in range(3000)])
+    top = torch.topk(z, 10, dim=1).indices
+    h = torch.as_tensor(rng.integers(10, 16, 3000), dtype=torch.float64)
+    q = math.exp(-1.5) * torch.softmax(z / 0.4, dim=1).gather(1, top) ** 0.7
+    true = 1 - (1 - q) ** h[:, None]
+    hit = torch.rand(true.shape, generator=gen, dtype=torch.float64) < true
+    positives = []
+    for u in range(3000):
+        head = top[u][hit[u]].numpy()
+        tail = np.setdiff1d(np.arange(500), top[u].numpy())
+        positives.append(np.concatenate([head, rng.choice(tail, int(h[u]) - head.size, False)]))
+    cal = ListRelevanceCalibrator(head=10).fit(*_chunks(z, positives))
+    got = cal.probability(z.gather(1, top), cal.row_statistics(z), h[:, None])
+    assert float((got - true).abs().max()) < 0.03
+    assert float(got.sum(1).mean()) == pytest.approx(float(true.sum(1).mean()), rel=0.02)
+    assert cal.slope_ / cal.temperature_ == pytest.approx(0.7 / 0.4, rel=0.1)
+
+
 def test_probability_by_hand_and_horizon():
     cal = ListRelevanceCalibrator()
-    cal.temperature_, cal.horizon_ = 2.0, 3.0
-    rows = torch.tensor([[2.0, 0.0, -math.inf]], dtype=torch.float64)
-    norm = cal.log_normalizer(rows)
-    assert float(norm) == pytest.approx(math.log(math.e + 1.0))
-    pi = math.e / (math.e + 1.0)
-    got = cal.probability(rows[:, :2], norm)
-    assert got[0, 0].item() == pytest.approx(1 - (1 - pi) ** 3)
-    assert got[0, 1].item() == pytest.approx(1 - pi**3)
-    one = cal.probability(rows[:, :2], norm, horizon=1.0)
-    assert one[0].tolist() == pytest.approx([pi, 1 - pi])
-    with pytest.raises(ValueError, match="horizon must be > 0"):
-        cal.probability(rows[:, :2], norm, horizon=0.0)
-    back = load_relevance_calibrator(cal.state_dict())
+    cal.temperature_, cal.horizon_, cal.slope_, cal.offset_ = 2.0, 3.0, 0.5, math.log(0.8)
+    rows = torch.tensor([[3.0, 1.0, -1.0, -math.inf]], dtype=torch.float64)
+    stats = cal.row_statistics(rows)
+    # z = (s - 1) / sqrt(8 / 3) over the 3 finite entries, pi = softmax(z / 2)
+    z = (np.array([3.0, 1.0, -1.0]) - 1.0) / math.sqrt(8 / 3)
+    pi = np.exp(z / 2) / np.exp(z / 2).sum()
+    assert stats[0].tolist() == pytest.approx(
+        [1.0, math.sqrt(8 / 3), math.log(np.exp(z / 2).sum())]
+    )
+    q = 0.8 * pi[:2] ** 0.5
+    got = cal.probability(rows[:, :2], stats)
+    assert got[0].tolist() == pytest.approx((1 - (1 - q) ** 3).tolist())
+    one = cal.probability(rows[:, [0, 1, 3]], stats, horizon=torch.tensor([[1.0]]))
+    assert one[0].tolist() == pytest.approx([q[0], q[1], 0.0])  # -inf: no item
+    back = load_relevance_calibrator(json.loads(json.dumps(cal.state_dict())))
     assert isinstance(back, ListRelevanceCalibrator)
-    assert (back.temperature_, back.horizon_) == (2.0, 3.0)
+    assert torch.equal(back.probability(rows[:, :2], back.row_statistics(rows)), got)
+
+
+def test_old_softmax_state_gives_its_old_probabilities():
+    # a "relevance_softmax" state of an older run: raw scores, P = 1 - (1 - pi) ** H
+    old = {"kind": "relevance_softmax", "temperature": 2.0, "horizon": 3.0}
+    cal = load_relevance_calibrator(old)
+    assert isinstance(cal, ListRelevanceCalibrator) and not cal.standardize
+    rows = torch.tensor([[2.0, 0.0, -math.inf]], dtype=torch.float64)
+    pi = math.e / (math.e + 1.0)
+    got = cal.probability(rows[:, :2], cal.row_statistics(rows))
+    assert got[0].tolist() == pytest.approx([1 - (1 - pi) ** 3, 1 - pi**3])
+    state = cal.state_dict()
+    assert state["kind"] == "relevance_list" and state["standardize"] is False
+    again = load_relevance_calibrator(state)
+    assert torch.equal(again.probability(rows[:, :2], again.row_statistics(rows)), got)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(st.floats(-5, 5), min_size=2, max_size=12),
+    st.floats(0.1, 5),
+    st.floats(0.2, 3),
+    st.floats(-3, 1),
+    st.floats(0.5, 30),
+)
+def test_probability_orders_like_the_score_and_grows_with_the_horizon(
+    scores, t, slope, offset, horizon
+):
+    cal = ListRelevanceCalibrator()
+    cal.temperature_, cal.horizon_, cal.slope_, cal.offset_ = t, 1.0, slope, offset
+    rows = torch.tensor([sorted(scores, reverse=True)], dtype=torch.float64)
+    stats = cal.row_statistics(rows)
+    p = cal.probability(rows, stats, horizon)
+    longer = cal.probability(rows, stats, horizon * 2)
+    assert bool(((p >= 0) & (p <= 1)).all())
+    assert bool((p[0, 1:] <= p[0, :-1] + 1e-12).all())  # higher score, higher probability
+    assert bool((longer >= p - 1e-12).all())
 
 
 def test_list_calibrator_errors():
-    with pytest.raises(NotFittedError):
-        ListRelevanceCalibrator().log_normalizer(torch.zeros(1, 2))
+    with pytest.raises(NotFittedError, match="call fit"):
+        ListRelevanceCalibrator().row_statistics(torch.zeros(1, 2))
+    with pytest.raises(ValueError, match="head must be an int >= 1"):
+        ListRelevanceCalibrator(head=0)
+    rows = torch.tensor([[0.0, -math.inf]])
     with pytest.raises(ValueError, match="no validation positive is scorable"):
-        rows = torch.tensor([[0.0, -math.inf]])
         ListRelevanceCalibrator().fit([rows], [[np.array([1])]])
-    with pytest.raises(ValueError, match="relevance_softmax"):
+    with pytest.raises(ValueError, match="score_rows has 1 chunks but positives has 2"):
+        ListRelevanceCalibrator().fit([rows], [[np.array([0])], [np.array([0])]])
+    with pytest.raises(ValueError, match=r"shape \(1, 2\) but 2 users"):
+        ListRelevanceCalibrator().fit([rows], [[np.array([0]), np.array([0])]])
+    cal = load_relevance_calibrator(
+        {"kind": "relevance_softmax", "temperature": 1.0, "horizon": 1.0}
+    )
+    stats = cal.row_statistics(rows)
+    with pytest.raises(ValueError, match="horizon must be > 0"):
+        cal.probability(rows, stats, horizon=0.0)
+    with pytest.raises(ValueError, match=r"stats must be \(U, 3\)"):
+        cal.probability(rows, stats[:, :1])
+    with pytest.raises(ValueError, match="expected 'relevance_list'"):
         ListRelevanceCalibrator().load_state_dict({"kind": "isotonic"})
+    with pytest.raises(ValueError, match=r"\['horizon', 'offset', 'slope'"):
+        ListRelevanceCalibrator().load_state_dict({"kind": "relevance_list", "temperature": 1.0})
     with pytest.raises(ValueError, match="must be > 0"):
         ListRelevanceCalibrator().load_state_dict(
             {"kind": "relevance_softmax", "temperature": 0.0, "horizon": 1.0}
+        )
+    with pytest.raises(ValueError, match="must be > 0"):
+        ListRelevanceCalibrator().load_state_dict(
+            {
+                "kind": "relevance_list",
+                "temperature": 1.0,
+                "horizon": 1.0,
+                "slope": -1.0,
+                "offset": 0.0,
+                "standardize": True,
+            }
         )
 
 
@@ -146,6 +260,8 @@ def test_evaluate_reports_list_calibration(model, split, tmp_path):
         "expected_hits@5",
         "hits@5",
         "relevance_temperature",
+        "relevance_slope",
+        "relevance_offset",
     ):
         assert np.isfinite(m[key]), key
     assert 0 <= m["ece"] <= m["mce"] <= 1

@@ -158,7 +158,7 @@ def _list_confidence(
     top: np.ndarray,
     scores: np.ndarray,
     hits: np.ndarray,
-    log_norm: np.ndarray,
+    row_stats: np.ndarray,
     relevant: list[np.ndarray],
     plots_dir: Path | None,
 ) -> dict[str, Any]:
@@ -171,7 +171,7 @@ def _list_confidence(
     listed = top >= 0
     horizon = torch.tensor([[max(len(r), 1)] for r in relevant], dtype=torch.float64)
     p = cal.probability(
-        torch.as_tensor(np.where(listed, scores, -math.inf)), torch.as_tensor(log_norm), horizon
+        torch.as_tensor(np.where(listed, scores, -math.inf)), torch.as_tensor(row_stats), horizon
     ).numpy()
     plot = None
     if plots_dir is not None and rec.config.uncertainty.plots:
@@ -183,6 +183,8 @@ def _list_confidence(
             f"hits@{k}": float(hits.sum(axis=1).mean()),
             f"prob_at_least_one@{k}": float(prob_at_least_one(torch.as_tensor(p)).mean()),
             "relevance_temperature": cal.temperature_,
+            "relevance_slope": cal.slope_,
+            "relevance_offset": cal.offset_,
         }
     )
     return out
@@ -193,7 +195,8 @@ def _lists(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
     """Top-k lists by the ensemble-mean score, seen items excluded: (U, k) catalogue rows
     (-1 padded), (U, k) their scores, (U, k) 0/1 hits against ``relevant`` and, with a list
-    relevance model, (U, 1) the log-normaliser of each user's softmax over unseen items."""
+    relevance model, (U, 3) each user's statistics of the scores of their unseen items
+    (``ListRelevanceCalibrator.row_statistics``)."""
     cal = rec.chain_.list_relevance
     tops, scores_out, hits, norms = [], [], [], []
     for start, part, masked in rec.scorer_.masked_score_chunks(users):
@@ -206,7 +209,7 @@ def _lists(
             ).astype(np.float64)
         )
         if cal is not None:
-            norms.append(cal.log_normalizer(masked).numpy())
+            norms.append(cal.row_statistics(masked).numpy())
     return (
         np.concatenate(tops),
         np.concatenate(scores_out),
@@ -271,9 +274,9 @@ def evaluate(
         users = [users[i] for i in pick]
         relevant = [relevant[i] for i in pick]
     if users:
-        top, top_scores, top_hits, log_norm = _lists(rec, users, relevant, ev.k)
-        if rec.spec.ranking and log_norm is not None:
-            block = _list_confidence(rec, top, top_scores, top_hits, log_norm, relevant, plots)
+        top, top_scores, top_hits, row_stats = _lists(rec, users, relevant, ev.k)
+        if rec.spec.ranking and row_stats is not None:
+            block = _list_confidence(rec, top, top_scores, top_hits, row_stats, relevant, plots)
             out.update(block)
         out.update(ranking.ranking_metrics(top, relevant, ev.k))
         out.update(

@@ -100,7 +100,7 @@ def recommend_frame(
         if not pointwise and cal is not None:
             # P(among the next H positives) under the softmax over each user's candidates
             mean_cpu = mean_scores.cpu()
-            norm = cal.log_normalizer(masked(mean_cpu, exclude))
+            norm = cal.row_statistics(masked(mean_cpu, exclude))
             conf = torch.cat(
                 [
                     cal.probability(
