@@ -58,10 +58,6 @@ CHUNK_FLOATS = 1 << 24
 _TINY = 1e-20  # implicit's stopping rule: squared residual norm below this
 
 
-# validation metrics that the loop minimises negated (a ranking metric: higher is better)
-HIGHER_IS_BETTER = frozenset({"ndcg", "recall", "precision", "top_k_accuracy"})
-
-
 @dataclass(frozen=True)
 class ImplicitData:
     """The observed pairs of M members, one entry per distinct pair, sorted by row.
@@ -424,7 +420,7 @@ def fit_als(
                     time.perf_counter() - t0,
                     st.best_mean_epoch,
                     best_metric=st.best_mean if math.isfinite(st.best_mean) else None,
-                    higher_is_better=metric_name.split("@")[0] in HIGHER_IS_BETTER,
+                    higher_is_better=True,  # ALS validates by a ranking metric, minimised negated
                 )
             )
     with torch.no_grad():
