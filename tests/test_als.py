@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from torch import Tensor
 
 from wager.config import (
     ConfigError,
@@ -25,7 +26,14 @@ from wager.models.als import ImplicitALS
 from wager.models.fields import Field
 from wager.recommender import Recommender
 from wager.recommender.spec import ModelSpec
-from wager.training.als import ALSSettings, ImplicitData, fit_als, objective, solve_rows
+from wager.training.als import (
+    ALSSettings,
+    ImplicitData,
+    fit_als,
+    objective,
+    row_regularisation,
+    solve_rows,
+)
 from wager.training.checkpoint import EpochReport
 from wager.training.trainer import StackedModel
 from wager.uncertainty.ensemble import bootstrap_weights
@@ -49,12 +57,14 @@ def _data(counts: torch.Tensor) -> ImplicitData:
     return ImplicitData.from_pairs(rows, cols, counts[:, rows, cols], u, i)
 
 
-def _closed_form(y: np.ndarray, r: np.ndarray) -> np.ndarray:
-    """(U, d) exact minimisers: (Y^T C_u Y + reg I) x_u = Y^T C_u p_u, dense numpy."""
+def _closed_form(y: np.ndarray, r: np.ndarray, reg: np.ndarray | None = None) -> np.ndarray:
+    """(U, d) exact minimisers: (Y^T C_u Y + reg_u I) x_u = Y^T C_u p_u, dense numpy
+    (``reg``: (U,) per row; default REG on every row)."""
     out = []
-    for ru in r:
+    regs = np.full(len(r), REG) if reg is None else reg
+    for ru, reg_u in zip(r, regs, strict=True):
         c, p = 1 + ALPHA * ru, (ru > 0).astype(float)
-        a = y.T @ (c[:, None] * y) + REG * np.eye(y.shape[1])
+        a = y.T @ (c[:, None] * y) + reg_u * np.eye(y.shape[1])
         out.append(np.linalg.solve(a, y.T @ (c * p)))
     return np.array(out)
 
@@ -88,6 +98,20 @@ def _implicit_cg(x: np.ndarray, y: np.ndarray, r: np.ndarray, steps: int) -> np.
     return x
 
 
+def _solve(x: Tensor, y: Tensor, data: ImplicitData, steps: int, exponent: float = 0.0) -> Tensor:
+    """One half-step with REG on the rows (frequency-scaled by ``exponent``)."""
+    return solve_rows(x, y, data, ALPHA, row_regularisation(data, ALPHA, REG, exponent), steps)
+
+
+def _objective(
+    x: Tensor, y: Tensor, data: ImplicitData, alpha: float = ALPHA, reg: float = REG
+) -> Tensor:
+    """The objective with the same ``reg`` on every row."""
+    reg_x = row_regularisation(data, alpha, reg, 0.0)
+    reg_y = row_regularisation(data.transpose(), alpha, reg, 0.0)
+    return objective(x, y, data, alpha, reg_x, reg_y)
+
+
 def test_duplicates_are_summed_and_pairs_sorted():
     data = ImplicitData.from_pairs(
         torch.tensor([2, 0, 2, 1]), torch.tensor([1, 3, 1, 0]), torch.tensor([1.0, 2, 3, 4]), 3, 4
@@ -104,9 +128,30 @@ def test_half_step_solves_each_users_normal_equations(steps):
     g = torch.Generator().manual_seed(2)
     x = 0.1 * torch.randn(2, 7, 3, generator=g, dtype=torch.float64)
     y = 0.1 * torch.randn(2, 9, 3, generator=g, dtype=torch.float64)
-    got = solve_rows(x, y, _data(counts), ALPHA, REG, steps)
+    got = _solve(x, y, _data(counts), steps)
     for m in range(2):
         want = _closed_form(y[m].numpy(), counts[m].numpy())
+        np.testing.assert_allclose(got[m].numpy(), want, rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.parametrize("steps", [0, 3])
+def test_frequency_scaled_regularisation_solves_each_rows_own_system(steps):
+    counts = _counts(11)
+    data = _data(counts)
+    reg = row_regularisation(data, ALPHA, REG, 0.5)
+    # by hand: the row's confidence mass m_u = n_items + alpha sum_i r_ui, over its mean
+    mass = counts.shape[2] + ALPHA * counts.sum(-1).numpy()  # (M, U)
+    want_reg = REG * np.sqrt(mass / mass.mean(axis=1, keepdims=True))
+    np.testing.assert_allclose(reg.numpy(), want_reg, rtol=1e-12)
+    assert torch.equal(
+        row_regularisation(data, ALPHA, REG, 0.0), torch.full((2, 7), REG, dtype=torch.float64)
+    )
+    g = torch.Generator().manual_seed(12)
+    x = 0.1 * torch.randn(2, 7, 3, generator=g, dtype=torch.float64)
+    y = 0.1 * torch.randn(2, 9, 3, generator=g, dtype=torch.float64)
+    got = _solve(x, y, data, steps, exponent=0.5)
+    for m in range(2):
+        want = _closed_form(y[m].numpy(), counts[m].numpy(), want_reg[m])
         np.testing.assert_allclose(got[m].numpy(), want, rtol=1e-7, atol=1e-9)
 
 
@@ -116,7 +161,7 @@ def test_one_cg_step_matches_implicits_solver_from_the_same_start():
     x = 0.1 * torch.randn(1, 7, 3, generator=g, dtype=torch.float64)
     y = 0.1 * torch.randn(1, 9, 3, generator=g, dtype=torch.float64)
     for steps in (1, 2):
-        got = solve_rows(x, y, _data(counts), ALPHA, REG, steps)[0].numpy()
+        got = _solve(x, y, _data(counts), steps)[0].numpy()
         want = _implicit_cg(x[0].numpy(), y[0].numpy(), counts[0].numpy(), steps)
         np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
 
@@ -128,12 +173,12 @@ def test_objective_is_the_dense_sum_and_never_increases(steps):
     g = torch.Generator().manual_seed(6)
     x = 0.1 * torch.randn(2, 7, 3, generator=g, dtype=torch.float64)
     y = 0.1 * torch.randn(2, 9, 3, generator=g, dtype=torch.float64)
-    values = [objective(x, y, data, ALPHA, REG)]
+    values = [_objective(x, y, data)]
     for _ in range(6):
-        x = solve_rows(x, y, data, ALPHA, REG, steps)
-        values.append(objective(x, y, data, ALPHA, REG))
-        y = solve_rows(y, x, data.transpose(), ALPHA, REG, steps)
-        values.append(objective(x, y, data, ALPHA, REG))
+        x = _solve(x, y, data, steps)
+        values.append(_objective(x, y, data))
+        y = _solve(y, x, data.transpose(), steps)
+        values.append(_objective(x, y, data))
     v = torch.stack(values)  # (13, M)
     assert bool((v[1:] <= v[:-1] + 1e-10).all())
     assert bool((v[-1] < 0.8 * v[0]).all())
@@ -188,7 +233,7 @@ class MemoryCheckpoint:
 
 def _validator(valid: ImplicitData) -> Any:
     """params -> (M,) objective on held-out pairs: a deterministic metric that rises later."""
-    return lambda p: objective(p["u"], p["i"], valid, 30.0, 0.0)
+    return lambda p: _objective(p["u"], p["i"], valid, 30.0, 0.0)
 
 
 def test_early_stopping_keeps_each_members_best_and_reports_each_iteration():
@@ -372,19 +417,15 @@ def test_same_factors_as_implicits_als_from_the_same_start():
     theirs_x = start_u.copy()
     model.solver((matrix * (1.0 + ALPHA)).tocsr(), theirs_x, start_i.copy(), REG, num_threads=1)
     x0, y0 = torch.tensor(start_u)[None], torch.tensor(start_i)[None]
-    ours_x = solve_rows(x0, y0, data, ALPHA, REG, 3)[0].numpy()
+    ours_x = _solve(x0, y0, data, 3)[0].numpy()
     np.testing.assert_allclose(ours_x, theirs_x, atol=1e-5)
     # 10 iterations: rounding grows along the (non-convex) path, the objective agrees
     params = {"u": x0.clone(), "i": y0.clone()}
     fit_als(params, ("u", "i"), data, ALSSettings(ALPHA, REG, epochs=10))
-    theirs = objective(
-        torch.as_tensor(model.user_factors)[None],
-        torch.as_tensor(model.item_factors)[None],
-        data,
-        ALPHA,
-        REG,
+    theirs = _objective(
+        torch.as_tensor(model.user_factors)[None], torch.as_tensor(model.item_factors)[None], data
     )
-    ours = objective(params["u"], params["i"], data, ALPHA, REG)
+    ours = _objective(params["u"], params["i"], data)
     assert float(ours) == pytest.approx(float(theirs), rel=1e-4)
 
     def ndcg(x: np.ndarray, y: np.ndarray) -> float:

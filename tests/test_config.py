@@ -746,6 +746,7 @@ NON_DEFAULT = {
     "hard_negatives": 5,
     "alpha": 40.0,
     "cg_steps": 0,
+    "reg_exponent": 0.5,
     "tasks": (
         TaskConfig("rating", "rating", likelihood="gaussian"),
         TaskConfig("like", "rating", kind="click", weight=0.5, threshold=4.0),

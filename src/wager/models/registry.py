@@ -276,7 +276,7 @@ MODEL_TYPES: dict[str, ModelType] = {
         ModelType(
             "als",
             default="retrieval",  # ranks a catalogue, as the two-tower: the same evaluation
-            uses=frozenset({"reg", "alpha", "cg_steps", "positive_threshold"}),
+            uses=frozenset({"reg", "alpha", "cg_steps", "reg_exponent", "positive_threshold"}),
             build=_als,
             ids_only=True,
         ),

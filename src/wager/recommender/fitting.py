@@ -517,7 +517,7 @@ def train_als(
         stack.params,
         names,
         data,
-        ALSSettings(m.alpha, m.reg, m.cg_steps, t.epochs, t.patience),
+        ALSSettings(m.alpha, m.reg, m.cg_steps, t.epochs, t.patience, m.reg_exponent),
         validate=validate,
         metric_name=validation_metric_name(spec),
         on_epoch=on_epoch,
