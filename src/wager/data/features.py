@@ -844,6 +844,37 @@ class EntityEncoder:
             self.table_ = indexed
         return self
 
+    def add_rows(self, table: pd.DataFrame, source: str = "") -> pd.Index:
+        """Add (or replace) feature-table rows after fit, without refitting any encoder.
+
+        The rows are checked first (id column, one row per id, every feature column, values
+        the fitted encoders accept: a DataError names the column and rows) and nothing is
+        changed when a check fails. An id outside the id vocabulary stays OOV: its features
+        alone tell the model what it is. Without feature specs nothing is stored.
+
+        Args:
+            table: rows with the ``key`` column and every feature column (extra columns
+                are ignored, as in :meth:`fit`).
+            source: name of the table, for messages.
+
+        Returns:
+            The canonical keys of ``table``'s ids, in table order.
+        """
+        if self.id_encoder_ is None or self.features_ is None:
+            raise NotFittedError(f"encoder for '{self.key}' is not fitted: call fit() first")
+        indexed = self.indexed(table, source)
+        if self.feature_specs:
+            self.features_.transform(indexed.reset_index(drop=True), source)  # value checks
+            kept = None if self.table_ is None else self.table_.drop(indexed.index, errors="ignore")
+            self.table_ = indexed if kept is None else pd.concat([kept, indexed])
+        return indexed.index
+
+    def indexed(self, table: pd.DataFrame, source: str = "") -> pd.DataFrame:
+        """``table``'s feature columns (vectors as ``name_i`` columns) indexed by the canonical
+        id keys: the form the encoder stores (DataError: no id column, a duplicated id, a
+        missing or malformed feature column)."""
+        return self._index(table, source)
+
     def _index(self, table: pd.DataFrame, source: str) -> pd.DataFrame:
         if self.key not in table.columns:
             raise data_error(

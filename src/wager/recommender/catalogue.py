@@ -5,6 +5,11 @@ catalogue items, in catalogue order; ids are canonical string keys
 (:func:`~wager.data.features.categorical_keys`). Saved as arrays (``catalogue.npz``), not
 JSON lists.
 
+The catalogue changes without retraining (:mod:`wager.recommender.changes`): :meth:`add`
+appends items at the end; :meth:`retire` moves items out of it (their columns of the seen
+matrix and their counts are kept aside, so an item added back is itself again). Whatever
+enumerates the catalogue (lists, catalogue scores, evaluation) sees only the items in it.
+
 Example:
     >>> import pandas as pd
     >>> from wager.data.schema import Schema
@@ -18,7 +23,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +47,11 @@ class Catalogue:
         users: (n_users,) object array of known user keys (seen-matrix row order).
         seen: (n_users, n_items) 0/1 float32 CSR: what recommend() excludes.
         label_mean: mean training label (rating models start their bias there; 0 otherwise).
+        retired: (n_retired,) object array of retired item keys (never in ``items``).
+        retired_counts: (n_retired,) float64 their training rows (positives).
+        retired_seen: (n_users, n_retired) 0/1 float32 CSR: their seen-matrix columns.
+        version: counts the changes since the catalogue was built (caches of encoded
+            catalogue items key on it).
     """
 
     items: np.ndarray
@@ -49,10 +59,22 @@ class Catalogue:
     users: np.ndarray
     seen: sp.csr_matrix
     label_mean: float = 0.0
+    retired: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=object))
+    retired_counts: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.float64))
+    retired_seen: sp.csr_matrix | None = None
+    version: int = 0
 
     def __post_init__(self) -> None:
+        if self.retired_seen is None:
+            self.retired_seen = sp.csr_matrix(
+                (len(self.users), len(self.retired)), dtype=np.float32
+            )
+        self._reindex()
+
+    def _reindex(self) -> None:
         self.item_index: dict[Any, int] = {k: i for i, k in enumerate(self.items)}
         self.user_index: dict[Any, int] = {k: i for i, k in enumerate(self.users)}
+        self.retired_index: dict[Any, int] = {k: i for i, k in enumerate(self.retired)}
 
     @classmethod
     def fit(
@@ -175,10 +197,85 @@ class Catalogue:
         """(n_items,) share of known users who have seen each item."""
         return np.asarray(self.seen.getnnz(axis=0), dtype=np.float64) / max(self.n_users, 1)
 
+    # ------------------------------------------------------------------ changes
+    def add(self, keys: Sequence[str]) -> None:
+        """Append items (canonical keys, distinct, none in the catalogue) at the end; a
+        retired key comes back with its counts and seen column.
+
+        Raises:
+            ValueError: a key is already in the catalogue or repeated (named).
+        """
+        keys = [str(k) for k in keys]
+        present = [k for k in keys if k in self.item_index]
+        if present or len(set(keys)) < len(keys):
+            what = present or [k for k in keys if keys.count(k) > 1]
+            raise ValueError(f"item ids {what[:5]} are already in the catalogue or repeated")
+        assert self.retired_seen is not None
+        back = np.array([self.retired_index.get(k, -1) for k in keys], dtype=np.int64)
+        cols = sp.hstack(
+            [self.retired_seen, sp.csr_matrix((self.n_users, 1), dtype=np.float32)], format="csc"
+        )[:, np.where(back >= 0, back, len(self.retired))]
+        counts = np.append(self.retired_counts, 0.0)[np.where(back >= 0, back, -1)]
+        stay = np.setdiff1d(np.arange(len(self.retired)), back[back >= 0])
+        self.items = np.concatenate([self.items, np.asarray(keys, dtype=object)])
+        self.item_counts = np.concatenate([self.item_counts, counts])
+        self.seen = sp.hstack([self.seen, cols], format="csr")
+        self._drop_retired(stay)
+
+    def retire(self, keys: Sequence[str], missing_ok: bool = False) -> None:
+        """Move items out of the catalogue (their counts and seen columns kept aside).
+        Retiring a retired item again changes nothing.
+
+        Args:
+            keys: canonical item keys.
+            missing_ok: record keys outside the catalogue as retired (a refit carrying its
+                retired ids over) instead of raising.
+
+        Raises:
+            ValueError: a key is neither in the catalogue nor retired (the first few named),
+                or no item would be left.
+        """
+        keys = list(dict.fromkeys(str(k) for k in keys if str(k) not in self.retired_index))
+        unknown = [k for k in keys if k not in self.item_index]
+        if unknown and not missing_ok:
+            raise ValueError(
+                f"item ids {unknown[:5]} ({len(unknown)} in all) are not in the catalogue; "
+                "retire only items it holds (Recommender.scorer_.catalogue.items)"
+            )
+        if keys and len(keys) >= self.n_items and not missing_ok:
+            raise ValueError(
+                f"retiring {len(keys)} items would leave the catalogue empty (nothing to "
+                "recommend); add items first, or retire fewer"
+            )
+        assert self.retired_seen is not None
+        rows = np.array([self.item_index.get(k, -1) for k in keys], dtype=np.int64)
+        out = np.zeros(self.n_items, dtype=bool)
+        out[rows[rows >= 0]] = True
+        seen = sp.hstack([self.seen, sp.csr_matrix((self.n_users, 1), dtype=np.float32)], "csc")
+        self.retired = np.concatenate([self.retired, np.asarray(keys, dtype=object)])
+        self.retired_counts = np.concatenate(
+            [self.retired_counts, np.append(self.item_counts, 0.0)[rows]]
+        )
+        self.retired_seen = sp.hstack([self.retired_seen, seen[:, rows]], format="csr")
+        self.items, self.item_counts = self.items[~out], self.item_counts[~out]
+        self.seen = self.seen.tocsc()[:, np.flatnonzero(~out)].tocsr()
+        self._drop_retired(np.arange(len(self.retired)))
+
+    def _drop_retired(self, keep: np.ndarray) -> None:
+        """Keep the retired entries at positions ``keep``; re-index; count the change."""
+        assert self.retired_seen is not None
+        self.retired = np.asarray(self.retired[keep], dtype=object)
+        self.retired_counts = self.retired_counts[keep]
+        self.retired_seen = self.retired_seen.tocsc()[:, keep].tocsr()
+        self._reindex()
+        self.version += 1
+
     # ------------------------------------------------------------------ persistence
     def save(self, path: Path) -> None:
         """Write the catalogue as arrays (``np.savez``, no pickled objects) to ``path``."""
         seen = self.seen.tocsr()
+        assert self.retired_seen is not None
+        retired = self.retired_seen.tocsr()
         with open(path, "wb") as fh:
             np.savez(
                 fh,
@@ -188,6 +285,10 @@ class Catalogue:
                 seen_indptr=seen.indptr.astype(np.int64),
                 seen_indices=seen.indices.astype(np.int64),
                 label_mean=np.float64(self.label_mean),
+                retired=np.asarray([str(i) for i in self.retired], dtype=np.str_),
+                retired_counts=self.retired_counts,
+                retired_indptr=retired.indptr.astype(np.int64),
+                retired_indices=retired.indices.astype(np.int64),
             )
 
     @classmethod
@@ -202,6 +303,17 @@ class Catalogue:
                     (np.ones(len(indices), dtype=np.float32), indices, indptr),
                     shape=(len(users), len(items)),
                 )
-                return cls(items, z["item_counts"], users, seen, float(z["label_mean"]))
+                if "retired" not in z.files:  # written before catalogues changed
+                    return cls(items, z["item_counts"], users, seen, float(z["label_mean"]))
+                retired = np.asarray(z["retired"].tolist(), dtype=object)
+                r_indices = z["retired_indices"]
+                r_seen = sp.csr_matrix(
+                    (np.ones(len(r_indices), dtype=np.float32), r_indices, z["retired_indptr"]),
+                    shape=(len(users), len(retired)),
+                )
+                return cls(
+                    items, z["item_counts"], users, seen, float(z["label_mean"]),
+                    retired, z["retired_counts"], r_seen,
+                )  # fmt: skip
         except (KeyError, ValueError, OSError) as exc:
             raise ValueError(f"{path}: not a readable catalogue ({exc}); retrain the run") from exc

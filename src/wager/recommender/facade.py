@@ -43,7 +43,7 @@ from wager.errors import NotFittedError
 from wager.evaluation import oov, report
 from wager.models.heads import Head
 from wager.prediction import MixturePrediction, Prediction
-from wager.recommender import fitting, persist
+from wager.recommender import changes, fitting, persist
 from wager.recommender.catalogue import Catalogue
 from wager.recommender.listing import recommend_frame
 from wager.recommender.scoring import Batch, Context, Scorer, to_tensors
@@ -128,7 +128,8 @@ class Recommender:
                 impression-weighted squared error of the mean CTR for "mdn" / "ddn", NDCG@k
                 for retrieval / implicit) and for the post-hoc chain, or None.
             user_features: user feature table keyed by ``schema.user``, or None.
-            item_features: item feature table keyed by ``schema.item``, or None.
+            item_features: item feature table keyed by ``schema.item``, or None (a refit adds
+                the stored rows of catalogue items it lacks; retired ids stay retired).
             show_progress: draw a progress bar.
             on_epoch: called with each epoch's :class:`~wager.training.checkpoint.EpochReport`.
             checkpoint: the training loop's state is saved there after each epoch, and a
@@ -146,6 +147,7 @@ class Recommender:
                 "none: set [data] valid_fraction > 0 (or pass valid to fit())"
             )
         fit_rows = fitting.fit_rows(spec, train)
+        item_features, retired = changes.carried_over(self._scorer, item_features)
         device = resolve_device(self.config.training.device)
         mc = self.config.model
         self.encoder_ = enc = InteractionEncoder.from_schema(
@@ -178,20 +180,17 @@ class Recommender:
         self.history_ = hist = fitting.train_members(
             self._scorer, train_t, fit_rows, train, valid, show_progress, on_epoch, checkpoint
         )
+        catalogue.retire(retired, missing_ok=True)
         if valid is not None and len(valid):
             self.calibrate(valid, train)
         self.metrics_ = fitting.fit_metrics(spec, hist, catalogue.n_items)
         return self
 
     def calibrate(self, valid: pd.DataFrame, history: pd.DataFrame | None = None) -> Recommender:
-        """(Re)fit the post-hoc chain on calibration rows, without retraining; returns self.
-
-        Args:
-            valid: held-out rows with labels (rating / click models), or positives whose
-                softmax temperature is fitted (retrieval / implicit models).
-            history: rows whose items the validation lists exclude (retrieval / implicit);
-                default the run's whole seen history.
-        """
+        """(Re)fit the post-hoc chain on calibration rows ``valid`` (held-out labelled rows;
+        retrieval / implicit: positives whose softmax temperature is fitted), without
+        retraining; ``history``: rows whose items the validation lists exclude (retrieval /
+        implicit; default the run's whole seen history). Returns self."""
         scorer, spec, s = self.scorer_, self.spec, self.schema
         spec.check_columns(valid, "calibration")
         support = self.chain_.support_covariates
@@ -273,25 +272,18 @@ class Recommender:
         """The predictive CTR mixture of a "mdn" / "ddn" model for (user, item) pairs: the
         R members' K-component mixtures pooled into one of R * K components (law of total
         variance; ``epistemic_std`` = std of the members' means, None for one member).
-
-        Args:
-            user_ids, item_ids, context, batch_size: as in :meth:`predict`.
-            impressions: (n,) counts n >= 1 at which the CTR will be measured ("ddn" only):
-                fills ``measurement_std`` = sqrt(m (1 - m) / n) around the pooled mean m.
-
-        Raises:
-            ValueError: not a mixture likelihood, ids that do not pair up, or bad impressions.
-        """
+        ``user_ids``, ``item_ids``, ``context``, ``batch_size`` as in :meth:`predict`;
+        ``impressions``: (n,) counts n >= 1 at which the CTR will be measured ("ddn" only),
+        fills ``measurement_std`` = sqrt(m (1 - m) / n) around the pooled mean m. ValueError:
+        not a mixture likelihood, ids that do not pair up, or bad impressions."""
         return self.scorer_.mixture(user_ids, item_ids, context, impressions, batch_size)
 
     def relevance_confidence(self, prediction: Prediction) -> Tensor | None:
-        """(...) probability that each prediction is relevant, or None when undefined.
-
-        Ratings: P(rating >= ``evaluation.relevance_threshold``) under the predictive
-        distribution, mapped by the relevance step of the chain. Clicks: the (calibrated)
-        click probability. None for deterministic rating models and for retrieval /
-        implicit scores (:meth:`recommend` fills those from the list relevance model).
-        """
+        """(...) probability that each prediction is relevant, or None when undefined. Ratings:
+        P(rating >= ``evaluation.relevance_threshold``) under the predictive distribution,
+        mapped by the chain's relevance step. Clicks: the (calibrated) click probability. None
+        for deterministic rating models and retrieval / implicit scores (:meth:`recommend`
+        fills those from the list relevance model)."""
         if self.task == "click":
             return prediction.mean
         return self.chain_.relevance_probability(prediction) if self.task == "rating" else None
@@ -334,6 +326,19 @@ class Recommender:
 
     list_confidence = staticmethod(list_confidence)
 
+    def add_items(self, item_features: pd.DataFrame) -> Recommender:
+        """New items (rows: item id, the run's item feature columns) join the catalogue, scored
+        from their features with cold-start uncertainty until a fit sees them; returns self.
+        See :mod:`wager.recommender.changes` (errors, re-adding retired ids, refits)."""
+        changes.add_items(self.scorer_, item_features)
+        return self
+
+    def retire_items(self, item_ids: Sequence[Any] | np.ndarray) -> Recommender:
+        """Items (ids in the catalogue) never recommended again; :meth:`predict` still scores
+        them; returns self. See :mod:`wager.recommender.changes`."""
+        changes.retire_items(self.scorer_, item_ids)
+        return self
+
     def known_users(self, user_ids: Sequence[Any]) -> np.ndarray:
         """(n,) bool: which users had training interactions (False = cold start)."""
         return self.scorer_.catalogue.known_users(user_ids)
@@ -351,9 +356,8 @@ class Recommender:
         return oov.oov_stds(scorer.encoder, batch, predict)
 
     def oov_std_ratios(self, rows: pd.DataFrame, max_rows: int = 5000) -> dict[str, float]:
-        """{field key: median std(field set to OOV) / std(real value)} over ``rows``; above
-        1 means the model is less certain when it does not know that feature; empty for
-        deterministic models."""
+        """{field key: median std(field set to OOV) / std(real value)} over ``rows`` (above 1:
+        less certain without that feature; empty for deterministic models)."""
         return oov.oov_std_ratios(self.oov_stds(rows, max_rows))
 
     def evaluate(
@@ -384,10 +388,6 @@ class Recommender:
 
     @classmethod
     def load(cls, directory: str | Path, device: str | None = None) -> Recommender:
-        """Read and verify a run folder written by :meth:`save`.
-
-        Args:
-            directory: the run folder.
-            device: "cpu" / "cuda" / "auto" to override ``training.device`` for inference.
-        """
+        """Read and verify a run folder written by :meth:`save` (its current catalogue
+        included); ``device`` ("cpu" / "cuda" / "auto") overrides ``training.device``."""
         return persist.load(cls, Path(directory), device)

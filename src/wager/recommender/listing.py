@@ -17,6 +17,7 @@ import torch
 
 from wager.data.features import categorical_keys
 from wager.evaluation import ranking
+from wager.recommender.changes import recommendable
 from wager.recommender.scoring import masked
 from wager.uncertainty.conformal import ConformalPrediction
 
@@ -59,6 +60,7 @@ def recommend_frame(
     cand = (
         cat.items if items is None else np.asarray(categorical_keys(list(items)).to_numpy(), object)
     )
+    cand = cand if items is None else recommendable(cat, cand)  # retired items never listed
     users = list(user_ids)
     frames = []
     pointwise = rec.spec.pointwise

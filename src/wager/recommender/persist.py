@@ -1,7 +1,8 @@
 """Saving and loading a fitted recommender as a run folder (via :class:`~wager.runs.RunDirectory`).
 
 Files: ``config.toml``, ``weights.safetensors``, ``encoders.json``, ``user_features.parquet``
-/ ``item_features.parquet`` (when the model has feature tables), ``catalogue.npz``,
+/ ``item_features.parquet`` (when the model has feature tables; items added after fit included),
+``catalogue.npz`` (the current catalogue: its items, retired ids and their seen columns),
 ``uncertainty.json`` (the post-hoc chain and the population cold-start draws),
 ``metrics.json``, the plots of the evaluation, and ``manifest.json`` with their checksums.
 """

@@ -116,7 +116,7 @@ class Scorer:
         self.stack = stack
         self.catalogue = catalogue
         self.population_picks = population_picks or None
-        self._item_cache: dict[str, Batch] = {}
+        self._item_cache: dict[tuple[str, int, int], Batch] = {}
 
     @property
     def device(self) -> torch.device:
@@ -135,14 +135,17 @@ class Scorer:
         return to_tensors(self.encoder.transform_users(list(user_ids)), self.device)
 
     def encode_items(self, items: Sequence[Any] | np.ndarray | None = None) -> Batch:
-        """Encoded "item.*" tensors of ``items`` (default: the catalogue, cached)."""
+        """Encoded "item.*" tensors of ``items`` (default: the catalogue as it is now, cached
+        until it changes)."""
         if items is not None:
             return to_tensors(self.encoder.transform_items(list(items)), self.device)
-        key = str(self.device)
+        key = (str(self.device), id(self.catalogue), self.catalogue.version)
         if key not in self._item_cache:
-            self._item_cache[key] = to_tensors(
-                self.encoder.transform_items(list(self.catalogue.items)), self.device
-            )
+            self._item_cache = {
+                key: to_tensors(
+                    self.encoder.transform_items(list(self.catalogue.items)), self.device
+                )
+            }
         return self._item_cache[key]
 
     def context_rows(self, n: int, context: Context) -> pd.DataFrame:
