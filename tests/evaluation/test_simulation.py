@@ -5,7 +5,9 @@ writes, and named errors for bad configs, models and policies."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -366,3 +368,111 @@ def test_bad_model_and_policy_outputs_are_named() -> None:
         simulate(world, UniformSlate(), object(), cfg)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"cpc must be \(29,\) finite costs per click >= 0"):
         simulate(world, UniformSlate(), WorldModel(world), cfg, cpc=np.ones(3))
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def _policy_factory(
+    name: str,
+    beta: float | None = None,
+    epsilon: float | None = None,
+    temperature: float | None = None,
+    draws: int | None = None,
+) -> Policy:
+    return {"greedy": TopKByMean(), "uniform": UniformSlate()}[name]
+
+
+@pytest.fixture
+def policies(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI builds policies by wager.policies.policy_from_name; where this build lacks it
+    (the policies land separately), a test-local factory of the two test policies stands in."""
+    import wager.policies
+
+    if not hasattr(wager.policies, "policy_from_name"):
+        monkeypatch.setattr(wager.policies, "policy_from_name", _policy_factory, raising=False)
+
+
+TINY_MODEL = """\
+seed = 0
+[data]
+format = "synthetic"
+valid_fraction = 0.0
+[model]
+type = "factorization"
+dim = 4
+[training]
+batch_size = 256
+epochs = 1
+[ensemble]
+members = 2
+"""
+
+
+def _argv(line: str, *extra: object) -> list[str]:
+    return [*line.split(), *map(str, extra)]
+
+
+def test_cli_simulate_json_on_a_tiny_world(tmp_path: Path, policies: None) -> None:
+    from typer.testing import CliRunner
+
+    from wager.cli import app
+
+    config = tmp_path / "model.toml"
+    config.write_text(TINY_MODEL)
+    out = tmp_path / "sim"
+    args = _argv(
+        "simulate --policy greedy --days 3 --requests 40 --users 30 --items 12 --new-items 2 "
+        "--warmup 300 --seed 0 --target-impressions 5 --json",
+        *("--config", config, "--out", out),
+    )
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert [d["day"] for d in payload["days"]] == [0, 1, 2]
+    assert set(payload["total"]) >= {"ctr", "rpm", "regret", "throughput", "coverage"}
+    days = pd.DataFrame(payload["days"])
+    # totals from the per-day figures: impressions 3 x 40 x 3 = 360
+    assert payload["total"]["impressions"] == 360 and days["impressions"].tolist() == [120] * 3
+    assert payload["total"]["ctr"] == pytest.approx(days["clicks"].sum() / 360, rel=1e-12)
+    assert payload["total"]["regret"] == pytest.approx(days["regret"].sum(), rel=1e-9)
+    assert payload["total"]["throughput"] == days["throughput"].sum()
+    assert days["catalogue"].tolist() == [12, 12, 12]  # 2 arrive, the 2 oldest retire
+    assert (out / "regret.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((out / "simulation.json").read_text())["total"] == payload["total"]
+    # the same seed again: the same figures
+    again = json.loads(CliRunner().invoke(app, args).stdout)
+    assert again["days"] == payload["days"]
+
+    sweep_args = _argv(
+        "simulate --sweep greedy;uniform --seeds 2 --days 2 --requests 20 --users 30 "
+        "--items 12 --warmup 200 --json",
+        *("--config", config, "--out", out),
+    )
+    sweep = CliRunner().invoke(app, sweep_args)
+    assert sweep.exit_code == 0, sweep.output
+    runs = json.loads(sweep.stdout)["runs"]
+    assert [r["policy"] for r in runs] == ["greedy", "uniform"]
+    ctr = [t["ctr"] for t in runs[1]["per_seed"]]
+    assert runs[1]["mean"]["ctr"] == pytest.approx(np.mean(ctr), rel=1e-12)
+    assert runs[1]["std"]["ctr"] == pytest.approx(np.std(ctr, ddof=1), rel=1e-12)
+    assert (out / "tradeoff.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--sweep", "ucb:beta"], "--sweep: 'beta' in 'ucb:beta' is not PARAM=V1,V2,..."),
+        (["--sweep", "ucb:beta=x"], "--sweep: beta='x' in 'ucb:beta=x' holds a non-number"),
+        (["--seeds", "0"], "--seeds must be >= 1, got 0"),
+        (["--days", "0"], "--days must be >= 1, got 0"),
+    ],
+)
+def test_cli_simulate_bad_flags_are_named(args: list[str], message: str) -> None:
+    from typer.testing import CliRunner
+
+    from wager.cli import app
+
+    result = CliRunner().invoke(app, ["simulate", *args])
+    assert result.exit_code == 2
+    assert message in result.output
