@@ -466,6 +466,11 @@ def test_cli_simulate_json_on_a_tiny_world(tmp_path: Path, policies: None) -> No
         (["--sweep", "ucb:beta=x"], "--sweep: beta='x' in 'ucb:beta=x' holds a non-number"),
         (["--seeds", "0"], "--seeds must be >= 1, got 0"),
         (["--days", "0"], "--days must be >= 1, got 0"),
+        (
+            ["--requests", "0"],
+            "--requests: SimulationConfig.requests_per_day must be an integer in [1,",
+        ),
+        (["-k", "0"], "-k: SimulationConfig.k must be an integer in [1, 100], got 0"),
     ],
 )
 def test_cli_simulate_bad_flags_are_named(args: list[str], message: str) -> None:

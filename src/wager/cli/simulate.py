@@ -34,6 +34,15 @@ if TYPE_CHECKING:
 
 _TOTALS = ("ctr", "rpm", "regret", "throughput", "coverage")
 _POLICY_PARAMS = ("beta", "epsilon", "temperature", "draws")
+_CONFIG_FLAGS = {
+    "days": "--days",
+    "requests_per_day": "--requests",
+    "k": "-k",
+    "warmup_rows": "--warmup",
+    "target_impressions": "--target-impressions",
+    "target_clicks": "--target-clicks",
+    "seed": "--seed",
+}
 
 
 def parse_sweep(spec: str) -> list[tuple[str, dict[str, float]]]:
@@ -78,12 +87,11 @@ def _label(name: str, params: dict[str, float]) -> str:
 
 def _policy(name: str, params: dict[str, float]) -> Any:
     """The policy ``name`` with ``params``, from :func:`wager.policies.policy_from_name`."""
-    try:
-        from wager.policies import policy_from_name  # type: ignore[attr-defined]
-    except ImportError:
-        raise _flag_error(
-            "--policy", "this build of wager has no wager.policies.policy_from_name"
-        ) from None
+    import importlib
+
+    policy_from_name = getattr(importlib.import_module("wager.policies"), "policy_from_name", None)
+    if policy_from_name is None:
+        raise _flag_error("--policy", "this build of wager has no wager.policies.policy_from_name")
     kwargs = {k: (int(v) if k == "draws" else v) for k, v in params.items()}
     return policy_from_name(name, **kwargs)
 
@@ -122,7 +130,7 @@ def _check_flags(days: int, seeds: int, out: Path | None, threads: int) -> None:
 def simulate_command(
     policy: Annotated[
         str, typer.Option("--policy", help="greedy | epsilon_greedy | ucb | thompson | softmax")
-    ] = "ucb",
+    ] = "greedy",
     beta: Annotated[float | None, typer.Option("--beta", help="UCB's beta.")] = None,
     epsilon: Annotated[float | None, typer.Option("--epsilon", help="ε-greedy's ε.")] = None,
     temperature: Annotated[
@@ -184,7 +192,8 @@ def simulate_command(
             seed=seed,
         )
     except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from None
+        flag = next((f for name, f in _CONFIG_FLAGS.items() if f"Config.{name} " in str(exc)), "")
+        raise _flag_error(flag, f"{flag}: {exc}") from None
     world_args = {"n_users": users, "n_items": items, "new_items_per_day": new_items}
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
