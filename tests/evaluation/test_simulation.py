@@ -380,13 +380,14 @@ def _policy_factory(
     temperature: float | None = None,
     draws: int | None = None,
 ) -> Policy:
-    return {"greedy": TopKByMean(), "uniform": UniformSlate()}[name]
+    return {"greedy": TopKByMean(), "softmax": UniformSlate()}[name]
 
 
 @pytest.fixture
 def policies(monkeypatch: pytest.MonkeyPatch) -> None:
     """The CLI builds policies by wager.policies.policy_from_name; where this build lacks it
-    (the policies land separately), a test-local factory of the two test policies stands in."""
+    (the policies land separately), a test-local factory stands in: "greedy" is TopKByMean,
+    "softmax" the uniform slate; with the real factory the assertions below hold as well."""
     import wager.policies
 
     if not hasattr(wager.policies, "policy_from_name"):
@@ -445,14 +446,14 @@ def test_cli_simulate_json_on_a_tiny_world(tmp_path: Path, policies: None) -> No
     assert again["days"] == payload["days"]
 
     sweep_args = _argv(
-        "simulate --sweep greedy;uniform --seeds 2 --days 2 --requests 20 --users 30 "
+        "simulate --sweep greedy;softmax:temperature=1 --seeds 2 --days 2 --requests 20 --users 30 "
         "--items 12 --warmup 200 --json",
         *("--config", config, "--out", out),
     )
     sweep = CliRunner().invoke(app, sweep_args)
     assert sweep.exit_code == 0, sweep.output
     runs = json.loads(sweep.stdout)["runs"]
-    assert [r["policy"] for r in runs] == ["greedy", "uniform"]
+    assert [r["policy"] for r in runs] == ["greedy", "softmax temperature=1"]
     ctr = [t["ctr"] for t in runs[1]["per_seed"]]
     assert runs[1]["mean"]["ctr"] == pytest.approx(np.mean(ctr), rel=1e-12)
     assert runs[1]["std"]["ctr"] == pytest.approx(np.std(ctr, ddof=1), rel=1e-12)
