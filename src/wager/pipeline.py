@@ -19,11 +19,13 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
+import torch
 
 from wager.config import RunConfig
 from wager.data.dataset import Dataset
@@ -32,6 +34,7 @@ from wager.data.loaders import load_dataset
 from wager.data.schema import Schema
 from wager.data.splits import Split, leave_last_out, random_split, split_dataset, temporal_split
 from wager.data.synthetic import SyntheticWorld, WorldConfig
+from wager.prediction import Prediction
 from wager.recommender import ModelSpec, Recommender
 from wager.runs import CheckpointDirectory, RunDirectory
 from wager.training.checkpoint import EpochHook
@@ -393,3 +396,121 @@ def calibrate_run(
 
     rec.save(run_dir, overwrite=True, prepare=evaluate)
     return metrics
+
+
+# ----------------------------------------------------------------------------- simulation
+
+SIMULATION_CONFIG_RESOURCE = "examples/simulate.toml"
+
+
+def simulation_run_config() -> RunConfig:
+    """The default model of ``wager simulate``: ``examples/simulate.toml`` as shipped in the
+    package (a small anchored Bernoulli ensemble of the factorization model on click rows)."""
+    from importlib import resources
+
+    with resources.as_file(resources.files("wager").joinpath(SIMULATION_CONFIG_RESOURCE)) as p:
+        return RunConfig.load(p)
+
+
+def _reshape_prediction(pred: Prediction, rows: int, cols: int) -> Prediction:
+    """A prediction of n = rows * cols pairs (row-major) as (rows, cols): every tensor field
+    reshaped, ``samples`` (S, n) to (S, rows, cols), mixture fields (n, K) to (rows, cols, K)."""
+    changes: dict[str, Any] = {}
+    for f in fields(pred):
+        value = getattr(pred, f.name)
+        if not isinstance(value, torch.Tensor):
+            continue
+        if f.name == "samples":
+            changes[f.name] = value.reshape(value.shape[0], rows, cols)
+        else:
+            changes[f.name] = value.reshape(rows, cols, *value.shape[1:])
+    return replace(pred, **changes)
+
+
+class RecommenderSimulationModel:
+    """The simulator's model (:class:`~wager.evaluation.simulation.SimulationModel`) as a wager
+    :class:`~wager.recommender.Recommender`, retrained from scratch on every log each evening.
+
+    The schema is the world's click-log schema (``world.schema()``: user and item features,
+    position as context), with ``[data] user_features`` / ``item_features`` /
+    ``drop_features`` applied as in :func:`load_run_data`; ``[data] valid_fraction`` > 0
+    holds out the latest rows for early stopping and the post-hoc chain. Predictions are of
+    the position-1 CTR. Catalogue changes go to ``Recommender.add_items`` /
+    ``retire_items`` where the Recommender has them; otherwise a new item is predicted as an
+    unknown one (the cold-start path) until the next evening's fit sees its features.
+
+    Args:
+        config: the run config of the model (its ``[data]`` source is ignored: the simulator
+            supplies the rows).
+        world: the simulated world (its users' feature table and schema).
+    """
+
+    def __init__(self, config: RunConfig, world: SyntheticWorld) -> None:
+        schema = world.schema()
+        data = config.data
+        drop = set(data.drop_features)
+        schema = replace(
+            schema,
+            user_features=tuple(
+                f for f in schema.user_features if data.user_features and f.name not in drop
+            ),
+            item_features=tuple(
+                f for f in schema.item_features if data.item_features and f.name not in drop
+            ),
+        )
+        self.config = replace(config, schema=schema)
+        ModelSpec.from_config(self.config).validate()  # every config rule before day 0
+        if ModelSpec.from_config(self.config).task != "click":
+            raise ValueError(
+                f"[model] type = {config.model.type!r} does not predict clicks; the simulator "
+                'needs a click model (e.g. type = "factorization" with a Bernoulli head)'
+            )
+        self.world = world
+        self.recommender_: Recommender | None = None
+        self._retired: set[int] = set()
+
+    def fit(self, logs: pd.DataFrame, items: pd.DataFrame) -> None:
+        """Train a new Recommender on every log so far (the latest ``valid_fraction`` of the
+        rows held out when > 0)."""
+        n_valid = round(len(logs) * self.config.data.valid_fraction)
+        train = logs.iloc[: len(logs) - n_valid]
+        valid = logs.iloc[len(logs) - n_valid :] if n_valid else None
+        schema = self.config.schema
+        rec = Recommender(self.config).fit(
+            train,
+            valid,
+            user_features=self.world.users if schema and schema.user_features else None,
+            item_features=items if schema and schema.item_features else None,
+        )
+        self.recommender_ = rec
+        if self._retired:
+            self.retire_items(np.fromiter(self._retired, dtype=np.int64))
+
+    def _fitted(self) -> Recommender:
+        if self.recommender_ is None:
+            raise ValueError(
+                "RecommenderSimulationModel has no fitted model: give the simulation a "
+                "warm-up log (SimulationConfig.warmup_rows > 0)"
+            )
+        return self.recommender_
+
+    def predict(self, user_ids: np.ndarray, item_ids: np.ndarray) -> Prediction:
+        """(B, C) predicted position-1 CTR of every (user, item) pair."""
+        users, items = np.asarray(user_ids), np.asarray(item_ids)
+        pred = self._fitted().predict(
+            np.repeat(users, len(items)), np.tile(items, len(users)), context={"position": 1}
+        )
+        return _reshape_prediction(pred, len(users), len(items))
+
+    def add_items(self, items: pd.DataFrame) -> None:
+        """Register new items with the Recommender when it supports it (``add_items``)."""
+        add = getattr(self._fitted(), "add_items", None)
+        if callable(add):
+            add(items)
+
+    def retire_items(self, item_ids: np.ndarray) -> None:
+        """Retire items in the Recommender when it supports it (``retire_items``)."""
+        self._retired.update(int(i) for i in item_ids)
+        retire = getattr(self._fitted(), "retire_items", None)
+        if callable(retire):
+            retire(np.asarray(item_ids))

@@ -8,14 +8,15 @@ markup, and help text is printed as written (``rich_markup_mode=None``).
 
 The commands live by concern: :mod:`wager.cli.common` (the app, consoles, ``--json``
 output and error reporting), :mod:`wager.cli.render` (rich tables), :mod:`wager.cli.data`
-(``wager data ...``) and :mod:`wager.cli.runs` (quickstart, train, evaluate, calibrate,
-recommend). Importing this package registers every command on :data:`app`; nothing here
-imports torch, pandas or NumPy (each command imports what it needs when it runs).
+(``wager data ...``), :mod:`wager.cli.runs` (quickstart, train, evaluate, calibrate,
+recommend) and :mod:`wager.cli.simulate` (simulate). Importing this package registers every
+command on :data:`app`; nothing here imports torch, pandas or NumPy (each command imports
+what it needs when it runs).
 """
 
 from __future__ import annotations
 
-from wager.cli import data, runs
+from wager.cli import data, runs, simulate
 from wager.cli.common import (
     CliError,
     JsonFlag,
@@ -29,6 +30,7 @@ from wager.cli.common import (
 from wager.cli.data import data_download, data_info, data_validate
 from wager.cli.render import render_description, render_report
 from wager.cli.runs import OUT_FORMATS, calibrate, evaluate, quickstart, recommend, train
+from wager.cli.simulate import simulate_command
 
 __all__ = [
     "OUT_FORMATS",
@@ -51,5 +53,7 @@ __all__ = [
     "render_description",
     "render_report",
     "runs",
+    "simulate",
+    "simulate_command",
     "train",
 ]

@@ -1,0 +1,338 @@
+"""``wager simulate``: run a policy (or a sweep of policies) in the synthetic world.
+
+One policy: a per-day table and the totals (``--json``: ``{"days": [...], "total": {"ctr",
+"rpm", "regret", "throughput", "coverage", ...}}``), and with ``--out DIR`` the same JSON as
+``DIR/simulation.json`` and the cumulative regret per day as ``DIR/regret.png``.
+
+A sweep (``--sweep "ucb:beta=0,0.5,1;greedy;epsilon_greedy:epsilon=0.05"``, over ``--seeds
+N`` seeds): a table of each variant's totals (mean and std over seeds), and with ``--out``
+``DIR/sweep.json``, ``DIR/tradeoff.png`` (RPM against targets throughput) and
+``DIR/regret.png`` (mean cumulative regret per day). Seed s builds the world, the
+simulation's draws and the model's training from s, the same for every variant (common
+random numbers: every variant serves the same users and draws its clicks from the same
+uniforms).
+
+Policies are built by :func:`wager.policies.policy_from_name` (imported when the command
+runs); the model is a :class:`~wager.pipeline.RecommenderSimulationModel` of ``--config``
+(default: ``examples/simulate.toml`` shipped in the package).
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from wager.cli.common import JsonFlag, _flag_error, _load_config, app, console, print_json
+from wager.cli.render import _table, _text
+
+if TYPE_CHECKING:
+    from wager.config import RunConfig
+    from wager.evaluation.simulation import SimulationConfig, SimulationResult
+
+_TOTALS = ("ctr", "rpm", "regret", "throughput", "coverage")
+_POLICY_PARAMS = ("beta", "epsilon", "temperature", "draws")
+_CONFIG_FLAGS = {
+    "days": "--days",
+    "requests_per_day": "--requests",
+    "k": "-k",
+    "warmup_rows": "--warmup",
+    "target_impressions": "--target-impressions",
+    "target_clicks": "--target-clicks",
+    "seed": "--seed",
+}
+
+
+def parse_sweep(spec: str) -> list[tuple[str, dict[str, float]]]:
+    """Variants of ``--sweep``: ``NAME[:PARAM=V1,V2,...[:PARAM=...]]`` joined by ``;``; each
+    parameter's values multiply out (``ucb:beta=0,1`` is two variants).
+
+    Returns:
+        (policy name, {param: value}) per variant, in the order written.
+    """
+    variants: list[tuple[str, dict[str, float]]] = []
+    for entry in (e.strip() for e in spec.split(";")):
+        if not entry:
+            continue
+        name, *params = (p.strip() for p in entry.split(":"))
+        grid: list[list[tuple[str, float]]] = []
+        for p in params:
+            key, eq, values = p.partition("=")
+            key = key.strip()
+            if not eq or key not in _POLICY_PARAMS or not values.strip():
+                raise _flag_error(
+                    "--sweep",
+                    f"--sweep: {p!r} in {entry!r} is not PARAM=V1,V2,... with PARAM one of "
+                    f"{', '.join(_POLICY_PARAMS)}",
+                )
+            try:
+                grid.append([(key, float(v)) for v in values.split(",")])
+            except ValueError:
+                raise _flag_error(
+                    "--sweep", f"--sweep: {key}={values!r} in {entry!r} holds a non-number"
+                ) from None
+        if not name:
+            raise _flag_error("--sweep", f"--sweep: {entry!r} has no policy name before ':'")
+        variants += [(name, dict(combo)) for combo in itertools.product(*grid)]
+    if not variants:
+        raise _flag_error("--sweep", "--sweep is empty: give e.g. 'ucb:beta=0,1;greedy'")
+    return variants
+
+
+def _label(name: str, params: dict[str, float]) -> str:
+    return name + "".join(f" {k}={v:g}" for k, v in params.items())
+
+
+def _policy(name: str, params: dict[str, float]) -> Any:
+    """The policy ``name`` with ``params``, from :func:`wager.policies.policy_from_name`."""
+    import importlib
+
+    policy_from_name = getattr(importlib.import_module("wager.policies"), "policy_from_name", None)
+    if policy_from_name is None:
+        raise _flag_error("--policy", "this build of wager has no wager.policies.policy_from_name")
+    kwargs = {k: (int(v) if k == "draws" else v) for k, v in params.items()}
+    return policy_from_name(name, **kwargs)
+
+
+def _simulate_one(
+    name: str,
+    params: dict[str, float],
+    seed: int,
+    world_args: dict[str, int],
+    sim: SimulationConfig,
+    model_config: RunConfig,
+) -> SimulationResult:
+    from dataclasses import replace
+
+    from wager.data.synthetic import SyntheticWorld, WorldConfig
+    from wager.evaluation.simulation import simulate
+    from wager.pipeline import RecommenderSimulationModel
+
+    world = SyntheticWorld(WorldConfig(n_days=sim.days, seed=seed, **world_args))
+    model = RecommenderSimulationModel(replace(model_config, seed=seed), world)
+    return simulate(world, _policy(name, params), model, replace(sim, seed=seed))
+
+
+def _check_flags(days: int, seeds: int, out: Path | None, threads: int) -> None:
+    if days < 1:
+        raise _flag_error("--days", f"--days must be >= 1, got {days}")
+    if seeds < 1:
+        raise _flag_error("--seeds", f"--seeds must be >= 1, got {seeds}")
+    if threads < 1:
+        raise _flag_error("--threads", f"--threads must be >= 1, got {threads}")
+    if out is not None and out.exists() and not out.is_dir():
+        raise _flag_error("--out", f"--out {out} is a file; give a folder for the JSON and PNG")
+
+
+@app.command("simulate")
+def simulate_command(
+    policy: Annotated[
+        str, typer.Option("--policy", help="greedy | epsilon_greedy | ucb | thompson | softmax")
+    ] = "greedy",
+    beta: Annotated[float | None, typer.Option("--beta", help="UCB's beta.")] = None,
+    epsilon: Annotated[float | None, typer.Option("--epsilon", help="ε-greedy's ε.")] = None,
+    temperature: Annotated[
+        float | None, typer.Option("--temperature", help="Softmax temperature.")
+    ] = None,
+    draws: Annotated[
+        int | None, typer.Option("--draws", help="Thompson sampling's propensity draws.")
+    ] = None,
+    days: Annotated[int, typer.Option("--days", help="Days simulated.")] = 30,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of world, draws and model.")] = 0,
+    requests: Annotated[int, typer.Option("--requests", help="Requests per day.")] = 1000,
+    k: Annotated[int, typer.Option("-k", help="Slate length (positions 1..k).")] = 3,
+    users: Annotated[int, typer.Option("--users", help="Users in the world.")] = 500,
+    items: Annotated[int, typer.Option("--items", help="Items on day 0 (catalogue size).")] = 100,
+    new_items: Annotated[int, typer.Option("--new-items", help="Items arriving per day.")] = 10,
+    warmup: Annotated[int, typer.Option("--warmup", help="Warm-up log impressions.")] = 5000,
+    target_impressions: Annotated[
+        int, typer.Option("--target-impressions", help="Throughput: impressions a new item needs.")
+    ] = 100,
+    target_clicks: Annotated[
+        int, typer.Option("--target-clicks", help="Throughput: clicks a new item needs.")
+    ] = 0,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", help="Run config TOML of the model (default simulate.toml)."),
+    ] = None,
+    sweep: Annotated[
+        str | None,
+        typer.Option(
+            "--sweep",
+            help="Policies to compare, e.g. 'ucb:beta=0,0.5,1;greedy;epsilon_greedy:epsilon=0.05'"
+            " (replaces --policy and its parameters).",
+        ),
+    ] = None,
+    seeds: Annotated[int, typer.Option("--seeds", help="Seeds per sweep variant.")] = 1,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Folder for the JSON and PNG files.")
+    ] = None,
+    threads: Annotated[int, typer.Option("--threads", help="Torch intra-op threads.")] = 1,
+    as_json: JsonFlag = False,
+) -> None:
+    """Run a policy (or a sweep of them) in the synthetic world: CTR, RPM, regret, throughput."""
+    import torch
+
+    from wager.evaluation.simulation import SimulationConfig
+    from wager.pipeline import simulation_run_config
+
+    _check_flags(days, seeds, out, threads)
+    torch.set_num_threads(threads)
+    model_config = _load_config(config) if config is not None else simulation_run_config()
+    try:
+        sim = SimulationConfig(
+            days=days,
+            requests_per_day=requests,
+            k=k,
+            warmup_rows=warmup,
+            target_impressions=target_impressions,
+            target_clicks=target_clicks,
+            seed=seed,
+        )
+    except ValueError as exc:
+        flag = next((f for name, f in _CONFIG_FLAGS.items() if f"Config.{name} " in str(exc)), "")
+        raise _flag_error(flag, f"{flag}: {exc}") from None
+    world_args = {"n_users": users, "n_items": items, "new_items_per_day": new_items}
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    if sweep is None:
+        given = (beta, epsilon, temperature, draws)
+        params = {p: float(v) for p, v in zip(_POLICY_PARAMS, given, strict=True) if v is not None}
+        result = _simulate_one(policy, params, seed, world_args, sim, model_config)
+        _report_one(result, out, as_json)
+    else:
+        variants = parse_sweep(sweep)
+        runs = [
+            [_simulate_one(n, p, seed + s, world_args, sim, model_config) for s in range(seeds)]
+            for n, p in variants
+        ]
+        _report_sweep(variants, runs, seed, out, as_json)
+
+
+def _report_one(result: SimulationResult, out: Path | None, as_json: bool) -> None:
+    import json
+
+    import numpy as np
+
+    from wager.evaluation.simulation import plot_regret
+
+    payload = result.to_dict()
+    if out is not None:
+        curve = result.days["cumulative_regret"].to_numpy()
+        payload["plot"] = str(
+            plot_regret({result.policy: (curve, np.zeros_like(curve))}, out / "regret.png")
+        )
+        (out / "simulation.json").write_text(json.dumps(payload, indent=2) + "\n")
+    if as_json:
+        print_json(payload)
+        return
+    table = _table(
+        f"simulation of {result.policy}",
+        ["day", "ctr", "rpm", "regret", "cum. regret", "throughput", "coverage", "catalogue"],
+    )
+    for row in result.days.to_dict("records"):
+        table.add_row(
+            *(
+                _text(v)
+                for v in (
+                    row["day"],
+                    f"{row['ctr']:.4f}",
+                    f"{row['rpm']:.2f}",
+                    f"{row['regret']:.1f}",
+                    f"{row['cumulative_regret']:.1f}",
+                    row["throughput"],
+                    f"{row['coverage']:.3f}",
+                    row["catalogue"],
+                )
+            )
+        )
+    console.print(table)
+    t = result.total
+    console.print(
+        _text(
+            f"total: ctr {t['ctr']:.4f} (expected {t['expected_ctr']:.4f}, oracle "
+            f"{t['oracle_ctr']:.4f}), rpm {t['rpm']:.2f}, regret {t['regret']:.1f}, "
+            f"throughput {t['throughput']}, coverage {t['coverage']:.3f}"
+        )
+    )
+    if out is not None:
+        console.print(_text(f"wrote {out / 'simulation.json'} and {payload['plot']}"))
+
+
+def _report_sweep(
+    variants: list[tuple[str, dict[str, float]]],
+    runs: list[list[SimulationResult]],
+    seed: int,
+    out: Path | None,
+    as_json: bool,
+) -> None:
+    import json
+
+    import numpy as np
+
+    from wager.evaluation.simulation import plot_regret, plot_tradeoff
+
+    rows = []
+    for (name, params), results in zip(variants, runs, strict=True):
+        totals = {key: np.array([r.total[key] for r in results], dtype=float) for key in _TOTALS}
+        curves = np.stack([r.days["cumulative_regret"].to_numpy() for r in results])
+        rows.append(
+            {
+                "policy": _label(name, params),
+                "name": name,
+                "params": params,
+                "seeds": [seed + s for s in range(len(results))],
+                "mean": {key: float(v.mean()) for key, v in totals.items()},
+                "std": {
+                    key: float(v.std(ddof=1)) if len(v) > 1 else 0.0 for key, v in totals.items()
+                },
+                "per_seed": [r.total for r in results],
+                "cumulative_regret_mean": curves.mean(axis=0).tolist(),
+            }
+        )
+    payload: dict[str, Any] = {"runs": rows}
+    if out is not None:
+        payload["plots"] = [
+            str(
+                plot_tradeoff(
+                    {
+                        r["policy"]: (
+                            r["mean"]["throughput"],
+                            r["std"]["throughput"],
+                            r["mean"]["rpm"],
+                            r["std"]["rpm"],
+                        )
+                        for r in rows
+                    },
+                    out / "tradeoff.png",
+                )
+            ),
+            str(
+                plot_regret(
+                    {
+                        r["policy"]: (
+                            np.asarray(r["cumulative_regret_mean"]),
+                            np.zeros(len(r["cumulative_regret_mean"])),
+                        )
+                        for r in rows
+                    },
+                    out / "regret.png",
+                )
+            ),
+        ]
+        (out / "sweep.json").write_text(json.dumps(payload, indent=2) + "\n")
+    if as_json:
+        print_json(payload)
+        return
+    n = len(runs[0])
+    table = _table(f"sweep over {n} seed{'s' if n > 1 else ''} (mean ± std)", ["policy", *_TOTALS])
+    for r in rows:
+        table.add_row(
+            _text(r["policy"]),
+            *(_text(f"{r['mean'][key]:.4g} ± {r['std'][key]:.2g}") for key in _TOTALS),
+        )
+    console.print(table)
+    if out is not None:
+        console.print(_text(f"wrote {out / 'sweep.json'}, {', '.join(payload['plots'])}"))
