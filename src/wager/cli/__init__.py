@@ -15,7 +15,7 @@ imports torch, pandas or NumPy (each command imports what it needs when it runs)
 
 from __future__ import annotations
 
-from wager.cli import data, runs
+from wager.cli import data, ope, runs
 from wager.cli.common import (
     CliError,
     JsonFlag,
@@ -45,6 +45,7 @@ __all__ = [
     "err_console",
     "evaluate",
     "main",
+    "ope",
     "print_json",
     "quickstart",
     "recommend",
