@@ -9,14 +9,14 @@ markup, and help text is printed as written (``rich_markup_mode=None``).
 The commands live by concern: :mod:`wager.cli.common` (the app, consoles, ``--json``
 output and error reporting), :mod:`wager.cli.render` (rich tables), :mod:`wager.cli.data`
 (``wager data ...``), :mod:`wager.cli.runs` (quickstart, train, evaluate, calibrate,
-recommend) and :mod:`wager.cli.simulate` (simulate). Importing this package registers every
+recommend), :mod:`wager.cli.simulate` (simulate) and :mod:`wager.cli.ope` (ope). Importing this package registers every
 command on :data:`app`; nothing here imports torch, pandas or NumPy (each command imports
 what it needs when it runs).
 """
 
 from __future__ import annotations
 
-from wager.cli import data, runs, simulate
+from wager.cli import data, ope, runs, simulate
 from wager.cli.common import (
     CliError,
     JsonFlag,
@@ -47,6 +47,7 @@ __all__ = [
     "err_console",
     "evaluate",
     "main",
+    "ope",
     "print_json",
     "quickstart",
     "recommend",

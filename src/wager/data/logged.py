@@ -84,8 +84,8 @@ class LoggedFeedback:
         if bad_p.any():
             row = int(np.flatnonzero(bad_p)[0])
             raise ValueError(
-                f"{where}.propensity: row {row} holds {p[row]!r}; logging propensities must be "
-                "in (0, 1] (a zero-propensity action cannot be reweighted)"
+                f"{where}.propensity: row {row} holds {float(p[row])!r}; logging propensities "
+                "must be in (0, 1] (a zero-propensity action cannot be reweighted)"
             )
         d = self.action_distribution
         if d is not None and d.shape != (n, n_actions, self.n_positions):

@@ -32,6 +32,7 @@ import pandas as pd
 
 from wager.data.checks import column_name_report
 from wager.data.dataset import Dataset
+from wager.data.logged import LoggedFeedback
 from wager.data.schema import Categorical, Feature, Numeric, Schema
 from wager.errors import ValidationReport, data_error, make_finding, require_path, suggest
 
@@ -134,6 +135,57 @@ def load_obd(path: str | Path, campaign: str | None = None) -> Dataset:
         item_features=item_features,
         source=source,
         report=report,
+    )
+
+
+def load_obd_feedback(path: str | Path, campaign: str | None = None) -> LoggedFeedback:
+    """Read an Open Bandit Dataset policy directory as logged feedback for off-policy
+    evaluation (:mod:`wager.evaluation.ope`).
+
+    The action space is every item of ``item_context.csv`` (plus any shown item it lacks),
+    ordered by numeric item id, so ``action`` is the item's index there (OBD's item ids are
+    already 0..n_items-1). Positions 1, 2, 3 become 0, 1, 2. OBD has no request id, so
+    ``request`` is None and every impression is its own round (as in Open Bandit Pipeline).
+
+    Args:
+        path: a policy directory (``.../random`` or ``.../bts``), or its campaign CSV.
+        campaign: as for :func:`load_obd`.
+
+    Returns:
+        LoggedFeedback with ``reward`` = click, ``propensity`` = propensity_score,
+        ``user_ids`` synthesised as :func:`load_obd` does, ``context`` = the user features
+        (str) and user-item affinities (float64) of each impression, ``item_features`` =
+        item_context.csv indexed like ``item_ids``, ``n_positions`` = the largest position.
+
+    Raises:
+        DataError: as :func:`load_obd`.
+    """
+    ds = load_obd(path, campaign)
+    rows = ds.interactions
+    assert ds.item_features is not None and ds.user_features is not None
+    known = ds.item_features["item_id"].astype(str)
+    ids = pd.unique(pd.concat([known, rows["item_id"].astype(str)], ignore_index=True))
+    item_ids = np.array(sorted(ids, key=int), dtype=object)
+    index = {item: i for i, item in enumerate(item_ids)}
+    action = rows["item_id"].astype(str).map(index).to_numpy(dtype=np.int64)
+    items = ds.item_features.assign(item_id=known)
+    item_features = items.set_index("item_id").reindex(item_ids).reset_index()
+    users = ds.user_features.set_index("user_id")
+    context = users.reindex(rows["user_id"].to_numpy()).reset_index(drop=True)
+    affinity = [c for c in rows.columns if c.startswith(_AFFINITY_PREFIX)]
+    context = pd.concat([context, rows[affinity].reset_index(drop=True)], axis=1)
+    position = rows["position"].to_numpy(dtype=np.int64) - 1
+    return LoggedFeedback(
+        action=action,
+        position=position,
+        reward=rows["click"].to_numpy(dtype=np.float64),
+        propensity=rows["propensity_score"].to_numpy(dtype=np.float64),
+        item_ids=item_ids,
+        n_positions=int(position.max()) + 1 if len(position) else 0,
+        user_ids=rows["user_id"].to_numpy(dtype=object),
+        context=context,
+        item_features=item_features,
+        source=ds.source,
     )
 
 

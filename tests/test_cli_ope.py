@@ -1,0 +1,184 @@
+"""``wager ope`` and the pipeline functions behind it, on tiny Open Bandit directories."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner, Result
+
+import wager.policies
+from wager.cli import app
+from wager.config import ModelConfig, RunConfig, TrainConfig
+from wager.data.loaders.obd import load_obd, load_obd_feedback
+from wager.pipeline import fit_reward_draws, reward_model_config, wager_policy_distribution
+from wager.policies.base import PolicyState, Slate
+from wager.prediction import Prediction
+from wager.recommender import Recommender
+
+N_ITEMS, N_ROWS = 3, 90
+ITEMS = (
+    ",item_id,item_feature_0,item_feature_1,item_feature_2,item_feature_3\n"
+    "0,0,-0.5,x,y,z\n1,1,0.25,x,w,z\n2,2,0.5,v,w,z\n"
+)
+
+
+def _write(root: Path, seed: int, uniform: bool) -> Path:
+    """A policy directory: N_ROWS impressions over 3 positions, clicks from item & position."""
+    g = np.random.default_rng(seed)
+    position = np.tile([1, 2, 3], N_ROWS // 3)
+    if uniform:
+        item = g.integers(0, N_ITEMS, N_ROWS)
+        prop = np.full(N_ROWS, 1 / N_ITEMS)
+    else:  # a drifting policy: item 0 more likely; propensities vary by row
+        item = g.choice(N_ITEMS, N_ROWS, p=[0.6, 0.3, 0.1])
+        prop = np.array([0.6, 0.3, 0.1])[item] * g.uniform(0.8, 1.0, N_ROWS)
+    click = (g.random(N_ROWS) < np.array([0.5, 0.2, 0.1])[item]).astype(int)
+    lines = [
+        ",timestamp,item_id,position,click,propensity_score,user_feature_0,user_feature_1,"
+        "user_feature_2,user_feature_3,user-item_affinity_0"
+    ]
+    for i in range(N_ROWS):
+        lines.append(
+            f"{i},2019-11-24 00:{i // 60:02d}:{i % 60:02d}+00:00,{item[i]},{position[i]},"
+            f"{click[i]},{float(prop[i])!r},u{i % 4},b,c,d,{float(i % 3)}"
+        )
+    root.mkdir(parents=True)
+    (root / "men.csv").write_text("\n".join(lines) + "\n")
+    (root / "item_context.csv").write_text(ITEMS)
+    return root
+
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    d = tmp_path_factory.mktemp("obd")
+    return _write(d / "random", 0, uniform=True), _write(d / "bts", 1, uniform=False)
+
+
+def _invoke(*args: str | Path) -> Result:
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def test_ope_json_table_and_plot(dirs: tuple[Path, Path], tmp_path: Path) -> None:
+    random, bts = dirs
+    common = ("--members", "2", "--folds", "2", "--bootstrap", "100")
+    result = _invoke(
+        "ope", "--logs", random, "--policy-logs", bts, *common, "--json", "--out", tmp_path
+    )
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    # the independent reference: the bts log's empirical frequency per (item, position),
+    # reweighting the random log's clicks by frequency / (1/3)
+    r = pd.read_csv(random / "men.csv")
+    b = pd.read_csv(bts / "men.csv")
+    freq = b.groupby(["item_id", "position"]).size() / b.groupby("position").size()
+    w = freq.reindex(list(zip(r["item_id"], r["position"], strict=True))).fillna(0).to_numpy() * 3
+    assert out["estimates"]["ips"]["value"] == pytest.approx(np.mean(w * r["click"]), rel=1e-9)
+    assert out["estimates"]["snips"]["value"] == pytest.approx(
+        np.sum(w * r["click"]) / np.sum(w), rel=1e-9
+    )
+    assert out["on_policy"] == pytest.approx(b["click"].mean())
+    assert out["confidence_level"] == 0.95
+    for key in ("ips", "snips", "dm", "dr", "switch_dr", "replay"):
+        e = out["estimates"][key]
+        assert e["low"] <= e["value"] <= e["high"] and e["ess"] > 0, key
+    assert (tmp_path / "ope.png").read_bytes()[:4] == b"\x89PNG"
+    assert (
+        json.loads((tmp_path / "ope.json").read_text())["estimates"].keys()
+        == out["estimates"].keys()
+    )
+    table = _invoke("ope", "--logs", random, "--policy-logs", bts, *common)
+    assert table.exit_code == 0, table.output
+    assert "switch_dr" in table.stdout and "on-policy value" in table.stdout
+
+
+def test_ope_flag_errors(dirs: tuple[Path, Path], tmp_path: Path) -> None:
+    random, bts = dirs
+    both = _invoke("ope", "--logs", random, "--policy-logs", bts, "--policy", "ucb")
+    assert both.exit_code == 2 and "exactly one of --policy-logs or --policy" in both.output
+    fmt = _invoke("ope", "--logs", random, "--policy-logs", bts, "--format", "csv")
+    assert fmt.exit_code == 2 and "--format 'csv' is not supported" in fmt.output
+    missing = _invoke("ope", "--logs", tmp_path / "nope", "--policy-logs", bts)
+    assert missing.exit_code == 2 and "--logs" in missing.output
+    no_run = _invoke("ope", "--logs", random, "--policy", "greedy")
+    assert no_run.exit_code == 2 and "--policy needs --run" in no_run.output
+
+
+def test_reward_draws_are_cross_fitted_members(dirs: tuple[Path, Path]) -> None:
+    torch.manual_seed(0)
+    log = load_obd_feedback(dirs[0])
+    draws = fit_reward_draws(log, folds=2, config=reward_model_config(log, members=3))
+    assert draws.shape == (3, N_ROWS, N_ITEMS, 3)
+    assert ((draws > 0) & (draws < 1)).all()
+    assert draws.std(axis=0).mean() > 0  # members disagree
+    with pytest.raises(ValueError, match=r"folds=1 must be between 2 and the log's 90 rows"):
+        fit_reward_draws(log, folds=1)
+
+
+@dataclass(frozen=True)
+class _Softmax:
+    """A test-local policy: the same softmax of the mean at every position."""
+
+    def select(self, prediction: Prediction, k: int, state: PolicyState) -> Slate:
+        raise NotImplementedError
+
+    def action_distribution(
+        self, prediction: Prediction, k: int, state: PolicyState, draws: int = 1000
+    ) -> torch.Tensor:
+        p = torch.softmax(prediction.mean.double() * 10, dim=-1)
+        return p[:, None, :].expand(-1, k, -1)
+
+
+def _obd_run(root: Path) -> Recommender:
+    ds = load_obd(root)
+    cfg = RunConfig(
+        schema=ds.schema,
+        model=ModelConfig(type="factorization", dim=2),
+        training=TrainConfig(epochs=1, batch_size=32),
+    )
+    return Recommender(cfg).fit(
+        ds.interactions, user_features=ds.user_features, item_features=ds.item_features
+    )
+
+
+def test_wager_policy_distribution_follows_the_protocol(dirs: tuple[Path, Path]) -> None:
+    log = load_obd_feedback(dirs[0])
+    rec = _obd_run(dirs[1])
+    dist = wager_policy_distribution(rec, log, _Softmax(), batch_rows=7)
+    assert dist.shape == (N_ROWS, N_ITEMS, 3)
+    # reference: predict row 5's three items with its context, position written 1-based
+    assert log.context is not None and log.user_ids is not None
+    ctx = pd.concat([log.context.iloc[[5]]] * N_ITEMS, ignore_index=True)
+    ctx["position"] = int(log.position[5]) + 1
+    mean = rec.predict([log.user_ids[5]] * N_ITEMS, ["0", "1", "2"], ctx).mean.double()
+    expected = torch.softmax(mean * 10, dim=0).numpy()
+    for j in range(3):
+        np.testing.assert_allclose(dist[5, :, j], expected, rtol=1e-5)
+
+
+def test_cli_policy_uses_policy_from_name(
+    dirs: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rec = _obd_run(dirs[1])
+    rec.save(tmp_path / "run")
+    asked: list[tuple[str, float | None]] = []
+
+    def policy_from_name(name: str, beta: float | None = None) -> _Softmax:
+        asked.append((name, beta))
+        return _Softmax()
+
+    monkeypatch.setattr(wager.policies, "policy_from_name", policy_from_name, raising=False)
+    args = ("--members", "2", "--folds", "2", "--bootstrap", "50", "--json")
+    result = _invoke(
+        "ope", "--logs", dirs[0], "--policy", "ucb", "--beta", "1", "--run", tmp_path / "run",
+        *args,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert asked == [("ucb", 1.0)]
+    out = json.loads(result.stdout)
+    assert out["on_policy"] is None and "dr" in out["estimates"]
