@@ -9,8 +9,8 @@ markup, and help text is printed as written (``rich_markup_mode=None``).
 The commands live by concern: :mod:`wager.cli.common` (the app, consoles, ``--json``
 output and error reporting), :mod:`wager.cli.render` (rich tables), :mod:`wager.cli.data`
 (``wager data ...``), :mod:`wager.cli.runs` (quickstart, train, evaluate, calibrate,
-recommend), :mod:`wager.cli.simulate` (simulate) and :mod:`wager.cli.ope` (ope). Importing this package registers every
-command on :data:`app`; nothing here imports torch, pandas or NumPy (each command imports
+recommend), :mod:`wager.cli.simulate` (simulate) and :mod:`wager.cli.ope` (ope). Importing
+this package registers every command on :data:`app`; nothing here imports torch, pandas or NumPy (each command imports
 what it needs when it runs).
 """
 

@@ -70,9 +70,10 @@ def _evaluation_distribution(
     if run is None:
         raise _flag_error("--run", "--policy needs --run RUN (a run folder of `wager train`)")
     from wager.pipeline import wager_policy_distribution
-    from wager.policies import policy_from_name  # type: ignore[attr-defined]
+    from wager.policies import policy_from_name
 
-    chosen = policy_from_name(policy, beta=beta) if beta is not None else policy_from_name(policy)
+    name = str(policy)  # --policy or --policy-logs is given (checked before)
+    chosen = policy_from_name(name, beta=beta) if beta is not None else policy_from_name(name)
     return wager_policy_distribution(_load_run(run), logs, chosen, seed=seed)
 
 

@@ -350,9 +350,11 @@ def _print_recommendations(
     rec: Recommender, frame: pd.DataFrame, title: str, confidence_level: float
 ) -> None:
     level = f"{confidence_level:.0%}"
+    chosen = "propensity" in frame.columns  # picked by a policy (``--policy``)
     table = _table(
         title,
-        ["user", "rank", "item", "mean", "std", f"{level} low", f"{level} high", "confidence"],
+        ["user", "rank", "item", "mean", "std", f"{level} low", f"{level} high", "confidence"]
+        + (["propensity"] if chosen else []),
     )
     for r in frame.itertuples(index=False):
         table.add_row(
@@ -364,8 +366,19 @@ def _print_recommendations(
             f"{r.low:.4f}",
             f"{r.high:.4f}",
             f"{r.confidence:.3f}",
+            *([f"{r.propensity:.4g}"] if chosen else []),
         )
     console.print(table)
+    policy = frame.attrs.get("policy")
+    if chosen and policy is not None:
+        how = "exact" if policy["draws"] is None else f"Monte Carlo over {policy['draws']} draws"
+        console.print(
+            _text(
+                f"policy {policy['name']} over {policy['candidates']} candidates per user: "
+                f"propensities {how}, floored at {policy['propensity_floor']:g}"
+            ),
+            highlight=False,
+        )
     lists = rec.list_confidence(frame)
     if lists["expected_hits"].notna().any():
         for r in lists.itertuples(index=False):

@@ -33,11 +33,31 @@ from wager.cli.render import (
 if TYPE_CHECKING:
     import pandas as pd
 
+    from wager.policies import Policy, PolicyState
     from wager.recommender import Recommender
     from wager.training.checkpoint import EpochReport
 
 #: the recommendation file formats ``wager recommend --out`` writes, by file extension
 OUT_FORMATS = (".parquet", ".csv", ".jsonl")
+
+PolicyOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--policy",
+        help="Pick the k items with a policy: greedy, epsilon_greedy, ucb, thompson or softmax "
+        "(adds a propensity column; default: the best k by the mean, no propensity).",
+    ),
+]
+BetaOpt = Annotated[float | None, typer.Option("--beta", help="UCB's weight on the std, >= 0.")]
+EpsilonOpt = Annotated[
+    float | None, typer.Option("--epsilon", help="Epsilon-greedy's exploration rate, in [0, 1].")
+]
+TemperatureOpt = Annotated[
+    float | None, typer.Option("--temperature", help="Softmax temperature, > 0 (mean's units).")
+]
+PolicySeedOpt = Annotated[
+    int | None, typer.Option("--seed", help="Seed of the policy's random draws (default: fixed).")
+]
 
 
 # ----------------------------------------------------------------------------- quickstart
@@ -271,12 +291,18 @@ def recommend(
             "interactions); default: the mean validation positives per user.",
         ),
     ] = None,
+    policy: PolicyOpt = None,
+    beta: BetaOpt = None,
+    epsilon: EpsilonOpt = None,
+    temperature: TemperatureOpt = None,
+    seed: PolicySeedOpt = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Top-k recommendations with confidence for some users (or all, in batch)."""
     from rich.progress import Progress
 
     _check_recommend_flags(bool(user), all_users, k, confidence_level, horizon)
+    chosen, state = _policy_flags(policy, beta, epsilon, temperature, seed)
     if out is not None:
         _check_out(out, run, overwrite)
     rec = _load_run(run)
@@ -297,6 +323,8 @@ def recommend(
             confidence_level=confidence_level,
             progress=lambda n: progress.advance(task, n),
             horizon=horizon,
+            policy=chosen,
+            state=state,
         )
     frame["cold_start"] = frame["user"].isin(cold)
     if out is not None:
@@ -333,6 +361,43 @@ def _check_recommend_flags(
         raise _flag_error("--horizon", f"--horizon must be > 0 future positives, got {horizon}")
 
 
+def _policy_flags(
+    name: str | None,
+    beta: float | None,
+    epsilon: float | None,
+    temperature: float | None,
+    seed: int | None,
+) -> tuple[Policy | None, PolicyState | None]:
+    """The policy and state of `wager recommend --policy ...`, or (None, None) without
+    --policy; refuses a policy flag without --policy, a flag the policy does not take, a
+    missing required one and values out of range, naming the flag."""
+    from wager.policies import POLICY_PARAMETERS, PolicyState, policy_from_name
+
+    given = {"beta": beta, "epsilon": epsilon, "temperature": temperature}
+    if name is None:
+        for flag, value in [*given.items(), ("seed", seed)]:
+            if value is not None:
+                raise _flag_error(
+                    f"--{flag}", f"--{flag} applies only with --policy (e.g. --policy ucb)"
+                )
+        return None, None
+    if name not in POLICY_PARAMETERS:
+        choices = ", ".join(POLICY_PARAMETERS)
+        raise _flag_error("--policy", f"--policy {name!r} is unknown; choose one of {choices}")
+    takes = POLICY_PARAMETERS[name]
+    for flag, value in given.items():
+        if value is not None and flag not in takes:
+            raise _flag_error(f"--{flag}", f"--{flag} does not apply to --policy {name}")
+    for flag in takes:
+        if flag in given and given[flag] is None:
+            raise _flag_error(f"--{flag}", f"--policy {name} needs --{flag}")
+    try:
+        chosen = policy_from_name(name, beta=beta, epsilon=epsilon, temperature=temperature)
+    except ValueError as exc:
+        raise _flag_error(f"--{takes[0]}" if takes else "--policy", f"--{exc}") from exc
+    return chosen, PolicyState() if seed is None else PolicyState.seeded(seed)
+
+
 def _recommend_payload(
     rec: Recommender,
     frame: pd.DataFrame,
@@ -355,6 +420,7 @@ def _recommend_payload(
         "out": str(out) if out is not None else None,
         "recommendations": [] if out is not None else frame.to_dict(orient="records"),
         "lists": [] if out is not None else rec.list_confidence(frame).to_dict(orient="records"),
+        **({"policy": frame.attrs["policy"]} if "policy" in frame.attrs else {}),
     }
 
 

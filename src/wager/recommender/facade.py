@@ -42,6 +42,7 @@ from wager.data.schema import Schema
 from wager.errors import NotFittedError
 from wager.evaluation import oov, report
 from wager.models.heads import Head
+from wager.policies import Policy, PolicyState
 from wager.prediction import MixturePrediction, Prediction
 from wager.recommender import changes, fitting, persist
 from wager.recommender.catalogue import Catalogue
@@ -300,28 +301,28 @@ class Recommender:
         batch_users: int = 256,
         progress: Callable[[int], None] | None = None,
         horizon: float | None = None,
+        policy: Policy | None = None,
+        state: PolicyState | None = None,
+        candidates: int | None = None,
     ) -> pd.DataFrame:
-        """Top-k items per user, ranked by predicted mean, with std, interval, confidence.
+        """Top-k items per user with std, interval, confidence: by the mean, or by a policy.
 
         Args:
-            user_ids: users (unknown users get cold-start lists from the OOV row).
-            k: list length per user (>= 1); items: candidates (default: the catalogue).
-            exclude_seen: drop items the user interacted with in training / validation.
-            context: context applied to every candidate (e.g. {"position": 1}).
-            confidence_level: level of the [low, high] interval, in (0, 1).
-            batch_users: users scored per pass; progress: called with users done per pass.
-            horizon: retrieval / implicit: confidence = P(among the user's next ``horizon``
-                positives); None = the mean number of validation positives per user.
+            user_ids: users (OOV row for unknown ones); k: >= 1; items: default the catalogue.
+            exclude_seen: drop items seen in training / validation; context: applied to every
+                candidate; confidence_level: of [low, high]; batch_users: users per pass.
+            progress: called with users done per pass; horizon: retrieval / implicit: the H
+                of confidence = P(among the next H positives) (None: validation mean).
+            policy: picks k of each user's ``candidates`` (None: max(10 k, 100)) best by the
+                mean, predicted with full uncertainty, drawing from ``state``.
 
         Returns:
-            DataFrame with user, item, rank (1-based), score (the ensemble-mean score the
-            ranking follows), mean (as :meth:`predict` gives it), std, low, high (NaN without
-            uncertainty) and confidence (:meth:`relevance_confidence`; NaN when undefined).
+            DataFrame: user, item, rank (1-based; slate order with a policy), score, mean, std,
+            low, high, confidence [, propensity with a policy] (``listing.recommend_frame``).
         """
-        self.scorer_  # noqa: B018 - NotFittedError before any work
         return recommend_frame(
             self, user_ids, k, items, exclude_seen, context, confidence_level, batch_users,
-            progress, horizon,
+            progress, horizon, policy, state, candidates,
         )  # fmt: skip
 
     list_confidence = staticmethod(list_confidence)
