@@ -10,8 +10,8 @@ The commands live by concern: :mod:`wager.cli.common` (the app, consoles, ``--js
 output and error reporting), :mod:`wager.cli.render` (rich tables), :mod:`wager.cli.data`
 (``wager data ...``), :mod:`wager.cli.runs` (quickstart, train, evaluate, calibrate,
 recommend), :mod:`wager.cli.simulate` (simulate) and :mod:`wager.cli.ope` (ope). Importing
-this package registers every command on :data:`app`; nothing here imports torch, pandas or NumPy (each command imports
-what it needs when it runs).
+this package registers every command on :data:`app`; nothing here imports torch, pandas or
+NumPy (each command imports what it needs when it runs).
 """
 
 from __future__ import annotations
