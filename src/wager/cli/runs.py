@@ -263,7 +263,7 @@ def recommend(
     all_users: Annotated[
         bool, typer.Option("--all-users", help="Recommend for every user seen in training.")
     ] = False,
-    k: Annotated[int, typer.Option("-k", help="Items per user.")] = 10,
+    k: Annotated[int, typer.Option("-k", "--k", help="Items per user.")] = 10,
     out: Annotated[
         Path | None,
         typer.Option(

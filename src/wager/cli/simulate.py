@@ -142,7 +142,7 @@ def simulate_command(
     days: Annotated[int, typer.Option("--days", help="Days simulated.")] = 30,
     seed: Annotated[int, typer.Option("--seed", help="Seed of world, draws and model.")] = 0,
     requests: Annotated[int, typer.Option("--requests", help="Requests per day.")] = 1000,
-    k: Annotated[int, typer.Option("-k", help="Slate length (positions 1..k).")] = 3,
+    k: Annotated[int, typer.Option("-k", "--k", help="Slate length (positions 1..k).")] = 3,
     users: Annotated[int, typer.Option("--users", help="Users in the world.")] = 500,
     items: Annotated[int, typer.Option("--items", help="Items on day 0 (catalogue size).")] = 100,
     new_items: Annotated[int, typer.Option("--new-items", help="Items arriving per day.")] = 10,
