@@ -7,10 +7,12 @@ small, and the random generator of a :class:`~wager.policies.base.PolicyState` i
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
+from wager.policies.base import Slate
 from wager.prediction import MixturePrediction, Prediction
 
 #: at most this many float64 values in one block of Monte Carlo draws (D x B x C [x K]):
@@ -179,3 +181,41 @@ def draw_values_per_candidate(prediction: Prediction) -> int:
     if isinstance(prediction, MixturePrediction):
         per *= prediction.components
     return per
+
+
+#: one position of a sequential slate: (position j, (B, C) bool already taken) ->
+#: ((B, C) float64 conditional distribution of the position, (B,) int64 chosen column)
+PositionStep = Callable[[int, Tensor], tuple[Tensor, Tensor]]
+
+
+def sequential_slate(
+    step: PositionStep,
+    shape: tuple[int, int],
+    k: int,
+    floor: float,
+    name: str,
+    draws: int | None = None,
+) -> Slate:
+    """Fill k positions of B requests over C candidates, one ``step`` per position, without
+    repeats; the propensity of each choice is its probability under the position's
+    conditional distribution (floored at ``floor``)."""
+    b, c = shape
+    rows = torch.arange(b)
+    taken = torch.zeros((b, c), dtype=torch.bool)
+    items = torch.empty((b, k), dtype=torch.int64)
+    props = torch.empty((b, k), dtype=torch.float64)
+    dist = torch.empty((b, k, c), dtype=torch.float64)
+    for j in range(k):
+        cond, chosen = step(j, taken)
+        dist[:, j] = cond
+        props[:, j] = cond[rows, chosen]
+        items[:, j] = chosen
+        taken[rows, chosen] = True
+    return Slate(
+        items=items,
+        propensities=floored(props, floor),
+        distribution=dist,
+        propensity_floor=floor,
+        draws=draws,
+        policy=name,
+    )

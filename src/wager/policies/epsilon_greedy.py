@@ -37,9 +37,9 @@ from wager.policies._shared import (
     check_finite,
     check_floor,
     check_positive_int,
-    floored,
     masked,
     ranked,
+    sequential_slate,
 )
 from wager.policies.base import DEFAULT_PROPENSITY_FLOOR, PolicyState, Slate
 from wager.prediction import Prediction
@@ -94,30 +94,18 @@ class EpsilonGreedy:
         b, c = mean.shape
         eps = float(self.epsilon)
         rows = torch.arange(b)
-        taken = torch.zeros((b, c), dtype=torch.bool)
-        items = torch.empty((b, k), dtype=torch.int64)
-        props = torch.empty((b, k), dtype=torch.float64)
-        dist = torch.zeros((b, k, c), dtype=torch.float64)
-        for j in range(k):
+
+        def step(j: int, taken: Tensor) -> tuple[Tensor, Tensor]:
             best = masked(mean, taken).argmax(dim=1)  # the first maximum: lowest column
             explore = torch.rand(b, generator=state.generator, dtype=torch.float64) < eps
             uniform = torch.multinomial(
                 (~taken).to(torch.float64), 1, generator=state.generator
             ).squeeze(1)
-            chosen = torch.where(explore, uniform, best)
             cond = (~taken).to(torch.float64) * (eps / (c - j))
             cond[rows, best] += 1.0 - eps
-            dist[:, j] = cond
-            props[:, j] = cond[rows, chosen]
-            items[:, j] = chosen
-            taken[rows, chosen] = True
-        return Slate(
-            items=items,
-            propensities=floored(props, self.propensity_floor),
-            distribution=dist,
-            propensity_floor=self.propensity_floor,
-            policy=self.name,
-        )
+            return cond, torch.where(explore, uniform, best)
+
+        return sequential_slate(step, (b, c), k, self.propensity_floor, self.name)
 
     def action_distribution(
         self, prediction: Prediction, k: int, state: PolicyState, draws: int = 1000

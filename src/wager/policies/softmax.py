@@ -15,8 +15,8 @@ from wager.policies._shared import (
     check_floor,
     check_positive_int,
     draw_blocks,
-    floored,
     masked,
+    sequential_slate,
 )
 from wager.policies.base import DEFAULT_PROPENSITY_FLOOR, PolicyState, Slate
 from wager.prediction import Prediction
@@ -79,25 +79,12 @@ class SoftmaxPolicy:
         """
         logits = self._logits(prediction, k)
         b, c = logits.shape
-        rows = torch.arange(b)
-        taken = torch.zeros((b, c), dtype=torch.bool)
-        items = torch.empty((b, k), dtype=torch.int64)
-        props = torch.empty((b, k), dtype=torch.float64)
-        dist = torch.empty((b, k, c), dtype=torch.float64)
-        for j in range(k):
+
+        def step(j: int, taken: Tensor) -> tuple[Tensor, Tensor]:
             probs = torch.softmax(masked(logits, taken), dim=1)
-            chosen = torch.multinomial(probs, 1, generator=state.generator).squeeze(1)
-            dist[:, j] = probs
-            props[:, j] = probs[rows, chosen]
-            items[:, j] = chosen
-            taken[rows, chosen] = True
-        return Slate(
-            items=items,
-            propensities=floored(props, self.propensity_floor),
-            distribution=dist,
-            propensity_floor=self.propensity_floor,
-            policy=self.name,
-        )
+            return probs, torch.multinomial(probs, 1, generator=state.generator).squeeze(1)
+
+        return sequential_slate(step, (b, c), k, self.propensity_floor, self.name)
 
     def action_distribution(
         self, prediction: Prediction, k: int, state: PolicyState, draws: int = 1000

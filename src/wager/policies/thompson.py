@@ -15,9 +15,9 @@ from wager.policies._shared import (
     check_positive_int,
     draw_blocks,
     draw_values_per_candidate,
-    floored,
     masked,
     predictive_draws,
+    sequential_slate,
 )
 from wager.policies.base import DEFAULT_PROPENSITY_FLOOR, PolicyState, Slate
 from wager.prediction import Prediction
@@ -84,30 +84,17 @@ class ThompsonSampling:
         self._check(prediction, k)
         b, c = prediction.mean.shape
         gen = state.generator
-        rows = torch.arange(b)
         per_draw = draw_values_per_candidate(prediction)
-        taken = torch.zeros((b, c), dtype=torch.bool)
-        items = torch.empty((b, k), dtype=torch.int64)
-        props = torch.empty((b, k), dtype=torch.float64)
-        dist = torch.empty((b, k, c), dtype=torch.float64)
-        for j in range(k):
+
+        def step(j: int, taken: Tensor) -> tuple[Tensor, Tensor]:
             chosen = masked(predictive_draws(prediction, 1, gen)[0], taken).argmax(dim=1)
             wins = torch.zeros((b, c), dtype=torch.float64)
             for n in draw_blocks(self.draws, per_draw):
                 best = masked(predictive_draws(prediction, n, gen), taken).argmax(dim=2)
                 wins.scatter_add_(1, best.T, torch.ones((b, n), dtype=torch.float64))
-            dist[:, j] = wins / self.draws
-            props[:, j] = dist[rows, j, chosen]
-            items[:, j] = chosen
-            taken[rows, chosen] = True
-        return Slate(
-            items=items,
-            propensities=floored(props, self.propensity_floor),
-            distribution=dist,
-            propensity_floor=self.propensity_floor,
-            draws=self.draws,
-            policy=self.name,
-        )
+            return wins / self.draws, chosen
+
+        return sequential_slate(step, (b, c), k, self.propensity_floor, self.name, draws=self.draws)
 
     def action_distribution(
         self, prediction: Prediction, k: int, state: PolicyState, draws: int = 1000
