@@ -157,11 +157,12 @@ def test_cli_policy_evaluates_a_wager_policy_on_a_run(
     args = ("--members", "2", "--folds", "2", "--bootstrap", "50", "--json")
     result = _invoke(
         "ope", "--logs", dirs[0], "--policy", "ucb", "--beta", "1", "--run", tmp_path / "run",
-        *args,
+        "--out", tmp_path / "ope", *args,
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
     assert out["on_policy"] is None and "dr" in out["estimates"]
+    assert (tmp_path / "ope" / "ope.png").stat().st_size > 0  # no on-policy line to draw
     # reference: IPS of UCB(beta=1) on the saved run, from the library functions
     log = load_obd_feedback(dirs[0])
     dist = wager_policy_distribution(Recommender.load(tmp_path / "run"), log, UCB(beta=1.0))

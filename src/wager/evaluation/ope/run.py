@@ -175,7 +175,7 @@ def plot_estimates(result: dict[str, Any], path: str | Path, title: str = "") ->
     values = np.array([r["value"] for r in rows])
     err = np.array([[r["value"] - r["low"] for r in rows], [r["high"] - r["value"] for r in rows]])
     ax.errorbar(values, y, xerr=np.clip(err, 0, None), fmt="o", capsize=4, label="estimate")
-    if "on_policy" in result:
+    if result.get("on_policy") is not None:  # None: no known value (wager ope --policy)
         ax.axvline(result["on_policy"], color="tab:red", ls="--", label="on-policy value")
     ax.set_yticks(y, names)
     level = result.get("confidence_level", 0.95)
