@@ -11,8 +11,11 @@ Two tasks, each checked against a logged policy's own on-policy CTR:
   ``wager.evaluation.ope.context_free_distribution``).
 
 wager: IPS, SNIPS, DM, DR, switch-DR (tau = 10) with 95% bootstrap intervals; the reward model
-is wager's Bernoulli-click DCN ensemble (5 members, 3-fold cross-fitting), its members the
-draws that DM / DR intervals sample. Open Bandit Pipeline 0.5.7 (when ``import obp`` works):
+is wager's Bernoulli-click DCN ensemble (5 bootstrap members, 3-fold cross-fitting), its
+members the draws that DM / DR intervals sample: each bootstrap replicate draws a Gaussian
+with the members' mean and covariance (``gaussian_draws``, the default); "wager_member_draws"
+picks one member per replicate instead, and "wager_reward_model_fixed" holds the model fixed
+at the members' mean. Open Bandit Pipeline 0.5.7 (when ``import obp`` works):
 IPW, SNIPW, DM, DR on the same arrays and the same action distribution, its reward model a
 LogisticRegression (C = 100) per position with 3-fold cross-fitting on one-hot user features
 (as its OpenBanditDataset builds them) and one-hot item features; its bootstrap intervals at
@@ -137,6 +140,17 @@ def run_task(name: str, data: LoggedFeedback, other: LoggedFeedback, seed: int) 
         n_bootstrap=N_BOOTSTRAP,
         seed=seed,
     )
+    members = estimate_all(  # the same, each replicate picking one member (no Gaussian draw)
+        data,
+        dist,
+        draws,
+        estimators=[e for e in default_estimators(data, True) if e.key in ("dm", "dr")],
+        truth=truth,
+        confidence_level=CONFIDENCE_LEVEL,
+        n_bootstrap=N_BOOTSTRAP,
+        seed=seed,
+        gaussian_draws=False,
+    )
     fixed = estimate_all(  # the same, with the reward model held fixed (its mean, S = 1)
         data,
         dist,
@@ -157,6 +171,7 @@ def run_task(name: str, data: LoggedFeedback, other: LoggedFeedback, seed: int) 
         "reward_model_mean": float(draws.mean()),
         "reward_model_fit_seconds": fit_seconds,
         "wager": wager["estimates"],
+        "wager_member_draws": members["estimates"],
         "wager_reward_model_fixed": fixed["estimates"],
         "obp": obp,
     }

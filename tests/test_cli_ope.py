@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -12,13 +11,11 @@ import pytest
 import torch
 from typer.testing import CliRunner, Result
 
-import wager.policies
 from wager.cli import app
-from wager.config import ModelConfig, RunConfig, TrainConfig
+from wager.config import EnsembleConfig, ModelConfig, RunConfig, TrainConfig
 from wager.data.loaders.obd import load_obd, load_obd_feedback
 from wager.pipeline import fit_reward_draws, reward_model_config, wager_policy_distribution
-from wager.policies.base import PolicyState, Slate
-from wager.prediction import Prediction
+from wager.policies import UCB, SoftmaxPolicy
 from wager.recommender import Recommender
 
 N_ITEMS, N_ROWS = 3, 90
@@ -120,26 +117,13 @@ def test_reward_draws_are_cross_fitted_members(dirs: tuple[Path, Path]) -> None:
         fit_reward_draws(log, folds=1)
 
 
-@dataclass(frozen=True)
-class _Softmax:
-    """A test-local policy: the same softmax of the mean at every position."""
-
-    def select(self, prediction: Prediction, k: int, state: PolicyState) -> Slate:
-        raise NotImplementedError
-
-    def action_distribution(
-        self, prediction: Prediction, k: int, state: PolicyState, draws: int = 1000
-    ) -> torch.Tensor:
-        p = torch.softmax(prediction.mean.double() * 10, dim=-1)
-        return p[:, None, :].expand(-1, k, -1)
-
-
-def _obd_run(root: Path) -> Recommender:
+def _obd_run(root: Path, members: int = 0) -> Recommender:
     ds = load_obd(root)
     cfg = RunConfig(
         schema=ds.schema,
         model=ModelConfig(type="factorization", dim=2),
         training=TrainConfig(epochs=1, batch_size=32),
+        ensemble=EnsembleConfig(members=members) if members else None,
     )
     return Recommender(cfg).fit(
         ds.interactions, user_features=ds.user_features, item_features=ds.item_features
@@ -149,36 +133,47 @@ def _obd_run(root: Path) -> Recommender:
 def test_wager_policy_distribution_follows_the_protocol(dirs: tuple[Path, Path]) -> None:
     log = load_obd_feedback(dirs[0])
     rec = _obd_run(dirs[1])
-    dist = wager_policy_distribution(rec, log, _Softmax(), batch_rows=7)
+    dist = wager_policy_distribution(rec, log, SoftmaxPolicy(temperature=0.1), batch_rows=7)
     assert dist.shape == (N_ROWS, N_ITEMS, 3)
-    # reference: predict row 5's three items with its context, position written 1-based
+    # reference: predict row 5's three items with its context, position written 1-based;
+    # the softmax policy's position-1 marginal is softmax(mean / T) exactly
     assert log.context is not None and log.user_ids is not None
     ctx = pd.concat([log.context.iloc[[5]]] * N_ITEMS, ignore_index=True)
     ctx["position"] = int(log.position[5]) + 1
     mean = rec.predict([log.user_ids[5]] * N_ITEMS, ["0", "1", "2"], ctx).mean.double()
-    expected = torch.softmax(mean * 10, dim=0).numpy()
-    for j in range(3):
-        np.testing.assert_allclose(dist[5, :, j], expected, rtol=1e-5)
+    np.testing.assert_allclose(dist[5, :, 0], torch.softmax(mean / 0.1, dim=0).numpy(), rtol=1e-5)
+    # each position's marginal sums to 1 over the items; 3 positions of 3 items show each
+    # item exactly once, so each item's marginals sum to 1 over the positions up to the
+    # Monte Carlo error of positions 2-3 (1000 slates: sd <= 0.016 per marginal)
+    np.testing.assert_allclose(dist.sum(axis=1), 1.0, atol=1e-9)
+    np.testing.assert_allclose(dist.sum(axis=2), 1.0, atol=0.1)
 
 
-def test_cli_policy_uses_policy_from_name(
-    dirs: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_cli_policy_evaluates_a_wager_policy_on_a_run(
+    dirs: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    rec = _obd_run(dirs[1])
+    rec = _obd_run(dirs[1], members=2)
     rec.save(tmp_path / "run")
-    asked: list[tuple[str, float | None]] = []
-
-    def policy_from_name(name: str, beta: float | None = None) -> _Softmax:
-        asked.append((name, beta))
-        return _Softmax()
-
-    monkeypatch.setattr(wager.policies, "policy_from_name", policy_from_name, raising=False)
     args = ("--members", "2", "--folds", "2", "--bootstrap", "50", "--json")
     result = _invoke(
         "ope", "--logs", dirs[0], "--policy", "ucb", "--beta", "1", "--run", tmp_path / "run",
-        *args,
+        "--out", tmp_path / "ope", *args,
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert asked == [("ucb", 1.0)]
     out = json.loads(result.stdout)
     assert out["on_policy"] is None and "dr" in out["estimates"]
+    assert (tmp_path / "ope" / "ope.png").stat().st_size > 0  # no on-policy line to draw
+    # reference: IPS of UCB(beta=1) on the saved run, from the library functions
+    log = load_obd_feedback(dirs[0])
+    dist = wager_policy_distribution(Recommender.load(tmp_path / "run"), log, UCB(beta=1.0))
+    w = dist[np.arange(N_ROWS), log.action, log.position] / log.propensity
+    assert out["estimates"]["ips"]["value"] == pytest.approx(np.mean(w * log.reward))
+
+
+def test_cli_policy_names_a_bad_policy(dirs: tuple[Path, Path], tmp_path: Path) -> None:
+    _obd_run(dirs[1]).save(tmp_path / "run")
+    result = _invoke(
+        "ope", "--logs", dirs[0], "--policy", "ucb", "--run", tmp_path / "run", "--json"
+    )
+    assert result.exit_code != 0
+    assert "policy 'ucb' needs beta" in result.output

@@ -726,3 +726,31 @@ def _as_matrix(pred: Prediction, rows: int, actions: int) -> Prediction:
         epistemic_std=shape(pred.epistemic_std),
         samples=None if samples is None else samples.reshape(samples.shape[0], rows, actions),
     )
+
+
+def simulation_reward_draws(model: RecommenderSimulationModel, log: LoggedFeedback) -> np.ndarray:
+    """Reward-model draws for off-policy evaluation in the simulator: the fitted simulation
+    model's prediction of every (logged request, action, position), one draw per ensemble
+    member (``Prediction.samples``; the mean alone for a single model).
+
+    The model must not have seen ``log`` (e.g. fitted on the warm-up log only), so no
+    cross-fitting is needed.
+
+    Args:
+        model: a fitted :class:`RecommenderSimulationModel`.
+        log: the simulator's feedback (``user_ids`` and ``item_ids`` are world ids).
+
+    Returns:
+        (S, n, n_actions, n_positions) float64 predicted click probabilities.
+    """
+    rec = model._fitted()
+    n, a, p = log.n_rounds, log.n_actions, log.n_positions
+    users = np.asarray(log.user_ids, dtype=np.int64)
+    items = np.asarray(log.item_ids, dtype=np.int64)
+    grid_users = np.repeat(users, a * p)  # row, then action, then position
+    grid_items = np.tile(np.repeat(items, p), n)
+    context = pd.DataFrame({"position": np.tile(np.arange(1, p + 1), n * a)})
+    pred = rec.predict(grid_users, grid_items, context)
+    samples = pred.samples if pred.samples is not None else pred.mean[None]
+    values = samples.detach().cpu().numpy().astype(np.float64)
+    return values.reshape(values.shape[0], n, a, p)

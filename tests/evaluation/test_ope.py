@@ -258,3 +258,25 @@ def test_context_free_distribution() -> None:
 def test_bad_inputs_name_the_field(make, message) -> None:
     with pytest.raises(ValueError, match=message):
         make()
+
+
+def test_gaussian_reward_draws_reach_the_tails_member_draws_do_not() -> None:
+    # 5 draws of a reward model that is 0.3 everywhere, shifted by -0.1 .. 0.1: DM's
+    # replicate is 0.3 + sum_s g_s shift_s / sqrt(4) (row resampling changes nothing), a
+    # normal of sd sqrt(sum shift^2 / 4) = sqrt(0.025 / 4) = 0.0791 (the draws' sample sd);
+    # picking one member per replicate stays inside [0.2, 0.4]
+    n, a, p = 50, 2, 1
+    shifts = np.array([-0.1, -0.05, 0.0, 0.05, 0.1])
+    draws = np.full((5, n, a, p), 0.3) + shifts[:, None, None, None]
+    log = LoggedFeedback(
+        action=np.zeros(n, dtype=np.int64), position=np.zeros(n, dtype=np.int64),
+        reward=np.zeros(n), propensity=np.full(n, 0.5), item_ids=np.arange(a), n_positions=p,
+    )  # fmt: skip
+    pi = np.full((n, a, p), 0.5)
+    gauss = DirectMethod().estimate(log, pi, draws, n_bootstrap=4000)
+    assert gauss.value == pytest.approx(0.3)
+    assert gauss.std_error == pytest.approx(np.std(shifts, ddof=1), rel=0.05)
+    assert gauss.low == pytest.approx(0.3 - 1.96 * 0.0791, rel=0.05)
+    assert gauss.high == pytest.approx(0.3 + 1.96 * 0.0791, rel=0.05)
+    member = DirectMethod().estimate(log, pi, draws, n_bootstrap=4000, gaussian_draws=False)
+    assert member.low >= 0.2 - 1e-12 and member.high <= 0.4 + 1e-12

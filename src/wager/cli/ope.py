@@ -73,7 +73,11 @@ def _evaluation_distribution(
     from wager.policies import policy_from_name
 
     name = str(policy)  # --policy or --policy-logs is given (checked before)
-    chosen = policy_from_name(name, beta=beta) if beta is not None else policy_from_name(name)
+    try:
+        chosen = policy_from_name(name, beta=beta)
+    except ValueError as exc:
+        flag = "--beta" if "beta" in str(exc) else "--policy"
+        raise _flag_error(flag, f"--policy {name}: {exc}") from exc
     return wager_policy_distribution(_load_run(run), logs, chosen, seed=seed)
 
 

@@ -53,6 +53,7 @@ def estimate_all(
     confidence_level: float = 0.95,
     n_bootstrap: int = 1000,
     seed: int = 0,
+    gaussian_draws: bool = True,
 ) -> dict[str, Any]:
     """Run several estimators on one log and collect their estimates.
 
@@ -69,6 +70,8 @@ def estimate_all(
         confidence_level: nominal coverage of every interval.
         n_bootstrap: bootstrap replicates per estimator.
         seed: bootstrap seed (the same for every estimator).
+        gaussian_draws: how a bootstrap replicate draws the reward model (see
+            :meth:`~wager.evaluation.ope.OffPolicyEstimator.estimate`).
 
     Returns:
         ``{"estimates": {key: {"value", "low", "high", "std_error", "ess"[, "relative_error",
@@ -89,6 +92,7 @@ def estimate_all(
             confidence_level=confidence_level,
             n_bootstrap=n_bootstrap,
             seed=seed,
+            gaussian_draws=gaussian_draws,
         )
         row = e.to_dict()
         if truth is not None:
@@ -101,6 +105,7 @@ def estimate_all(
         "n_rounds": log.n_rounds,
         "n_bootstrap": n_bootstrap,
         "reward_draws": 0 if reward_draws is None else int(np.shape(reward_draws)[0]),
+        "gaussian_draws": gaussian_draws,
     }
     if truth is not None:
         out["on_policy"] = truth
@@ -170,7 +175,7 @@ def plot_estimates(result: dict[str, Any], path: str | Path, title: str = "") ->
     values = np.array([r["value"] for r in rows])
     err = np.array([[r["value"] - r["low"] for r in rows], [r["high"] - r["value"] for r in rows]])
     ax.errorbar(values, y, xerr=np.clip(err, 0, None), fmt="o", capsize=4, label="estimate")
-    if "on_policy" in result:
+    if result.get("on_policy") is not None:  # None: no known value (wager ope --policy)
         ax.axvline(result["on_policy"], color="tab:red", ls="--", label="on-policy value")
     ax.set_yticks(y, names)
     level = result.get("confidence_level", 0.95)
