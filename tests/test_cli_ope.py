@@ -104,6 +104,22 @@ def test_ope_flag_errors(dirs: tuple[Path, Path], tmp_path: Path) -> None:
     assert missing.exit_code == 2 and "--logs" in missing.output
     no_run = _invoke("ope", "--logs", random, "--policy", "greedy")
     assert no_run.exit_code == 2 and "--policy needs --run" in no_run.output
+    base = ("ope", "--logs", random, "--policy-logs", bts)
+    folds = _invoke(*base, "--folds", "1")
+    assert folds.exit_code == 2 and "--folds 1 must be >= 2" in folds.output
+    level = _invoke(*base, "--confidence-level", "1.5")
+    assert level.exit_code == 2 and "--confidence-level 1.5 must be in (0, 1)" in level.output
+    # checked before any log is read: an earlier ope.json is never replaced silently
+    out = tmp_path / "earlier"
+    out.mkdir()
+    (out / "ope.json").write_text("mine")
+    taken = _invoke(*base, "--out", out)
+    assert taken.exit_code == 2 and "already holds ope.json: pass --overwrite" in taken.output
+    assert (out / "ope.json").read_text() == "mine"
+    file_out = tmp_path / "file"
+    file_out.write_text("x")
+    not_dir = _invoke(*base, "--out", file_out)
+    assert not_dir.exit_code == 2 and "is a file" in not_dir.output
 
 
 def test_reward_draws_are_cross_fitted_members(dirs: tuple[Path, Path]) -> None:

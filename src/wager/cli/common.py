@@ -80,6 +80,23 @@ def _flag_error(flag: str, message: str) -> CliError:
     return CliError(message, flag=flag, kind="UsageError", exit_code=2)
 
 
+def check_out_folder(out: Path | None, names: tuple[str, ...], overwrite: bool) -> None:
+    """Before any work: ``--out`` must be a folder (or not exist yet), and may hold none of
+    the files ``names`` the command writes unless ``--overwrite`` is given (wager never
+    replaces a file silently)."""
+    if out is None:
+        return
+    if out.exists() and not out.is_dir():
+        raise _flag_error("--out", f"--out {out} is a file; give a folder for the output files")
+    clash = [name for name in names if (out / name).exists()]
+    if clash and not overwrite:
+        raise _flag_error(
+            "--out",
+            f"--out {out} already holds {', '.join(clash)}: pass --overwrite to replace "
+            "them, or choose another folder",
+        )
+
+
 @dataclass(frozen=True)
 class _Failure:
     """What the user is told about an error: the ``--json`` object and the text lines."""

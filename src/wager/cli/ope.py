@@ -22,6 +22,7 @@ from wager.cli.common import (
     _load_run,
     _strict,
     app,
+    check_out_folder,
     console,
     print_json,
 )
@@ -134,6 +135,9 @@ def ope(
     out: Annotated[
         Path | None, typer.Option("--out", help="Folder for ope.json and ope.png.")
     ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace ope.json / ope.png in --out.")
+    ] = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Estimate a policy's value from logged feedback (IPS, SNIPS, DM, DR, switch-DR)."""
@@ -141,6 +145,15 @@ def ope(
         raise _flag_error("--policy-logs", "give exactly one of --policy-logs or --policy")
     if members < 1:
         raise _flag_error("--members", f"--members {members} must be >= 1")
+    if folds < 2:
+        raise _flag_error("--folds", f"--folds {folds} must be >= 2 (cross-fitting)")
+    if n_bootstrap < 1:
+        raise _flag_error("--bootstrap", f"--bootstrap {n_bootstrap} must be >= 1")
+    if not 0 < confidence_level < 1:
+        raise _flag_error(
+            "--confidence-level", f"--confidence-level {confidence_level} must be in (0, 1)"
+        )
+    check_out_folder(out, ("ope.json", "ope.png"), overwrite)
     import json
 
     import torch
