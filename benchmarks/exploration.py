@@ -25,7 +25,7 @@ alpha) is made on the separate tuning seed ``TUNING_SEED`` and reported with its
   country one-hot, standardised age, position one-hot), refitted each evening on the day's
   impressions (``partial_fit``), new items added as arms, retired ones removed; a slate is
   the k best arms by the learner's own score (LinUCB's upper bound, LinTS's draw) at
-  position 1. alpha in {0.1, 0.3, 1} chosen on the tuning seed by regret.
+  position 1. alpha in {0.01, 0.03, 0.1, 0.3, 1} chosen on the tuning seed by regret.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ SIM = {
 TUNING_SEED = 100
 BETAS = (0.0, 0.5, 1.0, 1.5)
 EPSILONS = (0.01, 0.05, 0.1)
-PEER_ALPHAS = (0.1, 0.3, 1.0)
+PEER_ALPHAS = (0.01, 0.03, 0.1, 0.3, 1.0)
 TS_DRAWS = 100  # Monte Carlo draws behind Thompson sampling's logged propensities
 MODELS = {"ddn": "examples/simulate-ddn.toml", "click": "examples/simulate.toml"}
 
