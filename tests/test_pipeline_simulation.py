@@ -27,6 +27,9 @@ batch_size = 256
 epochs = 1
 [ensemble]
 members = 2
+[uncertainty]
+cold_start = "population"
+population_draws = 2
 """
 
 
@@ -58,3 +61,72 @@ def test_default_simulation_config_is_a_click_ensemble() -> None:
     assert cfg.ensemble is not None and cfg.ensemble.members == 3
     world = SyntheticWorld(WorldConfig(n_users=10, n_items=5, n_days=1, seed=0))
     assert RecommenderSimulationModel(cfg, world).config.schema == world.schema()
+
+
+TINY_DDN = """\
+seed = 0
+[data]
+format = "synthetic"
+valid_fraction = 0.0
+[model]
+type = "dcn"
+likelihood = "ddn"
+components = 2
+dim = 4
+hidden = [8]
+cross_layers = 1
+[training]
+batch_size = 64
+epochs = 1
+[ensemble]
+members = 2
+[uncertainty]
+cold_start = "population"
+population_draws = 2
+"""
+
+
+def test_ddn_model_trains_on_clicks_out_of_impressions_per_group_item_position(
+    tmp_path: Path,
+) -> None:
+    world = SyntheticWorld(WorldConfig(n_users=60, n_items=12, n_days=2, seed=1))
+    path = tmp_path / "ddn.toml"
+    path.write_text(TINY_DDN)
+    model = RecommenderSimulationModel(RunConfig.load(path), world)
+    logs = world.sample_log(800, day=0, seed=2)
+    rows = model.rows(logs)
+    users = world.users.iloc[logs["user_id"].to_numpy()]
+    group = (users["segment"].astype(str) + "|" + users["country"].astype(str)).to_numpy()
+    # by hand: every (group, item, position) triple once, its impressions and clicks summed
+    expected: dict[tuple[str, int, int], list[int]] = {}
+    for g, i, p, c in zip(group, logs["item_id"], logs["position"], logs["click"], strict=True):
+        cell = expected.setdefault((g, int(i), int(p)), [0, 0])
+        cell[0] += 1
+        cell[1] += int(c)
+    assert len(rows) == len(expected) and int(rows["impressions"].sum()) == 800
+    for r in rows.itertuples():
+        assert [r.impressions, r.clicks] == expected[(r.context_id, r.item_id, r.position)]
+        assert r.ctr == r.clicks / r.impressions
+        assert r.context_id == f"{r.segment}|{r.country}"
+    model.fit(logs, world.items.iloc[:12])
+    users_b = np.array([0, 1, 2, 0])
+    pred = model.predict(users_b, np.arange(5))
+    assert tuple(pred.mean.shape) == (4, 5) and pred.std is not None
+    # a request is predicted as its user's group: the same user twice, the same row
+    torch.testing.assert_close(pred.mean[0], pred.mean[3])
+
+
+def test_new_items_come_out_wider_than_known_ones() -> None:
+    """The default model scores an item added since the last fit from its features with the
+    population's spread of the item id (cold_start = "population"), wider on average than
+    the items it was trained on."""
+    cfg = simulation_run_config()
+    assert cfg.uncertainty.cold_start == "population"
+    world = SyntheticWorld(WorldConfig(n_users=100, n_items=30, n_days=2, seed=0))
+    model = RecommenderSimulationModel(cfg, world)
+    model.fit(world.sample_log(3000, day=0, seed=1), world.items.iloc[:30])
+    model.add_items(world.items.iloc[30:40].reset_index(drop=True))
+    pred = model.predict(np.arange(50), np.arange(40))
+    assert pred.std is not None
+    known, new = pred.std[:, :30].mean().item(), pred.std[:, 30:].mean().item()
+    assert new > 1.1 * known

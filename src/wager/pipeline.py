@@ -433,13 +433,25 @@ class RecommenderSimulationModel:
     """The simulator's model (:class:`~wager.evaluation.simulation.SimulationModel`) as a wager
     :class:`~wager.recommender.Recommender`, retrained from scratch on every log each evening.
 
-    The schema is the world's click-log schema (``world.schema()``: user and item features,
-    position as context), with ``[data] user_features`` / ``item_features`` /
-    ``drop_features`` applied as in :func:`load_run_data`; ``[data] valid_fraction`` > 0
-    holds out the latest rows for early stopping and the post-hoc chain. Predictions are of
-    the position-1 CTR. Catalogue changes go to ``Recommender.add_items`` /
-    ``retire_items`` where the Recommender has them; otherwise a new item is predicted as an
-    unknown one (the cold-start path) until the next evening's fit sees its features.
+    Two kinds of rows, chosen by the config:
+
+    - **Click rows** (a Bernoulli click head, the default ``examples/simulate.toml``): the
+      world's click-log schema (``world.schema()``: user and item features, position as
+      context), one row per impression.
+    - **Aggregated CTR rows** (``[model] likelihood = "ddn"``, the deep density network's own
+      setting, ``examples/simulate-ddn.toml``): the logs are summed into clicks out of
+      impressions per (context group, item, position), the context group being the user's
+      (segment, country) as in ``world.aggregate_schema()`` (``context_id`` plays the user
+      role; segment, country and position are context). A request is predicted as its
+      user's group.
+
+    ``[data] user_features`` / ``item_features`` / ``drop_features`` apply as in
+    :func:`load_run_data`; ``[data] valid_fraction`` > 0 holds out the latest rows (before
+    aggregation) for early stopping and the post-hoc chain. Predictions are of the
+    position-1 CTR, made once per distinct user (or group) of a batch. Catalogue changes go
+    to ``Recommender.add_items`` / ``retire_items``: a new item is scored from its features
+    with the run's cold-start uncertainty (``[uncertainty] cold_start = "population"``
+    makes it wider than a known item's) until the next evening's fit sees it.
 
     Args:
         config: the run config of the model (its ``[data]`` source is ignored: the simulator
@@ -448,7 +460,10 @@ class RecommenderSimulationModel:
     """
 
     def __init__(self, config: RunConfig, world: SyntheticWorld) -> None:
-        schema = world.schema()
+        self.aggregated = config.model.likelihood == "ddn"
+        schema = world.aggregate_schema() if self.aggregated else world.schema()
+        if self.aggregated:
+            schema = replace(schema, context=(*schema.context, Categorical("position")))
         data = config.data
         drop = set(data.drop_features)
         schema = replace(
@@ -468,15 +483,46 @@ class RecommenderSimulationModel:
                 'needs a click model (e.g. type = "factorization" with a Bernoulli head)'
             )
         self.world = world
+        users = world.users
+        self._group = (users["segment"].astype(str) + "|" + users["country"].astype(str)).to_numpy(
+            dtype=object
+        )
         self.recommender_: Recommender | None = None
         self._retired: set[int] = set()
+
+    def rows(self, logs: pd.DataFrame) -> pd.DataFrame:
+        """The training rows of ``logs``: the logs themselves (click rows) or, for a "ddn"
+        model, clicks out of impressions per (context_id, item_id, position), sorted by those
+        keys, with columns context_id, item_id, position, segment, country, impressions,
+        clicks, ctr."""
+        if not self.aggregated:
+            return logs
+        users = logs["user_id"].to_numpy()
+        frame = pd.DataFrame(
+            {
+                "context_id": self._group[users],
+                "item_id": logs["item_id"].to_numpy(),
+                "position": logs["position"].to_numpy(),
+                "click": logs["click"].to_numpy(),
+            }
+        )
+        agg = (
+            frame.groupby(["context_id", "item_id", "position"], sort=True)["click"]
+            .agg(impressions="size", clicks="sum")
+            .reset_index()
+        )
+        seg_country = agg["context_id"].str.split("|", n=1, expand=True)
+        agg.insert(3, "segment", seg_country[0])
+        agg.insert(4, "country", seg_country[1])
+        agg["ctr"] = agg["clicks"] / agg["impressions"]
+        return agg
 
     def fit(self, logs: pd.DataFrame, items: pd.DataFrame) -> None:
         """Train a new Recommender on every log so far (the latest ``valid_fraction`` of the
         rows held out when > 0)."""
         n_valid = round(len(logs) * self.config.data.valid_fraction)
-        train = logs.iloc[: len(logs) - n_valid]
-        valid = logs.iloc[len(logs) - n_valid :] if n_valid else None
+        train = self.rows(logs.iloc[: len(logs) - n_valid])
+        valid = self.rows(logs.iloc[len(logs) - n_valid :]) if n_valid else None
         schema = self.config.schema
         rec = Recommender(self.config).fit(
             train,
@@ -497,25 +543,32 @@ class RecommenderSimulationModel:
         return self.recommender_
 
     def predict(self, user_ids: np.ndarray, item_ids: np.ndarray) -> Prediction:
-        """(B, C) predicted position-1 CTR of every (user, item) pair."""
+        """(B, C) predicted position-1 CTR of every (user, item) pair, predicted once per
+        distinct user (click rows) or context group (aggregated rows) of the batch."""
+        rec = self._fitted()
         users, items = np.asarray(user_ids), np.asarray(item_ids)
-        pred = self._fitted().predict(
-            np.repeat(users, len(items)), np.tile(items, len(users)), context={"position": 1}
-        )
-        return _reshape_prediction(pred, len(users), len(items))
+        keys = self._group[users] if self.aggregated else users
+        uniq, inverse = np.unique(keys, return_inverse=True)
+        n, c = len(uniq), len(items)
+        if self.aggregated:
+            seg_country = pd.Series(np.repeat(uniq, c)).str.split("|", n=1, expand=True)
+            context: Any = pd.DataFrame(
+                {"segment": seg_country[0], "country": seg_country[1], "position": 1}
+            )
+        else:
+            context = {"position": 1}
+        pred = rec.predict(np.repeat(uniq, c), np.tile(items, n), context=context)
+        return _reshape_prediction(pred, n, c)[torch.from_numpy(inverse.reshape(-1))]
 
     def add_items(self, items: pd.DataFrame) -> None:
-        """Register new items with the Recommender when it supports it (``add_items``)."""
-        add = getattr(self._fitted(), "add_items", None)
-        if callable(add):
-            add(items)
+        """Register new items with the Recommender (``add_items``): scored from their
+        features with the cold-start uncertainty until the next fit."""
+        self._fitted().add_items(items)
 
     def retire_items(self, item_ids: np.ndarray) -> None:
-        """Retire items in the Recommender when it supports it (``retire_items``)."""
+        """Retire items in the Recommender (``retire_items``); kept retired across refits."""
         self._retired.update(int(i) for i in item_ids)
-        retire = getattr(self._fitted(), "retire_items", None)
-        if callable(retire):
-            retire(np.asarray(item_ids))
+        self._fitted().retire_items(np.asarray(item_ids))
 
 
 # ----------------------------------------------------------------------------- OPE reward model

@@ -407,6 +407,9 @@ batch_size = 256
 epochs = 1
 [ensemble]
 members = 2
+[uncertainty]
+cold_start = "population"
+population_draws = 2
 """
 
 
