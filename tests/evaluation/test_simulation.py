@@ -373,27 +373,6 @@ def test_bad_model_and_policy_outputs_are_named() -> None:
 # ----------------------------------------------------------------------------- CLI
 
 
-def _policy_factory(
-    name: str,
-    beta: float | None = None,
-    epsilon: float | None = None,
-    temperature: float | None = None,
-    draws: int | None = None,
-) -> Policy:
-    return {"greedy": TopKByMean(), "softmax": UniformSlate()}[name]
-
-
-@pytest.fixture
-def policies(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The CLI builds policies by wager.policies.policy_from_name; where this build lacks it
-    (the policies land separately), a test-local factory stands in: "greedy" is TopKByMean,
-    "softmax" the uniform slate; with the real factory the assertions below hold as well."""
-    import wager.policies
-
-    if not hasattr(wager.policies, "policy_from_name"):
-        monkeypatch.setattr(wager.policies, "policy_from_name", _policy_factory, raising=False)
-
-
 TINY_MODEL = """\
 seed = 0
 [data]
@@ -417,7 +396,7 @@ def _argv(line: str, *extra: object) -> list[str]:
     return [*line.split(), *map(str, extra)]
 
 
-def test_cli_simulate_json_on_a_tiny_world(tmp_path: Path, policies: None) -> None:
+def test_cli_simulate_json_on_a_tiny_world(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
     from wager.cli import app
@@ -444,14 +423,18 @@ def test_cli_simulate_json_on_a_tiny_world(tmp_path: Path, policies: None) -> No
     assert days["catalogue"].tolist() == [12, 12, 12]  # 2 arrive, the 2 oldest retire
     assert (out / "regret.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((out / "simulation.json").read_text())["total"] == payload["total"]
+    # the same folder again: refused before any work, the earlier files kept
+    refused = CliRunner().invoke(app, args)
+    assert refused.exit_code == 2
+    assert "already holds simulation.json, regret.png: pass --overwrite" in refused.output
     # the same seed again: the same figures
-    again = json.loads(CliRunner().invoke(app, args).stdout)
+    again = json.loads(CliRunner().invoke(app, [*args, "--overwrite"]).stdout)
     assert again["days"] == payload["days"]
 
     sweep_args = _argv(
         "simulate --sweep greedy;softmax:temperature=1 --seeds 2 --days 2 --requests 20 --users 30 "
         "--items 12 --warmup 200 --json",
-        *("--config", config, "--out", out),
+        *("--config", config, "--out", out, "--overwrite"),
     )
     sweep = CliRunner().invoke(app, sweep_args)
     assert sweep.exit_code == 0, sweep.output
@@ -475,6 +458,9 @@ def test_cli_simulate_json_on_a_tiny_world(tmp_path: Path, policies: None) -> No
             "--requests: SimulationConfig.requests_per_day must be an integer in [1,",
         ),
         (["-k", "0"], "-k: SimulationConfig.k must be an integer in [1, 100], got 0"),
+        (["--policy", "ucb", "--beta", "-1"], "--policy: beta must be a finite number >= 0"),
+        (["--policy", "bogus"], "--policy: unknown policy 'bogus'; choose one of greedy"),
+        (["--sweep", "greedy;ucb:beta=-1"], "--sweep: beta must be a finite number >= 0"),
     ],
 )
 def test_cli_simulate_bad_flags_are_named(args: list[str], message: str) -> None:

@@ -25,12 +25,21 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from wager.cli.common import JsonFlag, _flag_error, _load_config, app, console, print_json
+from wager.cli.common import (
+    JsonFlag,
+    _flag_error,
+    _load_config,
+    app,
+    check_out_folder,
+    console,
+    print_json,
+)
 from wager.cli.render import _table, _text
 
 if TYPE_CHECKING:
     from wager.config import RunConfig
     from wager.evaluation.simulation import SimulationConfig, SimulationResult
+    from wager.policies import Policy
 
 _TOTALS = ("ctr", "rpm", "regret", "throughput", "coverage")
 _POLICY_PARAMS = ("beta", "epsilon", "temperature", "draws")
@@ -85,20 +94,20 @@ def _label(name: str, params: dict[str, float]) -> str:
     return name + "".join(f" {k}={v:g}" for k, v in params.items())
 
 
-def _policy(name: str, params: dict[str, float]) -> Any:
-    """The policy ``name`` with ``params``, from :func:`wager.policies.policy_from_name`."""
-    import importlib
+def _policy(name: str, params: dict[str, float], flag: str) -> Policy:
+    """The policy ``name`` with ``params`` (:func:`wager.policies.policy_from_name`); a bad
+    name or parameter is reported against ``flag``."""
+    from wager.policies import policy_from_name
 
-    policy_from_name = getattr(importlib.import_module("wager.policies"), "policy_from_name", None)
-    if policy_from_name is None:
-        raise _flag_error("--policy", "this build of wager has no wager.policies.policy_from_name")
-    kwargs = {k: (int(v) if k == "draws" else v) for k, v in params.items()}
-    return policy_from_name(name, **kwargs)
+    kwargs: dict[str, Any] = {k: (int(v) if k == "draws" else v) for k, v in params.items()}
+    try:
+        return policy_from_name(name, **kwargs)
+    except (ValueError, TypeError) as exc:
+        raise _flag_error(flag, f"{flag}: {exc}") from None
 
 
 def _simulate_one(
-    name: str,
-    params: dict[str, float],
+    policy: Policy,
     seed: int,
     world_args: dict[str, int],
     sim: SimulationConfig,
@@ -112,7 +121,7 @@ def _simulate_one(
 
     world = SyntheticWorld(WorldConfig(n_days=sim.days, seed=seed, **world_args))
     model = RecommenderSimulationModel(replace(model_config, seed=seed), world)
-    return simulate(world, _policy(name, params), model, replace(sim, seed=seed))
+    return simulate(world, policy, model, replace(sim, seed=seed))
 
 
 def _check_flags(days: int, seeds: int, out: Path | None, threads: int) -> None:
@@ -122,8 +131,6 @@ def _check_flags(days: int, seeds: int, out: Path | None, threads: int) -> None:
         raise _flag_error("--seeds", f"--seeds must be >= 1, got {seeds}")
     if threads < 1:
         raise _flag_error("--threads", f"--threads must be >= 1, got {threads}")
-    if out is not None and out.exists() and not out.is_dir():
-        raise _flag_error("--out", f"--out {out} is a file; give a folder for the JSON and PNG")
 
 
 @app.command("simulate")
@@ -170,6 +177,9 @@ def simulate_command(
         Path | None, typer.Option("--out", help="Folder for the JSON and PNG files.")
     ] = None,
     threads: Annotated[int, typer.Option("--threads", help="Torch intra-op threads.")] = 1,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace earlier output files in --out.")
+    ] = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Run a policy (or a sweep of them) in the synthetic world: CTR, RPM, regret, throughput."""
@@ -195,18 +205,24 @@ def simulate_command(
         flag = next((f for name, f in _CONFIG_FLAGS.items() if f"Config.{name} " in str(exc)), "")
         raise _flag_error(flag, f"{flag}: {exc}") from None
     world_args = {"n_users": users, "n_items": items, "new_items_per_day": new_items}
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
     if sweep is None:
         given = (beta, epsilon, temperature, draws)
         params = {p: float(v) for p, v in zip(_POLICY_PARAMS, given, strict=True) if v is not None}
-        result = _simulate_one(policy, params, seed, world_args, sim, model_config)
+        chosen = _policy(policy, params, "--policy")
+        check_out_folder(out, ("simulation.json", "regret.png"), overwrite)
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+        result = _simulate_one(chosen, seed, world_args, sim, model_config)
         _report_one(result, out, as_json)
     else:
         variants = parse_sweep(sweep)
+        chosen_all = [_policy(n, p, "--sweep") for n, p in variants]  # all checked first
+        check_out_folder(out, ("sweep.json", "tradeoff.png", "regret.png"), overwrite)
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
         runs = [
-            [_simulate_one(n, p, seed + s, world_args, sim, model_config) for s in range(seeds)]
-            for n, p in variants
+            [_simulate_one(c, seed + s, world_args, sim, model_config) for s in range(seeds)]
+            for c in chosen_all
         ]
         _report_sweep(variants, runs, seed, out, as_json)
 
