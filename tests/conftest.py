@@ -47,3 +47,23 @@ epochs = {epochs}
 batch_size = 64
 
 {extra}"""
+
+
+#: the smallest model config the simulator tests fit each simulated evening
+TINY_SIMULATION_MODEL = """\
+seed = 0
+[data]
+format = "synthetic"
+valid_fraction = 0.0
+[model]
+type = "factorization"
+dim = 4
+[training]
+batch_size = 256
+epochs = 1
+[ensemble]
+members = 2
+[uncertainty]
+cold_start = "population"
+population_draws = 2
+"""

@@ -9,28 +9,11 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import TINY_SIMULATION_MODEL as TINY_MODEL
 from wager.config import RunConfig
 from wager.data.synthetic import SyntheticWorld, WorldConfig
 from wager.evaluation.simulation import SimulationModel
 from wager.pipeline import RecommenderSimulationModel, simulation_run_config
-
-TINY_MODEL = """\
-seed = 0
-[data]
-format = "synthetic"
-valid_fraction = 0.0
-[model]
-type = "factorization"
-dim = 4
-[training]
-batch_size = 256
-epochs = 1
-[ensemble]
-members = 2
-[uncertainty]
-cold_start = "population"
-population_draws = 2
-"""
 
 
 def test_predictions_are_the_recommenders_pair_predictions(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 import torch
 
+from conftest import TINY_SIMULATION_MODEL as TINY_MODEL
 from wager.data.synthetic import PopularityPolicy, SyntheticWorld, WorldConfig
 from wager.evaluation.simulation import (
     SimulationConfig,
@@ -371,25 +372,6 @@ def test_bad_model_and_policy_outputs_are_named() -> None:
 
 
 # ----------------------------------------------------------------------------- CLI
-
-
-TINY_MODEL = """\
-seed = 0
-[data]
-format = "synthetic"
-valid_fraction = 0.0
-[model]
-type = "factorization"
-dim = 4
-[training]
-batch_size = 256
-epochs = 1
-[ensemble]
-members = 2
-[uncertainty]
-cold_start = "population"
-population_draws = 2
-"""
 
 
 def _argv(line: str, *extra: object) -> list[str]:
