@@ -119,7 +119,7 @@ def test_recommender_reward_model_in_simulation() -> None:
             model,
             EpsilonGreedy(epsilon=0.5),
             UCB(beta=1.0),
-            _config(seed, requests=300, warmup=600),
+            _config(seed, requests=1200, warmup=600),
             reward_draws=lambda fb, m=model: simulation_reward_draws(m, fb),  # type: ignore[misc]
             n_bootstrap=200,
         )
