@@ -31,7 +31,6 @@ alpha) is made on the separate tuning seed ``TUNING_SEED`` and reported with its
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -53,7 +52,7 @@ from wager.policies import Greedy, policy_from_name
 from wager.prediction import Prediction
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import log, version_of
+from _common import emit, log, version_of
 
 WORLD = {"n_users": 500, "n_items": 100, "new_items_per_day": 10}
 SIM = {
@@ -334,10 +333,7 @@ def main() -> None:
     if "peers" in parts and peers_ok:
         result["peers"] = peers_section(summary, result.get("regret"))
     result["wall_seconds"] = round(time.perf_counter() - start, 1)
-    text = json.dumps(result, indent=2)
-    if args.out:
-        args.out.write_text(text)
-    print(text)
+    emit(result, args.out)
 
 
 def regret_section(summary: dict[str, dict[str, Any]], beta: float) -> dict[str, Any]:

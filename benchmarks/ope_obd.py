@@ -25,7 +25,6 @@ LogisticRegression (C = 100) per position with 3-fold cross-fitting on one-hot u
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -41,7 +40,7 @@ from wager.evaluation.ope import context_free_distribution, default_estimators, 
 from wager.pipeline import fit_reward_draws, reward_model_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import log, version_of
+from _common import emit, log, version_of
 
 CONFIDENCE_LEVEL = 0.95
 N_BOOTSTRAP = 1000
@@ -205,10 +204,7 @@ def main() -> None:
         "obp_version": version_of("obp"),
         "tasks": tasks,
     }
-    text = json.dumps(result, indent=2)
-    if args.out is not None:
-        args.out.write_text(text + "\n", encoding="utf-8")
-    print(text)
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ the 95% interval, and the mean interval width. The criteria of the issue: DR's c
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from dataclasses import replace
@@ -49,7 +48,7 @@ from wager.pipeline import (
 from wager.policies import UCB, EpsilonGreedy
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import log
+from _common import emit, log
 
 CONFIDENCE_LEVEL = 0.95
 
@@ -160,10 +159,7 @@ def main() -> None:
             for r in runs
         ],
     }
-    text = json.dumps(result, indent=2)
-    if args.out is not None:
-        args.out.write_text(text + "\n", encoding="utf-8")
-    print(text)
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

@@ -146,9 +146,8 @@ class ModelConfig:
             vectors); als: on every factor (implicit's unscaled ``regularization``).
         alpha: als: confidence slope (>= 0): c = 1 + alpha * (summed row weight) on pairs.
         cg_steps: als: conjugate-gradient steps per solve (>= 0; 0 = exact Cholesky).
-        reg_exponent: als: frequency-scaled regularisation (>= 0): each user's / item's L2
-            weight is reg * (its confidence mass / the mean mass) ** reg_exponent; 0 = the same
-            reg on every row (implicit's rule).
+        reg_exponent: als: in [0, 2]; a row's L2 weight is reg * (its confidence mass / the
+            mean mass) ** reg_exponent (0 = one reg for all rows, as implicit).
         bias_reg: biased_mf: L2 on the user and item biases (>= 0); unset = ``reg``.
         temperature: two-tower softmax temperature (> 0).
         logq_correction: two-tower: subtract the log sampling probability of candidates.
@@ -266,21 +265,10 @@ class ModelConfig:
         _check(self.temperature > 0, "model", "temperature", self.temperature, "> 0")
         _check(self.alpha >= 0, "model", "alpha", self.alpha, ">= 0 (e.g. 1.0 on 0/1 data)")
         _check(self.cg_steps >= 0, "model", "cg_steps", self.cg_steps, "an integer >= 0")
-        _check(
-            0 <= self.reg_exponent <= 2,
-            "model",
-            "reg_exponent",
-            self.reg_exponent,
-            "in [0, 2] (0 = the same reg on every row; 1 = proportional to the row's data)",
-        )
+        _check(0 <= self.reg_exponent <= 2, "model", "reg_exponent", self.reg_exponent, "in [0, 2]")
         _check(self.cross_layers >= 1, "model", "cross_layers", self.cross_layers, ">= 1")
-        _check(
-            self.low_rank is None or self.low_rank >= 1,
-            "model",
-            "low_rank",
-            self.low_rank,
-            ">= 1 or unset",
-        )
+        ok_rank = self.low_rank is None or self.low_rank >= 1
+        _check(ok_rank, "model", "low_rank", self.low_rank, ">= 1 or unset")
         _check_negatives(self)
         names = [t.name for t in self.tasks]
         _check(

@@ -232,7 +232,7 @@ def _report_one(result: SimulationResult, out: Path | None, as_json: bool) -> No
 
     import numpy as np
 
-    from wager.evaluation.simulation import plot_regret
+    from wager.evaluation.plots import plot_regret
 
     payload = result.to_dict()
     if out is not None:
@@ -288,7 +288,7 @@ def _report_sweep(
 
     import numpy as np
 
-    from wager.evaluation.simulation import plot_regret, plot_tradeoff
+    from wager.evaluation.plots import plot_regret, plot_tradeoff
 
     rows = []
     for (name, params), results in zip(variants, runs, strict=True):

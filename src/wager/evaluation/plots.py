@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -306,3 +306,88 @@ def uncertainty_plots(
                 std[~mask], std[mask], out / "std_histogram.png", labels=oov_labels
             ).name
     return written
+
+
+def plot_regret(
+    curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str | os.PathLike[str]
+) -> Path:
+    """Cumulative regret per day, one line per policy (shaded +- one std over seeds).
+
+    Args:
+        curves: policy label -> ((days,) mean cumulative regret, (days,) its std over seeds,
+            zeros for one seed).
+        path: the PNG to write.
+
+    Returns:
+        The path written.
+    """
+    fig = Figure(figsize=(6.4, 4.2))
+    ax = fig.add_subplot()
+    for label, (mean, std) in curves.items():
+        days = np.arange(len(mean))
+        ax.plot(days, mean, marker="o", markersize=3, label=label)
+        if np.any(std > 0):
+            ax.fill_between(days, mean - std, mean + std, alpha=0.2)
+    ax.set_xlabel("day")
+    ax.set_ylabel("cumulative regret (expected clicks)")
+    ax.set_title("Cumulative regret against the oracle")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_tradeoff(
+    points: dict[str, tuple[float, float, float, float]], path: str | os.PathLike[str]
+) -> Path:
+    """Reward against targets throughput, one point per policy with +- one std error bars.
+
+    Args:
+        points: policy label -> (mean throughput, its std, mean RPM, its std) over seeds.
+        path: the PNG to write.
+
+    Returns:
+        The path written.
+    """
+    fig = Figure(figsize=(6.4, 4.2))
+    ax = fig.add_subplot()
+    for label, (x, dx, y, dy) in points.items():
+        ax.errorbar([x], [y], xerr=[dx], yerr=[dy], fmt="o", capsize=3, label=label)
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set_xlabel("targets throughput (new items reaching the target)")
+    ax.set_ylabel("RPM (revenue per 1000 impressions)")
+    ax.set_title("Reward against throughput")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_estimates(result: dict[str, Any], path: str | os.PathLike[str], title: str = "") -> Path:
+    """Draw each estimate with its interval (and the on-policy value, when known) as a PNG.
+
+    Args:
+        result: what :func:`wager.evaluation.ope.estimate_all` returned.
+        path: the PNG to write.
+        title: the figure title.
+
+    Returns:
+        ``path``.
+    """
+    names = list(result["estimates"])
+    rows = [result["estimates"][k] for k in names]
+    fig = Figure(figsize=(6.4, 0.5 * len(names) + 1.6))
+    ax = fig.add_subplot()
+    y = np.arange(len(names))[::-1]
+    values = np.array([r["value"] for r in rows])
+    err = np.array([[r["value"] - r["low"] for r in rows], [r["high"] - r["value"] for r in rows]])
+    ax.errorbar(values, y, xerr=np.clip(err, 0, None), fmt="o", capsize=4, label="estimate")
+    if result.get("on_policy") is not None:  # None: no known value (wager ope --policy)
+        ax.axvline(result["on_policy"], color="tab:red", ls="--", label="on-policy value")
+    ax.set_yticks(y, names)
+    level = result.get("confidence_level", 0.95)
+    ax.set_xlabel(f"policy value (reward per impression), {level:.0%} bootstrap interval")
+    ax.legend(loc="best", fontsize="small")
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return _save(fig, path)

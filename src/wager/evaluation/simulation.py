@@ -66,16 +66,12 @@ Example:
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 import numpy as np
 import pandas as pd
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from wager.data.logged import LoggedFeedback
 from wager.data.synthetic import PopularityPolicy, SyntheticWorld
@@ -88,8 +84,6 @@ __all__ = [
     "SimulationResult",
     "WorldModel",
     "catalogue",
-    "plot_regret",
-    "plot_tradeoff",
     "simulate",
     "world_prediction",
 ]
@@ -721,64 +715,3 @@ def simulate(
             model.fit(sim.all_logs(), sim.item_rows(items))
         previous = items
     return sim.result()
-
-
-# --------------------------------------------------------------------------- plots
-
-
-def plot_regret(
-    curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str | os.PathLike[str]
-) -> Path:
-    """Cumulative regret per day, one line per policy (shaded +- one std over seeds).
-
-    Args:
-        curves: policy label -> ((days,) mean cumulative regret, (days,) its std over seeds,
-            zeros for one seed).
-        path: the PNG to write.
-
-    Returns:
-        The path written.
-    """
-    fig = Figure(figsize=(6.4, 4.2), dpi=110)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    for label, (mean, std) in curves.items():
-        days = np.arange(len(mean))
-        ax.plot(days, mean, marker="o", markersize=3, label=label)
-        if np.any(std > 0):
-            ax.fill_between(days, mean - std, mean + std, alpha=0.2)
-    ax.set_xlabel("day")
-    ax.set_ylabel("cumulative regret (expected clicks)")
-    ax.set_title("Cumulative regret against the oracle")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    out = Path(path)
-    fig.savefig(out, bbox_inches="tight")
-    return out
-
-
-def plot_tradeoff(
-    points: dict[str, tuple[float, float, float, float]], path: str | os.PathLike[str]
-) -> Path:
-    """Reward against targets throughput, one point per policy with +- one std error bars.
-
-    Args:
-        points: policy label -> (mean throughput, its std, mean RPM, its std) over seeds.
-        path: the PNG to write.
-
-    Returns:
-        The path written.
-    """
-    fig = Figure(figsize=(6.4, 4.2), dpi=110)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    for label, (x, dx, y, dy) in points.items():
-        ax.errorbar([x], [y], xerr=[dx], yerr=[dy], fmt="o", capsize=3, label=label)
-        ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
-    ax.set_xlabel("targets throughput (new items reaching the target)")
-    ax.set_ylabel("RPM (revenue per 1000 impressions)")
-    ax.set_title("Reward against throughput")
-    ax.grid(alpha=0.3)
-    out = Path(path)
-    fig.savefig(out, bbox_inches="tight")
-    return out

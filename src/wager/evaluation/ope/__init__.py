@@ -25,8 +25,8 @@ from wager.evaluation.ope.run import (
     context_free_distribution,
     default_estimators,
     estimate_all,
-    plot_estimates,
 )
+from wager.evaluation.plots import plot_estimates
 
 __all__ = [
     "IPS",

@@ -3,19 +3,16 @@
 Kept apart from the estimators (:mod:`wager.evaluation.ope.estimators`): :func:`estimate_all`
 runs a list of them on one log and returns a plain dict that the CLI renders and benchmarks
 dump as JSON; :func:`context_free_distribution` turns another log into the action
-distribution of the (context-free) policy that wrote it; :func:`plot_estimates` draws the
-estimates with their intervals against a known value.
+distribution of the (context-free) policy that wrote it. The estimates' plot is
+:func:`wager.evaluation.plots.plot_estimates`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from wager.data.logged import LoggedFeedback
 from wager.evaluation.ope.estimators import (
@@ -152,37 +149,3 @@ def context_free_distribution(other: LoggedFeedback, n_rounds: int) -> np.ndarra
     else:
         dist = counts / per_position
     return np.broadcast_to(dist, (n_rounds, *shape)).copy()
-
-
-def plot_estimates(result: dict[str, Any], path: str | Path, title: str = "") -> Path:
-    """Draw each estimate with its interval (and the on-policy value, when known) as a PNG.
-
-    Args:
-        result: what :func:`estimate_all` returned.
-        path: the PNG to write.
-        title: the figure title.
-
-    Returns:
-        ``path``.
-    """
-    path = Path(path)
-    names = list(result["estimates"])
-    rows = [result["estimates"][k] for k in names]
-    fig = Figure(figsize=(6.4, 0.5 * len(names) + 1.6), dpi=110)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    y = np.arange(len(names))[::-1]
-    values = np.array([r["value"] for r in rows])
-    err = np.array([[r["value"] - r["low"] for r in rows], [r["high"] - r["value"] for r in rows]])
-    ax.errorbar(values, y, xerr=np.clip(err, 0, None), fmt="o", capsize=4, label="estimate")
-    if result.get("on_policy") is not None:  # None: no known value (wager ope --policy)
-        ax.axvline(result["on_policy"], color="tab:red", ls="--", label="on-policy value")
-    ax.set_yticks(y, names)
-    level = result.get("confidence_level", 0.95)
-    ax.set_xlabel(f"policy value (reward per impression), {level:.0%} bootstrap interval")
-    ax.legend(loc="best", fontsize="small")
-    if title:
-        ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path)
-    return path
