@@ -1,16 +1,29 @@
 """Exploration in simulation (issue 15, benchmarks 1, 2 and 4): JSON on stdout, progress on
 stderr.
 
-    python benchmarks/exploration.py [--seeds 5] [--days 20] [--workers 2] [--threads 1]
-        [--parts tradeoff,regret,peers] [--out results.json]
+    python benchmarks/exploration.py [--world content|tastes] [--seeds 5] [--days N]
+        [--ucb-batch-aware 1] [--workers 2] [--threads 1] [--parts tradeoff,regret,peers]
+        [--out results.json]
 
-Every run is :func:`wager.evaluation.simulation.simulate` in one world per seed (``WORLD``:
-500 users, 100 items on day 0, 10 new items a day, the oldest retiring; ``SIM``: 500
-requests a day, slates of 3, a 3,000-impression popularity warm-up log, targets throughput
-counting new items that reach 50 impressions). Seed s builds the world, the simulation's
-draws and the model's training, the same for every policy (common random numbers). The
-reported seeds are 0..seeds-1; every choice of a parameter (UCB's best beta, MABWiser's
-alpha) is made on the separate tuning seed ``TUNING_SEED`` and reported with its figures.
+Every run is :func:`wager.evaluation.simulation.simulate` in one world per seed. Worlds
+(``WORLDS``):
+
+- ``content`` (default; the density-network paper's setting): 200 users, 100 items live, 20
+  new a day (an item lives 5 days), hidden strength 3 with no user-specific taste
+  (``taste_strength`` 0: the CTR of an item depends on the user's features and on the item's
+  hidden quality), 2,000 requests a day, 10 days.
+- ``tastes`` (session 1's world): 500 users, 100 items, 10 new a day, the default hidden
+  taste, 500 requests a day, 15 days: most regret is each user's hidden taste, which about 3
+  impressions per user per day teach no policy.
+
+Both: slates of 3, a 3,000-impression popularity warm-up log, the model refitted each evening
+on every log so far, targets throughput counting new items that reach 50 impressions. UCB is
+batch-aware by default (``--ucb-batch-aware 1``: within a day the impressions already served
+shrink each item's std, GP-BUCB; without it every similar request of the day gets the same
+optimistic slate). Seed s builds the world, the simulation's draws and the model's training,
+the same for every policy (common random numbers). The reported seeds are 0..seeds-1; every
+choice of a parameter (UCB's best beta, MABWiser's alpha) is made on the separate tuning seed
+``TUNING_SEED`` and reported with its figures.
 
 - ``tradeoff`` (benchmark 1): UCB with beta in {0, 0.5, 1, 1.5}, total RPM and targets
   throughput relative to beta = 0 (ratio of the means over seeds, and paired per seed), for
@@ -54,14 +67,41 @@ from wager.prediction import Prediction
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import emit, log, version_of
 
-WORLD = {"n_users": 500, "n_items": 100, "new_items_per_day": 10}
-SIM = {
-    "requests_per_day": 500,
+#: world presets: (WorldConfig overrides, SimulationConfig overrides, default days)
+WORLDS: dict[str, tuple[dict[str, Any], dict[str, Any], int]] = {
+    # the density-network paper's setting: content recommendation with a context-level CTR
+    # (no user-specific hidden taste: what an item earns depends on the user's features and
+    # on the item's hidden quality), high turnover (20 of 100 items new each day, so an item
+    # lives 5 days) and many impressions per item (6,000 a day over 100 items)
+    "content": (
+        {
+            "n_users": 200,
+            "n_items": 100,
+            "new_items_per_day": 20,
+            "hidden_strength": 3.0,
+            "taste_strength": 0.0,
+        },
+        {"requests_per_day": 2000},
+        10,
+    ),
+    # session 1's world: most regret is each user's hidden taste, which about 3 impressions
+    # per user per day teach no policy
+    "tastes": (
+        {"n_users": 500, "n_items": 100, "new_items_per_day": 10},
+        {"requests_per_day": 500},
+        15,
+    ),
+}
+WORLD: dict[str, Any] = dict(WORLDS["content"][0])
+SIM: dict[str, Any] = {
+    "requests_per_day": 2000,
     "k": 3,
     "warmup_rows": 3000,
     "target_impressions": 50,
     "cpc_sigma": 0.0,
 }
+#: extra UCB parameters (``--ucb-batch-aware``: the GP-BUCB pending-impression update)
+UCB_EXTRA: dict[str, float] = {"batch_aware": 1.0}
 TUNING_SEED = 100
 BETAS = (0.0, 0.5, 1.0, 1.5)
 EPSILONS = (0.01, 0.05, 0.1)
@@ -157,7 +197,10 @@ def run_one(job: Job) -> dict[str, Any]:
         policy: Any = Greedy()
     else:
         model = RecommenderSimulationModel(replace(_model_config(model_name), seed=seed), world)
-        kwargs = {k: (int(v) if k == "draws" else v) for k, v in params.items()}
+        kwargs = {
+            k: (int(v) if k == "draws" else bool(v) if k == "batch_aware" else v)
+            for k, v in params.items()
+        }
         policy = policy_from_name(policy_name, **kwargs)
     import warnings
 
@@ -196,7 +239,15 @@ def run_all(jobs: list[Job], workers: int) -> list[dict[str, Any]]:
 
 
 def _key(r: dict[str, Any]) -> str:
-    return r["model"] + ":" + r["policy"] + "".join(f" {k}={v:g}" for k, v in r["params"].items())
+    return _key_of(r["model"], r["policy"], r["params"])
+
+
+def _key_of(model: str, policy: str, params: dict[str, float]) -> str:
+    return model + ":" + policy + "".join(f" {k}={v:g}" for k, v in params.items())
+
+
+def _ucb(beta: float) -> dict[str, float]:
+    return {"beta": beta, **UCB_EXTRA}
 
 
 def summarise(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -225,10 +276,10 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 def tradeoff_section(summary: dict[str, dict[str, Any]], model: str) -> dict[str, Any]:
     """RPM and throughput of UCB(beta) relative to beta = 0 and the criteria's checks."""
-    base = summary[f"{model}:ucb beta=0"]
+    base = summary[_key_of(model, "ucb", _ucb(0.0))]
     rows: dict[str, Any] = {}
     for beta in BETAS:
-        s = summary[f"{model}:ucb beta={beta:g}"]
+        s = summary[_key_of(model, "ucb", _ucb(beta))]
         paired_t = np.array(s["per_seed"]["throughput"]) / np.array(base["per_seed"]["throughput"])
         paired_r = np.array(s["per_seed"]["rpm"]) / np.array(base["per_seed"]["rpm"])
         rows[f"{beta:g}"] = {
@@ -256,8 +307,9 @@ def _tune(
     model: str, policy: str, param: str, grid: tuple[float, ...], args: argparse.Namespace
 ) -> tuple[float, dict[str, float]]:
     """The value of ``param`` in ``grid`` with the lowest regret on the tuning seed."""
+    extra = UCB_EXTRA if policy == "ucb" else {}
     jobs: list[Job] = [
-        (model, policy, {param: v}, TUNING_SEED, args.days, args.threads) for v in grid
+        (model, policy, {param: v, **extra}, TUNING_SEED, args.days, args.threads) for v in grid
     ]
     runs = run_all(jobs, args.workers)
     regrets = {f"{r['params'][param]:g}": r["total"]["regret"] for r in runs}
@@ -268,7 +320,15 @@ def _tune(
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=5)
-    ap.add_argument("--days", type=int, default=20)
+    ap.add_argument("--world", choices=sorted(WORLDS), default="content")
+    ap.add_argument("--days", type=int, default=None, help="default: the world's")
+    ap.add_argument(
+        "--ucb-batch-aware",
+        type=int,
+        choices=(0, 1),
+        default=1,
+        help="1: UCB shrinks stds by the impressions pending since the last fit (GP-BUCB)",
+    )
     ap.add_argument("--threads", type=int, default=1, help="torch threads per worker")
     ap.add_argument("--workers", type=int, default=2, help="simulations run at once")
     ap.add_argument("--parts", default="tradeoff,regret,peers")
@@ -278,9 +338,18 @@ def main() -> None:
     unknown = parts - {"tradeoff", "regret", "peers"}
     if unknown:
         ap.error(f"--parts: unknown {sorted(unknown)}; use tradeoff, regret, peers")
+    world, sim, days = WORLDS[args.world]
+    WORLD.clear()
+    WORLD.update(world)  # the worker processes fork after this and see it
+    SIM.update(sim)
+    UCB_EXTRA.clear()
+    UCB_EXTRA.update({"batch_aware": 1.0} if args.ucb_batch_aware else {})
+    args.days = days if args.days is None else args.days
     start = time.perf_counter()
     seeds = range(args.seeds)
     result: dict[str, Any] = {
+        "world_preset": args.world,
+        "ucb": {"batch_aware": bool(args.ucb_batch_aware)},
         "world": WORLD,
         "simulation": {**SIM, "days": args.days},
         "seeds": list(seeds),
@@ -293,7 +362,7 @@ def main() -> None:
     if "tradeoff" in parts:
         models = ("ddn", "click")
         jobs += [
-            (m, "ucb", {"beta": b}, s, args.days, args.threads)
+            (m, "ucb", _ucb(b), s, args.days, args.threads)
             for m in models
             for b in BETAS
             for s in seeds
@@ -305,7 +374,7 @@ def main() -> None:
         policies += [("epsilon_greedy", {"epsilon": e}) for e in EPSILONS]
         policies += [("thompson", {"draws": TS_DRAWS})]
         if "tradeoff" not in parts or beta not in BETAS:
-            policies.append(("ucb", {"beta": beta}))
+            policies.append(("ucb", _ucb(beta)))
         jobs += [("click", p, kw, s, args.days, args.threads) for p, kw in policies for s in seeds]
     peers_ok = True
     if "peers" in parts:
@@ -341,7 +410,7 @@ def regret_section(summary: dict[str, dict[str, Any]], beta: float) -> dict[str,
     names = {
         "greedy": "click:greedy",
         **{f"epsilon_greedy {e:g}": f"click:epsilon_greedy epsilon={e:g}" for e in EPSILONS},
-        f"ucb {beta:g}": f"click:ucb beta={beta:g}",
+        f"ucb {beta:g}": _key_of("click", "ucb", _ucb(beta)),
         "thompson": f"click:thompson draws={TS_DRAWS}",
     }
     table = {

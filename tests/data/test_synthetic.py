@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import numpy as np
 import pandas as pd
@@ -54,6 +54,8 @@ def big_log(world: SyntheticWorld) -> pd.DataFrame:
         ({"n_positions": 0}, "n_positions"),
         ({"hidden_strength": -1.0}, "hidden_strength"),
         ({"hidden_strength": float("inf")}, "hidden_strength"),
+        ({"taste_strength": -0.5}, "taste_strength"),
+        ({"taste_strength": 11.0}, "taste_strength"),
         ({"seed": -1}, "seed"),
     ],
 )
@@ -211,6 +213,28 @@ def test_hidden_strength_zero_leaves_only_observable_features() -> None:
     m = w.true_ctr_matrix(group["user_id"].to_numpy())
     np.testing.assert_allclose(m, np.broadcast_to(m[0], m.shape), rtol=1e-12)
     assert w.ground_truth()["logit_variance"]["observable_share"] == pytest.approx(1.0)
+
+
+def test_taste_strength_zero_leaves_the_hidden_part_at_item_level() -> None:
+    # users with the same features get the same CTR, although the hidden item bias is on
+    cfg = WorldConfig(n_users=400, n_items=60, n_days=2, hidden_strength=3.0, taste_strength=0.0)
+    w = SyntheticWorld(cfg)
+    users = w.users.dropna()
+    twins = users[users.duplicated(["segment", "country", "age"], keep=False)]
+    _, group = next(iter(twins.groupby(["segment", "country", "age"])))
+    m = w.true_ctr_matrix(group["user_id"].to_numpy())
+    np.testing.assert_allclose(m, np.broadcast_to(m[0], m.shape), rtol=1e-12)
+    # the item bias still moves the CTR: the default world (taste 1) differs from it only by
+    # the scaled latent dot product (and the intercept solved for the base CTR)
+    full = SyntheticWorld(replace(cfg, taste_strength=1.0))
+
+    def logit(world):
+        return np.log(world.true_ctr_matrix([0, 1]) / (1 - world.true_ctr_matrix([0, 1])))
+
+    dot = 3.0 * (full._user_latent[[0, 1]] @ full._item_latent.T) / np.sqrt(cfg.latent_dim)
+    diff = logit(full) - dot - logit(w)
+    np.testing.assert_allclose(diff, full._intercept - w._intercept, atol=1e-9)
+    assert np.ptp(logit(w)[0]) > 3.0  # item bias sd x 3 plus the observable item effects
 
 
 def test_observable_features_explain_a_meaningful_part(world: SyntheticWorld) -> None:

@@ -414,14 +414,19 @@ def test_cli_simulate_json_on_a_tiny_world(tmp_path: Path) -> None:
     assert again["days"] == payload["days"]
 
     sweep_args = _argv(
-        "simulate --sweep greedy;softmax:temperature=1 --seeds 2 --days 2 --requests 20 --users 30 "
-        "--items 12 --warmup 200 --json",
+        "simulate --sweep greedy;softmax:temperature=1;ucb:beta=1:batch_aware=1 --seeds 2 --days 2 "
+        "--requests 20 --users 30 --items 12 --warmup 200 --taste-strength 0 --hidden-strength 2 "
+        "--json",
         *("--config", config, "--out", out, "--overwrite"),
     )
     sweep = CliRunner().invoke(app, sweep_args)
     assert sweep.exit_code == 0, sweep.output
     runs = json.loads(sweep.stdout)["runs"]
-    assert [r["policy"] for r in runs] == ["greedy", "softmax temperature=1"]
+    assert [r["policy"] for r in runs] == [
+        "greedy",
+        "softmax temperature=1",
+        "ucb beta=1 batch_aware=1",
+    ]
     ctr = [t["ctr"] for t in runs[1]["per_seed"]]
     assert runs[1]["mean"]["ctr"] == pytest.approx(np.mean(ctr), rel=1e-12)
     assert runs[1]["std"]["ctr"] == pytest.approx(np.std(ctr, ddof=1), rel=1e-12)
@@ -443,6 +448,10 @@ def test_cli_simulate_json_on_a_tiny_world(tmp_path: Path) -> None:
         (["--policy", "ucb", "--beta", "-1"], "--policy: beta must be a finite number >= 0"),
         (["--policy", "bogus"], "--policy: unknown policy 'bogus'; choose one of greedy"),
         (["--sweep", "greedy;ucb:beta=-1"], "--sweep: beta must be a finite number >= 0"),
+        (["--sweep", "ucb:beta=1:batch_aware=2"], "--sweep: batch_aware must be 0 or 1, got 2"),
+        (["--batch-aware"], "--policy: policy 'greedy' takes no parameters; batch_aware does"),
+        (["--taste-strength", "-1"], "--taste-strength: WorldConfig.taste_strength must be"),
+        (["--users", "0"], "--users: WorldConfig.n_users must be an integer in [1,"),
     ],
 )
 def test_cli_simulate_bad_flags_are_named(args: list[str], message: str) -> None:

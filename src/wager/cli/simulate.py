@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from wager.policies import Policy
 
 _TOTALS = ("ctr", "rpm", "regret", "throughput", "coverage")
-_POLICY_PARAMS = ("beta", "epsilon", "temperature", "draws")
+_POLICY_PARAMS = ("beta", "epsilon", "temperature", "draws", "batch_aware")
 _CONFIG_FLAGS = {
     "days": "--days",
     "requests_per_day": "--requests",
@@ -100,6 +100,12 @@ def _policy(name: str, params: dict[str, float], flag: str) -> Policy:
     from wager.policies import policy_from_name
 
     kwargs: dict[str, Any] = {k: (int(v) if k == "draws" else v) for k, v in params.items()}
+    if "batch_aware" in kwargs:
+        if kwargs["batch_aware"] not in (0, 1):
+            raise _flag_error(
+                flag, f"{flag}: batch_aware must be 0 or 1, got {params['batch_aware']:g}"
+            )
+        kwargs["batch_aware"] = bool(kwargs["batch_aware"])
     try:
         return policy_from_name(name, **kwargs)
     except (ValueError, TypeError) as exc:
@@ -109,7 +115,7 @@ def _policy(name: str, params: dict[str, float], flag: str) -> Policy:
 def _simulate_one(
     policy: Policy,
     seed: int,
-    world_args: dict[str, int],
+    world_args: dict[str, Any],
     sim: SimulationConfig,
     model_config: RunConfig,
 ) -> SimulationResult:
@@ -122,6 +128,45 @@ def _simulate_one(
     world = SyntheticWorld(WorldConfig(n_days=sim.days, seed=seed, **world_args))
     model = RecommenderSimulationModel(replace(model_config, seed=seed), world)
     return simulate(world, policy, model, replace(sim, seed=seed))
+
+
+def _sim_config(**fields: int) -> SimulationConfig:
+    """The SimulationConfig of the flags; a bad value is reported against its flag."""
+    from wager.evaluation.simulation import SimulationConfig
+
+    try:
+        return SimulationConfig(**fields)  # type: ignore[arg-type]
+    except ValueError as exc:
+        flag = next((f for name, f in _CONFIG_FLAGS.items() if f"Config.{name} " in str(exc)), "")
+        raise _flag_error(flag, f"{flag}: {exc}") from None
+
+
+def _world_args(
+    users: int, items: int, new_items: int, hidden_strength: float, taste_strength: float
+) -> dict[str, Any]:
+    """The world's WorldConfig fields, checked before any simulation (errors name the flag)."""
+    from wager.data.synthetic import WorldConfig
+
+    args: dict[str, Any] = {
+        "n_users": users,
+        "n_items": items,
+        "new_items_per_day": new_items,
+        "hidden_strength": hidden_strength,
+        "taste_strength": taste_strength,
+    }
+    flags = {
+        "n_users": "--users",
+        "n_items": "--items",
+        "new_items_per_day": "--new-items",
+        "hidden_strength": "--hidden-strength",
+        "taste_strength": "--taste-strength",
+    }
+    try:
+        WorldConfig(**args)
+    except ValueError as exc:
+        flag = next((f for name, f in flags.items() if f"WorldConfig.{name} " in str(exc)), "")
+        raise _flag_error(flag, f"{flag}: {exc}") from None
+    return args
 
 
 def _check_flags(days: int, seeds: int, out: Path | None, threads: int) -> None:
@@ -146,6 +191,13 @@ def simulate_command(
     draws: Annotated[
         int | None, typer.Option("--draws", help="Thompson sampling's propensity draws.")
     ] = None,
+    batch_aware: Annotated[
+        bool,
+        typer.Option(
+            "--batch-aware",
+            help="UCB: shrink each std by the impressions served since the last fit (GP-BUCB).",
+        ),
+    ] = False,
     days: Annotated[int, typer.Option("--days", help="Days simulated.")] = 30,
     seed: Annotated[int, typer.Option("--seed", help="Seed of world, draws and model.")] = 0,
     requests: Annotated[int, typer.Option("--requests", help="Requests per day.")] = 1000,
@@ -153,6 +205,17 @@ def simulate_command(
     users: Annotated[int, typer.Option("--users", help="Users in the world.")] = 500,
     items: Annotated[int, typer.Option("--items", help="Items on day 0 (catalogue size).")] = 100,
     new_items: Annotated[int, typer.Option("--new-items", help="Items arriving per day.")] = 10,
+    hidden_strength: Annotated[
+        float,
+        typer.Option("--hidden-strength", help="World: weight of the hidden factors, [0, 10]."),
+    ] = 1.0,
+    taste_strength: Annotated[
+        float,
+        typer.Option(
+            "--taste-strength",
+            help="World: weight of user-specific hidden taste, [0, 10] (0: context-level CTR).",
+        ),
+    ] = 1.0,
     warmup: Annotated[int, typer.Option("--warmup", help="Warm-up log impressions.")] = 5000,
     target_impressions: Annotated[
         int, typer.Option("--target-impressions", help="Throughput: impressions a new item needs.")
@@ -185,28 +248,23 @@ def simulate_command(
     """Run a policy (or a sweep of them) in the synthetic world: CTR, RPM, regret, throughput."""
     import torch
 
-    from wager.evaluation.simulation import SimulationConfig
     from wager.pipeline import simulation_run_config
 
     _check_flags(days, seeds, out, threads)
     torch.set_num_threads(threads)
     model_config = _load_config(config) if config is not None else simulation_run_config()
-    try:
-        sim = SimulationConfig(
-            days=days,
-            requests_per_day=requests,
-            k=k,
-            warmup_rows=warmup,
-            target_impressions=target_impressions,
-            target_clicks=target_clicks,
-            seed=seed,
-        )
-    except ValueError as exc:
-        flag = next((f for name, f in _CONFIG_FLAGS.items() if f"Config.{name} " in str(exc)), "")
-        raise _flag_error(flag, f"{flag}: {exc}") from None
-    world_args = {"n_users": users, "n_items": items, "new_items_per_day": new_items}
+    sim = _sim_config(
+        days=days,
+        requests_per_day=requests,
+        k=k,
+        warmup_rows=warmup,
+        target_impressions=target_impressions,
+        target_clicks=target_clicks,
+        seed=seed,
+    )
+    world_args = _world_args(users, items, new_items, hidden_strength, taste_strength)
     if sweep is None:
-        given = (beta, epsilon, temperature, draws)
+        given = (beta, epsilon, temperature, draws, 1.0 if batch_aware else None)
         params = {p: float(v) for p, v in zip(_POLICY_PARAMS, given, strict=True) if v is not None}
         chosen = _policy(policy, params, "--policy")
         check_out_folder(out, ("simulation.json", "regret.png"), overwrite)
@@ -215,16 +273,32 @@ def simulate_command(
         result = _simulate_one(chosen, seed, world_args, sim, model_config)
         _report_one(result, out, as_json)
     else:
-        variants = parse_sweep(sweep)
-        chosen_all = [_policy(n, p, "--sweep") for n, p in variants]  # all checked first
-        check_out_folder(out, ("sweep.json", "tradeoff.png", "regret.png"), overwrite)
-        if out is not None:
-            out.mkdir(parents=True, exist_ok=True)
-        runs = [
-            [_simulate_one(c, seed + s, world_args, sim, model_config) for s in range(seeds)]
-            for c in chosen_all
-        ]
-        _report_sweep(variants, runs, seed, out, as_json)
+        _run_sweep(sweep, seeds, world_args, sim, model_config, (out, overwrite, as_json))
+
+
+def _run_sweep(
+    sweep: str,
+    seeds: int,
+    world_args: dict[str, Any],
+    sim: SimulationConfig,
+    model_config: RunConfig,
+    output: tuple[Path | None, bool, bool],
+) -> None:
+    """Every ``--sweep`` variant over seeds sim.seed .. sim.seed + seeds - 1 (all variants
+    and the output folder checked before the first simulation); ``output`` = (--out,
+    --overwrite, --json)."""
+    out, overwrite, as_json = output
+    variants = parse_sweep(sweep)
+    chosen_all = [_policy(n, p, "--sweep") for n, p in variants]  # all checked first
+    check_out_folder(out, ("sweep.json", "tradeoff.png", "regret.png"), overwrite)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    seed = sim.seed
+    runs = [
+        [_simulate_one(c, seed + s, world_args, sim, model_config) for s in range(seeds)]
+        for c in chosen_all
+    ]
+    _report_sweep(variants, runs, seed, out, as_json)
 
 
 def _report_one(result: SimulationResult, out: Path | None, as_json: bool) -> None:

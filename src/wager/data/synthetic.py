@@ -17,7 +17,8 @@ True CTR model (the "examination" or position-based model)::
                    + sum(tag_effect[t] for t in tags[i]) / sqrt(len(tags[i]))
                    + brand_effect[brand[i]]
                    + hidden_strength * (item_bias[i]
-                                        + <u_latent[u], v_latent[i]> / sqrt(latent_dim))
+                                        + taste_strength
+                                        * <u_latent[u], v_latent[i]> / sqrt(latent_dim))
 
 ``popularity_rank`` is 0 for the most exposed item, so the popularity effect is small
 and bounded (+-popularity_effect / 2). ``z`` standardises over users (age) or items
@@ -192,6 +193,10 @@ class WorldConfig:
             (popularity of the item of rank r is proportional to r**-exponent; 0 = uniform).
         n_positions: slate positions 1..n_positions of the context (1..100).
         hidden_strength: weight of the hidden factors against observable features, in [0, 10].
+        taste_strength: weight of the user-specific hidden part (the latent dot product)
+            against the hidden item bias, in [0, 10]; 1 is the model above, 0 leaves every
+            hidden factor at item level (a context-level CTR: what one item earns is the same
+            for users with the same features, as in content recommendation).
         seed: seed of every random draw that builds the world (>= 0).
 
     Example:
@@ -208,6 +213,7 @@ class WorldConfig:
     popularity_exponent: float = 1.1
     n_positions: int = 3
     hidden_strength: float = 1.0
+    taste_strength: float = 1.0
     seed: int = 0
 
     _INT_RANGES: ClassVar[dict[str, tuple[int, int]]] = {
@@ -234,6 +240,7 @@ class WorldConfig:
         self._check_float("base_ctr", 0.0, 0.5, low_open=True)
         self._check_float("popularity_exponent", 0.0, 5.0)
         self._check_float("hidden_strength", 0.0, 10.0)
+        self._check_float("taste_strength", 0.0, 10.0)
 
     def _check_float(self, name: str, lo: float, hi: float, *, low_open: bool = False) -> None:
         value = getattr(self, name)
@@ -432,7 +439,7 @@ class SyntheticWorld:
         self._tag_p = _normalise(1.0 / np.arange(1, len(_TAGS) + 1) ** 0.7)
         self._brand_p = _normalise(1.0 / np.arange(1, _N_BRANDS + 1) ** 1.2)
         self._latent_scale = math.sqrt(_LATENT_VAR)
-        self._dot_scale = 1.0 / math.sqrt(d)
+        self._dot_scale = self.config.taste_strength / math.sqrt(d)
         k = np.arange(1, self.config.n_positions + 1)
         self._position_bias = 1.0 / np.log2(1.0 + k)
 
@@ -987,7 +994,8 @@ class SyntheticWorld:
         return {
             "model": (
                 "ctr = position_bias[position] * sigmoid(intercept + observable(user, item) + "
-                "hidden_strength * (item_bias + <u_latent, v_latent> / sqrt(latent_dim)))"
+                "hidden_strength * (item_bias + taste_strength * <u_latent, v_latent> / "
+                "sqrt(latent_dim)))"
             ),
             "config": asdict(self.config),
             "intercept": float(self._intercept),

@@ -709,6 +709,8 @@ def simulate(
                 model.add_items(world.items.iloc[added].reset_index(drop=True))
             if len(retired):
                 model.retire_items(retired)
+        sim.state.counts.clear()  # a new model and catalogue: no impression is pending
+        sim.distribution_state.counts.clear()
         sim.record(day, items, sim.run_day(day, items), (len(added), len(retired)))
         sim.item_rows(items)
         if day + 1 < cfg.days:

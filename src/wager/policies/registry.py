@@ -28,6 +28,7 @@ def policy_from_name(
     epsilon: float | None = None,
     temperature: float | None = None,
     draws: int | None = None,
+    batch_aware: bool = False,
 ) -> Policy:
     """The policy ``name`` with its parameters.
 
@@ -37,6 +38,8 @@ def policy_from_name(
         epsilon: epsilon-greedy's exploration probability (required for "epsilon_greedy").
         temperature: the softmax temperature (required for "softmax").
         draws: Thompson sampling's Monte Carlo draws per propensity (None: its default).
+        batch_aware: UCB only: shrink each std by the impressions served since the last fit
+            (:class:`~wager.policies.UCB`).
 
     Returns:
         e.g. ``policy_from_name("ucb", beta=1.0) == UCB(beta=1.0)``.
@@ -50,6 +53,8 @@ def policy_from_name(
         raise ValueError(f"unknown policy {name!r}; choose one of {', '.join(POLICY_PARAMETERS)}")
     takes = POLICY_PARAMETERS[name]
     extra = [p for p, v in given.items() if v is not None and p not in takes]
+    if batch_aware and name != "ucb":
+        extra.append("batch_aware")
     if extra:
         what = f"takes only {', '.join(takes)}" if takes else "takes no parameters"
         raise ValueError(
@@ -61,7 +66,7 @@ def policy_from_name(
     if name == "epsilon_greedy":
         return EpsilonGreedy(epsilon=epsilon)  # type: ignore[arg-type]  # checked above
     if name == "ucb":
-        return UCB(beta=beta)  # type: ignore[arg-type]
+        return UCB(beta=beta, batch_aware=batch_aware)  # type: ignore[arg-type]
     if name == "softmax":
         return SoftmaxPolicy(temperature=temperature)  # type: ignore[arg-type]
     if name == "thompson":

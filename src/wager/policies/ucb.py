@@ -19,6 +19,9 @@ from wager.policies._shared import (
 from wager.policies.base import DEFAULT_PROPENSITY_FLOOR, PolicyState, Slate
 from wager.prediction import Prediction
 
+#: the key of ``PolicyState.counts`` holding batch-aware UCB's pending impressions per column
+PENDING = "pending"
+
 
 @dataclass(frozen=True)
 class UCB:
@@ -28,9 +31,23 @@ class UCB:
     the candidates the model is least sure of. Deterministic, so every propensity is 1 (ties:
     the lowest column first). Needs a prediction with a std.
 
+    A model refitted in batches (once a day, once an hour) gives every request between two
+    fits the same means and stds, so plain UCB shows the same optimistic items to every
+    similar request until the next fit. ``batch_aware=True`` is the batch remedy of GP-BUCB
+    (Desautels, Krause & Burdick 2014): each impression served since the last fit counts as
+    if its outcome had been observed, which leaves the mean alone and shrinks the candidate's
+    std as a Gaussian update with the Bernoulli noise of a click would:
+    ``std_eff = 1 / sqrt(1 / std**2 + n_pending / (mean * (1 - mean)))``. Requests of a
+    batch are served one after the other, and the pending impressions per candidate column
+    live in ``state.counts["pending"]`` ((C,) float64), so the caller keeps the candidate
+    columns fixed between fits and clears ``state.counts`` when it refits the model or
+    changes the candidates (the simulator does both each day). Needs click probabilities
+    (means in [0, 1]).
+
     Attributes:
         beta: exploration weight, a finite number >= 0.
         propensity_floor: recorded in the slate (no UCB propensity is below 1).
+        batch_aware: shrink the std by the impressions served since the last fit (above).
 
     Example:
         >>> import torch
@@ -43,15 +60,18 @@ class UCB:
 
     beta: float
     propensity_floor: float = DEFAULT_PROPENSITY_FLOOR
+    batch_aware: bool = False
 
     def __post_init__(self) -> None:
         check_finite("beta", self.beta, 0.0, math.inf, ">= 0 (stds of optimism)")
         check_floor(self.propensity_floor)
+        if not isinstance(self.batch_aware, bool):
+            raise ValueError(f"batch_aware must be True or False, got {self.batch_aware!r}")
 
     @property
     def name(self) -> str:
-        """e.g. "ucb(beta=1.0)"."""
-        return f"ucb(beta={self.beta})"
+        """e.g. "ucb(beta=1.0)" or "ucb(beta=1.0, batch_aware)"."""
+        return f"ucb(beta={self.beta}{', batch_aware' if self.batch_aware else ''})"
 
     def scores(self, prediction: Prediction, k: int) -> Tensor:
         """(B, C) float64 ``prediction.ucb(beta)``, after the checks every call makes (k,
@@ -66,12 +86,13 @@ class UCB:
         Args:
             prediction: (B, C) predictions with a std.
             k: slate length, 1 <= k <= C.
-            state: unused (UCB draws nothing).
+            state: unused unless ``batch_aware`` (then its pending impressions per column,
+                updated with this batch's slates).
 
         Returns:
             A slate with items (B, k), propensities 1 and one-hot distributions (B, k, C).
         """
-        items = ranked(self.scores(prediction, k), k)
+        items = self._slates(prediction, k, state)
         return Slate(
             items=items,
             propensities=torch.ones(items.shape, dtype=torch.float64),
@@ -83,6 +104,40 @@ class UCB:
     def action_distribution(
         self, prediction: Prediction, k: int, state: PolicyState, draws: int = 1000
     ) -> Tensor:
-        """(B, k, C) float64 one-hot on the UCB slate (exact; ``state`` and ``draws``
-        unused)."""
-        return one_hot(ranked(self.scores(prediction, k), k), prediction.mean.shape[1])
+        """(B, k, C) float64 one-hot on the UCB slate (exact; ``draws`` unused; ``state`` as
+        in :meth:`select`: given the same pending counts, the same slates)."""
+        return one_hot(self._slates(prediction, k, state), prediction.mean.shape[1])
+
+    def _slates(self, prediction: Prediction, k: int, state: PolicyState) -> Tensor:
+        """(B, k) int64 slates: ranked UCB scores, or served one request at a time with the
+        pending impressions shrinking the stds (``batch_aware``)."""
+        scores = self.scores(prediction, k)
+        if not self.batch_aware:
+            return ranked(scores, k)
+        mean = prediction.mean.detach().to("cpu", torch.float64)
+        std = prediction.std.detach().to("cpu", torch.float64)  # type: ignore[union-attr]
+        if bool(((mean < 0) | (mean > 1)).any()):
+            raise ValueError(
+                f"{self.name}: batch_aware needs click probabilities, but a mean lies outside "
+                "[0, 1]; use batch_aware=False for ratings or scores"
+            )
+        b, c = mean.shape
+        pending = state.counts.get(PENDING)
+        if pending is None:
+            pending = torch.zeros(c, dtype=torch.float64)
+        elif tuple(pending.shape) != (c,):
+            raise ValueError(
+                f"{self.name}: state.counts[{PENDING!r}] holds {tuple(pending.shape)} pending "
+                f"counts but the prediction has {c} candidate columns; clear state.counts "
+                "whenever the model is refitted or the candidates change"
+            )
+        noise = (mean * (1.0 - mean)).clamp_min(1e-6)
+        precision = std.square().reciprocal()  # std 0 -> inf: a known candidate stays known
+        out = torch.empty(b, k, dtype=torch.int64)
+        for row in range(b):
+            shrunk = (precision[row] + pending / noise[row]).reciprocal().sqrt()
+            top = ranked((mean[row] + self.beta * shrunk).unsqueeze(0), k)[0]
+            out[row] = top
+            pending[top] += 1.0
+        state.counts[PENDING] = pending
+        return out
