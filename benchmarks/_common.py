@@ -84,6 +84,40 @@ def history_summary(rec: Recommender) -> dict[str, Any]:
     return out
 
 
+PER_USER_NDCG = "_ndcg_per_user"
+
+
+def paired_difference(
+    a: np.ndarray, b: np.ndarray, draws: int = 2000, seed: int = 0
+) -> dict[str, float]:
+    """Mean per-user difference a - b of two methods' metric on the same users, with a 95%
+    percentile bootstrap interval over users (NaN users dropped from both)."""
+    keep = ~(np.isnan(a) | np.isnan(b))
+    d = a[keep] - b[keep]
+    rng = np.random.default_rng(seed)
+    means = np.array([d[rng.integers(0, len(d), len(d))].mean() for _ in range(draws)])
+    low, high = np.quantile(means, [0.025, 0.975])
+    return {
+        "difference": float(d.mean()),
+        "low": float(low),
+        "high": float(high),
+        "users": int(keep.sum()),
+        "draws": draws,
+    }
+
+
+def strip_per_user(result: Any) -> Any:
+    """``result`` with every ``PER_USER_NDCG`` entry removed, recursively (in place)."""
+    if isinstance(result, dict):
+        result.pop(PER_USER_NDCG, None)
+        for v in result.values():
+            strip_per_user(v)
+    elif isinstance(result, list):
+        for v in result:
+            strip_per_user(v)
+    return result
+
+
 def rank_metrics(
     scores: torch.Tensor | np.ndarray,
     relevant: list[np.ndarray],
@@ -92,9 +126,12 @@ def rank_metrics(
     item_popularity: np.ndarray | None = None,
     n_train_users: int | None = None,
 ) -> dict[str, Any]:
-    """Full-ranking metrics @k of (n_users, n_items) scores, excluded items never ranked."""
+    """Full-ranking metrics @k of (n_users, n_items) scores, excluded items never ranked.
+    ``PER_USER_NDCG`` holds the (n_users,) NDCG@k per user (NaN without a relevant item), for
+    paired comparisons (:func:`paired_difference`); pop it before printing."""
     top = ranking.top_k_from_scores(scores, k, exclude)
     out: dict[str, Any] = dict(ranking.ranking_metrics(top, relevant, k))
+    out[PER_USER_NDCG] = ranking.per_user_ranking_metrics(top, relevant, k)[f"ndcg@{k}"]
     n_items = int(exclude.shape[1])
     out[f"coverage@{k}"] = ranking.catalogue_coverage(top, n_items)
     if item_popularity is not None and n_train_users is not None:
@@ -195,8 +232,9 @@ def json_ready(value: Any) -> Any:
 
 
 def emit(result: dict[str, Any], out: Path | None) -> None:
-    """Print the result as JSON on stdout and, with ``out``, also write it there."""
-    text = json.dumps(json_ready(result), indent=2)
+    """Print the result as JSON on stdout and, with ``out``, also write it there (per-user
+    arrays of :func:`rank_metrics` left out)."""
+    text = json.dumps(json_ready(strip_per_user(result)), indent=2)
     if out is not None:
         out.write_text(text + "\n", encoding="utf-8")
     print(text)

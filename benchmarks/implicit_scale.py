@@ -55,6 +55,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (
+    PER_USER_NDCG,
     capped,
     emit,
     environment,
@@ -63,6 +64,7 @@ from _common import (
     history_summary,
     interaction_matrix,
     log,
+    paired_difference,
     per_user_holdout,
     rank_metrics,
     seconds_since_start,
@@ -572,6 +574,9 @@ def ratios_to_als(result: dict[str, Any]) -> None:
     if not isinstance(als, dict):
         return
     for run in result.get("wager", {}).values():
+        run[f"{METRIC}_minus_als_paired"] = paired_difference(
+            run[PER_USER_NDCG], als[PER_USER_NDCG]
+        )
         run["ratio_to_als"] = {
             METRIC: run[METRIC] / als[METRIC],
             "fit_seconds": run["fit_seconds"] / als["fit_seconds"],
