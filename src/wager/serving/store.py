@@ -1,0 +1,450 @@
+"""The durable event store: impressions and feedback in SQLite (the default) or PostgreSQL.
+
+:class:`EventStore` implements :class:`~wager.serving.events.EventLog` on SQLAlchemy 2 Core.
+Every write is one transaction that has committed durably when the call returns: SQLite
+runs in WAL mode with ``synchronous=FULL`` (set on every connection), PostgreSQL with its
+default ``synchronous_commit=on``. Feedback is idempotent by event id (``INSERT ... ON
+CONFLICT (event_id) DO NOTHING``), so retries and concurrent writers (threads, processes,
+API replicas) store each event exactly once.
+
+The store creates its schema on open and records its version in the ``schema_version``
+table, so a later wager can migrate it; a database written by a newer wager is refused.
+
+Example:
+    >>> import tempfile, pathlib
+    >>> from wager.serving.events import FeedbackEvent, Impression
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "events.db"
+    >>> with EventStore.sqlite(path) as store:
+    ...     store.log_impressions([Impression("r1", "u1", "i1", 1, 0.9, 0.8, 0.1,
+    ...                                       "ucb(beta=1.0)", 1.0, "", "v1", 1.0e9)])
+    ...     store.add_feedback([FeedbackEvent("e1", "r1", "i1", 1, None, 1.0e9 + 5)])
+    FeedbackResult(stored=1, duplicates=0, unknown=[])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import URL, Connection, Engine
+
+from wager.errors import WagerError
+from wager.serving.events import FeedbackEvent, FeedbackResult, Impression
+
+SCHEMA_VERSION = 1
+"""The event-store schema this code reads and writes (``schema_version.version``)."""
+
+_ACCEPTED = (
+    "sqlite:///PATH (a database file; its folder must exist), "
+    "postgresql://USER:PASSWORD@HOST:PORT/DATABASE or postgresql+psycopg://..."
+)
+_CHUNK = 150  # rows per multi-row INSERT / ids per IN (...): 6 columns x 150 < SQLite's 999
+_SQLITE_BEGIN = "wager_sqlite_begin"  # execution option: the BEGIN statement SQLite runs
+_PG_SCHEMA_LOCK = 0x7761676572  # pg_advisory_xact_lock key serialising schema creation
+_CONNECT_TIMEOUT_S = 10  # PostgreSQL: give up connecting after this many seconds
+
+_metadata = sa.MetaData()
+
+_schema_version = sa.Table(
+    "schema_version",
+    _metadata,
+    sa.Column("version", sa.Integer, nullable=False),
+)
+
+_impressions = sa.Table(
+    "impressions",
+    _metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("request_id", sa.String, nullable=False),
+    sa.Column("user_id", sa.String, nullable=False),
+    sa.Column("item_id", sa.String, nullable=False),
+    sa.Column("position", sa.Integer, nullable=False),
+    sa.Column("score", sa.Double, nullable=False),
+    sa.Column("mean", sa.Double, nullable=False),
+    sa.Column("std", sa.Double, nullable=True),
+    sa.Column("policy", sa.String, nullable=False),
+    sa.Column("propensity", sa.Double, nullable=False),
+    sa.Column("arm", sa.String, nullable=False),
+    sa.Column("model_version", sa.String, nullable=False),
+    sa.Column("ts", sa.Double, nullable=False),
+    # its index (leading column request_id) also serves lookups by request id
+    sa.UniqueConstraint("request_id", "item_id", name="uq_impressions_request_item"),
+)
+
+_feedback = sa.Table(
+    "feedback",
+    _metadata,
+    sa.Column("event_id", sa.String, primary_key=True),
+    sa.Column("request_id", sa.String, nullable=False),
+    sa.Column("item_id", sa.String, nullable=False),
+    sa.Column("click", sa.Integer, nullable=True),
+    sa.Column("rating", sa.Double, nullable=True),
+    sa.Column("ts", sa.Double, nullable=False),
+    sa.Index("ix_feedback_request_item", "request_id", "item_id"),
+)
+
+_IMPRESSION_FIELDS = [f.name for f in dataclasses.fields(Impression)]
+_FEEDBACK_FIELDS = [f.name for f in dataclasses.fields(FeedbackEvent)]
+_STRINGS = ("request_id", "user_id", "item_id", "policy", "arm", "model_version", "event_id")
+_DTYPES: dict[str, Any] = {"position": "int64", **dict.fromkeys(_STRINGS, str)}
+"""Column dtypes of the frames read back (float64 for the columns not named)."""
+
+
+class EventStoreError(WagerError, RuntimeError):
+    """The event-store database cannot be used as asked: unreachable, written by a newer
+    wager, holding tables wager did not create, or the store is closed. The message names
+    the database URL (password hidden) and what to do."""
+
+
+def _normalise_url(url: str) -> URL:
+    """Parse ``url`` into a SQLAlchemy URL on a supported driver, or raise ValueError."""
+    try:
+        parsed = sa.make_url(url)
+    except (sa.exc.ArgumentError, ValueError) as exc:
+        raise ValueError(f"event-store URL {url!r} is not a database URL; use {_ACCEPTED}") from exc
+    driver = parsed.drivername
+    if driver in ("sqlite", "sqlite+pysqlite"):
+        database = parsed.database or ""
+        if database in ("", ":memory:") or database.startswith("file:"):
+            raise ValueError(
+                f"event-store URL {url!r} names no database file (an in-memory database is not "
+                f"durable); use {_ACCEPTED}"
+            )
+        return parsed
+    if driver in ("postgresql", "postgresql+psycopg"):
+        return parsed.set(drivername="postgresql+psycopg")
+    raise ValueError(
+        f"event-store URL {parsed.render_as_string(hide_password=True)!r} uses the "
+        f"unsupported driver {driver!r}; use {_ACCEPTED}"
+    )
+
+
+def _sqlite_engine(url: URL, shown: str) -> Engine:
+    """An engine on a SQLite file whose every connection runs WAL + synchronous=FULL and
+    whose transactions start with ``BEGIN IMMEDIATE`` (writers queue on the busy timeout
+    instead of failing on a stale read snapshot)."""
+    path = Path(url.database or "")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(
+            f"event-store database {shown}: the folder '{path.parent}' does not exist; create "
+            "it first (wager never creates folders it was not told to) or point the URL elsewhere"
+        )
+    engine = sa.create_engine(url, connect_args={"timeout": 30.0})
+
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # the driver's own BEGIN handling off
+        cursor = dbapi_connection.cursor()
+        try:
+            mode = cursor.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise EventStoreError(
+                    f"event-store database {shown}: SQLite cannot use WAL journaling there "
+                    f"(journal mode stays {mode!r}); put the file on a local file system"
+                )
+            cursor.execute("PRAGMA synchronous=FULL")
+        finally:
+            cursor.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql(conn.get_execution_options().get(_SQLITE_BEGIN, "BEGIN IMMEDIATE"))
+
+    return engine
+
+
+def _postgres_engine(url: URL) -> Engine:
+    """An engine on PostgreSQL (psycopg 3) that checks pooled connections before use."""
+    connect_args: dict[str, Any] = {}
+    if "connect_timeout" not in url.query:
+        connect_args["connect_timeout"] = _CONNECT_TIMEOUT_S
+    return sa.create_engine(url, pool_pre_ping=True, connect_args=connect_args)
+
+
+def _chunks(items: Sequence[Any]) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), _CHUNK):
+        yield items[start : start + _CHUNK]
+
+
+class EventStore:
+    """A durable log of impressions and feedback on SQLite or PostgreSQL (an ``EventLog``).
+
+    Args:
+        url: ``sqlite:///PATH`` (a file whose folder exists; created if missing) or
+            ``postgresql://...`` / ``postgresql+psycopg://...`` (the database must exist;
+            the store creates its tables).
+
+    Raises:
+        ValueError: the URL is not one of the accepted forms.
+        FileNotFoundError: the SQLite file's folder does not exist.
+        EventStoreError: the database is unreachable, was written by a newer wager, or
+            holds ``impressions`` / ``feedback`` tables that wager did not create.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> store = EventStore(f"sqlite:///{pathlib.Path(tempfile.mkdtemp()) / 'events.db'}")
+        >>> store.ping()
+        True
+        >>> store.close()
+    """
+
+    def __init__(self, url: str) -> None:
+        parsed = _normalise_url(url)
+        self.url: str = parsed.render_as_string(hide_password=True)
+        """The database URL with the password hidden (for messages and logs)."""
+        self._sqlite = parsed.drivername.startswith("sqlite")
+        self._engine = (
+            _sqlite_engine(parsed, self.url) if self._sqlite else _postgres_engine(parsed)
+        )
+        self._closed = False
+        try:
+            self._open_schema()
+        except BaseException:
+            self._engine.dispose()
+            raise
+
+    @classmethod
+    def sqlite(cls, path: str | Path) -> EventStore:
+        """The store in the SQLite file ``path`` (its folder must exist)."""
+        return cls(URL.create("sqlite", database=str(path)).render_as_string())
+
+    # -- schema ---------------------------------------------------------------------------
+
+    def _open_schema(self) -> None:
+        """Create the schema in a fresh database or check the version of an existing one,
+        in one transaction (serialised between concurrent openers)."""
+        try:
+            with self._engine.begin() as conn:
+                if not self._sqlite:
+                    conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_PG_SCHEMA_LOCK)))
+                existing = set(sa.inspect(conn).get_table_names())
+                version: int | None = None
+                if _schema_version.name in existing:
+                    query = sa.select(sa.func.max(_schema_version.c.version))
+                    version = conn.execute(query).scalar()
+                if version is None:
+                    foreign = sorted(existing & {_impressions.name, _feedback.name})
+                    if foreign:
+                        raise EventStoreError(
+                            f"event-store database {self.url} already has the tables "
+                            f"{', '.join(foreign)} but no wager schema version: it was not "
+                            "written by wager; point the URL at a new or a wager database"
+                        )
+                    _metadata.create_all(conn)
+                    conn.execute(sa.insert(_schema_version).values(version=SCHEMA_VERSION))
+                elif version > SCHEMA_VERSION:
+                    raise EventStoreError(
+                        f"event-store database {self.url} has schema version {version}, newer "
+                        f"than this wager's {SCHEMA_VERSION}; upgrade wager "
+                        '(pip install -U "wager[serve]") or use another database'
+                    )
+                elif version < 1:
+                    raise EventStoreError(
+                        f"event-store database {self.url} has schema version {version}, which "
+                        f"no wager wrote (versions start at 1; this wager's is {SCHEMA_VERSION}); "
+                        "point the URL at a new or a wager database"
+                    )
+        except sa.exc.OperationalError as exc:
+            raise EventStoreError(
+                f"cannot open the event-store database {self.url}: {exc.orig}; check that the "
+                "server runs, the database exists and the URL's user may write to it"
+            ) from exc
+
+    # -- writing --------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise EventStoreError(f"the event store {self.url} is closed; open a new EventStore")
+
+    def log_impressions(self, rows: Sequence[Impression]) -> None:
+        """Commit ``rows`` in one transaction; return once it is durable.
+
+        Args:
+            rows: the items shown, one per (request_id, item_id); an empty list does nothing.
+
+        Raises:
+            ValueError: a (request_id, item_id) pair appears twice in ``rows`` or is
+                already stored (request ids are unique per request); nothing is stored.
+        """
+        self._check_open()
+        if not rows:
+            return
+        seen: set[tuple[str, str]] = set()
+        for row in rows:
+            key = (row.request_id, row.item_id)
+            if key in seen:
+                raise ValueError(
+                    f"impression (request_id={key[0]!r}, item_id={key[1]!r}) appears twice in "
+                    "one batch; each request shows an item once. Nothing was stored"
+                )
+            seen.add(key)
+        try:
+            with self._engine.begin() as conn:
+                conn.execute(sa.insert(_impressions), [dataclasses.asdict(r) for r in rows])
+        except sa.exc.IntegrityError as exc:
+            stored = self._stored_pairs({r.request_id for r in rows}) & seen
+            if not stored:
+                raise ValueError(
+                    f"event store {self.url} refused the impressions: {exc.orig}. "
+                    "Nothing was stored"
+                ) from exc
+            first = min(stored)
+            raise ValueError(
+                f"impression (request_id={first[0]!r}, item_id={first[1]!r}) is already stored"
+                f"{f' (and {len(stored) - 1} more)' if len(stored) > 1 else ''} in {self.url}; "
+                "request ids must be unique per request. Nothing was stored"
+            ) from exc
+
+    def add_feedback(self, events: Sequence[FeedbackEvent]) -> FeedbackResult:
+        """Commit the events not yet stored (by event id) whose (request_id, item_id) was
+        served, in one transaction; return once it is durable.
+
+        Safe under concurrency: writers calling this at once with overlapping event ids
+        store each id exactly once, and each event is counted once as stored or duplicate
+        (inserts go in event-id order, so concurrent PostgreSQL transactions cannot deadlock).
+
+        Args:
+            events: the feedback; within the batch the first event of an id wins and
+                later ones count as duplicates.
+
+        Returns:
+            how many were stored and how many were duplicates (id already stored, or earlier
+            in the batch), and the events of never-served (request_id, item_id), in input
+            order, which are not stored.
+        """
+        self._check_open()
+        if not events:
+            return FeedbackResult(stored=0, duplicates=0)
+        insert = sqlite.insert if self._sqlite else postgresql.insert
+        with self._engine.begin() as conn:
+            served = self._served_pairs(conn, {e.request_id for e in events})
+            unknown = [e for e in events if (e.request_id, e.item_id) not in served]
+            first: dict[str, FeedbackEvent] = {}
+            for event in events:
+                if (event.request_id, event.item_id) in served:
+                    first.setdefault(event.event_id, event)
+            known = len(events) - len(unknown)
+            rows = [dataclasses.asdict(first[k]) for k in sorted(first)]
+            stored = 0
+            for chunk in _chunks(rows):
+                statement = insert(_feedback).values(list(chunk))
+                statement = statement.on_conflict_do_nothing(index_elements=["event_id"])
+                # RETURNING lists the rows inserted, not those skipped (rowcount is not
+                # reliable for INSERT on every driver)
+                stored += len(conn.execute(statement.returning(_feedback.c.event_id)).all())
+        return FeedbackResult(stored=stored, duplicates=known - stored, unknown=unknown)
+
+    @staticmethod
+    def _served_pairs(conn: Connection, request_ids: set[str]) -> set[tuple[str, str]]:
+        """The stored (request_id, item_id) pairs of ``request_ids``."""
+        pairs: set[tuple[str, str]] = set()
+        columns = (_impressions.c.request_id, _impressions.c.item_id)
+        for chunk in _chunks(sorted(request_ids)):
+            query = sa.select(*columns).where(_impressions.c.request_id.in_(chunk))
+            pairs.update((r, i) for r, i in conn.execute(query))
+        return pairs
+
+    def _stored_pairs(self, request_ids: set[str]) -> set[tuple[str, str]]:
+        with self._read() as conn:
+            return self._served_pairs(conn, request_ids)
+
+    # -- reading --------------------------------------------------------------------------
+
+    def _read(self) -> Connection:
+        """A connection for reading (on SQLite a deferred transaction: no write lock)."""
+        return self._engine.connect().execution_options(**{_SQLITE_BEGIN: "BEGIN"})
+
+    def ping(self) -> bool:
+        """True when the database answers ``SELECT 1`` (what ``/readyz`` checks); never
+        raises (False when closed or unreachable)."""
+        if self._closed:
+            return False
+        try:
+            with self._read() as conn:
+                return conn.execute(sa.select(1)).scalar() == 1
+        except Exception:  # any failure means "not ready"
+            return False
+
+    def _frame(self, table: sa.Table, fields: list[str], order: list[str]) -> pd.DataFrame:
+        query = sa.select(*(table.c[f] for f in fields)).order_by(*(table.c[o] for o in order))
+        with self._read() as conn:
+            records = conn.execute(query).all()
+        columns = list(zip(*records, strict=True)) if records else [() for _ in fields]
+        return pd.DataFrame(
+            {
+                name: pd.Series(list(values), dtype=_DTYPES.get(name, "float64"))
+                for name, values in zip(fields, columns, strict=True)
+            }
+        )
+
+    def impressions_frame(self) -> pd.DataFrame:
+        """Every impression in the order stored, one row each.
+
+        Returns:
+            columns the fields of :class:`~wager.serving.events.Impression` (strings as
+            ``str``, ``position`` int64, the rest float64; ``std`` NaN for a point model).
+        """
+        self._check_open()
+        return self._frame(_impressions, _IMPRESSION_FIELDS, ["id"])
+
+    def feedback_frame(self) -> pd.DataFrame:
+        """Every stored feedback event, ordered by (ts, event_id).
+
+        Returns:
+            columns the fields of :class:`~wager.serving.events.FeedbackEvent`; ``click``
+            and ``rating`` float64, NaN where the event has none.
+        """
+        self._check_open()
+        return self._frame(_feedback, _FEEDBACK_FIELDS, ["ts", "event_id"])
+
+    def served_with_feedback(self) -> pd.DataFrame:
+        """Every impression with the feedback on it (the log that ``wager export-logs``
+        writes), in the order stored.
+
+        Returns:
+            the columns of :meth:`impressions_frame` plus ``click`` (the largest click of
+            the item's events: 1 if any was a click; NaN without a click event), ``rating``
+            (the rating of its latest rated event by (ts, event_id); NaN without one) and
+            ``event_count`` (int64: how many feedback events it has, 0 for none).
+        """
+        served = self.impressions_frame()
+        feedback = self.feedback_frame()
+        keys = ["request_id", "item_id"]
+        per_item = feedback.groupby(keys, sort=False).agg(
+            click=("click", "max"), event_count=("event_id", "size")
+        )
+        # feedback_frame is ordered by (ts, event_id): the last rated row is the latest
+        rated = feedback[feedback["rating"].notna()].groupby(keys, sort=False)["rating"].last()
+        joined = served.merge(per_item.reset_index(), on=keys, how="left")
+        joined = joined.merge(rated.reset_index(), on=keys, how="left")
+        joined["click"] = joined["click"].astype("float64")
+        joined["rating"] = joined["rating"].astype("float64")
+        joined["event_count"] = joined["event_count"].fillna(0).astype("int64")
+        return joined[[*_IMPRESSION_FIELDS, "click", "rating", "event_count"]]
+
+    # -- lifetime -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close every pooled connection; the store cannot be used afterwards."""
+        self._closed = True
+        self._engine.dispose()
+
+    def __enter__(self) -> EventStore:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"EventStore({self.url!r})"
