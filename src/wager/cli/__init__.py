@@ -9,14 +9,15 @@ markup, and help text is printed as written (``rich_markup_mode=None``).
 The commands live by concern: :mod:`wager.cli.common` (the app, consoles, ``--json``
 output and error reporting), :mod:`wager.cli.render` (rich tables), :mod:`wager.cli.data`
 (``wager data ...``), :mod:`wager.cli.runs` (quickstart, train, evaluate, calibrate,
-recommend), :mod:`wager.cli.simulate` (simulate) and :mod:`wager.cli.ope` (ope). Importing
-this package registers every command on :data:`app`; nothing here imports torch, pandas or
-NumPy (each command imports what it needs when it runs).
+recommend), :mod:`wager.cli.simulate` (simulate), :mod:`wager.cli.ope` (ope) and
+:mod:`wager.cli.serve` (serve). Importing this package registers every command on
+:data:`app`; nothing here imports torch, pandas or NumPy (each command imports what it needs
+when it runs).
 """
 
 from __future__ import annotations
 
-from wager.cli import data, ope, runs, simulate
+from wager.cli import data, ope, runs, serve, simulate
 from wager.cli.common import (
     CliError,
     JsonFlag,
@@ -54,6 +55,7 @@ __all__ = [
     "render_description",
     "render_report",
     "runs",
+    "serve",
     "simulate",
     "simulate_command",
     "train",

@@ -1,0 +1,272 @@
+"""``wager serve``: the recommendation service over HTTP (extra ``[serve]``).
+
+Everything is checked before anything is served: the flags, the API keys, the rule that a
+service without keys listens only on a loopback address (unless ``--insecure``), the run or
+registry folder (the version served first is loaded and verified), and the event database.
+Then uvicorn serves :func:`wager.serving.app.create_app`, logging JSON lines to stderr
+(one object per line: ``ts``, ``level``, ``logger`` and ``msg``, or ``client``, ``method``,
+``path``, ``status`` for an access line).
+
+Keys come from ``--keys FILE`` or the environment variable ``WAGER_API_KEYS`` (never both);
+see :mod:`wager.serving.auth`. The event database defaults to SQLite in ``events.db``: in
+the registry folder when ``RUN_OR_REGISTRY`` is a folder of runs, beside the run folder
+when it is one run (wager never writes inside a run folder).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import os
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.text import Text
+
+from wager.cli.common import CliError, _flag_error, app, err_console
+
+if TYPE_CHECKING:
+    from wager.serving.auth import ApiKeys
+    from wager.serving.registry import ModelRegistry
+
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOSTNAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*$")
+_DB_SCHEMES = ("sqlite://", "postgresql://", "postgresql+psycopg://")
+
+
+@dataclass(frozen=True)
+class ServeSetup:
+    """What ``wager serve`` checked: the folder to serve, where to listen, the database
+    URL and the keys (None: no authentication)."""
+
+    path: Path
+    host: str
+    port: int
+    db: str
+    keys: ApiKeys | None
+
+
+def is_loopback(host: str) -> bool:
+    """True for "localhost" and loopback addresses (127.0.0.0/8, ::1)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_host(host: str) -> None:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if not _HOSTNAME.match(host):
+            raise _flag_error(
+                "--host",
+                f"--host {host!r} is not an IP address or host name; e.g. 127.0.0.1 (this "
+                "machine only) or 0.0.0.0 (every interface, needs API keys)",
+            ) from None
+
+
+def default_db(path: Path) -> str:
+    """``sqlite:///`` + ``events.db`` in a registry folder, or beside a single run folder."""
+    from wager.runs import RunDirectory
+
+    folder = path.resolve()
+    if RunDirectory(folder).is_run():
+        folder = folder.parent
+    return f"sqlite:///{folder / 'events.db'}"
+
+
+def redact(url: str) -> str:
+    """``url`` with its password replaced by ``***`` (for log lines)."""
+    return re.sub(r"(://[^:/@]*:)[^/]*@", r"\1***@", url)
+
+
+def _load_keys(keys_file: Path | None) -> ApiKeys | None:
+    from wager.serving.auth import ENV_VAR, ApiKeys
+
+    from_env = os.environ.get(ENV_VAR, "").strip()
+    if keys_file is not None and from_env:
+        raise _flag_error(
+            "--keys",
+            f"both --keys {keys_file} and the environment variable {ENV_VAR} are set; keep "
+            "one (unset the variable, or drop --keys)",
+        )
+    try:
+        if keys_file is not None:
+            if not keys_file.is_file():
+                raise _flag_error("--keys", f"--keys {keys_file}: no such file")
+            return ApiKeys.from_file(keys_file)
+        return ApiKeys.from_env()
+    except ValueError as exc:
+        flag = "--keys" if keys_file is not None else None
+        raise CliError(str(exc), flag=flag, path=keys_file, kind="KeysError", exit_code=2) from None
+
+
+def check_serve(
+    path: Path,
+    host: str,
+    port: int,
+    db: str | None,
+    keys_file: Path | None,
+    insecure: bool,
+    workers: int,
+) -> ServeSetup:
+    """Every check of ``wager serve`` that needs no model: flags, keys, the loopback rule,
+    the folder and the database URL (raises :class:`CliError` naming the flag)."""
+    if workers != 1:
+        raise _flag_error(
+            "--workers",
+            f"--workers {workers}: only 1 is supported for now (the model registry lives in "
+            "the process); run several `wager serve` behind a load balancer instead",
+        )
+    _check_host(host)
+    if not 1 <= port <= 65535:
+        raise _flag_error("--port", f"--port must be in 1..65535, got {port}")
+    keys = _load_keys(keys_file)
+    if keys is None and not is_loopback(host) and not insecure:
+        raise _flag_error(
+            "--host",
+            f"--host {host} is reachable from other machines and no API key is configured: "
+            "set WAGER_API_KEYS or --keys FILE (see `wager serve --help`), serve on "
+            "127.0.0.1, or pass --insecure to serve without keys anyway",
+        )
+    if not path.exists():
+        raise CliError(
+            f"{path}: no such run or registry folder; give a run folder written by `wager "
+            "train` or a folder of them",
+            path=path,
+            exit_code=2,
+        )
+    db = db or default_db(path)
+    if not db.startswith(_DB_SCHEMES):
+        raise _flag_error(
+            "--db",
+            f"--db {redact(db)}: not a database URL wager stores events in; use "
+            "sqlite:///PATH/events.db or postgresql://USER:PASSWORD@HOST/DB",
+        )
+    return ServeSetup(path, host, port, db, keys)
+
+
+def _open_registry(path: Path) -> ModelRegistry:
+    from wager.serving.registry import ModelRegistry
+
+    try:
+        return ModelRegistry(path)
+    except ValueError as exc:
+        from wager.runs import RunError
+
+        if isinstance(exc, RunError):
+            raise
+        raise CliError(str(exc), path=path, exit_code=2) from None
+
+
+class JsonLines(logging.Formatter):
+    """One JSON object per log record (uvicorn's access records split into fields)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": round(record.created, 6),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+        }
+        args = record.args
+        if record.name == "uvicorn.access" and isinstance(args, tuple) and len(args) == 5:
+            client, method, path, http, status = args
+            out.update(client=client, method=method, path=path, http=http, status=status)
+        else:
+            out["msg"] = record.getMessage()
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+def log_config() -> dict[str, Any]:
+    """The ``logging.config.dictConfig`` of the service: JSON lines on stderr."""
+    handler = {"handlers": ["json"], "level": "INFO", "propagate": False}
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": JsonLines}},
+        "handlers": {
+            "json": {
+                "class": "logging.StreamHandler",
+                "formatter": "json",
+                "stream": "ext://sys.stderr",
+            }
+        },
+        "loggers": {"uvicorn": handler, "uvicorn.access": handler, "wager": handler},
+    }
+
+
+@app.command("serve")
+def serve(
+    path: Annotated[
+        Path,
+        typer.Argument(
+            metavar="RUN_OR_REGISTRY",
+            help="A run folder (`wager train --out`) or a folder of run folders (one per "
+            "version; the newest name is served first).",
+        ),
+    ],
+    host: Annotated[
+        str, typer.Option("--host", help="Address to listen on (non-loopback needs keys).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="TCP port, 1..65535.")] = 8000,
+    db: Annotated[
+        str | None,
+        typer.Option(
+            "--db",
+            help="Event database URL: sqlite:///PATH or postgresql://USER:PASS@HOST/DB "
+            "(default: sqlite events.db in the registry folder, or beside a run folder).",
+        ),
+    ] = None,
+    keys: Annotated[
+        Path | None,
+        typer.Option(
+            "--keys",
+            help="API key file: one KEY:SCOPE[,SCOPE] a line (scopes recommend, feedback, "
+            "admin; # comments). Default: the WAGER_API_KEYS variable "
+            "('key1:recommend,feedback;key2:admin').",
+        ),
+    ] = None,
+    insecure: Annotated[
+        bool,
+        typer.Option("--insecure", help="Serve without API keys on a non-loopback address."),
+    ] = False,
+    workers: Annotated[int, typer.Option("--workers", help="Server processes (only 1).")] = 1,
+) -> None:
+    """Serve recommendations with confidence over HTTP, logging impressions and feedback.
+
+    Endpoints: POST /v1/recommend, /v1/score, /v1/feedback; GET /v1/models, POST
+    /v1/models/VERSION/activate; GET /healthz, /readyz, /metrics; the OpenAPI schema at
+    /openapi.json. Logs are JSON lines on stderr.
+    """
+    from wager._optional import require
+
+    setup = check_serve(path, host, port, db, keys, insecure, workers)
+    require("fastapi", "serve", "wager serve")
+    uvicorn = require("uvicorn", "serve", "wager serve")
+    registry = _open_registry(setup.path)
+    from wager.serving.app import create_app
+    from wager.serving.store import EventStore  # type: ignore[import-not-found,unused-ignore]
+
+    events = EventStore(setup.db)
+    service = create_app(registry, events, setup.keys)
+    auth = f"{len(setup.keys)} API key(s)" if setup.keys is not None else "no API keys"
+    err_console.print(
+        Text(
+            f"serving {registry.active} of {setup.path} on http://{setup.host}:{setup.port} "
+            f"(events: {redact(setup.db)}; {auth})"
+        ),
+        soft_wrap=True,
+        highlight=False,
+    )
+    sys.stderr.flush()
+    uvicorn.run(service, host=setup.host, port=setup.port, log_config=log_config())
