@@ -1,4 +1,5 @@
-"""The HTTP API against a tiny trained registry (two versions) and an in-memory event log:
+"""The HTTP API against a tiny trained registry (two versions) and the real event store (a
+SQLite file per test):
 responses checked against the same runs loaded with ``Recommender.load``; impressions
 logged as served; every bad request a 4xx naming the field; keys; metrics; hot swap."""
 
@@ -13,13 +14,13 @@ from typing import Any
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from memory_log import MemoryLog
-from tiny_runs import train_registry
 
+from serving.tiny_runs import train_registry
 from wager.recommender import Recommender
 from wager.serving.app import Limits, create_app
 from wager.serving.auth import ApiKeys
 from wager.serving.registry import ModelRegistry
+from wager.serving.store import EventStore
 
 KEYS = {"rec-key": ["recommend"], "fb-key": ["feedback"], "admin-key": ["admin"]}
 
@@ -30,12 +31,13 @@ def registry_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def log() -> MemoryLog:
-    return MemoryLog()
+def log(sqlite_store: EventStore) -> EventStore:
+    """The real event store, in a new SQLite file per test."""
+    return sqlite_store
 
 
 @pytest.fixture
-def client(registry_dir: Path, log: MemoryLog) -> TestClient:
+def client(registry_dir: Path, log: EventStore) -> TestClient:
     return TestClient(create_app(ModelRegistry(registry_dir), log, None))
 
 
@@ -95,8 +97,10 @@ def test_random_policies_give_propensities_in_0_1(client, policy, extra):
 
 def test_impressions_are_logged_as_served(client, log):
     out = _recommend(client, k=3, policy="ucb", beta=1.0)
-    assert len(log.impressions) == 3
-    for imp, item in zip(log.impressions, out["items"], strict=True):
+    logged = log.impressions_frame().itertuples()
+    impressions = list(logged)
+    assert len(impressions) == 3
+    for imp, item in zip(impressions, out["items"], strict=True):
         assert (imp.request_id, imp.user_id, imp.item_id, imp.position) == (
             out["request_id"], "u1", item["item_id"], item["rank"]
         )  # fmt: skip
@@ -166,7 +170,7 @@ def test_a_body_over_the_limit_is_413(registry_dir, log):
 
 
 def test_a_failing_store_serves_nothing(client, log):
-    log.fail = True
+    log.close()  # the database is gone: every call to it fails
     r = client.post("/v1/recommend", json={"user_id": "u1"})
     assert r.status_code == 503 and "event store failed while logging impressions" in r.text
     assert client.get("/readyz").status_code == 503
@@ -206,7 +210,8 @@ def test_feedback_is_stored_once_per_event_id(client, log):
     assert r.json() == {"stored": 2, "duplicates": 0}
     r = client.post("/v1/feedback", json={"events": events})
     assert r.json() == {"stored": 0, "duplicates": 2}
-    assert sorted(log.feedback) == ["e1", "e2"] and log.feedback["e2"].rating == 4.5
+    stored = log.feedback_frame().set_index("event_id")
+    assert sorted(stored.index) == ["e1", "e2"] and stored.loc["e2", "rating"] == 4.5
 
 
 def test_feedback_about_unserved_items_is_a_422_naming_the_events(client, log):

@@ -7,17 +7,14 @@ from __future__ import annotations
 import json
 import logging
 import re
-import sys
-import types
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from memory_log import MemoryLog
-from tiny_runs import train_registry
 from typer.testing import CliRunner, Result
 
+from serving.tiny_runs import train_registry
 from wager.cli import app
 from wager.cli.serve import JsonLines, default_db, is_loopback, redact
 
@@ -100,17 +97,18 @@ def test_keys_from_both_file_and_env_are_refused(registry_dir, tmp_path, monkeyp
 
 
 def _fake_serving(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
-    """Replace the event store by a memory log and uvicorn.run by a recorder."""
+    """Record the URL the real event store opens and replace uvicorn.run by a recorder."""
     seen: dict[str, Any] = {}
+    from wager.serving import store
 
-    class Store(MemoryLog):
+    real = store.EventStore
+
+    class Store(real):  # type: ignore[misc,valid-type]
         def __init__(self, url: str) -> None:
-            super().__init__()
+            super().__init__(url)
             seen["db"] = url
 
-    store = types.ModuleType("wager.serving.store")
-    store.EventStore = Store  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "wager.serving.store", store)
+    monkeypatch.setattr(store, "EventStore", Store)
     import uvicorn
 
     def run(service: Any, **kwargs: Any) -> None:
@@ -135,12 +133,16 @@ def test_checked_flags_reach_uvicorn(registry_dir, tmp_path, monkeypatch, host):
     assert r.status_code == 200 and r.json()["model_version"] == "v1"
 
 
-def test_insecure_serves_without_keys_anywhere(registry_dir, monkeypatch):
+def test_insecure_serves_without_keys_anywhere(registry_dir, monkeypatch, fresh_postgres_url):
     seen = _fake_serving(monkeypatch)
-    result = _serve(registry_dir / "v1", "--host", "0.0.0.0", "--insecure", "--db",
-                    "postgresql://u:pw@db/wager")  # fmt: skip
+    # the real PostgreSQL test server (trust authentication: the password is not checked,
+    # only kept out of the log line)
+    user, rest = fresh_postgres_url.removeprefix("postgresql+psycopg://").split("@", 1)
+    db = f"postgresql://{user}:secret@{rest}"
+    result = _serve(registry_dir / "v1", "--host", "0.0.0.0", "--insecure", "--db", db)
     assert result.exit_code == 0, result.output
-    assert "events: postgresql://u:***@db/wager; no API keys" in _message(result)
+    assert f"events: postgresql://{user}:***@{rest}; no API keys" in _message(result)
+    assert "secret" not in result.output
     assert TestClient(seen["app"]).post("/v1/recommend", json={"user_id": "u1"}).status_code == 200
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_runs import train_registry
 
+from serving.tiny_runs import train_registry
 from wager.recommender import Recommender
 from wager.runs import RunError
 from wager.serving.registry import ModelRegistry, UnknownVersionError

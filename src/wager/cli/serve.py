@@ -255,7 +255,7 @@ def serve(
     uvicorn = require("uvicorn", "serve", "wager serve")
     registry = _open_registry(setup.path)
     from wager.serving.app import create_app
-    from wager.serving.store import EventStore  # type: ignore[import-not-found,unused-ignore]
+    from wager.serving.store import EventStore
 
     events = EventStore(setup.db)
     service = create_app(registry, events, setup.keys)
