@@ -17,7 +17,7 @@ when it runs).
 
 from __future__ import annotations
 
-from wager.cli import data, ope, runs, serve, simulate
+from wager.cli import abtest, data, ope, runs, serve, simulate
 from wager.cli.common import (
     CliError,
     JsonFlag,
@@ -37,6 +37,7 @@ __all__ = [
     "OUT_FORMATS",
     "CliError",
     "JsonFlag",
+    "abtest",
     "app",
     "calibrate",
     "console",

@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import stats
@@ -176,6 +177,59 @@ def compare_two_proportions(
         level=level,
         significant=p_value < 1.0 - level,
     )
+
+
+def compare_ratio_delta(
+    control: tuple[np.ndarray, np.ndarray],
+    treatment: tuple[np.ndarray, np.ndarray],
+    level: float = 0.95,
+) -> dict[str, Any]:
+    """Difference of two CTRs with users as the independent units (delta method).
+
+    When users, not requests, are randomised (sticky assignment), one user's impressions are
+    correlated and the impression-level test is too optimistic. Each arm's CTR is the ratio
+    ``R = sum(clicks) / sum(impressions)`` over its users, with variance
+    ``(var(c) - 2 R cov(c, n) + R**2 var(n)) / (k * mean(n)**2)`` over its k users (sample
+    variances, ddof 1); the two arms are independent.
+
+    Args:
+        control: (clicks per user, impressions per user) of the control arm, (k,) each.
+        treatment: the same for the treatment arm.
+        level: confidence level of the difference's interval (alpha = 1 - level).
+
+    Returns:
+        difference, low, high, z, p_value, significant, users_control, users_treatment.
+    """
+    level = _check_level(level)
+    parts = []
+    for name, (c, n) in (("control", control), ("treatment", treatment)):
+        c, n = np.asarray(c, dtype=np.float64), np.asarray(n, dtype=np.float64)
+        if c.shape != n.shape or c.ndim != 1 or len(c) < 2:
+            raise ValueError(
+                f"{name}: clicks and impressions per user must be two equal-length 1-D arrays "
+                f"over at least 2 users, got shapes {c.shape} and {n.shape}"
+            )
+        if (n < 1).any() or (c < 0).any() or (c > n).any():
+            raise ValueError(f"{name}: every user needs impressions >= 1 and 0 <= clicks <= them")
+        r = c.sum() / n.sum()
+        cov = np.cov(c, n, ddof=1)
+        var = (cov[0, 0] - 2 * r * cov[0, 1] + r * r * cov[1, 1]) / (len(c) * n.mean() ** 2)
+        parts.append((r, max(float(var), 0.0), len(c)))
+    (r_a, v_a, k_a), (r_b, v_b, k_b) = parts
+    diff, se = r_b - r_a, math.sqrt(v_a + v_b)
+    z = diff / se if se > 0 else 0.0
+    p_value = float(2.0 * stats.norm.sf(abs(z)))
+    q = stats.norm.isf((1.0 - level) / 2.0)
+    return {
+        "difference": float(diff),
+        "low": float(diff - q * se),
+        "high": float(diff + q * se),
+        "z": float(z),
+        "p_value": p_value,
+        "significant": p_value < 1.0 - level,
+        "users_control": k_a,
+        "users_treatment": k_b,
+    }
 
 
 def two_proportion_power(
