@@ -9,15 +9,15 @@ markup, and help text is printed as written (``rich_markup_mode=None``).
 The commands live by concern: :mod:`wager.cli.common` (the app, consoles, ``--json``
 output and error reporting), :mod:`wager.cli.render` (rich tables), :mod:`wager.cli.data`
 (``wager data ...``), :mod:`wager.cli.runs` (quickstart, train, evaluate, calibrate,
-recommend), :mod:`wager.cli.simulate` (simulate), :mod:`wager.cli.ope` (ope) and
-:mod:`wager.cli.serve` (serve). Importing this package registers every command on
-:data:`app`; nothing here imports torch, pandas or NumPy (each command imports what it needs
-when it runs).
+recommend), :mod:`wager.cli.simulate` (simulate), :mod:`wager.cli.ope` (ope),
+:mod:`wager.cli.serve` (serve) and :mod:`wager.cli.export_logs` (export-logs). Importing
+this package registers every command on :data:`app`; nothing here imports torch, pandas or
+NumPy (each command imports what it needs when it runs).
 """
 
 from __future__ import annotations
 
-from wager.cli import abtest, data, ope, runs, serve, simulate
+from wager.cli import abtest, data, export_logs, ope, runs, serve, simulate
 from wager.cli.common import (
     CliError,
     JsonFlag,
@@ -48,6 +48,7 @@ __all__ = [
     "data_validate",
     "err_console",
     "evaluate",
+    "export_logs",
     "main",
     "ope",
     "print_json",

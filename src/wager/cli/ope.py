@@ -33,7 +33,9 @@ if TYPE_CHECKING:
 
     from wager.data.logged import LoggedFeedback
 
-OPE_FORMATS = ("obd",)
+OPE_FORMATS = ("obd", "wager")
+"""Log formats of ``--format``: an Open Bandit Dataset policy folder, or the Parquet file of
+``wager export-logs``."""
 
 
 def _load_logs(path: Path, fmt: str, campaign: str | None, flag: str) -> LoggedFeedback:
@@ -45,6 +47,14 @@ def _load_logs(path: Path, fmt: str, campaign: str | None, flag: str) -> LoggedF
         )
     if not path.exists():
         raise _flag_error(flag, f"{flag} {path}: no such file or directory")
+    if fmt == "wager":
+        from wager.data.loaders.event_log import load_event_log
+
+        if campaign is not None:
+            raise _flag_error(
+                "--campaign", "--campaign is for --format obd; leave it out with --format wager"
+            )
+        return load_event_log(path)
     return load_obd_feedback(path, campaign)
 
 
@@ -105,7 +115,9 @@ def _render(result: dict[str, Any], title: str) -> None:
 @app.command("ope")
 def ope(
     logs: Annotated[Path, typer.Option("--logs", help="Logged feedback to estimate from.")],
-    fmt: Annotated[str, typer.Option("--format", "-f", help="Log format: obd.")] = "obd",
+    fmt: Annotated[
+        str, typer.Option("--format", "-f", help="Log format: obd, or wager (`wager export-logs`).")
+    ] = "obd",
     policy_logs: Annotated[
         Path | None,
         typer.Option(

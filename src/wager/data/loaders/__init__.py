@@ -11,6 +11,10 @@
 - "ctr": an aggregated CTR table (target, context, impressions, clicks), see
   :mod:`wager.data.loaders.table`.
 - "auto": detect from what is on disk.
+
+:mod:`wager.data.loaders.event_log` reads (and writes) the Parquet log of ``wager
+export-logs`` as :class:`~wager.data.logged.LoggedFeedback`; as a table it loads with
+"table" (label column ``label``).
 """
 
 from __future__ import annotations
