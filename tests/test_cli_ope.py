@@ -107,6 +107,8 @@ def test_ope_flag_errors(dirs: tuple[Path, Path], tmp_path: Path) -> None:
     base = ("ope", "--logs", random, "--policy-logs", bts)
     folds = _invoke(*base, "--folds", "1")
     assert folds.exit_code == 2 and "--folds 1 must be >= 2" in folds.output
+    members = _invoke(*base, "--members", "1")
+    assert members.exit_code == 2 and "--members 1 must be >= 2: the reward model" in members.output
     level = _invoke(*base, "--confidence-level", "1.5")
     assert level.exit_code == 2 and "--confidence-level 1.5 must be in (0, 1)" in level.output
     # checked before any log is read: an earlier ope.json is never replaced silently

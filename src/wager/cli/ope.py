@@ -135,7 +135,11 @@ def ope(
         str | None, typer.Option("--campaign", help="OBD campaign (men, women, all).")
     ] = None,
     members: Annotated[
-        int, typer.Option("--members", help="Reward-model ensemble members (>= 1).")
+        int,
+        typer.Option(
+            "--members",
+            help="Reward-model ensemble members (>= 2: their spread is the model's uncertainty).",
+        ),
     ] = 5,
     folds: Annotated[int, typer.Option("--folds", help="Reward-model cross-fitting folds.")] = 3,
     tau: Annotated[float, typer.Option("--tau", help="Switch-DR weight threshold.")] = 10.0,
@@ -155,8 +159,12 @@ def ope(
     """Estimate a policy's value from logged feedback (IPS, SNIPS, DM, DR, switch-DR)."""
     if (policy_logs is None) == (policy is None):
         raise _flag_error("--policy-logs", "give exactly one of --policy-logs or --policy")
-    if members < 1:
-        raise _flag_error("--members", f"--members {members} must be >= 1")
+    if members < 2:
+        raise _flag_error(
+            "--members",
+            f"--members {members} must be >= 2: the reward model's interval comes from the "
+            "spread of its members",
+        )
     if folds < 2:
         raise _flag_error("--folds", f"--folds {folds} must be >= 2 (cross-fitting)")
     if n_bootstrap < 1:

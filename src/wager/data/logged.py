@@ -1,6 +1,7 @@
 """LoggedFeedback: the one shape of logged decisions that off-policy estimators read.
 
-The simulator writes it, the Open Bandit loader produces it (and later the event-store export),
+The simulator writes it, the Open Bandit loader and the service's event-log loader
+(:func:`wager.data.loaders.event_log.load_event_log`, on `wager export-logs` files) produce it,
 and every estimator in :mod:`wager.evaluation.ope` takes it. One row per impression: which
 action (item) the logging policy showed, at which position, with what probability, and the
 reward it earned.
