@@ -570,23 +570,22 @@ def recommend(body: RecommendRequest, request: Request) -> RecommendResponse:
             f"exclude holds {len(body.exclude)} ids; at most {service.limits.max_exclude}",
         )
     policy = _policy(body)
-    version, rec, lock = service.registry.current()
+    version, rec = service.registry.current()
     items = None
     if body.exclude:
         dropped = set(body.exclude)
         items = [i for i in rec.scorer_.catalogue.items if str(i) not in dropped]
     try:
-        with lock:  # one call into a recommender at a time (see ActiveModel)
-            frame = rec.recommend(
-                [body.user_id],
-                body.k,
-                items=items,
-                exclude_seen=body.exclude_seen,
-                context=body.context,
-                confidence_level=body.confidence_level,
-                policy=policy,
-                state=PolicyState.seeded(secrets.randbits(63)),
-            )
+        frame = rec.recommend(
+            [body.user_id],
+            body.k,
+            items=items,
+            exclude_seen=body.exclude_seen,
+            context=body.context,
+            confidence_level=body.confidence_level,
+            policy=policy,
+            state=PolicyState.seeded(secrets.randbits(63)),
+        )
     except ValueError as exc:
         raise _check_context(exc, body.context) from exc
     response = _slate(frame, body, version, rec)
@@ -660,7 +659,7 @@ def score(body: ScoreRequest, request: Request) -> ScoreResponse:
             ("body", "item_ids"),
             f"item_ids holds {len(body.item_ids)} ids; at most {service.limits.max_score_items}",
         )
-    version, rec, lock = service.registry.current()
+    version, rec = service.registry.current()
     index = rec.scorer_.catalogue.item_index
     unknown = [i for i in body.item_ids if i not in index]
     if unknown:
@@ -671,9 +670,8 @@ def score(body: ScoreRequest, request: Request) -> ScoreResponse:
         )
     users = [body.user_id] * len(body.item_ids)
     try:
-        with lock:  # one call into a recommender at a time (see ActiveModel)
-            pred = rec.predict(users, body.item_ids, body.context)
-            conf = rec.relevance_confidence(pred)
+        pred = rec.predict(users, body.item_ids, body.context)
+        conf = rec.relevance_confidence(pred)
     except ValueError as exc:
         raise _check_context(exc, body.context) from exc
     iv = None
