@@ -269,11 +269,6 @@ class ServiceMetrics:
         self.unknown = Counter(
             "wager_feedback_unknown", "Feedback events about items never served.", registry=r
         )
-        self.unattributed = Counter(
-            "wager_feedback_unattributed",
-            "Stored events of batches mixing new and duplicate ids (not in the per-arm counts).",
-            registry=r,
-        )
         self.model = Gauge(
             "wager_model_active", "1 for the model version served now.", ["version"], registry=r
         )
@@ -742,19 +737,18 @@ def feedback(body: FeedbackRequest, request: Request) -> Any:
 
 
 def _count_feedback(service: _Service, events: list[FeedbackEvent], result: FeedbackResult) -> None:
-    """Per-arm counts of the stored events; when a batch mixes new and duplicate ids, which
-    were stored is unknown, so its stored events are counted as unattributed."""
+    """Per-arm counts of the events this call stored (``result.stored_ids``: each stored
+    event once, a duplicate or a retry never again)."""
     m = service.metrics
     m.duplicates.inc(result.duplicates)
     m.unknown.inc(len(result.unknown))
-    unknown = {e.event_id for e in result.unknown}
-    known = [e for e in events if e.event_id not in unknown]
-    if result.duplicates and result.stored:
-        m.unattributed.inc(result.stored)
-        return
-    if result.stored == 0:
-        return
-    for e in known:
+    unknown = set(result.unknown)
+    first: dict[str, FeedbackEvent] = {}  # the event the store keeps for each id
+    for e in events:
+        if e not in unknown:
+            first.setdefault(e.event_id, e)
+    for event_id in result.stored_ids:
+        e = first[event_id]
         arm = service.recent.arm(e.request_id)
         m.feedback.labels(arm=arm, kind="click" if e.click is not None else "rating").inc()
         if e.click == 1:
