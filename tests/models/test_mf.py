@@ -219,17 +219,24 @@ def test_ensemble_inference_looks_up_each_distinct_row_once_with_the_same_output
     i = torch.tensor([0, 1, 2, 3] * 3)
     batch = {"user.u": u, "user.g": g, "item.i": i}
     calls: list[int] = []
-    orig = stack.model.user.forward
+    # patched on the class (each call runs on its own view, a copy, of the model's modules,
+    # which keeps their attributes); other tables of the class are not counted
+    table = type(stack.model.user)
+    orig = table.forward
+    stack.model.user.counted = True
 
-    def counting(b):  # the rows the user table is asked for
-        calls.append(len(b["user.u"]))
-        return orig(b)
+    def counting(self, b):  # the rows the user table is asked for
+        if getattr(self, "counted", False):
+            calls.append(len(b["user.u"]))
+        return orig(self, b)
 
     with torch.no_grad():
         stacked = stack.call("forward", batch)  # (3, 12, 2), vmapped over members
-        stack.model.user.forward = counting  # type: ignore[method-assign]
-        stack.call("forward", batch)
-        stack.model.user.forward = orig  # type: ignore[method-assign]
+        table.forward = counting  # type: ignore[method-assign]
+        try:
+            stack.call("forward", batch)
+        finally:
+            table.forward = orig  # type: ignore[method-assign]
         loop = torch.stack(
             [
                 torch.func.functional_call(

@@ -337,6 +337,41 @@ def test_metrics_count_what_was_served(client):
     assert _metric(text, "wager_model_active", version="v2") == 1
 
 
+def test_feedback_metrics_count_each_stored_event_once(client, log):
+    out = _recommend(client, k=3)
+    rid, (a, b, c) = out["request_id"], [i["item_id"] for i in out["items"]]
+    first = [
+        {"event_id": "e0", "request_id": rid, "item_id": a, "click": 1},
+        {"event_id": "e1", "request_id": rid, "item_id": b, "click": 0},
+    ]
+    # the first batch again, plus two new events (a click and a rating), one repeated
+    # within the batch, and one about an item never served (a 422, never counted)
+    second = [
+        *first,
+        {"event_id": "e2", "request_id": rid, "item_id": c, "click": 1},
+        {"event_id": "e3", "request_id": rid, "item_id": c, "rating": 2.0},
+        {"event_id": "e2", "request_id": rid, "item_id": a, "click": 1},
+        {"event_id": "e9", "request_id": rid, "item_id": "never-served", "click": 1},
+    ]
+    assert client.post("/v1/feedback", json={"events": first}).json() == {
+        "stored": 2, "duplicates": 0}  # fmt: skip
+    for stored, duplicates in ((2, 3), (0, 5)):  # e2 and e3 are new only the first time
+        r = client.post("/v1/feedback", json={"events": second})
+        assert r.status_code == 422
+        assert (r.json()["stored"], r.json()["duplicates"]) == (stored, duplicates)
+    # distinct stored events: e0 (click 1), e1 (click 0), e2 (click 1), e3 (rating)
+    feedback = log.feedback_frame()
+    assert sorted(feedback["event_id"]) == ["e0", "e1", "e2", "e3"]
+    clicks = int((feedback["click"] == 1).sum())
+    text = client.get("/metrics").text
+    assert _metric(text, "wager_feedback_clicks_total", arm="") == clicks == 2
+    assert _metric(text, "wager_feedback_events_total", arm="", kind="click") == 3
+    assert _metric(text, "wager_feedback_events_total", arm="", kind="rating") == 1
+    assert _metric(text, "wager_feedback_duplicates_total") == 0 + 3 + 5
+    assert _metric(text, "wager_feedback_unknown_total") == 2
+    assert "unattributed" not in text
+
+
 # ----------------------------------------------------------------------------- hot swap
 
 

@@ -26,7 +26,7 @@ def test_versions_sort_digits_as_numbers_and_the_newest_is_active(registry_dir):
     reg = ModelRegistry(registry_dir)
     assert reg.versions() == ["v2", "v10"]
     assert reg.active == "v10"
-    version, rec, _ = reg.current()
+    version, rec = reg.current()
     assert version == "v10"
     ref = Recommender.load(registry_dir / "v10").predict(["u1"], ["i1"])
     assert torch.equal(rec.predict(["u1"], ["i1"]).mean, ref.mean)
@@ -41,7 +41,7 @@ def test_one_run_folder_is_a_registry_of_one_version(registry_dir):
 
 def test_activate_swaps_the_pair_and_the_old_one_stays_usable(registry_dir):
     reg = ModelRegistry(registry_dir, active="v2")
-    old_version, old, _ = reg.current()
+    old_version, old = reg.current()
     assert old_version == "v2"
     assert reg.activate("v10").version == "v10"
     assert reg.active == "v10" and reg.current().recommender is not old

@@ -112,7 +112,10 @@ def test_feedback_round_trip_field_by_field_ordered_by_ts(store: EventStore) -> 
         _click("e-early", "r1", "a", 1, 1_700_000_050.5),
         _click("e-zero", "r1", "a", 0, 1_700_000_100.25),
     ]
-    assert store.add_feedback(events) == FeedbackResult(stored=3, duplicates=0, unknown=[])
+    # stored_ids in input order (the inserts go in id order: e-early, e-late, e-zero)
+    assert store.add_feedback(events) == FeedbackResult(
+        stored=3, duplicates=0, unknown=[], stored_ids=["e-late", "e-early", "e-zero"]
+    )
     # ordered by (ts, event_id): 50.5 first; at 100.25 "e-late" < "e-zero"
     assert _read_feedback(store) == [events[1], events[0], events[2]]
 
@@ -157,7 +160,7 @@ def test_duplicate_impression_within_a_batch_names_it(store: EventStore) -> None
 
 def test_same_event_twice_is_stored_once(store: EventStore) -> None:
     store.log_impressions([_impression("r1", "a")])
-    assert store.add_feedback([_click("e1", "r1", "a", 1)]) == FeedbackResult(1, 0)
+    assert store.add_feedback([_click("e1", "r1", "a", 1)]) == FeedbackResult(1, 0, [], ["e1"])
     # a retry with the same id (even with other content) is a duplicate; the first is kept
     assert store.add_feedback([_click("e1", "r1", "a", 0, ts=9.0)]) == FeedbackResult(0, 1)
     assert _read_feedback(store) == [_click("e1", "r1", "a", 1)]
@@ -172,8 +175,28 @@ def test_same_event_twice_in_one_batch_first_wins(store: EventStore) -> None:
         _click("e1", "r1", "b", 1, ts=8.0),
     ]
     # e1 three times, e2 once: 2 stored, 2 duplicates
-    assert store.add_feedback(batch) == FeedbackResult(stored=2, duplicates=2)
+    assert store.add_feedback(batch) == FeedbackResult(2, 2, [], stored_ids=["e1", "e2"])
     assert _read_feedback(store) == [batch[0], batch[1]]
+
+
+def test_batch_mixing_new_and_stored_ids_names_the_new_ones(store: EventStore) -> None:
+    store.log_impressions([_impression("r1", "a"), _impression("r1", "b", 2)])
+    store.add_feedback([_click("e1", "r1", "a")])
+    batch = [
+        _click("e3", "r1", "b", 0),  # new
+        _click("e1", "r1", "a"),  # stored by the earlier call
+        _click("e2", "r1", "a"),  # new
+        _click("e3", "r1", "a"),  # e3 again in the batch
+    ]
+    # only e3 and e2 are this call's, in input order; e1 and the second e3 are duplicates
+    assert store.add_feedback(batch) == FeedbackResult(2, 2, [], stored_ids=["e3", "e2"])
+    # sent again: nothing new
+    assert store.add_feedback(batch) == FeedbackResult(0, 4, [], stored_ids=[])
+
+
+def test_feedback_result_refuses_a_count_that_is_not_its_ids() -> None:
+    with pytest.raises(ValueError, match="stored = 2 but stored_ids holds 1 ids"):
+        FeedbackResult(stored=2, duplicates=0, stored_ids=["e1"])
 
 
 def test_unknown_request_or_item_is_returned_not_stored(store: EventStore) -> None:
@@ -185,7 +208,7 @@ def test_unknown_request_or_item_is_returned_not_stored(store: EventStore) -> No
         _click("e2", "r1", "a"),  # a duplicate of e2 in the batch
     ]
     result = store.add_feedback(batch)
-    assert result == FeedbackResult(stored=1, duplicates=1, unknown=[batch[0], batch[2]])
+    assert result == FeedbackResult(1, 1, unknown=[batch[0], batch[2]], stored_ids=["e2"])
     assert _read_feedback(store) == [batch[1]]
 
 
@@ -197,18 +220,30 @@ def _concurrency_impressions(n_events: int) -> list[Impression]:
     return [_impression(f"r{n % 9}", f"i{n}", n // 9 + 1) for n in range(n_events)]
 
 
-def _send(url_or_store: str | EventStore, numbers: range, batch: int) -> tuple[int, int]:
-    """Post the events ``numbers`` in batches; return the summed (stored, duplicates)."""
+def _send(url_or_store: str | EventStore, numbers: range, batch: int) -> tuple[int, int, list[str]]:
+    """Post the events ``numbers`` in batches; return the summed (stored, duplicates) and
+    the stored ids of every batch, in order."""
     store = EventStore(url_or_store) if isinstance(url_or_store, str) else url_or_store
     stored = duplicates = 0
+    ids: list[str] = []
     for start in range(numbers.start, numbers.stop, batch):
         events = [_concurrent_event(n) for n in range(start, min(start + batch, numbers.stop))]
         result = store.add_feedback(events)
         assert result.unknown == []
+        # a batch's stored ids are some of its own ids, in its (input) order
+        sent = [e.event_id for e in events]
+        assert result.stored_ids == [i for i in sent if i in set(result.stored_ids)]
         stored, duplicates = stored + result.stored, duplicates + result.duplicates
+        ids += result.stored_ids
     if isinstance(url_or_store, str):
         store.close()
-    return stored, duplicates
+    return stored, duplicates, ids
+
+
+def _each_id_stored_by_one_writer(results: list[tuple[int, int, list[str]]], n: int) -> None:
+    ids = [i for _, _, batch_ids in results for i in batch_ids]
+    assert len(ids) == len(set(ids)) == n  # no id claimed by two writers
+    assert set(ids) == {_concurrent_event(k).event_id for k in range(n)}
 
 
 def test_concurrent_feedback_from_threads_stores_each_id_once(store: EventStore) -> None:
@@ -218,7 +253,7 @@ def test_concurrent_feedback_from_threads_stores_each_id_once(store: EventStore)
     n_distinct = (n_threads - 1) * (per_thread - overlap) + per_thread
     store.log_impressions(_concurrency_impressions(n_distinct))
     barrier = threading.Barrier(n_threads)
-    results: list[tuple[int, int]] = []
+    results: list[tuple[int, int, list[str]]] = []
     errors: list[BaseException] = []
 
     def worker(t: int) -> None:
@@ -235,8 +270,9 @@ def test_concurrent_feedback_from_threads_stores_each_id_once(store: EventStore)
     for thread in threads:
         thread.join()
     assert errors == []
-    assert sum(s for s, _ in results) == n_distinct == 900
-    assert sum(s + d for s, d in results) == n_threads * per_thread == 1600
+    assert sum(s for s, _, _ in results) == n_distinct == 900
+    assert sum(s + d for s, d, _ in results) == n_threads * per_thread == 1600
+    _each_id_stored_by_one_writer(results, n_distinct)
     assert _read_feedback(store) == [_concurrent_event(n) for n in range(n_distinct)]
 
 
@@ -248,8 +284,9 @@ def test_concurrent_feedback_from_processes_stores_each_id_once(store_url: str) 
     with ProcessPoolExecutor(max_workers=3, mp_context=spawn) as pool:
         futures = [pool.submit(_send, store_url, range(75 * p, 75 * p + 150), 30) for p in range(3)]
         results = [f.result(timeout=120) for f in futures]
-    assert sum(s for s, _ in results) == 300
-    assert sum(s + d for s, d in results) == 450
+    assert sum(s for s, _, _ in results) == 300
+    assert sum(s + d for s, d, _ in results) == 450
+    _each_id_stored_by_one_writer(results, 300)
     with EventStore(store_url) as store:
         assert _read_feedback(store) == [_concurrent_event(n) for n in range(300)]
 

@@ -140,13 +140,13 @@ class Scorer:
         if items is not None:
             return to_tensors(self.encoder.transform_items(list(items)), self.device)
         key = (str(self.device), id(self.catalogue), self.catalogue.version)
-        if key not in self._item_cache:
-            self._item_cache = {
-                key: to_tensors(
-                    self.encoder.transform_items(list(self.catalogue.items)), self.device
-                )
-            }
-        return self._item_cache[key]
+        # read once, replace whole: a thread never looks up a key another one just evicted
+        encoded = self._item_cache.get(key)
+        if encoded is None:
+            items = list(self.catalogue.items)
+            encoded = to_tensors(self.encoder.transform_items(items), self.device)
+            self._item_cache = {key: encoded}
+        return encoded
 
     def context_rows(self, n: int, context: Context) -> pd.DataFrame:
         """(n rows) context columns of the schema from ``context``: a DataFrame with one row

@@ -73,15 +73,29 @@ class FeedbackResult:
     """What :meth:`EventLog.add_feedback` did with a batch of events.
 
     Attributes:
-        stored: events newly committed.
+        stored: events newly committed (``len(stored_ids)``).
         duplicates: event ids already stored (the earlier event is kept, the new one ignored).
         unknown: events whose (request_id, item_id) was never served, in input order: not
             stored (the API answers 422 naming them).
+        stored_ids: the event ids newly committed, in input order (of each id's first
+            served event: the one stored), so the API counts per arm only the events this
+            call stored and never a duplicate twice.
+
+    Raises:
+        ValueError: ``stored`` is not the number of ``stored_ids``.
     """
 
     stored: int
     duplicates: int
     unknown: list[FeedbackEvent] = field(default_factory=list)
+    stored_ids: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.stored != len(self.stored_ids):
+            raise ValueError(
+                f"FeedbackResult: stored = {self.stored} but stored_ids holds "
+                f"{len(self.stored_ids)} ids; list every newly committed event id"
+            )
 
 
 class EventLog(Protocol):

@@ -8,9 +8,10 @@ folders or a run still being written, is not a version). The folder is listed af
 activated without a restart.
 
 Activation is hot and atomic: :meth:`ModelRegistry.activate` loads and verifies the new
-run completely before it replaces the single ``(version, recommender, lock)`` reference under a
+run completely before it replaces the single ``(version, recommender)`` reference under a
 lock; a request that already took the old one with :meth:`ModelRegistry.current` finishes on
-it, and no request ever sees a half-loaded model.
+it, and no request ever sees a half-loaded model. Requests call the recommender concurrently
+(no lock around predictions: a :class:`Recommender` is safe to call from several threads).
 
 Runs are read with :meth:`Recommender.load`, which never unpickles: weights come from
 ``weights.safetensors`` (``safetensors.torch.load_file``), the catalogue from ``np.load(...,
@@ -34,19 +35,11 @@ class UnknownVersionError(ValueError):
 
 
 class ActiveModel(NamedTuple):
-    """What a request serves from: the version's name, its loaded recommender and the lock
-    to hold around every call into it.
-
-    A :class:`Recommender` is not safe to call from two threads at once: an ensemble's
-    stacked model runs every member through one shared module whose parameters
-    ``torch.func.functional_call`` swaps in and out per call, so concurrent calls see each
-    other's (or meta) tensors. Each loaded version has its own lock, so requests on the old
-    version never wait for the new one.
-    """
+    """What a request serves from: the version's name and its loaded recommender (which
+    any number of requests call at once)."""
 
     version: str
     recommender: Recommender
-    lock: threading.Lock
 
 
 def _natural_key(name: str) -> list[tuple[int, int | str]]:
@@ -86,7 +79,7 @@ class ModelRegistry:
         self._lock = threading.Lock()  # guards the swap of _active
         self._loading = threading.Lock()  # one activation at a time
         first = names[-1] if active is None else active
-        self._active = ActiveModel(first, self._load(first), threading.Lock())
+        self._active = ActiveModel(first, self._load(first))
 
     def versions(self) -> list[str]:
         """The version names, oldest first (digit runs compared as numbers)."""
@@ -105,9 +98,8 @@ class ModelRegistry:
         return self._active.version
 
     def current(self) -> ActiveModel:
-        """The (version, recommender, lock) to serve one request from, read atomically: keep
-        it for the whole request so that every prediction of it comes from one version, and
-        hold its lock around calls into the recommender."""
+        """The (version, recommender) to serve one request from, read atomically: keep it
+        for the whole request so that every prediction of it comes from one version."""
         with self._lock:
             return self._active
 
@@ -146,7 +138,7 @@ class ModelRegistry:
             RunError: the version's run folder cannot be read (the old version stays active).
         """
         with self._loading:
-            loaded = ActiveModel(version, self._load(version), threading.Lock())
+            loaded = ActiveModel(version, self._load(version))
             with self._lock:
                 self._active = loaded
         return loaded

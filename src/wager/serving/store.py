@@ -315,8 +315,8 @@ class EventStore:
 
         Returns:
             how many were stored and how many were duplicates (id already stored, or earlier
-            in the batch), and the events of never-served (request_id, item_id), in input
-            order, which are not stored.
+            in the batch), the events of never-served (request_id, item_id), in input
+            order, which are not stored, and the ids stored by this call, in input order.
         """
         self._check_open()
         if not events:
@@ -331,14 +331,20 @@ class EventStore:
                     first.setdefault(event.event_id, event)
             known = len(events) - len(unknown)
             rows = [dataclasses.asdict(first[k]) for k in sorted(first)]
-            stored = 0
+            inserted: set[str] = set()
             for chunk in _chunks(rows):
                 statement = insert(_feedback).values(list(chunk))
                 statement = statement.on_conflict_do_nothing(index_elements=["event_id"])
                 # RETURNING lists the rows inserted, not those skipped (rowcount is not
                 # reliable for INSERT on every driver)
-                stored += len(conn.execute(statement.returning(_feedback.c.event_id)).all())
-        return FeedbackResult(stored=stored, duplicates=known - stored, unknown=unknown)
+                inserted.update(conn.execute(statement.returning(_feedback.c.event_id)).scalars())
+        stored_ids = [k for k in first if k in inserted]  # input order of first occurrence
+        return FeedbackResult(
+            stored=len(stored_ids),
+            duplicates=known - len(stored_ids),
+            unknown=unknown,
+            stored_ids=stored_ids,
+        )
 
     @staticmethod
     def _served_pairs(conn: Connection, request_ids: set[str]) -> set[tuple[str, str]]:

@@ -106,6 +106,41 @@ class _Dispatch(nn.Module):
         return getattr(self.model, method)(*args)
 
 
+def call_view(module: nn.Module, training: bool | None = None) -> nn.Module:
+    """A copy of ``module``'s tree for one ``functional_call``: it shares every tensor and
+    attribute but owns its ``_parameters`` / ``_buffers`` / ``_modules`` dicts.
+
+    ``functional_call`` swaps the given tensors into those dicts for the length of the call
+    and swaps the originals back afterwards, so two threads calling it on one module see
+    each other's tensors (or the meta placeholders restored in between). Each call on its
+    own view cannot; the copy costs a few microseconds per submodule and no tensor memory.
+
+    Args:
+        module: the (meta-device) model tree.
+        training: the view's mode (dropout on or off), or None for ``module``'s own; the
+            mode of ``module`` itself never changes.
+
+    Returns:
+        the view: same classes, attributes and tensors as ``module``, fresh dicts.
+    """
+    memo: dict[int, nn.Module] = {}
+
+    def copy_tree(m: nn.Module) -> nn.Module:
+        if id(m) in memo:  # a submodule registered twice stays one module
+            return memo[id(m)]
+        view = memo[id(m)] = object.__new__(type(m))  # a shallow copy (no __init__)
+        view.__dict__.update(m.__dict__)
+        view.__dict__["_parameters"] = dict(m._parameters)
+        view.__dict__["_buffers"] = dict(m._buffers)
+        view.__dict__["_modules"] = {
+            k: None if c is None else copy_tree(c) for k, c in m._modules.items()
+        }
+        return view
+
+    view = copy_tree(module)
+    return view if training is None else view.train(training)
+
+
 class StackedModel:
     """M copies of a model with stacked parameters, evaluated together.
 
@@ -161,9 +196,17 @@ class StackedModel:
         return self
 
     def call(
-        self, method: str, *args: Any, params: Params | None = None, per_member: bool = False
+        self,
+        method: str,
+        *args: Any,
+        params: Params | None = None,
+        per_member: bool = False,
+        training: bool | None = None,
     ) -> Any:
         """Run ``model.<method>(*args)`` for every member; outputs gain a leading M dimension.
+
+        Safe to call from several threads at once: each call runs on its own
+        :func:`call_view` of the model (nothing shared is written).
 
         Args:
             method: method name, e.g. "forward", "loss", "user_embedding".
@@ -172,18 +215,21 @@ class StackedModel:
                 gets ``arg[m]``, e.g. each member's own held-out rows).
             params: stacked parameters to use instead of the held ones (for training).
             per_member: whether ``args`` carry a leading M dimension.
+            training: dropout etc. on (True) or off (False) for this call only, or None for
+                the mode set by :meth:`train`.
         """
         p = self.params if params is None else params
+        base = call_view(self.base, training)
         if self.members == 1:
             one = {k: v[0] for k, v in p.items()}
             bufs = {k: v[0] for k, v in self.buffers.items()}
             if per_member:
                 args = torch.utils._pytree.tree_map(lambda t: t[0], args)
-            out = functional_call(self.base, (one, bufs), (method, *args))
+            out = functional_call(base, (one, bufs), (method, *args))
             return torch.utils._pytree.tree_map(lambda t: t.unsqueeze(0), out)
 
         def run(p_m: Params, b_m: Params, *a: Any) -> Any:
-            return functional_call(self.base, (p_m, b_m), (method, *a))
+            return functional_call(base, (p_m, b_m), (method, *a))
 
         in_dims = (0, 0) + (0 if per_member else None,) * len(args)
         return vmap(run, in_dims=in_dims, randomness="different")(p, self.buffers, *args)
@@ -202,13 +248,14 @@ class StackedModel:
             (M,) per-member results.
         """
         p = self.params if params is None else params
+        base = call_view(self.base)
         if self.members == 1:
             one = {k: v[0] for k, v in p.items()}
             bufs = {k: v[0] for k, v in self.buffers.items()}
-            return functional_call(self.base, (one, bufs), (method, batch, weights[0])).unsqueeze(0)
+            return functional_call(base, (one, bufs), (method, batch, weights[0])).unsqueeze(0)
 
         def run(p_m: Params, b_m: Params, x: Batch, w: Tensor) -> Tensor:
-            return functional_call(self.base, (p_m, b_m), (method, x, w))
+            return functional_call(base, (p_m, b_m), (method, x, w))
 
         return vmap(run, in_dims=(0, 0, None, 0), randomness="different")(
             p, self.buffers, batch, weights

@@ -21,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import torch
@@ -29,6 +30,11 @@ from torch import Tensor
 from wager.training.trainer import StackedModel
 
 Batch = dict[str, Tensor]
+# dropout masks come from torch's one global generator: a seeded sampler holds this lock from
+# seeding to restoring it, so concurrent seeded calls (serving threads) neither interleave
+# their draws nor restore each other's state. Unseeded samplers and every other prediction
+# path run without it.
+_GLOBAL_RNG = threading.Lock()
 
 
 def tile_batch(batch: Batch, samples: int) -> Batch:
@@ -73,38 +79,41 @@ class MCDropout:
         """Raw outputs of every member under S dropout draws.
 
         Args:
-            stack: the (stacked) model; it is put in training mode for the pass (dropout
-                on) and restored to evaluation mode afterwards.
+            stack: the (stacked) model; the pass runs with dropout on (``training=True`` for
+                these calls only: the stack's own mode is not touched, so other threads
+                predicting with the same stack meanwhile are unaffected).
             batch: encoded inputs with leading dimension B.
             method: the model method to call.
 
         Returns:
             (M * S, B, ...) outputs: member m's draws are rows m * S .. (m + 1) * S - 1.
         """
+        if self.seed is None:
+            return self._draw(stack, batch, method)
+        with _GLOBAL_RNG:
+            state = torch.random.get_rng_state()
+            try:
+                torch.manual_seed(self.seed)
+                return self._draw(stack, batch, method)
+            finally:
+                torch.random.set_rng_state(state)
+
+    def _draw(self, stack: StackedModel, batch: Batch, method: str) -> Any:
         n = len(next(iter(batch.values())))
         # pairs per pass: all S draws of a pair share one pass, and a pass holds at most
         # ``max_rows`` tiled rows (one huge pass is memory-bound: 9,430 pairs x 30 draws in
         # one pass ran ~4x slower than the same rows in passes of ~16k)
         per_pass = max(1, self.max_rows // self.samples)
-        state = torch.random.get_rng_state() if self.seed is not None else None
-        stack.train(True)
         parts = []
-        try:
-            if self.seed is not None:
-                torch.manual_seed(self.seed)
-            with torch.no_grad():
-                for start in range(0, n, per_pass):
-                    chunk = {k: v[start : start + per_pass] for k, v in batch.items()}
-                    m = len(next(iter(chunk.values())))
-                    if method == "forward" and hasattr(stack.model, "forward_samples"):
-                        # the model draws the S masks after one embedding lookup per row
-                        out = stack.call("forward_samples", chunk, self.samples)
-                    else:
-                        out = stack.call(method, tile_batch(chunk, self.samples))
-                    # out: (M, S * m, ...), draw-major within each member
-                    parts.append(out.reshape(out.shape[0] * self.samples, m, *out.shape[2:]))
-        finally:
-            stack.train(False)
-            if state is not None:
-                torch.random.set_rng_state(state)
+        with torch.no_grad():
+            for start in range(0, n, per_pass):
+                chunk = {k: v[start : start + per_pass] for k, v in batch.items()}
+                m = len(next(iter(chunk.values())))
+                if method == "forward" and hasattr(stack.model, "forward_samples"):
+                    # the model draws the S masks after one embedding lookup per row
+                    out = stack.call("forward_samples", chunk, self.samples, training=True)
+                else:
+                    out = stack.call(method, tile_batch(chunk, self.samples), training=True)
+                # out: (M, S * m, ...), draw-major within each member
+                parts.append(out.reshape(out.shape[0] * self.samples, m, *out.shape[2:]))
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
