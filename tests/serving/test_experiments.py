@@ -169,3 +169,75 @@ def test_cli_report_json_and_errors(tmp_path: Path) -> None:
         app, ["abtest", "report", "--db", db, "--experiment", "exp1", "--level", "2"]
     )
     assert lvl.exit_code == 2 and "--level must be in (0, 1)" in lvl.output
+
+
+# ----------------------------------------------------------------------------- in the service
+
+SERVED = """
+[experiment]
+name = "ab"
+salt = "x"
+[[experiment.arms]]
+name = "control"
+share = 0.5
+policy = "greedy"
+model_version = "v1"
+[[experiment.arms]]
+name = "ucb"
+share = 0.5
+policy = "ucb"
+beta = 1.0
+"""
+
+
+@pytest.fixture(scope="module")
+def registry_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from serving.tiny_runs import train_registry
+
+    return train_registry(tmp_path_factory.mktemp("exp"), ("v1", "v2"))
+
+
+def test_the_service_serves_each_user_their_arm(registry_dir: Path, tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from wager.serving.app import create_app
+    from wager.serving.registry import ModelRegistry
+
+    exp = Experiment.load(_write(tmp_path, SERVED))
+    users = [f"u{i}" for i in range(30)] + ["new-1", "new-2"]
+    with EventStore.sqlite(tmp_path / "events.db") as store:
+        client = TestClient(create_app(ModelRegistry(registry_dir), store, None, experiment=exp))
+        for user in users:
+            # the request's own policy is ignored inside an experiment
+            r = client.post("/v1/recommend", json={"user_id": user, "k": 3, "policy": "thompson"})
+            assert r.status_code == 200, r.text
+            out, arm = r.json(), exp.assign(user)
+            assert out["arm"] == f"ab/{arm.name}"
+            assert out["model_version"] == ("v1" if arm.name == "control" else "v2")
+            assert out["policy"] == ("greedy" if arm.name == "control" else "ucb(beta=1.0)")
+            if arm.name == "ucb":
+                for item in out["items"]:
+                    assert item["score"] == pytest.approx(item["mean"] + item["std"])
+        report = abtest_report(
+            store.served_with_feedback(), "ab", shares={"control": 0.5, "ucb": 0.5}
+        )
+    expected = {name: sum(exp.assign(u).name == name for u in users) for name in ("control", "ucb")}
+    assert {n: a["users"] for n, a in report["arms"].items()} == expected
+    assert {n: a["impressions"] for n, a in report["arms"].items()} == {
+        n: 3 * c for n, c in expected.items()
+    }
+
+
+def test_an_arm_pinned_to_a_missing_version_fails_before_serving(
+    registry_dir: Path, tmp_path: Path
+) -> None:
+    from wager.serving.app import create_app
+    from wager.serving.registry import ModelRegistry
+
+    exp = Experiment.load(_write(tmp_path, SERVED.replace('"v1"', '"v9"')))
+    missing = pytest.raises(ValueError, match=r"model version 'v9' is not a version.*v1, v2")
+    with EventStore.sqlite(tmp_path / "events.db") as store, missing:
+        create_app(ModelRegistry(registry_dir), store, None, experiment=exp)
+    bad = _write(tmp_path, SERVED.replace("0.5", "0.6", 1))
+    r = CliRunner().invoke(app, ["serve", str(registry_dir), "--experiment", str(bad)])
+    assert r.exit_code == 2 and "--experiment:" in r.output and "shares must sum to 1" in r.output

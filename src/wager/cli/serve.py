@@ -32,6 +32,7 @@ from wager.cli.common import CliError, _flag_error, app, err_console
 
 if TYPE_CHECKING:
     from wager.serving.auth import ApiKeys
+    from wager.serving.experiments import Experiment
     from wager.serving.registry import ModelRegistry
 
 _LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
@@ -205,6 +206,18 @@ def log_config() -> dict[str, Any]:
     }
 
 
+def _load_experiment(path: Path | None) -> Experiment | None:
+    """The experiment of ``--experiment`` (checked before anything is loaded)."""
+    if path is None:
+        return None
+    from wager.serving.experiments import Experiment
+
+    try:
+        return Experiment.load(path)
+    except ValueError as exc:
+        raise CliError(f"--experiment: {exc}", flag="--experiment", exit_code=2) from None
+
+
 @app.command("serve")
 def serve(
     path: Annotated[
@@ -241,6 +254,14 @@ def serve(
         typer.Option("--insecure", help="Serve without API keys on a non-loopback address."),
     ] = False,
     workers: Annotated[int, typer.Option("--workers", help="Server processes (only 1).")] = 1,
+    experiment: Annotated[
+        Path | None,
+        typer.Option(
+            "--experiment",
+            help="A/B experiment TOML (arms: share, policy, model_version): users are assigned "
+            "arms by hashing and impressions logged with their arm.",
+        ),
+    ] = None,
 ) -> None:
     """Serve recommendations with confidence over HTTP, logging impressions and feedback.
 
@@ -251,6 +272,7 @@ def serve(
     from wager._optional import require
 
     setup = check_serve(path, host, port, db, keys, insecure, workers)
+    chosen = _load_experiment(experiment)
     require("fastapi", "serve", "wager serve")
     uvicorn = require("uvicorn", "serve", "wager serve")
     registry = _open_registry(setup.path)
@@ -258,7 +280,13 @@ def serve(
     from wager.serving.store import EventStore
 
     events = EventStore(setup.db)
-    service = create_app(registry, events, setup.keys)
+    try:
+        service = create_app(registry, events, setup.keys, experiment=chosen)
+    except ValueError as exc:  # an arm's model version is not in the registry
+        events.close()
+        raise CliError(
+            f"--experiment {experiment}: {exc}", flag="--experiment", exit_code=2
+        ) from None
     auth = f"{len(setup.keys)} API key(s)" if setup.keys is not None else "no API keys"
     err_console.print(
         Text(

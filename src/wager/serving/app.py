@@ -51,6 +51,7 @@ from wager.serving.errors import (
     error_detail,
 )
 from wager.serving.events import EventLog, FeedbackEvent, FeedbackResult, Impression
+from wager.serving.experiments import Experiment
 from wager.serving.metrics import ObserveMiddleware, RecentRequests, ServiceMetrics
 from wager.serving.registry import ModelRegistry
 from wager.serving.schemas import (
@@ -105,6 +106,7 @@ class _Service:
     limits: Limits
     metrics: ServiceMetrics
     recent: RecentRequests
+    experiment: Experiment | None = None
 
 
 _key_header = APIKeyHeader(name="x-api-key", auto_error=False)
@@ -132,6 +134,7 @@ def create_app(
     keys: ApiKeys | None,
     *,
     limits: Limits | None = None,
+    experiment: Experiment | None = None,
 ) -> FastAPI:
     """The service's FastAPI app.
 
@@ -141,7 +144,15 @@ def create_app(
         keys: the API keys, or None for no authentication (``wager serve`` allows that only
             on a loopback address or with ``--insecure``).
         limits: request limits (default :class:`Limits`).
+        experiment: an A/B experiment (:class:`~wager.serving.experiments.Experiment`): each
+            user is assigned an arm by hashing, and the arm's model version and policy serve
+            the user's requests (a request's own policy fields are then ignored); every
+            impression is logged with its arm, "experiment/arm". Each arm's pinned version
+            is loaded here, so a missing version fails before the first request.
     """
+    if experiment is not None:
+        for arm in experiment.arms:
+            registry.get(arm.model_version)
     metrics = ServiceMetrics()
     metrics.set_model(registry.active)
     app = FastAPI(
@@ -150,7 +161,9 @@ def create_app(
         version="1",
     )
     limits = limits or Limits()
-    app.state.service = _Service(registry, events, keys, limits, metrics, RecentRequests())
+    app.state.service = _Service(
+        registry, events, keys, limits, metrics, RecentRequests(), experiment
+    )
     app.include_router(_router)
     app.add_middleware(ObserveMiddleware, metrics=metrics, limit=limits.max_body_bytes)
     for exc_type, handler in HANDLERS.items():
@@ -212,8 +225,15 @@ def recommend(body: RecommendRequest, request: Request) -> RecommendResponse:
             ("body", "exclude"),
             f"exclude holds {len(body.exclude)} ids; at most {service.limits.max_exclude}",
         )
+    arm = ""
+    pinned: str | None = None
+    if service.experiment is not None:
+        chosen = service.experiment.assign(body.user_id)
+        arm, pinned = service.experiment.label(chosen), chosen.model_version
+        params = {"beta": None, "epsilon": None, **chosen.params}
+        body = body.model_copy(update={"policy": chosen.policy, **params})
     policy = _policy(body)
-    version, rec = service.registry.current()
+    version, rec = service.registry.get(pinned)
     items = None
     if body.exclude:
         dropped = set(body.exclude)
@@ -231,12 +251,14 @@ def recommend(body: RecommendRequest, request: Request) -> RecommendResponse:
         )
     except ValueError as exc:
         raise _check_context(exc, body.context) from exc
-    response = _slate(frame, body, version, rec)
+    response = _slate(frame, body, version, rec, arm)
     _log_slate(service, response, body)
     return response
 
 
-def _slate(frame: Any, body: RecommendRequest, version: str, rec: Recommender) -> RecommendResponse:
+def _slate(
+    frame: Any, body: RecommendRequest, version: str, rec: Recommender, arm: str = ""
+) -> RecommendResponse:
     """The response of ``rec.recommend``'s frame (one user's rows, in slate order)."""
     out = []
     for row in frame.itertuples(index=False):
@@ -258,7 +280,7 @@ def _slate(frame: Any, body: RecommendRequest, version: str, rec: Recommender) -
     return RecommendResponse(
         request_id=uuid.uuid4().hex,
         model_version=version,
-        arm="",
+        arm=arm,
         policy=str(frame.attrs.get("policy", {}).get("name", body.policy)),
         cold_start=not bool(rec.known_users([body.user_id])[0]),
         items=out,

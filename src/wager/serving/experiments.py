@@ -44,10 +44,12 @@ from wager.evaluation.abtest import (
     compare_two_proportions,
     sample_ratio_mismatch,
 )
-from wager.policies import POLICY_PARAMETERS, policy_from_name
+from wager.policies import policy_from_name
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
-_ARM_KEYS = {"name", "share", "policy", "model_version", "beta", "epsilon", "temperature"}
+_ARM_KEYS = {"name", "share", "policy", "model_version", "beta", "epsilon"}
+#: the policies the service serves (POST /v1/recommend)
+SERVED_POLICIES = ("greedy", "ucb", "thompson", "epsilon_greedy")
 
 
 @dataclass(frozen=True)
@@ -143,12 +145,12 @@ def _arm(raw: object, where: str) -> Arm:
         raise ValueError(f"{where}: name must be letters, digits, '-', '_' or '.', got {name!r}")
     if isinstance(share, bool) or not isinstance(share, int | float) or not 0 < share <= 1:
         raise ValueError(f"{where} ({name}): share must be a number in (0, 1], got {share!r}")
-    if policy not in POLICY_PARAMETERS:
+    if policy not in SERVED_POLICIES:
         raise ValueError(
             f"{where} ({name}): unknown policy {policy!r}; choose one of "
-            f"{', '.join(POLICY_PARAMETERS)}"
+            f"{', '.join(SERVED_POLICIES)}"
         )
-    params = {k: float(raw[k]) for k in ("beta", "epsilon", "temperature") if k in raw}
+    params = {k: float(raw[k]) for k in ("beta", "epsilon") if k in raw}
     try:
         policy_from_name(policy, **params)  # type: ignore[arg-type]
     except ValueError as exc:

@@ -78,6 +78,7 @@ class ModelRegistry:
             )
         self._lock = threading.Lock()  # guards the swap of _active
         self._loading = threading.Lock()  # one activation at a time
+        self._pinned: dict[str, Recommender] = {}  # versions an experiment arm serves
         first = names[-1] if active is None else active
         self._active = ActiveModel(first, self._load(first))
 
@@ -102,6 +103,23 @@ class ModelRegistry:
         for the whole request so that every prediction of it comes from one version."""
         with self._lock:
             return self._active
+
+    def get(self, version: str | None) -> ActiveModel:
+        """The (version, recommender) of ``version``, or the active pair for None: what an
+        experiment arm pinned to a version serves. A pinned version is loaded once and kept
+        (it stays served when another version is activated).
+
+        Raises:
+            UnknownVersionError: ``version`` is not one of :meth:`versions`.
+        """
+        current = self.current()
+        if version is None or version == current.version:
+            return current
+        with self._loading:
+            rec = self._pinned.get(version)
+            if rec is None:
+                rec = self._pinned[version] = self._load(version)
+        return ActiveModel(version, rec)
 
     def _folder(self, version: str) -> Path:
         """The run folder of ``version``, after checking it is a listed, plain name."""
