@@ -270,6 +270,23 @@ def test_export_of_an_empty_store_says_nothing_was_served(tmp_path):
     assert not (tmp_path / "x.parquet").exists()
 
 
+def test_export_never_creates_a_schema_in_a_foreign_database(tmp_path, fresh_postgres_url):
+    import sqlalchemy as sa
+
+    result = _invoke(
+        "export-logs", "--db", fresh_postgres_url, "--out", tmp_path / "x.parquet", "--json"
+    )
+    assert result.exit_code == 1
+    assert "holds no wager event store" in json.loads(result.stdout)["error"]["message"]
+    engine = sa.create_engine(fresh_postgres_url)
+    try:
+        with engine.connect() as conn:
+            assert sa.inspect(conn).get_table_names() == []  # nothing written
+    finally:
+        engine.dispose()
+    assert not (tmp_path / "x.parquet").exists()
+
+
 @pytest.mark.parametrize(
     ("make_args", "message"),
     [

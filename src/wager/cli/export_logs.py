@@ -108,7 +108,7 @@ def export_logs(
     from wager.data.loaders.event_log import event_log_frame, write_event_log
     from wager.serving.store import EventStore
 
-    with EventStore(db) as store:
+    with EventStore(db, create=False) as store:
         shown = store.url
         served = store.served_with_feedback()
     if served.empty:

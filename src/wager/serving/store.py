@@ -194,7 +194,9 @@ class EventStore:
         >>> store.close()
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, create: bool = True) -> None:
+        """Open the store at ``url``; ``create=False`` refuses a database without a wager
+        schema instead of creating one (readers such as ``wager export-logs`` never write)."""
         parsed = _normalise_url(url)
         self.url: str = parsed.render_as_string(hide_password=True)
         """The database URL with the password hidden (for messages and logs)."""
@@ -203,6 +205,7 @@ class EventStore:
             _sqlite_engine(parsed, self.url) if self._sqlite else _postgres_engine(parsed)
         )
         self._closed = False
+        self._create = create
         try:
             self._open_schema()
         except BaseException:
@@ -235,6 +238,11 @@ class EventStore:
                             f"event-store database {self.url} already has the tables "
                             f"{', '.join(foreign)} but no wager schema version: it was not "
                             "written by wager; point the URL at a new or a wager database"
+                        )
+                    if not self._create:
+                        raise EventStoreError(
+                            f"{self.url} holds no wager event store (no schema_version table): "
+                            "point --db at the database `wager serve` logged to"
                         )
                     _metadata.create_all(conn)
                     conn.execute(sa.insert(_schema_version).values(version=SCHEMA_VERSION))
