@@ -408,3 +408,13 @@ def test_hot_swap_under_load_fails_no_request(registry_dir, log):
         t.join()
     assert failures == []
     assert {"v1", "v2"} <= set(versions) and len(versions) >= 40
+
+
+def test_integer_ids_are_taken_as_their_text_and_other_types_are_named(client):
+    as_int = client.post("/v1/recommend", json={"user_id": 42, "k": 2, "exclude": [5]})
+    as_text = client.post("/v1/recommend", json={"user_id": "42", "k": 2, "exclude": ["5"]})
+    assert as_int.status_code == as_text.status_code == 200, as_int.text
+    assert as_int.json()["cold_start"] is True  # "42" is not one of the tiny run's users
+    for bad in (True, 1.5, None, ["u1"]):
+        errors = _errors(client.post("/v1/recommend", json={"user_id": bad, "k": 2}))
+        assert errors and all(loc == ["body", "user_id"] for loc, _ in errors), errors

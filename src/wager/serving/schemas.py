@@ -4,9 +4,9 @@ carry null where a number is undefined (never NaN or infinity)."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 
 class Body(BaseModel):
@@ -15,6 +15,15 @@ class Body(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
+def _integer_id(value: object) -> object:
+    """An integer id (``{"user_id": 42}``) is the string "42"; anything else is left to the
+    string check (a float or a bool is still an error naming the field)."""
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+#: a user / item / request / event id: a JSON string, or an integer taken as its decimal text
+Id = Annotated[str, BeforeValidator(_integer_id)]
+
 ContextValue = str | int | float | bool
 PolicyName = Literal["greedy", "ucb", "thompson", "epsilon_greedy"]
 
@@ -22,7 +31,7 @@ PolicyName = Literal["greedy", "ucb", "thompson", "epsilon_greedy"]
 class RecommendRequest(Body):
     """``POST /v1/recommend``: top-k for one user."""
 
-    user_id: str = Field(min_length=1, max_length=512, description="Known or new user id.")
+    user_id: Id = Field(min_length=1, max_length=512, description="Known or new user id.")
     k: int = Field(10, ge=1, description="Items to return (at most the service's max k).")
     policy: PolicyName = Field("greedy", description="How the k items are picked.")
     beta: float | None = Field(None, ge=0, description="UCB's weight on the std (ucb only).")
@@ -32,7 +41,7 @@ class RecommendRequest(Body):
     context: dict[str, ContextValue] | None = Field(
         None, description="Context column -> value, applied to every candidate."
     )
-    exclude: list[str] = Field(
+    exclude: list[Id] = Field(
         default_factory=list, description="Item ids never to return (unknown ids are ignored)."
     )
     exclude_seen: bool = Field(True, description="Drop items the user had in training.")
@@ -67,8 +76,8 @@ class RecommendResponse(BaseModel):
 class ScoreRequest(Body):
     """``POST /v1/score``: predictions for given items of one user."""
 
-    user_id: str = Field(min_length=1, max_length=512)
-    item_ids: list[str] = Field(min_length=1, description="Items of the catalogue to score.")
+    user_id: Id = Field(min_length=1, max_length=512)
+    item_ids: list[Id] = Field(min_length=1, description="Items of the catalogue to score.")
     context: dict[str, ContextValue] | None = None
     confidence_level: float = Field(0.9, gt=0, lt=1)
 
@@ -95,9 +104,9 @@ class ScoreResponse(BaseModel):
 class FeedbackItem(Body):
     """One outcome of a served item: exactly one of ``click`` and ``rating``."""
 
-    event_id: str = Field(min_length=1, max_length=512, description="Idempotency key.")
-    request_id: str = Field(min_length=1, max_length=512)
-    item_id: str = Field(min_length=1, max_length=512)
+    event_id: Id = Field(min_length=1, max_length=512, description="Idempotency key.")
+    request_id: Id = Field(min_length=1, max_length=512)
+    item_id: Id = Field(min_length=1, max_length=512)
     click: Literal[0, 1] | None = None
     rating: float | None = None
 
