@@ -1,5 +1,20 @@
-"""Serving benchmarks (issue 16). ``--part durability``: no acknowledged feedback is lost or
-stored twice when the server is killed with SIGKILL mid-load.
+"""Serving benchmarks (issue 16): ``--part durability`` (no acknowledged feedback is lost or
+stored twice when the server is killed with SIGKILL mid-load) and ``--part latency``
+(requests/s and p50 / p95 / p99 of ``/v1/recommend`` under wrk).
+
+    python benchmarks/serving.py --part latency [--data-dir ../shared/data/ml-100k]
+        [--epochs 15] [--duration 30] [--run RUN] [--profile] [--out results.json]
+
+Latency: trains ``examples/movielens-rating.toml`` (biased MF, 5-member ensemble; epochs
+capped at ``--epochs``) on MovieLens-100k u1.base into a temporary registry (or serves
+``--run``), starts ``wager serve`` as a real subprocess on a free loopback port with a fresh
+SQLite event store, and drives ``/v1/recommend`` (k = 10, a random user of 1..943; greedy,
+then UCB with beta 1) with wrk (the OS package) and ``benchmarks/serving_recommend.lua``:
+8 connections (latency) and 64 (saturation), ``--duration`` s each after a 3 s warm-up.
+Every served item is logged as an impression by the service; the impressions stored are
+counted at the end. Reports the issue's targets (p99 <= 20 ms at 8 clients, >= 1,000
+requests/s at saturation) and whether they hold. ``--profile``: cProfile of one in-process
+``Recommender.recommend`` call for one user (top 10 cumulative entries).
 
     python benchmarks/serving.py --part durability [--db sqlite|postgresql|both]
         [--events 10000] [--clients 32] [--run RUN] [--out results.json]
@@ -23,10 +38,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import cProfile
+import io
+import json
 import math
 import os
+import pstats
 import queue
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -44,9 +64,14 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT / "tests"))
-from _common import emit, log  # noqa: E402
+from _common import emit, environment, log  # noqa: E402
 
 K = 5  # items per recommendation
+LUA = Path(__file__).resolve().parent / "serving_recommend.lua"
+P99_TARGET_MS = 20.0  # at LATENCY_CONNECTIONS
+RPS_TARGET = 1000.0  # at SATURATION_CONNECTIONS
+LATENCY_CONNECTIONS, SATURATION_CONNECTIONS = 8, 64
+ML100K_USERS = 943
 RETRY_DEADLINE_S = 120.0  # a batch not acknowledged after this long fails the run
 
 
@@ -323,16 +348,176 @@ def durability(registry: Path, db: str, args: argparse.Namespace, work: Path) ->
     return result
 
 
+def train_movielens(work: Path, data_dir: Path, epochs: int) -> Path:
+    """``examples/movielens-rating.toml`` (5-member ensemble) with ``epochs`` capped, trained
+    by ``wager train`` on u1.base into ``work / "registry" / "v1"``; returns the registry."""
+    config = (ROOT / "examples" / "movielens-rating.toml").read_text(encoding="utf-8")
+    config, n = re.subn(r"(?m)^epochs = \d+", f"epochs = {epochs}", config)
+    if n != 1:
+        raise SystemExit("examples/movielens-rating.toml: expected one 'epochs = N' line")
+    toml = work / "movielens-rating.toml"
+    toml.write_text(config, encoding="utf-8")
+    registry = work / "registry"
+    cmd = [sys.executable, "-m", "wager.cli", "train", str(toml), "--data-dir", str(data_dir),
+           "--split", "u1", "--out", str(registry / "v1"), "--json"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    log(f"training {toml.name} on {data_dir} u1.base, {epochs} epochs at most per member")
+    t0 = time.perf_counter()
+    done = subprocess.run(cmd, env=env, capture_output=True)
+    if done.returncode != 0:
+        tail = done.stderr.decode(errors="replace")[-2000:]
+        raise SystemExit(f"wager train failed ({done.returncode}):\n{tail}")
+    log(f"trained in {time.perf_counter() - t0:.0f} s")
+    return registry
+
+
+def run_wrk(base: str, connections: int, duration_s: int, policy: str) -> dict[str, Any]:
+    """One wrk run against ``/v1/recommend``; the ``WAGER_RESULT`` line of the Lua script's
+    ``done()`` plus wrk's own count of non-2xx/3xx responses."""
+    threads = min(2, connections)
+    cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration_s}s", "--latency",
+           "--timeout", "10s", "-s", str(LUA), base, "--", policy, "10",
+           str(ML100K_USERS), "1.0"]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=duration_s + 60)
+    found = re.search(r"^WAGER_RESULT (\{.*\})$", done.stdout, re.M)
+    if done.returncode != 0 or found is None:
+        raise SystemExit(f"wrk failed ({done.returncode}): {done.stderr or done.stdout}")
+    result: dict[str, Any] = json.loads(found.group(1))
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", done.stdout)
+    result["non_2xx"] = int(non_2xx.group(1)) if non_2xx else 0
+    result["socket_errors"] = sum(v for k, v in result["errors"].items() if k != "status")
+    result.update(connections=connections, wrk_threads=threads, policy=policy)
+    return result
+
+
+def profile_recommend(registry: Path, user: str = "1") -> list[str]:
+    """Top 10 cumulative (and top 10 own-time) cProfile entries of one in-process
+    ``Recommender.recommend`` call (k = 10, greedy) for ``user``, after one warm-up call."""
+    import torch
+
+    from wager.recommender import Recommender
+
+    torch.set_num_threads(1)
+    run = registry
+    if not (registry / "config.toml").exists():  # a registry: its newest version
+        run = sorted(p for p in registry.iterdir() if (p / "config.toml").exists())[-1]
+    rec = Recommender.load(run)
+    rec.recommend([user], 10)
+    profiler = cProfile.Profile()
+    t0 = time.perf_counter()
+    profiler.runcall(rec.recommend, [user], 10)
+    seconds = time.perf_counter() - t0
+    out = [f"one call: {seconds * 1e3:.1f} ms under cProfile"]
+    for order in ("cumulative", "tottime"):
+        text = io.StringIO()
+        pstats.Stats(profiler, stream=text).sort_stats(order).print_stats(10)
+        lines = [line.rstrip() for line in text.getvalue().splitlines() if line.strip()]
+        out += [f"top 10 by {order}:", *lines[-11:]]
+    return out
+
+
+def latency(registry: Path, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """wrk runs against ``wager serve`` with a fresh SQLite store (see the module doc)."""
+    from serving.conftest import _free_port
+    from wager.serving.store import EventStore
+
+    db = f"sqlite:///{work / 'events.db'}"
+    server = Server(registry, db, _free_port(), work / "serve-latency.log")
+    log(f"starting wager serve on {server.base}")
+    ready_s = server.start()
+    runs: list[dict[str, Any]] = []
+    try:
+        warm = run_wrk(server.base, LATENCY_CONNECTIONS, 3, "greedy")  # warm-up, not reported
+        time.sleep(min(30.0, warm["max_ms"] / 1e3 + 1.0))
+        for policy in ("greedy", "ucb"):
+            for connections in (LATENCY_CONNECTIONS, SATURATION_CONNECTIONS):
+                runs.append(run_wrk(server.base, connections, args.duration, policy))
+                log(f"{policy} c={connections}: {json.dumps(runs[-1])}")
+                # wrk leaves up to `connections` requests in flight: let the server drain them
+                time.sleep(min(30.0, runs[-1]["max_ms"] / 1e3 + 1.0))
+    finally:
+        server.stop()
+    with EventStore(db) as store:
+        shown = store.impressions_frame()
+
+    def run_of(policy: str, connections: int) -> dict[str, Any]:
+        return next(r for r in runs if r["policy"] == policy and r["connections"] == connections)
+
+    targets = {}
+    for policy in ("greedy", "ucb"):
+        at8, at64 = run_of(policy, LATENCY_CONNECTIONS), run_of(policy, SATURATION_CONNECTIONS)
+        targets[policy] = {
+            "p99_ms_at_8": at8["p99_ms"],
+            "p99_target_ms": P99_TARGET_MS,
+            "p99_holds": at8["p99_ms"] <= P99_TARGET_MS and at8["non_2xx"] == 0,
+            "requests_per_s_at_64": at64["requests_per_s"],
+            "requests_per_s_target": RPS_TARGET,
+            "throughput_holds": at64["requests_per_s"] >= RPS_TARGET and at64["non_2xx"] == 0,
+        }
+    return {
+        "runs": runs,
+        "targets": targets,
+        "impressions_stored": len(shown),
+        "requests_logged": int(shown["request_id"].nunique()),
+        "ready_s": round(ready_s, 2),
+    }
+
+
+def latency_main(args: argparse.Namespace) -> None:
+    """``--part latency``: train (or take ``--run``), measure, print the JSON."""
+    if shutil.which("wrk") is None:
+        raise SystemExit(
+            "wrk not found on PATH: --part latency drives the service with wrk, the OS "
+            "package (Debian/Ubuntu: apt-get install -y wrk)"
+        )
+    if args.run is None and not (args.data_dir / "u1.base").exists():
+        raise SystemExit(
+            f"--data-dir {args.data_dir}: no u1.base there; pass the MovieLens-100k folder "
+            "(e.g. --data-dir ../shared/data/ml-100k) or a trained run with --run"
+        )
+    work = Path(tempfile.mkdtemp(prefix="wager-bench-latency-"))
+    try:
+        t0 = time.perf_counter()
+        registry = args.run or train_movielens(work, args.data_dir, args.epochs)
+        train_s = None if args.run else round(time.perf_counter() - t0, 1)
+        result: dict[str, Any] = {
+            "part": "latency",
+            "model": str(args.run)
+            if args.run
+            else f"examples/movielens-rating.toml, u1.base, 5 members, epochs <= {args.epochs}",
+            "train_s": train_s,
+            "duration_s": args.duration,
+            "k": 10,
+            **latency(registry, args, work),
+        }
+        if args.profile:
+            result["profile_recommend"] = profile_recommend(registry)
+        result["env"] = environment(1, peers=())
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    emit(result, args.out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--part", choices=["durability"], required=True)
+    ap.add_argument("--part", choices=["durability", "latency"], required=True)
     ap.add_argument("--db", choices=["sqlite", "postgresql", "both"], default="both")
     ap.add_argument("--events", type=int, default=10_000)
     ap.add_argument("--clients", type=int, default=32)
     ap.add_argument("--run", type=Path, help="serve this run (default: train a tiny one)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path)
+    latency_args = ap.add_argument_group("latency")
+    latency_args.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared/data/ml-100k",
+                              help="MovieLens-100k folder (u1.base)")  # fmt: skip
+    latency_args.add_argument("--epochs", type=int, default=15, help="cap per member")
+    latency_args.add_argument("--duration", type=int, default=30, help="seconds per wrk run")
+    latency_args.add_argument("--profile", action="store_true",
+                              help="also cProfile one in-process recommend call")  # fmt: skip
     args = ap.parse_args()
+    if args.part == "latency":
+        latency_main(args)
+        return
     work = Path(tempfile.mkdtemp(prefix="wager-bench-serving-"))
     try:
         if args.run is not None:
