@@ -111,9 +111,10 @@ class UCB:
     def _slates(self, prediction: Prediction, k: int, state: PolicyState) -> Tensor:
         """(B, k) int64 slates: ranked UCB scores, or served one request at a time with the
         pending impressions shrinking the stds (``batch_aware``)."""
-        scores = self.scores(prediction, k)
         if not self.batch_aware:
-            return ranked(scores, k)
+            return ranked(self.scores(prediction, k), k)
+        candidate_means(prediction, k, self.name)  # the checks of scores(), without its sum
+        candidate_stds(prediction, self.name)
         mean = prediction.mean.detach().to("cpu", torch.float64)
         std = prediction.std.detach().to("cpu", torch.float64)  # type: ignore[union-attr]
         if bool(((mean < 0) | (mean > 1)).any()):

@@ -115,10 +115,12 @@ class ModelRegistry:
         current = self.current()
         if version is None or version == current.version:
             return current
-        with self._loading:
-            rec = self._pinned.get(version)
-            if rec is None:
-                rec = self._pinned[version] = self._load(version)
+        rec = self._pinned.get(version)  # the hot path: no lock once loaded
+        if rec is None:
+            with self._loading:
+                rec = self._pinned.get(version)
+                if rec is None:
+                    rec = self._pinned[version] = self._load(version)
         return ActiveModel(version, rec)
 
     def _folder(self, version: str) -> Path:
