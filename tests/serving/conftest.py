@@ -1,7 +1,9 @@
-"""Real database servers for the serving tests: a SQLite file per test and one throwaway
+"""Real database servers for the serving tests: a SQLite file per test, one throwaway
 PostgreSQL server per test session (started from the OS package's binaries; a fresh database
-per test). No mocks: CI must test PostgreSQL for real, so missing binaries fail the tests
-with the package to install instead of skipping them."""
+per test) and throwaway Redis servers (``redis-server`` from the OS package, a free loopback
+port, no persistence). No mocks: CI must test PostgreSQL for real, so missing binaries fail
+the tests with the package to install instead of skipping them; a missing ``redis-server``
+skips the Redis tests (naming the package) only outside CI (the variable ``CI`` unset)."""
 
 from __future__ import annotations
 
@@ -14,7 +16,9 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -169,3 +173,100 @@ def store(store_url: str) -> Iterator[EventStore]:
     """An event store on each backend (SQLite file, PostgreSQL database)."""
     with EventStore(store_url) as opened:
         yield opened
+
+
+# ----------------------------------------------------------------------------- Redis
+
+
+@dataclass
+class RedisServer:
+    """A ``redis-server`` process of one test (or session): its URL and how to stop it."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    root: Path
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def stop(self) -> None:
+        """Stop the server (the port then refuses connections) and remove its folder."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _under_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def start_redis() -> RedisServer:
+    """Start a throwaway ``redis-server`` on a free 127.0.0.1 port (no RDB / AOF files) and
+    wait until it answers PING; skips the test when the binary is missing outside CI."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        message = (
+            "redis-server not found on PATH: install the OS package `redis-server` "
+            "(apt-get install -y redis-server); the cache tests run against a real server"
+        )
+        if _under_ci():
+            pytest.fail(message)
+        pytest.skip(message)
+    root = Path(tempfile.mkdtemp(prefix="wager-redis-"))
+    port = _free_port()
+    args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(root),
+            "--save", "", "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning",
+            "--logfile", str(root / "server.log")]  # fmt: skip
+    server = RedisServer(subprocess.Popen(args), port, root)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+                sock.sendall(b"PING\r\n")
+                if sock.recv(64).startswith(b"+PONG"):
+                    return server
+        except OSError:
+            pass
+        if server.process.poll() is not None:
+            break
+        time.sleep(0.05)
+    log = (
+        (root / "server.log").read_text(errors="replace") if (root / "server.log").exists() else ""
+    )
+    server.stop()
+    pytest.fail(f"redis-server did not answer PING on 127.0.0.1:{port}: {shlex.join(args)}\n{log}")
+
+
+@pytest.fixture(scope="session")
+def redis_session_server() -> Iterator[RedisServer]:
+    """One throwaway Redis server for the test session."""
+    server = start_redis()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_session_server: RedisServer) -> str:
+    """The URL of the session's Redis server, emptied (FLUSHALL) for this test."""
+    with socket.create_connection(("127.0.0.1", redis_session_server.port), timeout=5) as sock:
+        sock.sendall(b"FLUSHALL\r\n")
+        assert sock.recv(64).startswith(b"+OK")
+    return redis_session_server.url
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A Redis server of this test alone (which the test may stop)."""
+    server = start_redis()
+    try:
+        yield server
+    finally:
+        server.stop()

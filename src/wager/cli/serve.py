@@ -32,7 +32,9 @@ from wager.cli.common import CliError, _flag_error, app, err_console
 
 if TYPE_CHECKING:
     from wager.serving.auth import ApiKeys
+    from wager.serving.cache import CandidateCache
     from wager.serving.experiments import Experiment
+    from wager.serving.precomputed import PrecomputedTable
     from wager.serving.registry import ModelRegistry
 
 _LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
@@ -218,6 +220,46 @@ def _load_experiment(path: Path | None) -> Experiment | None:
         raise CliError(f"--experiment: {exc}", flag="--experiment", exit_code=2) from None
 
 
+def _cache(cache_size: int | None, redis: str | None) -> CandidateCache | None:
+    """The candidate cache of ``--cache-size N`` (in-process LRU) or ``--redis URL``."""
+    if cache_size is not None and redis is not None:
+        raise _flag_error("--redis", "give --cache-size N (in-process) or --redis URL, not both")
+    if cache_size is not None:
+        if cache_size < 1:
+            raise _flag_error(
+                "--cache-size", f"--cache-size must be >= 1 entries, got {cache_size}"
+            )
+        from wager.serving.cache import LRUCache
+
+        return LRUCache(cache_size)
+    if redis is None:
+        return None
+    if not redis.startswith(("redis://", "rediss://", "unix://")):
+        raise _flag_error(
+            "--redis", f"--redis {redact(redis)}: not a Redis URL; use redis://HOST:PORT/DB"
+        )
+    from wager.serving.cache import RedisCache
+
+    try:
+        return RedisCache(redis)
+    except ValueError as exc:
+        raise _flag_error("--redis", redact(str(exc))) from None
+
+
+def _load_precomputed(path: Path | None, registry: ModelRegistry) -> PrecomputedTable | None:
+    """The table of ``--precomputed`` checked against the model version it claims."""
+    if path is None:
+        return None
+    from wager.serving.precomputed import PrecomputedTable
+
+    try:
+        return PrecomputedTable.load(path, registry)
+    except ValueError as exc:
+        raise CliError(
+            f"--precomputed: {exc}", flag="--precomputed", path=path, exit_code=2
+        ) from None
+
+
 @app.command("serve")
 def serve(
     path: Annotated[
@@ -262,6 +304,22 @@ def serve(
             "arms by hashing and impressions logged with their arm.",
         ),
     ] = None,
+    precomputed: Annotated[
+        Path | None,
+        typer.Option(
+            "--precomputed",
+            help="Parquet of `wager recommend --all-users --out`: its users are served from it "
+            "(their rows are the policy's candidates) while its model version is active.",
+        ),
+    ] = None,
+    cache_size: Annotated[
+        int | None,
+        typer.Option("--cache-size", help="In-process LRU cache of N users' candidates."),
+    ] = None,
+    redis: Annotated[
+        str | None,
+        typer.Option("--redis", help="Candidate cache on Redis: redis://HOST:PORT/DB."),
+    ] = None,
 ) -> None:
     """Serve recommendations with confidence over HTTP, logging impressions and feedback.
 
@@ -273,15 +331,19 @@ def serve(
 
     setup = check_serve(path, host, port, db, keys, insecure, workers)
     chosen = _load_experiment(experiment)
+    cache = _cache(cache_size, redis)
     require("fastapi", "serve", "wager serve")
     uvicorn = require("uvicorn", "serve", "wager serve")
     registry = _open_registry(setup.path)
+    table = _load_precomputed(precomputed, registry)
     from wager.serving.app import create_app
     from wager.serving.store import EventStore
 
     events = EventStore(setup.db)
     try:
-        service = create_app(registry, events, setup.keys, experiment=chosen)
+        service = create_app(
+            registry, events, setup.keys, experiment=chosen, cache=cache, precomputed=table
+        )
     except ValueError as exc:  # an arm's model version is not in the registry
         events.close()
         raise CliError(

@@ -42,6 +42,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from wager.policies import Policy, PolicyState, policy_from_name
 from wager.recommender import Recommender
 from wager.serving.auth import ApiKeys
+from wager.serving.cache import CandidateCache
 from wager.serving.errors import (
     HANDLERS,
     Loc,
@@ -53,6 +54,7 @@ from wager.serving.errors import (
 from wager.serving.events import EventLog, FeedbackEvent, FeedbackResult, Impression
 from wager.serving.experiments import Experiment
 from wager.serving.metrics import ObserveMiddleware, RecentRequests, ServiceMetrics
+from wager.serving.precomputed import PrecomputedTable
 from wager.serving.registry import ModelRegistry
 from wager.serving.schemas import (
     ActivateResponse,
@@ -107,6 +109,13 @@ class _Service:
     metrics: ServiceMetrics
     recent: RecentRequests
     experiment: Experiment | None = None
+    cache: CandidateCache | None = None
+    precomputed: PrecomputedTable | None = None
+
+    def served_versions(self) -> tuple[str, ...]:
+        """The versions requests may be served from: the active one and the arms' pins."""
+        pinned = [] if self.experiment is None else [a.model_version for a in self.experiment.arms]
+        return (self.registry.active, *(v for v in pinned if v is not None))
 
 
 _key_header = APIKeyHeader(name="x-api-key", auto_error=False)
@@ -135,6 +144,8 @@ def create_app(
     *,
     limits: Limits | None = None,
     experiment: Experiment | None = None,
+    cache: CandidateCache | None = None,
+    precomputed: PrecomputedTable | None = None,
 ) -> FastAPI:
     """The service's FastAPI app.
 
@@ -149,6 +160,11 @@ def create_app(
             the user's requests (a request's own policy fields are then ignored); every
             impression is logged with its arm, "experiment/arm". Each arm's pinned version
             is loaded here, so a missing version fails before the first request.
+        cache: the candidate cache (:mod:`wager.serving.cache`; its hit / miss / error
+            counters join this app's metrics); entries of versions no longer served are
+            dropped on every activation.
+        precomputed: a precomputed recommendations table (:mod:`wager.serving.precomputed`)
+            serving its users while its model version is the one a request is served from.
     """
     if experiment is not None:
         for arm in experiment.arms:
@@ -161,8 +177,10 @@ def create_app(
         version="1",
     )
     limits = limits or Limits()
+    if cache is not None:
+        cache.bind_metrics(metrics.registry)
     app.state.service = _Service(
-        registry, events, keys, limits, metrics, RecentRequests(), experiment
+        registry, events, keys, limits, metrics, RecentRequests(), experiment, cache, precomputed
     )
     app.include_router(_router)
     app.add_middleware(ObserveMiddleware, metrics=metrics, limit=limits.max_body_bytes)
@@ -444,6 +462,8 @@ def activate(version: str, request: Request) -> ActivateResponse:
     service.registry.activate(version)
     service.metrics.set_model(version)
     service.metrics.activations.inc()
+    if service.cache is not None:
+        service.cache.invalidate_except(*service.served_versions())
     log.info("model version %s activated (was %s)", version, previous)
     return ActivateResponse(active=version, previous=previous)
 
