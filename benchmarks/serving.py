@@ -32,6 +32,20 @@ arrived (their retries came back as duplicates).
 
 PostgreSQL: a throwaway server (initdb / pg_ctl of the OS package, fsync on) started with
 the helpers of ``tests/serving/conftest.py``. JSON on stdout, progress on stderr.
+
+    python benchmarks/serving.py --part swap [--swap-clients 8] [--activations 50]
+        [--swap-duration 20] [--swap-cache N] [--run REGISTRY] [--out results.json]
+
+Hot swap under load: trains a tiny two-version registry (v1, v2; or serves ``--run``, a
+registry of at least two versions), starts ``wager serve`` as a real subprocess (SQLite
+events; ``--swap-cache N`` adds ``--cache-size N``), and while ``--swap-clients`` threads
+send ``/v1/recommend`` (k = 5, users u0..u29) back to back, an admin client activates the
+versions alternately, ``--activations`` times evenly over ``--swap-duration`` s. Reports the
+requests sent, the failed ones (non-2xx or connection errors; must be 0), responses per
+model version, activation latency (p50 / p95 / max) and the responses that came from the
+wrong version: a request sent after an activation was acknowledged and answered before the
+next one was sent must come from the activated version (must be 0; ``responses_version_checked``
+counts the responses this applies to).
 """
 
 from __future__ import annotations
@@ -498,9 +512,149 @@ def latency_main(args: argparse.Namespace) -> None:
     emit(result, args.out)
 
 
+@dataclass
+class SwapLoad:
+    """What the recommend clients of ``--part swap`` saw: per request (sent, answered,
+    model version or None), failures as text."""
+
+    stop: threading.Event = field(default_factory=threading.Event)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    answered: list[tuple[float, float, str]] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+
+def swap_client(load: SwapLoad, base: str, seed: int) -> None:
+    """Send /v1/recommend back to back until ``load.stop``; record every outcome."""
+    rng = random.Random(seed)
+    with httpx.Client(base_url=base, timeout=30.0) as client:
+        while not load.stop.is_set():
+            body = {"user_id": f"u{rng.randrange(30)}", "k": K}
+            sent = time.perf_counter()
+            try:
+                r = client.post("/v1/recommend", json=body)
+            except httpx.HTTPError as exc:
+                with load.lock:
+                    load.failures.append(f"{type(exc).__name__}: {exc}")
+                continue
+            done = time.perf_counter()
+            with load.lock:
+                if r.status_code == 200:
+                    load.answered.append((sent, done, r.json()["model_version"]))
+                else:
+                    load.failures.append(f"HTTP {r.status_code}: {r.text[:200]}")
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+def swap(registry: Path, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """One hot-swap run: load from ``--swap-clients`` threads, activations alternating
+    between the registry's two newest versions."""
+    from serving.conftest import _free_port
+
+    versions = sorted(
+        d.name for d in registry.iterdir() if d.is_dir() and (d / "manifest.json").exists()
+    )
+    if len(versions) < 2:
+        raise SystemExit(f"--run {registry}: a registry of at least two versions is needed")
+    pair = versions[-2:]
+    server = Server(registry, f"sqlite:///{work / 'events.db'}", _free_port(), work / "swap.log")
+    if args.swap_cache:
+        server.args += ["--cache-size", str(args.swap_cache)]
+    ready_s = server.start()
+    load = SwapLoad()
+    activations: list[tuple[float, float, str]] = []  # (sent, acknowledged, version)
+    failed_activations: list[str] = []
+    try:
+        threads = [
+            threading.Thread(target=swap_client, args=(load, server.base, n), daemon=True)
+            for n in range(args.swap_clients)
+        ]
+        for t in threads:
+            t.start()
+        time.sleep(1.0)  # warm-up under load
+        interval = args.swap_duration / args.activations
+        log(f"{args.activations} activations of {pair} every {interval:.2f} s under load")
+        t0 = time.perf_counter()
+        with httpx.Client(base_url=server.base, timeout=60.0) as admin:
+            for n in range(args.activations):
+                version = pair[n % 2]
+                time.sleep(max(0.0, t0 + n * interval - time.perf_counter()))
+                sent = time.perf_counter()
+                r = admin.post(f"/v1/models/{version}/activate")
+                if r.status_code != 200:
+                    failed_activations.append(f"{version}: HTTP {r.status_code} {r.text[:200]}")
+                activations.append((sent, time.perf_counter(), version))
+            time.sleep(max(0.0, t0 + args.swap_duration - time.perf_counter()))
+        load.stop.set()
+        for t in threads:
+            t.join()
+        elapsed = time.perf_counter() - t0
+    finally:
+        load.stop.set()
+        server.stop()
+    per_version: dict[str, int] = {}
+    wrong = checked = 0
+    for sent, done, version in load.answered:
+        per_version[version] = per_version.get(version, 0) + 1
+        for (_, acked, expected), (next_sent, _, _) in zip(
+            activations, [*activations[1:], (math.inf, 0.0, "")], strict=True
+        ):
+            if sent > acked and done < next_sent:
+                checked += 1
+                wrong += version != expected
+    latencies = [(acked - sent) * 1000 for sent, acked, _ in activations]
+    result = {
+        "versions": pair,
+        "clients": args.swap_clients,
+        "activations": len(activations),
+        "activations_failed": len(failed_activations),
+        "duration_s": round(elapsed, 2),
+        "requests_sent": len(load.answered) + len(load.failures),
+        "requests_failed": len(load.failures),
+        "failures": load.failures[:5] + failed_activations[:5],
+        "responses_per_version": dict(sorted(per_version.items())),
+        "responses_from_wrong_version": wrong,
+        "responses_version_checked": checked,
+        "requests_per_s": round((len(load.answered) + len(load.failures)) / elapsed, 1),
+        "activation_ms": {
+            "p50": round(_percentile(latencies, 0.5), 1),
+            "p95": round(_percentile(latencies, 0.95), 1),
+            "max": round(max(latencies), 1),
+        },
+        "cache_size": args.swap_cache,
+        "ready_s": round(ready_s, 2),
+    }
+    result["ok"] = not load.failures and not failed_activations and wrong == 0
+    log(f"{result}")
+    return result
+
+
+def swap_main(args: argparse.Namespace) -> None:
+    """``--part swap``: train a tiny two-version registry (or take ``--run``), measure."""
+    work = Path(tempfile.mkdtemp(prefix="wager-bench-swap-"))
+    try:
+        registry = args.run
+        if registry is None:
+            import torch
+
+            from serving.tiny_runs import train_registry
+
+            torch.set_num_threads(1)
+            log("training the tiny two-version registry")
+            registry = train_registry(work, ("v1", "v2"))
+        result = {"part": "swap", **swap(registry, args, work)}
+        result["env"] = environment(1, peers=())
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    emit(result, args.out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--part", choices=["durability", "latency"], required=True)
+    ap.add_argument("--part", choices=["durability", "latency", "swap"], required=True)
     ap.add_argument("--db", choices=["sqlite", "postgresql", "both"], default="both")
     ap.add_argument("--events", type=int, default=10_000)
     ap.add_argument("--clients", type=int, default=32)
@@ -514,7 +668,15 @@ def main() -> None:
     latency_args.add_argument("--duration", type=int, default=30, help="seconds per wrk run")
     latency_args.add_argument("--profile", action="store_true",
                               help="also cProfile one in-process recommend call")  # fmt: skip
+    swap_args = ap.add_argument_group("swap")
+    swap_args.add_argument("--swap-clients", type=int, default=8, help="recommend threads")
+    swap_args.add_argument("--activations", type=int, default=50)
+    swap_args.add_argument("--swap-duration", type=float, default=20.0, help="seconds")
+    swap_args.add_argument("--swap-cache", type=int, default=0, help="serve with --cache-size")
     args = ap.parse_args()
+    if args.part == "swap":
+        swap_main(args)
+        return
     if args.part == "latency":
         latency_main(args)
         return
