@@ -35,12 +35,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request, Security
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import APIKeyHeader
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from wager.policies import Policy, PolicyState, policy_from_name
 from wager.recommender import Recommender
+from wager.recommender.fastpath import FastSlate
 from wager.serving.auth import ApiKeys
 from wager.serving.errors import (
     HANDLERS,
@@ -48,10 +50,12 @@ from wager.serving.errors import (
     RequestError,
     StoreUnavailableError,
     commit,
+    commit_future,
     error_detail,
 )
 from wager.serving.events import EventLog, FeedbackEvent, FeedbackResult, Impression
 from wager.serving.experiments import Experiment
+from wager.serving.groupcommit import GroupCommitter
 from wager.serving.metrics import ObserveMiddleware, RecentRequests, ServiceMetrics
 from wager.serving.registry import ModelRegistry
 from wager.serving.schemas import (
@@ -107,6 +111,11 @@ class _Service:
     metrics: ServiceMetrics
     recent: RecentRequests
     experiment: Experiment | None = None
+    committer: GroupCommitter | None = None
+
+    def __post_init__(self) -> None:
+        if self.committer is None:
+            self.committer = GroupCommitter(self.events)
 
 
 _key_header = APIKeyHeader(name="x-api-key", auto_error=False)
@@ -120,7 +129,7 @@ def _service(request: Request) -> _Service:
 def _needs(scope: str) -> Any:
     """A dependency letting the request through when its key holds ``scope``."""
 
-    def check(request: Request, key: str | None = Security(_key_header)) -> None:
+    async def check(request: Request, key: str | None = Security(_key_header)) -> None:
         keys = _service(request).keys
         if keys is not None:
             keys.check(key, scope)
@@ -210,12 +219,17 @@ _router = APIRouter()
 
 
 @_router.post("/v1/recommend", response_model=RecommendResponse, dependencies=[_needs("recommend")])
-def recommend(body: RecommendRequest, request: Request) -> RecommendResponse:
+async def recommend(body: RecommendRequest, request: Request) -> Any:
     """Top-k items for one user with confidence and propensities; every item is logged as
     an impression (committed) before the response is sent.
 
     Exclusions are applied before the policy picks (the candidates are the catalogue less
-    ``exclude``), so the propensities are those of the slate actually served.
+    ``exclude``), so the propensities are those of the slate actually served. Models with a
+    fast path (:class:`~wager.recommender.fastpath.FastPath`, built with each version) are
+    scored on the event loop (about 2 ms); the others run ``Recommender.recommend`` in the
+    thread pool. Impressions go through the group commit (one transaction for the requests
+    waiting at the same time); the response is written as built (no re-validation: its
+    shape is :class:`RecommendResponse`, which the OpenAPI schema publishes).
     """
     service = _service(request)
     if body.k > service.limits.max_k:
@@ -234,6 +248,33 @@ def recommend(body: RecommendRequest, request: Request) -> RecommendResponse:
         body = body.model_copy(update={"policy": chosen.policy, **params})
     policy = _policy(body)
     version, rec = service.registry.get(pinned)
+    state = PolicyState.seeded(secrets.randbits(63))
+    fast = service.registry.fast_path(rec)
+    slate = None
+    if fast is not None:
+        slate = fast.recommend(
+            body.user_id,
+            body.k,
+            policy=policy,
+            state=state,
+            exclude=body.exclude,
+            exclude_seen=body.exclude_seen,
+            confidence_level=body.confidence_level,
+            context=body.context,
+        )
+    if slate is not None:
+        payload = _fast_payload(slate, body, version, arm)
+    else:
+        payload = await run_in_threadpool(_generic_payload, body, version, rec, arm, policy, state)
+    await _log_slate(service, payload, body)
+    return JSONResponse(payload)
+
+
+def _generic_payload(
+    body: RecommendRequest, version: str, rec: Recommender, arm: str, policy: Policy,
+    state: PolicyState,
+) -> dict[str, Any]:  # fmt: skip
+    """The response of ``rec.recommend`` (models without a fast path, or a context)."""
     items = None
     if body.exclude:
         dropped = set(body.exclude)
@@ -247,13 +288,41 @@ def recommend(body: RecommendRequest, request: Request) -> RecommendResponse:
             context=body.context,
             confidence_level=body.confidence_level,
             policy=policy,
-            state=PolicyState.seeded(secrets.randbits(63)),
+            state=state,
         )
     except ValueError as exc:
         raise _check_context(exc, body.context) from exc
-    response = _slate(frame, body, version, rec, arm)
-    _log_slate(service, response, body)
-    return response
+    return _slate(frame, body, version, rec, arm).model_dump()
+
+
+def _fast_payload(
+    slate: FastSlate, body: RecommendRequest, version: str, arm: str
+) -> dict[str, Any]:
+    """The response (a :class:`RecommendResponse` as a dict) of a fast-path slate."""
+    items = []
+    for n in range(len(slate.items)):
+        mean, std = float(slate.mean[n]), float(slate.std[n])
+        items.append(
+            {
+                "item_id": str(slate.items[n]),
+                "rank": n + 1,
+                "score": _num(_ranking_score(body.policy, body.beta, mean, std)),
+                "mean": _num(mean),
+                "std": _num(std),
+                "low": _num(slate.low[n]),
+                "high": _num(slate.high[n]),
+                "confidence": _num(slate.confidence[n]),
+                "propensity": _num(slate.propensity[n]),
+            }
+        )
+    return {
+        "request_id": uuid.uuid4().hex,
+        "model_version": version,
+        "arm": arm,
+        "policy": slate.policy,
+        "cold_start": not slate.known,
+        "items": items,
+    }
 
 
 def _slate(
@@ -287,32 +356,36 @@ def _slate(
     )
 
 
-def _log_slate(service: _Service, response: RecommendResponse, body: RecommendRequest) -> None:
-    """Commit one impression per served item, then count them."""
+async def _log_slate(service: _Service, response: dict[str, Any], body: RecommendRequest) -> None:
+    """Commit one impression per served item (group commit: this request waits for the
+    transaction holding its rows), then count them."""
     ts = time.time()
+    request_id, arm = response["request_id"], response["arm"]
+    items = response["items"]
     rows = [
         Impression(
-            request_id=response.request_id,
+            request_id=request_id,
             user_id=body.user_id,
-            item_id=item.item_id,
-            position=item.rank,
-            score=item.score if item.score is not None else float("nan"),
-            mean=item.mean if item.mean is not None else float("nan"),
-            std=item.std,
-            policy=response.policy,
-            propensity=item.propensity if item.propensity is not None else 1.0,
-            arm=response.arm,
-            model_version=response.model_version,
+            item_id=item["item_id"],
+            position=item["rank"],
+            score=item["score"] if item["score"] is not None else float("nan"),
+            mean=item["mean"] if item["mean"] is not None else float("nan"),
+            std=item["std"],
+            policy=response["policy"],
+            propensity=item["propensity"] if item["propensity"] is not None else 1.0,
+            arm=arm,
+            model_version=response["model_version"],
             ts=ts,
         )
-        for item in response.items
+        for item in items
     ]
     if rows:
-        commit(lambda: service.events.log_impressions(rows), "logging impressions")
-    service.recent.put(response.request_id, response.arm)
-    service.metrics.impressions.labels(arm=response.arm).inc(len(rows))
-    predicted = sum(item.mean for item in response.items if item.mean is not None)
-    service.metrics.predicted.labels(arm=response.arm).inc(predicted)
+        assert service.committer is not None
+        await commit_future(service.committer.submit(rows), "logging impressions")
+    service.recent.put(request_id, arm)
+    service.metrics.impressions.labels(arm=arm).inc(len(rows))
+    predicted = sum(item["mean"] for item in items if item["mean"] is not None)
+    service.metrics.predicted.labels(arm=arm).inc(predicted)
 
 
 @_router.post("/v1/score", response_model=ScoreResponse, dependencies=[_needs("recommend")])

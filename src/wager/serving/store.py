@@ -294,7 +294,10 @@ class EventStore:
             seen.add(key)
         try:
             with self._engine.begin() as conn:
-                conn.execute(sa.insert(_impressions), [dataclasses.asdict(r) for r in rows])
+                # a shallow dict per row: dataclasses.asdict deep-copies every field, which
+                # cost most of a group commit's time
+                values = [{f: getattr(r, f) for f in _IMPRESSION_FIELDS} for r in rows]
+                conn.execute(sa.insert(_impressions), values)
         except sa.exc.IntegrityError as exc:
             stored = self._stored_pairs({r.request_id for r in rows}) & seen
             if not stored:
