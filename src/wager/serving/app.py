@@ -28,9 +28,9 @@ from __future__ import annotations
 
 import logging
 import math
-import secrets
+import os
+import threading
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -183,6 +183,34 @@ def create_app(
 # ----------------------------------------------------------------------------- helpers
 
 
+class _RandomBytes:
+    """Random bytes from ``os.urandom``, read 4 KiB at a time (one system call per ~200
+    requests instead of two per request): request ids and policy seeds."""
+
+    def __init__(self, block: int = 4096) -> None:
+        self.block = block
+        self._buffer = b""
+        self._lock = threading.Lock()
+
+    def take(self, n: int) -> bytes:
+        with self._lock:
+            if len(self._buffer) < n:
+                self._buffer = os.urandom(max(self.block, n))
+            out, self._buffer = self._buffer[:n], self._buffer[n:]
+        return out
+
+    def request_id(self) -> str:
+        """32 hex digits (128 random bits), like ``uuid.uuid4().hex``."""
+        return self.take(16).hex()
+
+    def seed(self) -> int:
+        """A random 63-bit seed."""
+        return int.from_bytes(self.take(8), "little") >> 1
+
+
+_random = _RandomBytes()
+
+
 def _num(value: Any) -> float | None:
     """A finite float, or None (NaN, infinity and missing values are null in JSON)."""
     if value is None:
@@ -248,7 +276,7 @@ async def recommend(body: RecommendRequest, request: Request) -> Any:
         body = body.model_copy(update={"policy": chosen.policy, **params})
     policy = _policy(body)
     version, rec = service.registry.get(pinned)
-    state = PolicyState.seeded(secrets.randbits(63))
+    state = PolicyState.seeded(_random.seed())
     fast = service.registry.fast_path(rec)
     slate = None
     if fast is not None:
@@ -316,7 +344,7 @@ def _fast_payload(
             }
         )
     return {
-        "request_id": uuid.uuid4().hex,
+        "request_id": _random.request_id(),
         "model_version": version,
         "arm": arm,
         "policy": slate.policy,
@@ -347,7 +375,7 @@ def _slate(
             )
         )
     return RecommendResponse(
-        request_id=uuid.uuid4().hex,
+        request_id=_random.request_id(),
         model_version=version,
         arm=arm,
         policy=str(frame.attrs.get("policy", {}).get("name", body.policy)),
