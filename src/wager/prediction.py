@@ -151,8 +151,9 @@ class Prediction:
         if member_means.ndim < 1 or member_means.shape[0] < 2:
             raise ValueError("from_members needs at least 2 members along dimension 0")
         mean = member_means.mean(dim=0)
-        # sum-of-squares form: cheaper than torch.var on large tensors
-        epi_var = (member_means.square().mean(dim=0) - mean.square()).clamp_min(0.0)
+        # two-pass form: E[x^2] - E[x]^2 cancels catastrophically in float32 (ratings near
+        # 4 with a member spread of 0.05 lose 3-4 of its digits to rounding)
+        epi_var = (member_means - mean).square().mean(dim=0)
         if population_var is not None:
             epi_var = epi_var + population_var.to(epi_var.dtype)
         epistemic = epi_var.sqrt()

@@ -262,6 +262,28 @@ class BiasedMF(nn.Module):
         assert q is not None
         return torch.cat([q, torch.ones_like(bi).unsqueeze(-1), bi.unsqueeze(-1)], -1)
 
+    def user_scale_factors(self, batch: dict[str, Tensor]) -> Tensor:
+        """(B, 2) user side of a Gaussian head's raw scale: [s0 + s_u, 1].
+
+        <user_scale_factors(u), item_scale_factors(i)> equals the raw scale output s0 + s_u
+        + s_i, so serving scores a user's candidates with one product per output
+        (:mod:`wager.recommender.fastpath`). ValueError without a two-output head."""
+        if self.user_scale is None:
+            raise ValueError(
+                "user_scale_factors: this BiasedMF has no scale output (head out_dim 1)"
+            )
+        _, su = self.user_scale(batch)
+        return torch.stack([self.scale_bias + su, torch.ones_like(su)], -1)
+
+    def item_scale_factors(self, batch: dict[str, Tensor]) -> Tensor:
+        """(B, 2) item side of the raw scale: [1, s_i] (see :meth:`user_scale_factors`)."""
+        if self.item_scale is None:
+            raise ValueError(
+                "item_scale_factors: this BiasedMF has no scale output (head out_dim 1)"
+            )
+        _, si = self.item_scale(batch)
+        return torch.stack([torch.ones_like(si), si], -1)
+
     def item_embedding(self, batch: dict[str, Tensor]) -> Tensor:
         """(B, dim) item vectors q_i (for similarity and diversity)."""
         q, _ = self.item(batch)

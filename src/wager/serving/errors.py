@@ -4,8 +4,10 @@ any database failure into a 503."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import Future
 from typing import Any
 
 from fastapi import Request
@@ -97,6 +99,19 @@ def commit(action: Callable[[], Any], what: str) -> Any:
         return action()
     except Exception as exc:  # the store's driver errors are not wager's to enumerate
         log.exception("event store failed while %s", what)
+        raise StoreUnavailableError(
+            f"the event store failed while {what} ({type(exc).__name__}); nothing was "
+            "acknowledged, retry later"
+        ) from exc
+
+
+async def commit_future(future: Future[Any], what: str) -> Any:
+    """Await a store call running elsewhere (e.g. a group commit); any failure becomes
+    :class:`StoreUnavailableError` (503), as with :func:`commit`."""
+    try:
+        return await asyncio.wrap_future(future)
+    except Exception as exc:  # the store's driver errors are not wager's to enumerate
+        log.error("event store failed while %s: %s", what, exc, exc_info=exc)
         raise StoreUnavailableError(
             f"the event store failed while {what} ({type(exc).__name__}); nothing was "
             "acknowledged, retry later"

@@ -21,13 +21,18 @@ manifest's SHA-256 first.
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
+import weakref
 from pathlib import Path
 from typing import NamedTuple
 
 from wager.recommender import Recommender
+from wager.recommender.fastpath import FastPath
 from wager.runs import RunDirectory
+
+log = logging.getLogger("wager.serving")
 
 
 class UnknownVersionError(ValueError):
@@ -79,6 +84,10 @@ class ModelRegistry:
         self._lock = threading.Lock()  # guards the swap of _active
         self._loading = threading.Lock()  # one activation at a time
         self._pinned: dict[str, Recommender] = {}  # versions an experiment arm serves
+        # each loaded recommender's fast path, built before the recommender is served
+        self._fast: weakref.WeakKeyDictionary[Recommender, FastPath | None] = (
+            weakref.WeakKeyDictionary()
+        )
         first = names[-1] if active is None else active
         self._active = ActiveModel(first, self._load(first))
 
@@ -141,7 +150,19 @@ class ModelRegistry:
         return self.path if self.single else self.path / version
 
     def _load(self, version: str) -> Recommender:
-        return Recommender.load(self._folder(version))
+        """Load ``version`` and build its fast path (before anything can serve it)."""
+        rec = Recommender.load(self._folder(version))
+        why = FastPath.unsupported(rec)
+        self._fast[rec] = None if why is not None else FastPath(rec)
+        if why is not None:
+            log.info("model version %s is served by the generic path: %s", version, why)
+        return rec
+
+    def fast_path(self, rec: Recommender) -> FastPath | None:
+        """The fast path of a recommender this registry loaded (built once per version,
+        with the version, so an activation swaps both at once), or None when the model
+        needs the generic ``Recommender.recommend``."""
+        return self._fast.get(rec)
 
     def activate(self, version: str) -> ActiveModel:
         """Serve ``version`` from now on (re-reading it when it is already active).

@@ -1,0 +1,360 @@
+"""A fast top-k path for one user at a time (what ``wager serve`` calls per request).
+
+``Recommender.recommend`` is general: it encodes every (user, candidate) pair with pandas,
+runs the members through ``vmap`` and builds a DataFrame, about 80 ms per call for a 5-member
+MovieLens-100k ensemble. For models whose per-member output is a dot product of a user row
+and an item row (biased MF with its augmented vectors [p_u, mu + b_u, 1] . [q_i, 1, b_i],
+and for a Gaussian head the raw scale [s0 + s_u, 1] . [1, s_i]; any factorised model with a
+one-output head), :class:`FastPath` precomputes once per model version
+
+- the catalogue's per-member item rows (M, I, d) (and scale rows (M, I, 2)) and the
+  concatenated item factors that rank by the ensemble mean, as ``Scorer.mean_scores`` does;
+- each user's per-member rows, encoded input tensors, seen items and known flag (the known
+  users at build time; any other id, an unknown user included, on first use, through the
+  same encoder call as the generic path, so an unknown user gets exactly its OOV row),
+
+so one request is: the user's rows -> ranking scores (one product) -> the candidates
+(``ranking.top_k_from_scores`` with seen and excluded items masked) -> (M, n) outputs of the
+candidates (one product per output) -> the head's moments -> ``Scorer.prediction_of`` ->
+``PostHocChain.transform`` (with the same covariates) -> ``Policy.select`` -> interval and
+relevance confidence of the k chosen items. Every step after the products is the generic
+path's own code, so the slate equals ``Recommender.recommend``'s (same items, order, mean,
+std, interval, confidence and propensities, up to float rounding of the products).
+
+:meth:`FastPath.build` returns None for what it cannot represent (retrieval / implicit
+models, mixtures, MC dropout, population cold start, several tasks, models with context
+fields or without factors); :meth:`FastPath.recommend` returns None for a request it does
+not take (a context, a catalogue changed since the build, every item excluded). The caller
+then uses ``Recommender.recommend``.
+
+Scoring and picking are split so that a cache can keep a user's scored candidates:
+:meth:`FastPath.score` -> :class:`Scored` (``to_dict()``: ``{"items", "mean", "std"}``), and
+:meth:`FastPath.select` picks the slate from a :class:`Scored`, or from such a dict via
+:meth:`FastPath.from_dict` (which keeps mean and std only: a Thompson draw from a cached dict
+is Gaussian, not one of the members).
+
+Example:
+    >>> fast = FastPath.build(rec)  # doctest: +SKIP
+    >>> fast.recommend("42", 10, policy=Greedy(), state=PolicyState.seeded(0))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Collection
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch import Tensor
+
+from wager.evaluation import ranking
+from wager.policies import Policy, PolicyState
+from wager.prediction import Prediction
+from wager.recommender.listing import as_matrix, default_candidates
+from wager.recommender.scoring import Batch, mean_of_location
+from wager.uncertainty.conformal import ConformalPrediction
+
+if TYPE_CHECKING:
+    from wager.recommender.facade import Recommender
+
+#: users whose rows are kept (known users at build time plus ids met since; cleared when full)
+MAX_USERS = 200_000
+
+
+@dataclass(frozen=True)
+class _User:
+    """One user's precomputed rows: (M, d) factors, (M, 2) scale factors or None, the
+    encoded "user.*" tensors (1, ...), the seen catalogue positions and the known flag."""
+
+    factors: Tensor
+    scale: Tensor | None
+    encoded: Batch
+    seen: np.ndarray
+    known: bool
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One user's candidates scored with full uncertainty (what a cache may keep).
+
+    Attributes:
+        items: (n,) int64 catalogue positions, best first by the ensemble-mean score.
+        prediction: (n,) the post-hoc-transformed prediction of each candidate.
+        known: whether the user had training interactions (False: cold start).
+    """
+
+    items: np.ndarray
+    prediction: Prediction
+    known: bool
+
+    def to_dict(self) -> dict[str, np.ndarray]:
+        """``{"items": (n,) int64, "mean": (n,) float64, "std": (n,) float64}`` (std NaN
+        for a point model)."""
+        pred = self.prediction
+        std = (
+            np.full(len(self.items), np.nan)
+            if pred.std is None
+            else pred.std.detach().cpu().numpy().astype(np.float64)
+        )
+        return {
+            "items": self.items.astype(np.int64),
+            "mean": pred.mean.detach().cpu().numpy().astype(np.float64),
+            "std": std,
+        }
+
+
+@dataclass(frozen=True)
+class FastSlate:
+    """The k items shown to one user, in slate order (arrays of length k).
+
+    Attributes:
+        items: catalogue keys; positions: their catalogue positions; mean, std, low, high,
+        confidence, propensity: float64 (NaN where undefined); policy: the policy's name
+        (``Slate.policy``); known: False for a cold-start user.
+    """
+
+    items: np.ndarray
+    positions: np.ndarray
+    mean: np.ndarray
+    std: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+    confidence: np.ndarray
+    propensity: np.ndarray
+    policy: str
+    known: bool
+
+
+def _nan_or(t: Tensor | None, n: int) -> np.ndarray:
+    return np.full(n, np.nan) if t is None else t.detach().cpu().numpy().astype(np.float64)
+
+
+class FastPath:
+    """The per-version tables of the fast path (see the module docstring); build with
+    :meth:`build`. Safe to call from several threads at once."""
+
+    def __init__(self, rec: Recommender) -> None:
+        scorer = rec.scorer_
+        self.rec = rec
+        self.catalogue = scorer.catalogue
+        self.version = scorer.catalogue.version
+        self.head = rec.spec.head
+        self._scorer = scorer
+        self._two = self.head is not None and self.head.out_dim == 2
+        self._items_encoded = scorer.encode_items()
+        with torch.no_grad():
+            v = scorer.stack.call("item_factors", self._items_encoded)  # (M, I, d)
+            self.members = int(v.shape[0])
+            self._v = v.contiguous()
+            # what Scorer.mean_scores multiplies: [v_1 .. v_M] per item, transposed
+            self._v_cat_t = v.permute(1, 0, 2).reshape(v.shape[1], -1).T.contiguous()
+            self._vs = (
+                scorer.stack.call("item_scale_factors", self._items_encoded).contiguous()
+                if self._two
+                else None
+            )
+        self._keys = {str(k): i for i, k in enumerate(self.catalogue.items)}
+        self._users: dict[str, _User] = {}
+        self._lock = threading.Lock()
+        known = [str(u) for u in self.catalogue.users]
+        for start in range(0, len(known), 4096):
+            self._add_users(known[start : start + 4096])
+
+    # ------------------------------------------------------------------ building
+    @staticmethod
+    def unsupported(rec: Recommender) -> str | None:
+        """Why the fast path cannot represent ``rec`` (None when it can)."""
+        spec, scorer = rec.spec, rec.scorer_
+        model = scorer.stack.model
+        checks = (
+            (not spec.pointwise, f"a {spec.task} model (only rating / click models)"),
+            (spec.mixture, "a mixture likelihood"),
+            (spec.mc_dropout is not None, "MC dropout"),
+            (len(spec.tasks) > 1, "several tasks"),
+            (scorer.population_picks is not None, 'cold_start = "population"'),
+            (not scorer.factorised, "no factorised (dot-product) form, or context fields"),
+            (spec.head is None, "no head"),
+        )
+        for failed, why in checks:
+            if failed:
+                return why
+        assert spec.head is not None
+        if spec.head.out_dim == 2 and not hasattr(model, "user_scale_factors"):
+            return "a two-output head without scale factors"
+        if spec.head.out_dim not in (1, 2):
+            return f"a head with {spec.head.out_dim} outputs"
+        return None
+
+    @classmethod
+    def build(cls, rec: Recommender) -> FastPath | None:
+        """The fast path of ``rec``, or None when :meth:`unsupported` gives a reason."""
+        return None if cls.unsupported(rec) is not None else cls(rec)
+
+    def _add_users(self, user_ids: list[str]) -> list[_User]:
+        """Compute and keep the rows of ``user_ids`` (the generic path's encoder calls)."""
+        scorer, cat = self._scorer, self.catalogue
+        encoded = scorer.encode_users(user_ids)
+        with torch.no_grad():
+            u = scorer.stack.call("user_factors", encoded)  # (M, U, d)
+            us = scorer.stack.call("user_scale_factors", encoded) if self._two else None
+        seen = cat.seen_rows(user_ids)
+        known = cat.known_users(user_ids)
+        out = []
+        for n in range(len(user_ids)):
+            row = seen.indices[seen.indptr[n] : seen.indptr[n + 1]].astype(np.int64)
+            out.append(
+                _User(
+                    factors=u[:, n].contiguous(),
+                    scale=None if us is None else us[:, n].contiguous(),
+                    encoded={k: t[n : n + 1] for k, t in encoded.items()},
+                    seen=np.sort(row),
+                    known=bool(known[n]),
+                )
+            )
+        with self._lock:
+            if len(self._users) + len(out) > MAX_USERS:
+                self._users = {}
+            self._users.update(zip(user_ids, out, strict=True))
+        return out
+
+    def _user(self, user_id: str) -> _User:
+        found = self._users.get(user_id)
+        return found if found is not None else self._add_users([user_id])[0]
+
+    # ------------------------------------------------------------------ scoring
+    def score(
+        self,
+        user_id: str,
+        n_candidates: int,
+        *,
+        exclude_seen: bool = True,
+        exclude: Collection[str] = (),
+    ) -> Scored | None:
+        """The user's ``n_candidates`` best items by the ensemble mean (seen items dropped
+        with ``exclude_seen``, ``exclude`` ids never; unknown ids ignored), predicted with
+        full uncertainty; None when the catalogue changed since the build or every item is
+        excluded (use the generic path)."""
+        if self.catalogue.version != self.version:
+            return None
+        user = self._user(user_id)
+        with torch.no_grad():
+            loc = (user.factors.reshape(1, -1) @ self._v_cat_t) / self.members
+            scores = mean_of_location(self.head, loc)  # (1, I)
+        dropped = [self._keys[x] for x in exclude if x in self._keys]
+        if len(set(dropped)) >= len(self._keys):
+            return None
+        masked = np.unique(np.concatenate([user.seen if exclude_seen else [], dropped]))
+        mask = None
+        if masked.size:
+            cols = masked.astype(np.int64)
+            mask = sp.csr_matrix(
+                (np.ones(cols.size, np.float32), cols, [0, cols.size]), shape=scores.shape
+            )
+        top = ranking.top_k_from_scores(scores, n_candidates, mask)[0]
+        sel = top[top >= 0]
+        return Scored(sel, self._predict(user, sel), user.known)
+
+    def _predict(self, user: _User, sel: np.ndarray) -> Prediction:
+        """(n,) transformed predictions of the user's candidates ``sel``."""
+        scorer, chain = self._scorer, self.rec.chain_
+        idx = torch.as_tensor(sel)
+        with torch.no_grad():
+            out = torch.einsum("md,mnd->mn", user.factors, self._v[:, idx])
+            if self._vs is not None and user.scale is not None:
+                raw = torch.einsum("mc,mnc->mn", user.scale, self._vs[:, idx])
+                out = torch.stack([out, raw], dim=-1)
+            means, stds = scorer.head_moments(out)
+        pred = scorer.prediction_of(means.cpu(), None if stds is None else stds.cpu())
+        cov = None
+        if chain.support_covariates is not None:
+            n = len(sel)
+            batch = {k: t.expand(n, *t.shape[1:]) for k, t in user.encoded.items()}
+            batch.update({k: t[idx] for k, t in self._items_encoded.items()})
+            cov = chain.covariates(batch)
+        return chain.transform(pred, cov)
+
+    def from_dict(self, scored: dict[str, np.ndarray], known: bool) -> Scored:
+        """A :class:`Scored` from :meth:`Scored.to_dict` (e.g. read from a cache): mean and
+        std only (no member draws), with this model's support and conformal interval."""
+        std = np.asarray(scored["std"], dtype=np.float64)
+        has_std = bool(np.isfinite(std).all()) and std.size > 0
+        spec = self.rec.spec
+        df = float(self.members - 1) if self.members >= 3 and not self._two else None
+        pred = Prediction(
+            mean=torch.as_tensor(np.asarray(scored["mean"], dtype=np.float32)),
+            std=torch.as_tensor(std.astype(np.float32)) if has_std else None,
+            method=spec.method,
+            support=None if self.head is None else self.head.support,
+            df=df if has_std and self.members >= 2 else None,
+        )
+        conformal = self.rec.chain_.conformal
+        if conformal is not None:
+            pred = conformal.conformalize(pred)
+        return Scored(np.asarray(scored["items"], dtype=np.int64), pred, known)
+
+    # ------------------------------------------------------------------ picking
+    def select(
+        self,
+        scored: Scored,
+        k: int,
+        policy: Policy,
+        state: PolicyState,
+        confidence_level: float = 0.9,
+    ) -> FastSlate:
+        """The policy's k (at most the candidates) of ``scored``, with interval, relevance
+        confidence and propensities, as ``Recommender.recommend`` computes them."""
+        n = len(scored.items)
+        if n == 0:
+            empty = np.empty(0)
+            return FastSlate(np.empty(0, object), np.empty(0, np.int64), empty, empty, empty,
+                             empty, empty, empty, repr(policy), scored.known)  # fmt: skip
+        slate = policy.select(as_matrix(scored.prediction, 1, n), min(k, n), state)
+        chosen = slate.items[0].cpu()
+        pred = scored.prediction[chosen]
+        iv = (
+            pred.interval(confidence_level)
+            if pred.std is not None or isinstance(pred, ConformalPrediction)
+            else None
+        )
+        conf = self.rec.relevance_confidence(pred)
+        positions = scored.items[chosen.numpy()]
+        m = len(positions)
+        return FastSlate(
+            items=self.catalogue.items[positions],
+            positions=positions,
+            mean=_nan_or(pred.mean, m),
+            std=_nan_or(pred.std, m),
+            low=_nan_or(None if iv is None else iv.low, m),
+            high=_nan_or(None if iv is None else iv.high, m),
+            confidence=_nan_or(conf, m),
+            propensity=slate.propensities[0].cpu().numpy().astype(np.float64),
+            policy=slate.policy,
+            known=scored.known,
+        )
+
+    def recommend(
+        self,
+        user_id: str,
+        k: int,
+        *,
+        policy: Policy,
+        state: PolicyState,
+        exclude: Collection[str] = (),
+        exclude_seen: bool = True,
+        confidence_level: float = 0.9,
+        candidates: int | None = None,
+        context: dict[str, Any] | None = None,
+    ) -> FastSlate | None:
+        """One user's slate (``Recommender.recommend([user_id], k, policy=..., ...)`` with
+        ``candidates`` default max(10 k, 100)), or None when this request needs the generic
+        path (a context given, a changed catalogue, every item excluded)."""
+        if context:
+            return None
+        n = candidates if candidates is not None else default_candidates(k)
+        scored = self.score(user_id, n, exclude_seen=exclude_seen, exclude=exclude)
+        if scored is None:
+            return None
+        return self.select(scored, k, policy, state, confidence_level)
