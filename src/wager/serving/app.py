@@ -309,10 +309,12 @@ def _log_slate(service: _Service, response: RecommendResponse, body: RecommendRe
     ]
     if rows:
         commit(lambda: service.events.log_impressions(rows), "logging impressions")
-    service.recent.put(response.request_id, response.arm)
+    top = response.items[0].item_id if response.items else None
+    service.recent.put(response.request_id, response.arm, top)
     service.metrics.impressions.labels(arm=response.arm).inc(len(rows))
     predicted = sum(item.mean for item in response.items if item.mean is not None)
     service.metrics.predicted.labels(arm=response.arm).inc(predicted)
+    service.metrics.calibration.served(response.arm, [item.mean for item in response.items])
 
 
 @_router.post("/v1/score", response_model=ScoreResponse, dependencies=[_needs("recommend")])
@@ -417,10 +419,11 @@ def _count_feedback(service: _Service, events: list[FeedbackEvent], result: Feed
             first.setdefault(e.event_id, e)
     for event_id in result.stored_ids:
         e = first[event_id]
-        arm = service.recent.arm(e.request_id)
+        arm, top = service.recent.lookup(e.request_id)
         m.feedback.labels(arm=arm, kind="click" if e.click is not None else "rating").inc()
         if e.click == 1:
             m.clicks.labels(arm=arm).inc()
+            m.calibration.clicked(arm, top=e.item_id == top)
 
 
 @_router.get("/v1/models", response_model=ModelsResponse, dependencies=[_needs("admin")])
