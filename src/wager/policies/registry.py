@@ -68,8 +68,10 @@ def policy_from_name(
     if name == "epsilon_greedy":
         return EpsilonGreedy(epsilon=epsilon)  # type: ignore[arg-type]  # checked above
     if name == "ucb":
-        return UCB(  # type: ignore[arg-type]  # beta checked above
-            beta=beta, batch_aware=batch_aware, epsilon=0.0 if epsilon is None else epsilon
+        return UCB(
+            beta=beta,  # type: ignore[arg-type]  # checked above
+            batch_aware=batch_aware,
+            epsilon=0.0 if epsilon is None else epsilon,
         )
     if name == "softmax":
         return SoftmaxPolicy(temperature=temperature)  # type: ignore[arg-type]
