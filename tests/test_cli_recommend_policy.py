@@ -85,6 +85,19 @@ def test_epsilon_greedy_is_seeded_and_its_propensities_are_the_closed_form(run):
         assert p == pytest.approx(0.5 + 0.5 / left) or p == pytest.approx(0.5 / left)
 
 
+def test_ucb_with_an_epsilon_floor_logs_its_exact_propensities(run):
+    flags = ("-k", "3", "--policy", "ucb", "--beta", "1", "--epsilon", "0.2", "--seed", "4")
+    a, b = _json(run, *flags), _json(run, *flags)
+    assert a["recommendations"] == b["recommendations"]
+    assert a["policy"]["name"] == "ucb(beta=1.0, epsilon=0.2)"
+    # position j has N_ITEMS - j left: the UCB pick 0.8 + 0.2 / left, the others 0.2 / left
+    for j, r in enumerate(a["recommendations"]):
+        left = N_ITEMS - j
+        assert r["propensity"] == pytest.approx(0.8 + 0.2 / left) or r[
+            "propensity"
+        ] == pytest.approx(0.2 / left)
+
+
 def test_the_table_prints_the_propensity_column_and_the_policy(run):
     result = _invoke(
         "recommend", run, "--user", "u1", "--include-seen", "-k", "2", "--policy", "thompson",
@@ -120,9 +133,14 @@ def test_without_policy_there_is_no_propensity_column(run):
         ),
         (["--policy", "ucb"], "--beta", "--policy ucb needs --beta"),
         (
-            ["--policy", "ucb", "--beta", "1", "--epsilon", "0.1"],
+            ["--policy", "ucb", "--beta", "1", "--temperature", "0.1"],
+            "--temperature",
+            "--temperature does not apply to --policy ucb",
+        ),
+        (
+            ["--policy", "ucb", "--beta", "1", "--epsilon", "2"],
             "--epsilon",
-            "--epsilon does not apply to --policy ucb",
+            "--epsilon must be a finite number in [0, 1]",
         ),
         (["--policy", "ucb", "--beta", "-1"], "--beta", "--beta must be a finite number >= 0"),
         (

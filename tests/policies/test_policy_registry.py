@@ -35,7 +35,7 @@ def test_every_name_builds_its_policy():
         ("epsilon_greedy", {}, "policy 'epsilon_greedy' needs epsilon"),
         ("softmax", {}, "policy 'softmax' needs temperature"),
         ("greedy", {"beta": 1.0}, "policy 'greedy' takes no parameters; beta does not apply"),
-        ("ucb", {"epsilon": 0.1, "beta": 1.0}, "takes only beta; epsilon does not apply"),
+        ("ucb", {"temperature": 0.1, "beta": 1.0}, "takes only beta, epsilon; temperature does"),
         ("ucb", {"beta": -1.0}, "beta must be a finite number >= 0"),
         ("thompson", {"draws": 0}, "draws must be an integer >= 1"),
     ],

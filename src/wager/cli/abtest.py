@@ -77,6 +77,7 @@ def _print(report: dict[str, Any]) -> None:
             f"{a['ctr']:.4f}", f"[{a['low']:.4f}, {a['high']:.4f}]",
         )  # fmt: skip
     console.print(table)
+    _print_calibration(report)
     for name, c in report["comparisons"].items():
         u, i = c["user_level"], c["impression_level"]
         console.print(
@@ -92,3 +93,28 @@ def _print(report: dict[str, Any]) -> None:
     else:
         verdict = "MISMATCH: the assignment is broken" if srm["mismatch"] else "ok"
         console.print(f"sample ratio: chi2 {srm['chi2']:.2f}, p = {srm['p_value']:.3g}: {verdict}")
+
+
+def _print_calibration(report: dict[str, Any]) -> None:
+    """Online calibration: per arm and slot, predicted CTR next to the observed one."""
+    pct = f"{report['level']:.0%}"
+    table = _table(
+        "online calibration (top = rank 1, where a position-1 prediction meets its clicks)",
+        [
+            "arm",
+            "slot",
+            "impressions",
+            "predicted ctr",
+            "observed ctr",
+            f"{pct} interval",
+            "inside",
+        ],
+    )
+    for name, a in report["arms"].items():
+        for slot, c in a["calibration"].items():
+            table.add_row(
+                _text(name), slot, str(c["impressions"]), f"{c['predicted_ctr']:.4f}",
+                f"{c['observed_ctr']:.4f}", f"[{c['low']:.4f}, {c['high']:.4f}]",
+                "yes" if c["within"] else "NO",
+            )  # fmt: skip
+    console.print(table)

@@ -7,6 +7,14 @@ Two ways to name the policy to evaluate:
   (:func:`~wager.evaluation.ope.context_free_distribution`), and OTHER's on-policy value
   (mean reward) is printed beside the estimates as the check;
 - ``--policy NAME --run RUN``: a wager policy (``--beta`` for UCB) acting on a trained run.
+
+Logs of ``wager serve`` (``--format wager``): ``--arm`` keeps one experiment arm (the
+logging policy's), ``--positions 1`` the top position only. The service logs each
+position's propensity given the earlier positions, the estimators divide by the marginal
+probability at the position, and the two agree at position 1 (or for deterministic logging
+policies): so a log of a stochastic slate policy (epsilon-greedy, UCB with an epsilon floor)
+is estimated with ``--positions 1``, the estimate then being the evaluated policy's CTR at
+the top position.
 """
 
 from __future__ import annotations
@@ -38,7 +46,13 @@ OPE_FORMATS = ("obd", "wager")
 ``wager export-logs``."""
 
 
-def _load_logs(path: Path, fmt: str, campaign: str | None, flag: str) -> LoggedFeedback:
+def _load_logs(
+    path: Path,
+    fmt: str,
+    campaign: str | None,
+    flag: str,
+    select: tuple[str | None, int | None] = (None, None),
+) -> LoggedFeedback:
     from wager.data.loaders.obd import load_obd_feedback
 
     if fmt not in OPE_FORMATS:
@@ -54,7 +68,10 @@ def _load_logs(path: Path, fmt: str, campaign: str | None, flag: str) -> LoggedF
             raise _flag_error(
                 "--campaign", "--campaign is for --format obd; leave it out with --format wager"
             )
-        return load_event_log(path)
+        return load_event_log(path, arm=select[0], positions=select[1])
+    for name, value in zip(("--arm", "--positions"), select, strict=True):
+        if value is not None:
+            raise _flag_error(name, f"{name} is for --format wager; leave it out with obd logs")
     return load_obd_feedback(path, campaign)
 
 
@@ -147,6 +164,18 @@ def ope(
     confidence_level: Annotated[
         float, typer.Option("--confidence-level", help="Interval level, in (0, 1).")
     ] = 0.95,
+    arm: Annotated[
+        str | None,
+        typer.Option("--arm", help="--format wager: only this experiment arm's impressions."),
+    ] = None,
+    positions: Annotated[
+        int | None,
+        typer.Option(
+            "--positions",
+            help="--format wager: only ranks 1..N (1 for stochastic slate logs: the "
+            "estimators need marginal propensities, logged exactly at rank 1).",
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of folds, models, bootstrap.")] = 0,
     out: Annotated[
         Path | None, typer.Option("--out", help="Folder for ope.json and ope.png.")
@@ -165,6 +194,8 @@ def ope(
             f"--members {members} must be >= 2: the reward model's interval comes from the "
             "spread of its members",
         )
+    if positions is not None and positions < 1:
+        raise _flag_error("--positions", f"--positions {positions} must be >= 1")
     if folds < 2:
         raise _flag_error("--folds", f"--folds {folds} must be >= 2 (cross-fitting)")
     if n_bootstrap < 1:
@@ -182,8 +213,12 @@ def ope(
     from wager.pipeline import fit_reward_draws, reward_model_config
 
     torch.manual_seed(seed)
-    data = _load_logs(logs, fmt, campaign, "--logs")
-    other = _load_logs(policy_logs, fmt, campaign, "--policy-logs") if policy_logs else None
+    data = _load_logs(logs, fmt, campaign, "--logs", (arm, positions))
+    other = (
+        _load_logs(policy_logs, fmt, campaign, "--policy-logs", (None, positions))
+        if policy_logs
+        else None
+    )
     dist = _evaluation_distribution(data, other, policy, beta, run, seed)
     cfg = reward_model_config(data, members=members, seed=seed)
     draws = fit_reward_draws(data, folds=folds, config=cfg, seed=seed)

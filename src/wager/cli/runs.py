@@ -50,7 +50,10 @@ PolicyOpt = Annotated[
 ]
 BetaOpt = Annotated[float | None, typer.Option("--beta", help="UCB's weight on the std, >= 0.")]
 EpsilonOpt = Annotated[
-    float | None, typer.Option("--epsilon", help="Epsilon-greedy's exploration rate, in [0, 1].")
+    float | None,
+    typer.Option(
+        "--epsilon", help="Exploration rate in [0, 1]: epsilon_greedy's (required), UCB's floor."
+    ),
 ]
 TemperatureOpt = Annotated[
     float | None, typer.Option("--temperature", help="Softmax temperature, > 0 (mean's units).")
@@ -388,13 +391,14 @@ def _policy_flags(
     for flag, value in given.items():
         if value is not None and flag not in takes:
             raise _flag_error(f"--{flag}", f"--{flag} does not apply to --policy {name}")
-    for flag in takes:
+    for flag in takes[:1]:  # the first parameter is required, the others optional
         if flag in given and given[flag] is None:
             raise _flag_error(f"--{flag}", f"--policy {name} needs --{flag}")
     try:
         chosen = policy_from_name(name, beta=beta, epsilon=epsilon, temperature=temperature)
     except ValueError as exc:
-        raise _flag_error(f"--{takes[0]}" if takes else "--policy", f"--{exc}") from exc
+        flag = next((f"--{p}" for p in takes if str(exc).startswith(p)), "--policy")
+        raise _flag_error(flag if takes else "--policy", f"--{exc}") from exc
     return chosen, PolicyState() if seed is None else PolicyState.seeded(seed)
 
 

@@ -91,21 +91,7 @@ class EpsilonGreedy:
             conditional distribution of each position (B, k, C).
         """
         mean = candidate_means(prediction, k, self.name)
-        b, c = mean.shape
-        eps = float(self.epsilon)
-        rows = torch.arange(b)
-
-        def step(j: int, taken: Tensor) -> tuple[Tensor, Tensor]:
-            best = masked(mean, taken).argmax(dim=1)  # the first maximum: lowest column
-            explore = torch.rand(b, generator=state.generator, dtype=torch.float64) < eps
-            uniform = torch.multinomial(
-                (~taken).to(torch.float64), 1, generator=state.generator
-            ).squeeze(1)
-            cond = (~taken).to(torch.float64) * (eps / (c - j))
-            cond[rows, best] += 1.0 - eps
-            return cond, torch.where(explore, uniform, best)
-
-        return sequential_slate(step, (b, c), k, self.propensity_floor, self.name)
+        return epsilon_slate(mean, k, float(self.epsilon), state, self.propensity_floor, self.name)
 
     def action_distribution(
         self, prediction: Prediction, k: int, state: PolicyState, draws: int = 1000
@@ -114,11 +100,54 @@ class EpsilonGreedy:
         (the frontier chain of the module docstring; ``state`` and ``draws`` unused)."""
         check_positive_int("draws", draws)
         mean = candidate_means(prediction, k, self.name)
-        b, c = mean.shape
-        by_rank = rank_marginals(c, k, float(self.epsilon))  # (k, C): column r = rank r
-        order = ranked(mean, c)  # (B, C): the column of each rank
-        out = torch.zeros((b, k, c), dtype=torch.float64)
-        return out.scatter_(2, order.unsqueeze(1).expand(b, k, c), by_rank.expand(b, k, c))
+        return epsilon_marginals(mean, k, float(self.epsilon))
+
+
+def epsilon_slate(
+    scores: Tensor, k: int, epsilon: float, state: PolicyState, floor: float, name: str
+) -> Slate:
+    """Fill k positions of (B, C) ``scores`` rows: at position j, with probability epsilon a
+    uniform pick among the C - j remaining candidates, else the remaining candidate with the
+    highest score (ties: the lowest column). Shared by :class:`EpsilonGreedy` (scores = means)
+    and :class:`~wager.policies.UCB` with an epsilon floor (scores = mean + beta std).
+
+    Args:
+        scores: (B, C) float64 what the exploiting pick maximises.
+        k: slate length, 1 <= k <= C (checked by the caller).
+        epsilon: exploration probability per position, in [0, 1].
+        state: its generator draws the explore decisions and the uniform picks.
+        floor: the propensity floor of the slate.
+        name: the policy's name, recorded in the slate.
+
+    Returns:
+        A slate whose propensity at position j is ``(1 - epsilon) [best remaining] +
+        epsilon / (C - j)``, with the conditional distribution of every position.
+    """
+    b, c = scores.shape
+    rows = torch.arange(b)
+
+    def step(j: int, taken: Tensor) -> tuple[Tensor, Tensor]:
+        best = masked(scores, taken).argmax(dim=1)  # the first maximum: lowest column
+        explore = torch.rand(b, generator=state.generator, dtype=torch.float64) < epsilon
+        uniform = torch.multinomial(
+            (~taken).to(torch.float64), 1, generator=state.generator
+        ).squeeze(1)
+        cond = (~taken).to(torch.float64) * (epsilon / (c - j))
+        cond[rows, best] += 1.0 - epsilon
+        return cond, torch.where(explore, uniform, best)
+
+    return sequential_slate(step, (b, c), k, floor, name)
+
+
+def epsilon_marginals(scores: Tensor, k: int, epsilon: float) -> Tensor:
+    """(B, k, C) float64 exact marginal probability of each candidate at each position under
+    :func:`epsilon_slate` over (B, C) ``scores``: :func:`rank_marginals` placed on each
+    row's ranking by score (ties: the lowest column first)."""
+    b, c = scores.shape
+    by_rank = rank_marginals(c, k, epsilon)  # (k, C): column r = rank r
+    order = ranked(scores, c)  # (B, C): the column of each rank
+    out = torch.zeros((b, k, c), dtype=torch.float64)
+    return out.scatter_(2, order.unsqueeze(1).expand(b, k, c), by_rank.expand(b, k, c))
 
 
 def rank_marginals(c: int, k: int, epsilon: float) -> Tensor:

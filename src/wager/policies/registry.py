@@ -9,11 +9,12 @@ from wager.policies.softmax import SoftmaxPolicy
 from wager.policies.thompson import ThompsonSampling
 from wager.policies.ucb import UCB
 
-#: each policy name and the parameters it takes (the first one, if any, is required)
+#: each policy name and the parameters it takes (the first one, if any, is required;
+#: UCB's epsilon is its optional floor of uniform picks)
 POLICY_PARAMETERS: dict[str, tuple[str, ...]] = {
     "greedy": (),
     "epsilon_greedy": ("epsilon",),
-    "ucb": ("beta",),
+    "ucb": ("beta", "epsilon"),
     "thompson": ("draws",),
     "softmax": ("temperature",),
 }
@@ -35,7 +36,8 @@ def policy_from_name(
     Args:
         name: "greedy", "epsilon_greedy", "ucb", "thompson" or "softmax".
         beta: UCB's exploration weight in stds (required for "ucb").
-        epsilon: epsilon-greedy's exploration probability (required for "epsilon_greedy").
+        epsilon: epsilon-greedy's exploration probability (required for "epsilon_greedy");
+            for "ucb", the optional epsilon floor of uniform picks (:class:`~wager.policies.UCB`).
         temperature: the softmax temperature (required for "softmax").
         draws: Thompson sampling's Monte Carlo draws per propensity (None: its default).
         batch_aware: UCB only: shrink each std by the impressions served since the last fit
@@ -66,7 +68,11 @@ def policy_from_name(
     if name == "epsilon_greedy":
         return EpsilonGreedy(epsilon=epsilon)  # type: ignore[arg-type]  # checked above
     if name == "ucb":
-        return UCB(beta=beta, batch_aware=batch_aware)  # type: ignore[arg-type]
+        return UCB(
+            beta=beta,  # type: ignore[arg-type]  # checked above
+            batch_aware=batch_aware,
+            epsilon=0.0 if epsilon is None else epsilon,
+        )
     if name == "softmax":
         return SoftmaxPolicy(temperature=temperature)  # type: ignore[arg-type]
     if name == "thompson":

@@ -1,4 +1,5 @@
-"""UCB: rank the candidates by an optimistic score, mean + beta * std."""
+"""UCB: rank the candidates by an optimistic score, mean + beta * std, optionally with an
+epsilon floor of uniform exploration (so that its logs support off-policy estimates)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from wager.policies._shared import (
     ranked,
 )
 from wager.policies.base import DEFAULT_PROPENSITY_FLOOR, PolicyState, Slate
+from wager.policies.epsilon_greedy import epsilon_marginals, epsilon_slate
 from wager.prediction import Prediction
 
 #: the key of ``PolicyState.counts`` holding batch-aware UCB's pending impressions per column
@@ -44,10 +46,22 @@ class UCB:
     changes the candidates (the simulator does both each day). Needs click probabilities
     (means in [0, 1]).
 
+    **Epsilon floor.** Plain UCB is deterministic: every item it does not pick has
+    propensity 0, so its logs cannot support an unbiased off-policy estimate of any other
+    policy (greedy included). ``epsilon > 0`` is the stochastic UCB a team would run to keep
+    its logs usable: at each position, with probability epsilon a uniform pick among the
+    C - j candidates still remaining, otherwise the remaining candidate with the highest
+    UCB score. Given the earlier positions, the propensity of the choice at position j is
+    exactly ``(1 - epsilon) [it is the UCB pick] + epsilon / (C - j)``; the marginal of each
+    position (:meth:`action_distribution`) is epsilon-greedy's closed form over the UCB
+    ranking (:func:`~wager.policies.epsilon_greedy.rank_marginals`).
+
     Attributes:
         beta: exploration weight, a finite number >= 0.
-        propensity_floor: recorded in the slate (no UCB propensity is below 1).
+        propensity_floor: the smallest propensity a slate reports, in [0, 1).
         batch_aware: shrink the std by the impressions served since the last fit (above).
+        epsilon: probability of a uniform pick at each position, in [0, 1] (0: plain,
+            deterministic UCB). Not combined with ``batch_aware``.
 
     Example:
         >>> import torch
@@ -61,17 +75,27 @@ class UCB:
     beta: float
     propensity_floor: float = DEFAULT_PROPENSITY_FLOOR
     batch_aware: bool = False
+    epsilon: float = 0.0
 
     def __post_init__(self) -> None:
         check_finite("beta", self.beta, 0.0, math.inf, ">= 0 (stds of optimism)")
         check_floor(self.propensity_floor)
         if not isinstance(self.batch_aware, bool):
             raise ValueError(f"batch_aware must be True or False, got {self.batch_aware!r}")
+        check_finite("epsilon", self.epsilon, 0.0, 1.0, "in [0, 1] (exploration probability)")
+        if self.batch_aware and self.epsilon > 0:
+            raise ValueError(
+                f"UCB: batch_aware and epsilon = {self.epsilon} do not combine; drop one of "
+                "them (epsilon > 0 for logs that support off-policy estimates)"
+            )
 
     @property
     def name(self) -> str:
-        """e.g. "ucb(beta=1.0)" or "ucb(beta=1.0, batch_aware)"."""
-        return f"ucb(beta={self.beta}{', batch_aware' if self.batch_aware else ''})"
+        """e.g. "ucb(beta=1.0)", "ucb(beta=1.0, epsilon=0.1)" or "ucb(beta=1.0, batch_aware)"."""
+        extra = ", batch_aware" if self.batch_aware else ""
+        if self.epsilon > 0:
+            extra += f", epsilon={self.epsilon}"
+        return f"ucb(beta={self.beta}{extra})"
 
     def scores(self, prediction: Prediction, k: int) -> Tensor:
         """(B, C) float64 ``prediction.ucb(beta)``, after the checks every call makes (k,
@@ -81,17 +105,25 @@ class UCB:
         return prediction.ucb(self.beta).detach().to("cpu", torch.float64)
 
     def select(self, prediction: Prediction, k: int, state: PolicyState) -> Slate:
-        """The k best candidates by mean + beta * std (``state`` is not used).
+        """The k best candidates by mean + beta * std, or with the epsilon floor.
 
         Args:
             prediction: (B, C) predictions with a std.
             k: slate length, 1 <= k <= C.
-            state: unused unless ``batch_aware`` (then its pending impressions per column,
-                updated with this batch's slates).
+            state: with ``epsilon > 0`` its generator draws the explorations; with
+                ``batch_aware`` its pending impressions per column (updated with this
+                batch's slates); unused otherwise.
 
         Returns:
-            A slate with items (B, k), propensities 1 and one-hot distributions (B, k, C).
+            A slate with items (B, k): propensities 1 and one-hot distributions (B, k, C)
+            for plain UCB; with ``epsilon > 0`` the exact conditional propensities (floored)
+            and the conditional distribution of each position.
         """
+        if self.epsilon > 0:
+            scores = self.scores(prediction, k)
+            return epsilon_slate(
+                scores, k, float(self.epsilon), state, self.propensity_floor, self.name
+            )
         items = self._slates(prediction, k, state)
         return Slate(
             items=items,
@@ -104,8 +136,12 @@ class UCB:
     def action_distribution(
         self, prediction: Prediction, k: int, state: PolicyState, draws: int = 1000
     ) -> Tensor:
-        """(B, k, C) float64 one-hot on the UCB slate (exact; ``draws`` unused; ``state`` as
-        in :meth:`select`: given the same pending counts, the same slates)."""
+        """(B, k, C) float64 exact marginal of each candidate at each position: one-hot on the
+        UCB slate (``state`` as in :meth:`select`: given the same pending counts, the same
+        slates), or with ``epsilon > 0`` epsilon-greedy's closed form over the UCB ranking
+        (``state`` unused). ``draws`` is unused."""
+        if self.epsilon > 0:
+            return epsilon_marginals(self.scores(prediction, k), k, float(self.epsilon))
         return one_hot(self._slates(prediction, k, state), prediction.mean.shape[1])
 
     def _slates(self, prediction: Prediction, k: int, state: PolicyState) -> Tensor:

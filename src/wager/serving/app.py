@@ -457,10 +457,11 @@ async def _log_slate(service: _Service, response: dict[str, Any], body: Recommen
     if rows:
         assert service.committer is not None
         await commit_future(service.committer.submit(rows), "logging impressions")
-    service.recent.put(request_id, arm)
+    service.recent.put(request_id, arm, items[0]["item_id"] if items else None)
     service.metrics.impressions.labels(arm=arm).inc(len(rows))
     predicted = sum(item["mean"] for item in items if item["mean"] is not None)
     service.metrics.predicted.labels(arm=arm).inc(predicted)
+    service.metrics.calibration.served(arm, [item["mean"] for item in items])
 
 
 @_router.post("/v1/score", response_model=ScoreResponse, dependencies=[_needs("recommend")])
@@ -565,10 +566,11 @@ def _count_feedback(service: _Service, events: list[FeedbackEvent], result: Feed
             first.setdefault(e.event_id, e)
     for event_id in result.stored_ids:
         e = first[event_id]
-        arm = service.recent.arm(e.request_id)
+        arm, top = service.recent.lookup(e.request_id)
         m.feedback.labels(arm=arm, kind="click" if e.click is not None else "rating").inc()
         if e.click == 1:
             m.clicks.labels(arm=arm).inc()
+            m.calibration.clicked(arm, top=e.item_id == top)
 
 
 @_router.get("/v1/models", response_model=ModelsResponse, dependencies=[_needs("admin")])

@@ -43,6 +43,7 @@ from wager.evaluation.abtest import (
     compare_ratio_delta,
     compare_two_proportions,
     sample_ratio_mismatch,
+    wilson_interval,
 )
 from wager.policies import policy_from_name
 
@@ -182,7 +183,10 @@ def abtest_report(
         level: confidence level of the intervals.
 
     Returns:
-        JSON-ready dict: experiment, level, arms (impressions, users, clicks, ctr, low, high),
+        JSON-ready dict: experiment, level, arms (impressions, users, clicks, ctr, low, high,
+        and calibration: per slot, "all" positions and "top" (rank 1), the mean predicted
+        CTR of the served impressions next to the observed CTR, its interval and whether
+        the prediction lies inside; see :func:`_calibration`),
         comparisons (per treatment arm: the impression-level two-proportion test and the
         user-level delta-method test, which is the valid one when users, not requests, are
         randomised), and sample_ratio (chi-square, p-value, mismatch) or None.
@@ -202,6 +206,7 @@ def abtest_report(
     frame = pd.DataFrame(
         {"arm": rows["arm"].str.slice(len(prefix)), "user": rows["user_id"], "click": clicks}
     )
+    calibration = _calibration(frame, rows, level)
     per_user = frame.groupby(["arm", "user"]).agg(clicks=("click", "sum"), n=("click", "size"))
     names = sorted(frame["arm"].unique())
     control = control or ("control" if "control" in names else names[0])
@@ -213,6 +218,7 @@ def abtest_report(
         arms[name] = {
             **vars(arm_result(name, int(u["clicks"].sum()), int(u["n"].sum()), level)),
             "users": len(u),
+            "calibration": calibration[name],
         }
     comparisons = {}
     c = per_user.loc[control]
@@ -247,6 +253,38 @@ def abtest_report(
         "comparisons": comparisons,
         "sample_ratio": sample_ratio,
     }
+
+
+def _calibration(
+    frame: pd.DataFrame, rows: pd.DataFrame, level: float
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Online calibration per arm: arm -> slot ("all" positions, "top" = rank 1) ->
+    impressions, predicted_ctr (mean of the served impressions' predicted means, NaN
+    ignored), observed_ctr with its Wilson interval (low, high) at ``level`` and ``within``
+    (the prediction inside the interval). The top slot is where a model that predicts the
+    position-1 CTR (a position-aware model asked for position 1) and the clicks measure the
+    same thing; over all positions the position effect lowers the observed CTR."""
+    data = frame.assign(
+        mean=rows["mean"].astype("float64").to_numpy(),
+        top=rows["position"].astype("int64").to_numpy() == 1,
+    )
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for name, group in data.groupby("arm", sort=True):
+        out[str(name)] = {}
+        for slot, part in (("all", group), ("top", group[group["top"]])):
+            n, c = len(part), int(part["click"].sum())
+            predicted = float(part["mean"].mean()) if n else float("nan")
+            low, high = wilson_interval(c, n, level) if n else (float("nan"), float("nan"))
+            out[str(name)][slot] = {
+                "impressions": n,
+                "clicks": c,
+                "predicted_ctr": predicted,
+                "observed_ctr": c / n if n else float("nan"),
+                "low": low,
+                "high": high,
+                "within": bool(low <= predicted <= high),
+            }
+    return out
 
 
 def _comparison_dict(c: Any) -> dict[str, Any]:

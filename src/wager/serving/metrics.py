@@ -1,17 +1,21 @@
-"""What the service measures: its Prometheus metrics (own registry, names ``wager_*``), the
-request id -> experiment arm memory that attributes feedback to arms, and the ASGI
-middleware that counts and times every request and enforces the body size limit (413)."""
+"""What the service measures: its Prometheus metrics (own registry, names ``wager_*``), online
+calibration per arm (:class:`Calibration`), the request id -> experiment arm memory that
+attributes feedback to arms, and the ASGI middleware that counts and times every request and
+enforces the body size limit (413)."""
 
 from __future__ import annotations
 
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping, Sequence
 from typing import Any
 
 from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+
+from wager.evaluation.abtest import wilson_interval
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -23,7 +27,9 @@ class ServiceMetrics:
     """The Prometheus metrics of one app, in their own registry (names start ``wager_``).
 
     Predicted vs observed CTR per arm (online calibration): ``wager_predicted_mean_total /
-    wager_impressions_total`` against ``wager_feedback_clicks_total / wager_impressions_total``.
+    wager_impressions_total`` against ``wager_feedback_clicks_total / wager_impressions_total``,
+    and ready-made per arm and slot in the ``wager_calibration_*`` gauges of
+    :class:`Calibration` (``calibration``).
     """
 
     def __init__(self) -> None:
@@ -64,6 +70,8 @@ class ServiceMetrics:
         self.activations = Counter(
             "wager_model_activations", "Model versions activated.", registry=r
         )
+        self.calibration = Calibration()
+        r.register(self.calibration)
 
     def set_model(self, version: str) -> None:
         """Mark ``version`` as the one served (the only series of ``wager_model_active``)."""
@@ -71,24 +79,131 @@ class ServiceMetrics:
         self.model.labels(version=version).set(1)
 
 
+#: the slots of :class:`Calibration`: every served position, and rank 1 alone
+CALIBRATION_SLOTS = ("all", "top")
+
+
+class Calibration:
+    """Online calibration per experiment arm: the mean predicted CTR of the served
+    impressions against their observed CTR (clicks / impressions) and its 95% Wilson
+    interval, for every position (slot "all") and for rank 1 alone (slot "top").
+
+    Why a top slot: the served ``mean`` is the model's prediction for the request's context,
+    which for a position-aware click model asked for position 1 (the simulator's convention)
+    is the top slot's CTR. Lower positions are clicked less (the position effect), so over
+    all positions the observed CTR sits below the predicted one by the position bias even
+    for a perfectly calibrated model; at rank 1 the two measure the same thing.
+
+    A Prometheus collector (registered in :class:`ServiceMetrics`' registry) exporting, with
+    labels ``arm`` and ``slot``: ``wager_calibration_impressions``,
+    ``wager_calibration_predicted_ctr``, ``wager_calibration_observed_ctr``,
+    ``wager_calibration_observed_ctr_low`` / ``_high`` (95% Wilson interval) and
+    ``wager_calibration_within_interval`` (1 when the predicted CTR lies inside it). Arms
+    without impressions (feedback of requests older than the service remembers, arm
+    "unknown") export nothing.
+    """
+
+    LEVEL = 0.95
+
+    def __init__(self) -> None:
+        # (arm, slot) -> [impressions, impressions with a mean, sum of means, clicks]
+        self._tally: dict[tuple[str, str], list[float]] = {}
+        self._lock = threading.Lock()
+
+    def _row(self, arm: str, slot: str) -> list[float]:
+        return self._tally.setdefault((arm, slot), [0.0, 0.0, 0.0, 0.0])
+
+    def served(self, arm: str, means: Sequence[float | None]) -> None:
+        """Count one served slate of ``arm``: ``means`` are the predicted means of its items
+        in rank order (None where undefined)."""
+        if not means:
+            return
+        with self._lock:
+            for slot, part in (("all", means), ("top", means[:1])):
+                row = self._row(arm, slot)
+                known = [m for m in part if m is not None]
+                row[0] += len(part)
+                row[1] += len(known)
+                row[2] += sum(known)
+
+    def clicked(self, arm: str, top: bool) -> None:
+        """Count one stored click of ``arm`` (``top``: on the rank-1 item of its slate)."""
+        with self._lock:
+            self._row(arm, "all")[3] += 1
+            if top:
+                self._row(arm, "top")[3] += 1
+
+    def snapshot(self) -> dict[tuple[str, str], dict[str, float]]:
+        """(arm, slot) -> impressions, clicks, predicted_ctr (NaN without a mean),
+        observed_ctr, low, high, within (1.0 or 0.0), for every (arm, slot) served."""
+        with self._lock:
+            rows = {key: list(row) for key, row in self._tally.items()}
+        out = {}
+        for key, (n, n_mean, predicted, clicks) in rows.items():
+            if n == 0:
+                continue
+            clicks = min(clicks, n)  # two click events on one impression count once here
+            low, high = wilson_interval(int(clicks), int(n), self.LEVEL)
+            pred = predicted / n_mean if n_mean else float("nan")
+            out[key] = {
+                "impressions": n,
+                "clicks": clicks,
+                "predicted_ctr": pred,
+                "observed_ctr": clicks / n,
+                "low": low,
+                "high": high,
+                "within": float(low <= pred <= high),
+            }
+        return out
+
+    def describe(self) -> list[Metric]:
+        """No fixed series: the registry then calls :meth:`collect` for them."""
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        """The ``wager_calibration_*`` gauges (class docstring)."""
+        names = {
+            "impressions": "Impressions served (arm, slot: all positions or rank 1).",
+            "predicted_ctr": "Mean predicted CTR of the served impressions.",
+            "observed_ctr": "Observed CTR: stored clicks / impressions.",
+            "observed_ctr_low": "Lower end of the observed CTR's 95% Wilson interval.",
+            "observed_ctr_high": "Upper end of the observed CTR's 95% Wilson interval.",
+            "within_interval": "1 when the predicted CTR lies in the observed CTR's interval.",
+        }
+        keys = {"observed_ctr_low": "low", "observed_ctr_high": "high", "within_interval": "within"}
+        snap = self.snapshot()
+        for name, doc in names.items():
+            family = GaugeMetricFamily(f"wager_calibration_{name}", doc, labels=["arm", "slot"])
+            for (arm, slot), row in sorted(snap.items()):
+                family.add_metric([arm, slot], row[keys.get(name, name)])
+            yield family
+
+
 class RecentRequests:
-    """request id -> arm of the last ``size`` responses, to count feedback per arm."""
+    """request id -> (arm, rank-1 item) of the last ``size`` responses, to count feedback per
+    arm and per slot."""
 
     def __init__(self, size: int = 100_000) -> None:
         self.size = size
-        self._arms: OrderedDict[str, str] = OrderedDict()
+        self._arms: OrderedDict[str, tuple[str, str | None]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def put(self, request_id: str, arm: str) -> None:
+    def put(self, request_id: str, arm: str, top_item: str | None = None) -> None:
+        """Remember a response's arm and the item id it served at rank 1."""
         with self._lock:
-            self._arms[request_id] = arm
+            self._arms[request_id] = (arm, top_item)
             if len(self._arms) > self.size:
                 self._arms.popitem(last=False)
 
     def arm(self, request_id: str) -> str:
         """The arm, or "unknown" for a request older than the last ``size``."""
+        return self.lookup(request_id)[0]
+
+    def lookup(self, request_id: str) -> tuple[str, str | None]:
+        """(arm, rank-1 item id), or ("unknown", None) for a request older than the last
+        ``size``."""
         with self._lock:
-            return self._arms.get(request_id, "unknown")
+            return self._arms.get(request_id, ("unknown", None))
 
 
 class ObserveMiddleware:

@@ -176,7 +176,33 @@ def _check(frame: pd.DataFrame, source: str) -> None:
         )
 
 
-def load_event_log(path: str | Path) -> LoggedFeedback:
+def _select(
+    frame: pd.DataFrame, source: str, arm: str | None, positions: int | None
+) -> pd.DataFrame:
+    """The rows of one experiment arm and / or the first ``positions`` ranks."""
+    if arm is not None:
+        logged = frame["arm"].astype(str)
+        keep = (logged == arm) | (logged.str.rsplit("/", n=1).str[-1] == arm)
+        if not keep.any():
+            known = ", ".join(repr(a) for a in sorted(logged.unique()))
+            raise data_error(
+                "no_rows",
+                f"no impression of arm {arm!r}; the log's arms: {known}",
+                source=source,
+                column="arm",
+                fix="Pass one of the log's arms (the arm name, or 'experiment/arm').",
+            )
+        frame = frame[keep.to_numpy()]
+    if positions is not None:
+        if isinstance(positions, bool) or not isinstance(positions, int) or positions < 1:
+            raise ValueError(f"positions must be an integer >= 1, got {positions!r}")
+        frame = frame[frame["position"].to_numpy() <= positions]
+    return frame.reset_index(drop=True)
+
+
+def load_event_log(
+    path: str | Path, *, arm: str | None = None, positions: int | None = None
+) -> LoggedFeedback:
     """Read an exported event log (``wager export-logs``) as logged feedback for off-policy
     evaluation (:mod:`wager.evaluation.ope`, ``wager ope --format wager``).
 
@@ -190,8 +216,20 @@ def load_event_log(path: str | Path) -> LoggedFeedback:
     feedback holds ratings only (no click event) has ``reward`` = the rating instead; every
     impression then needs one.
 
+    **Propensities and positions.** The service logs, at each position, the probability of
+    the item *given the items at the earlier positions* (the slate's conditional
+    propensity); the off-policy estimators of :mod:`wager.evaluation.ope` divide by the
+    *marginal* probability of the item at its position. The two are equal at position 1
+    (and at every position for the deterministic policies, greedy and plain UCB, whose
+    propensities are 1), but differ below it for a stochastic policy (epsilon-greedy, UCB
+    with an epsilon floor, Thompson sampling). ``positions=1`` keeps only the rows whose
+    logged propensity is the marginal the estimators assume.
+
     Args:
         path: the Parquet file ``wager export-logs`` wrote.
+        arm: keep only the impressions of this experiment arm (its name, or the logged
+            "experiment/arm"), e.g. the arm of the logging policy to estimate from.
+        positions: keep only the impressions at ranks 1..positions (None: all).
 
     Returns:
         LoggedFeedback with ``user_ids`` the user ids (str), ``n_positions`` the largest
@@ -207,6 +245,7 @@ def load_event_log(path: str | Path) -> LoggedFeedback:
     source = str(file)
     frame = _read(file)
     _check(frame, source)
+    frame = _select(frame, source, arm, positions)
     items = frame["item_id"].astype(str)
     item_ids = np.array(sorted(items.unique()), dtype=object)
     action = pd.Categorical(items, categories=item_ids).codes.astype(np.int64)
