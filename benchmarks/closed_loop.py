@@ -3,15 +3,17 @@ online calibration (acceptance criteria "the loop closes on real logs" and "onli
 calibration").
 
     python benchmarks/closed_loop.py [--seeds 20] [--first-seed 0] [--requests 3000]
+        [--model examples/serve-clicks.toml] [--epsilon 0.2] [--beta 1.0] [--out FILE]
 
 Per seed:
 
 1. a synthetic world (``--users`` users, ``--items`` items, one day, no new items, 3
    positions: ``wager.data.synthetic.SyntheticWorld``);
 2. an initial logged day: ``--warmup`` impressions of the world's popularity logging policy
-   (what ``wager simulate`` warms up on), a model trained on it (``wager simulate``'s
-   default model, ``examples/simulate.toml``: a 3-member factorization click ensemble with
-   position as context) and saved as version "v1" of a registry;
+   (what ``wager simulate`` warms up on), a model trained on it (``--model``, default
+   ``examples/serve-clicks.toml``: the simulator's 3-member factorization click ensemble
+   with position as context, early-stopped and temperature-calibrated on the latest 20% of
+   the rows) and saved as version "v1" of a registry;
 3. ``wager serve REGISTRY --experiment loop.toml`` (a real uvicorn subprocess; SQLite
    events) with two arms of equal shares: "ucb" = UCB(beta, epsilon) (the logging policy),
    "greedy" = Greedy;
@@ -62,6 +64,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import emit, log
 
 K = 3
+DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "examples" / "serve-clicks.toml"
 ARMS = ("ucb", "greedy")
 
 
@@ -75,16 +78,17 @@ def experiment_toml(beta: float, epsilon: float) -> str:
     )
 
 
-def train_initial(world: Any, warmup: int, seed: int, registry: Path) -> None:
-    """Fit the simulator's default model on the popularity policy's logged day; save it as
-    ``registry/v1``."""
+def train_initial(world: Any, warmup: int, seed: int, registry: Path, config: Path) -> None:
+    """Fit the model of ``config`` (``--model``) on the popularity policy's logged day; save
+    it as ``registry/v1``."""
     from dataclasses import replace
 
+    from wager.config import RunConfig
     from wager.data.synthetic import PopularityPolicy
-    from wager.pipeline import RecommenderSimulationModel, simulation_run_config
+    from wager.pipeline import RecommenderSimulationModel
 
     logged = world.sample_log(warmup, PopularityPolicy(), day=0, seed=seed)
-    model = RecommenderSimulationModel(replace(simulation_run_config(), seed=seed), world)
+    model = RecommenderSimulationModel(replace(RunConfig.load(config), seed=seed), world)
     items = world.items.iloc[world.available_items(0)].reset_index(drop=True)
     model.fit(logged, items)
     assert model.recommender_ is not None
@@ -171,7 +175,7 @@ def run_seed(seed: int, args: argparse.Namespace, folder: Path) -> dict[str, Any
                     seed=seed)
     )  # fmt: skip
     registry = folder / "registry"
-    train_initial(world, args.warmup, seed, registry)
+    train_initial(world, args.warmup, seed, registry, args.model)
     exp = folder / "loop.toml"
     exp.write_text(experiment_toml(args.beta, args.epsilon))
     db = f"sqlite:///{folder / 'events.db'}"
@@ -265,8 +269,12 @@ def main() -> None:
     parser.add_argument("--beta", type=float, default=1.0)
     parser.add_argument("--epsilon", type=float, default=0.2)
     parser.add_argument("--members", type=int, default=2)
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL,
+                        help="run config of the served model (default examples/serve-clicks.toml)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    if not args.model.is_file():
+        parser.error(f"--model {args.model}: no such config file")
     rows = []
     start = time.perf_counter()
     for seed in range(args.first_seed, args.first_seed + args.seeds):

@@ -15,16 +15,20 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from fastapi.testclient import TestClient
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from conftest import rating_toml
 from serving.tiny_runs import ratings, train_registry
 from wager.cli import app as cli_app
 from wager.config import RunConfig
+from wager.evaluation import ranking
 from wager.policies import Policy, PolicyState, policy_from_name
 from wager.recommender import Recommender
-from wager.recommender.fastpath import FastPath, FastSlate
+from wager.recommender.fastpath import FastPath, FastSlate, top_of_row
 from wager.serving.app import create_app
 from wager.serving.cache import LRUCache
 from wager.serving.events import Impression
@@ -311,3 +315,17 @@ def test_a_failed_group_commit_fails_every_request_of_the_group() -> None:
         with pytest.raises(RuntimeError, match="disk full"):
             f.result(timeout=10)
     assert slow.sizes == [1, 6]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    values=st.lists(st.sampled_from([-np.inf, -1.0, 0.0, 0.5, 0.5, 2.0]), min_size=1,
+                    max_size=40),
+    n=st.integers(1, 45),
+)  # fmt: skip
+def test_top_of_row_equals_top_k_from_scores(values: list[float], n: int) -> None:
+    """Ties (many equal scores) and -inf entries: the same positions in the same order as the
+    batch top-k of the evaluation module, less its -1 slots."""
+    row = np.asarray(values, dtype=np.float32)
+    reference = ranking.top_k_from_scores(torch.as_tensor(row[None, :]), n)[0]
+    np.testing.assert_array_equal(top_of_row(row, n), reference[reference >= 0])

@@ -46,11 +46,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import scipy.sparse as sp
 import torch
 from torch import Tensor
 
-from wager.evaluation import ranking
 from wager.policies import Policy, PolicyState
 from wager.prediction import Prediction
 from wager.recommender.listing import as_matrix, default_candidates
@@ -126,6 +124,21 @@ class FastSlate:
     propensity: np.ndarray
     policy: str
     known: bool
+
+
+def top_of_row(row: np.ndarray, n: int) -> np.ndarray:
+    """(<= n,) int64 positions of the n highest scores of one (I,) row, best first, ties to
+    the lower position, entries of -inf (or NaN) never: what
+    :func:`wager.evaluation.ranking.top_k_from_scores` returns for one user less its -1
+    slots, without its (users x items) machinery (a partial sort: O(I + n log n))."""
+    finite = np.flatnonzero(row > -np.inf)
+    if n < finite.size:
+        values = row[finite]
+        threshold = values[np.argpartition(-values, n - 1)[n - 1]]
+        above = finite[values > threshold]
+        ties = finite[values == threshold][: n - above.size]
+        finite = np.concatenate([above, ties])
+    return finite[np.argsort(-row[finite], kind="stable")].astype(np.int64)
 
 
 def _nan_or(t: Tensor | None, n: int) -> np.ndarray:
@@ -246,15 +259,12 @@ class FastPath:
         dropped = [self._keys[x] for x in exclude if x in self._keys]
         if len(set(dropped)) >= len(self._keys):
             return None
-        masked = np.unique(np.concatenate([user.seen if exclude_seen else [], dropped]))
-        mask = None
-        if masked.size:
-            cols = masked.astype(np.int64)
-            mask = sp.csr_matrix(
-                (np.ones(cols.size, np.float32), cols, [0, cols.size]), shape=scores.shape
-            )
-        top = ranking.top_k_from_scores(scores, n_candidates, mask)[0]
-        sel = top[top >= 0]
+        row = scores[0].detach().cpu().numpy().copy()
+        if exclude_seen and user.seen.size:
+            row[user.seen.astype(np.int64)] = -np.inf
+        if dropped:
+            row[np.asarray(dropped, dtype=np.int64)] = -np.inf
+        sel = top_of_row(row, n_candidates)
         return Scored(sel, self._predict(user, sel), user.known)
 
     def _predict(self, user: _User, sel: np.ndarray) -> Prediction:
