@@ -2,8 +2,8 @@
 stderr.
 
     python benchmarks/exploration.py [--world content|tastes] [--seeds 5] [--days N]
-        [--ucb-batch-aware 1] [--workers 2] [--threads 1] [--parts tradeoff,regret,peers]
-        [--out results.json]
+        [--ucb-batch-aware 1] [--online 0|1] [--batch-requests N] [--workers 2] [--threads 1]
+        [--parts tradeoff,regret,peers] [--out results.json]
 
 Every run is :func:`wager.evaluation.simulation.simulate` in one world per seed. Worlds
 (``WORLDS``):
@@ -20,10 +20,14 @@ Both: slates of 3, a 3,000-impression popularity warm-up log, the model refitted
 on every log so far, targets throughput counting new items that reach 50 impressions. UCB is
 batch-aware by default (``--ucb-batch-aware 1``: within a day the impressions already served
 shrink each item's std, GP-BUCB; without it every similar request of the day gets the same
-optimistic slate). Seed s builds the world, the simulation's draws and the model's training,
-the same for every policy (common random numbers). The reported seeds are 0..seeds-1; every
-choice of a parameter (UCB's best beta, MABWiser's alpha) is made on the separate tuning seed
-``TUNING_SEED`` and reported with its figures.
+optimistic slate). ``--online 1`` turns on the simulator's within-day online updates
+(``SimulationConfig.online_updates``: before each batch of ``--batch-requests`` requests the
+model's prediction is updated, as a Beta posterior, with the clicks seen since the evening
+fit; the same for every policy); ``--batch-requests`` (default 1024, the simulator's) sets
+how often that feedback arrives. Seed s builds the world, the simulation's draws and the
+model's training, the same for every policy (common random numbers). The reported seeds are
+0..seeds-1; every choice of a parameter (UCB's best beta, MABWiser's alpha) is made on the
+separate tuning seed ``TUNING_SEED`` and reported with its figures.
 
 - ``tradeoff`` (benchmark 1): UCB with beta in {0, 0.5, 1, 1.5}, total RPM and targets
   throughput relative to beta = 0 (ratio of the means over seeds, and paired per seed), for
@@ -329,6 +333,16 @@ def main() -> None:
         default=1,
         help="1: UCB shrinks stds by the impressions pending since the last fit (GP-BUCB)",
     )
+    ap.add_argument(
+        "--online",
+        type=int,
+        choices=(0, 1),
+        default=0,
+        help="1: update predictions within the day with the clicks seen since the fit",
+    )
+    ap.add_argument(
+        "--batch-requests", type=int, default=1024, help="requests served per prediction"
+    )
     ap.add_argument("--threads", type=int, default=1, help="torch threads per worker")
     ap.add_argument("--workers", type=int, default=2, help="simulations run at once")
     ap.add_argument("--parts", default="tradeoff,regret,peers")
@@ -342,6 +356,7 @@ def main() -> None:
     WORLD.clear()
     WORLD.update(world)  # the worker processes fork after this and see it
     SIM.update(sim)
+    SIM.update({"online_updates": bool(args.online), "batch_requests": args.batch_requests})
     UCB_EXTRA.clear()
     UCB_EXTRA.update({"batch_aware": 1.0} if args.ucb_batch_aware else {})
     args.days = days if args.days is None else args.days

@@ -50,8 +50,21 @@ _CONFIG_FLAGS = {
     "warmup_rows": "--warmup",
     "target_impressions": "--target-impressions",
     "target_clicks": "--target-clicks",
+    "batch_requests": "--batch-requests",
     "seed": "--seed",
 }
+
+_OnlineFlag = Annotated[
+    bool,
+    typer.Option(
+        "--online",
+        help="Update predictions before each batch with the clicks since the last fit "
+        "(Beta posterior), the same for every policy.",
+    ),
+]
+_BatchRequestsFlag = Annotated[
+    int, typer.Option("--batch-requests", help="Requests served per prediction (and update).")
+]
 
 
 def parse_sweep(spec: str) -> list[tuple[str, dict[str, float]]]:
@@ -217,6 +230,8 @@ def simulate_command(
         ),
     ] = 1.0,
     warmup: Annotated[int, typer.Option("--warmup", help="Warm-up log impressions.")] = 5000,
+    online: _OnlineFlag = False,
+    batch_requests: _BatchRequestsFlag = 1024,
     target_impressions: Annotated[
         int, typer.Option("--target-impressions", help="Throughput: impressions a new item needs.")
     ] = 100,
@@ -260,6 +275,8 @@ def simulate_command(
         warmup_rows=warmup,
         target_impressions=target_impressions,
         target_clicks=target_clicks,
+        batch_requests=batch_requests,
+        online_updates=online,
         seed=seed,
     )
     world_args = _world_args(users, items, new_items, hidden_strength, taste_strength)

@@ -17,6 +17,19 @@ Each day of :func:`simulate`:
 4. **Evening.** The model is refitted on every log so far (warm-up log included); it is not
    refitted after the last day (nothing would use it).
 
+**Online updates** (``SimulationConfig.online_updates``, off by default): a live service
+sees clicks within minutes, not at the next fit. With them on, the simulator keeps, per
+item, the clicks and the *effective impressions* (clicks plus the world's position bias of
+every non-clicked impression: see :mod:`wager.uncertainty.online`) served since the model
+was last fitted (cleared at every fit), and before each batch of ``batch_requests`` it
+replaces the model's prediction by :func:`~wager.uncertainty.online.beta_posterior` of it
+given those counts (with as many Beta draws as the prediction has samples, so Thompson
+sampling draws from the posterior). Every policy sees the same updated prediction: it is
+the serving system's, not the policy's. The policy state's counts (batch-aware UCB's
+pending impressions) are then cleared before every batch, not once a day: the impressions
+of earlier batches are observed, and pending ones are only those of the batch being served.
+Smaller batches give more frequent feedback.
+
 Day 0 is served by the model fitted on a **warm-up log**: ``warmup_rows`` impressions from
 the world's popularity logging policy on day 0 (``world.sample_log(warmup_rows,
 PopularityPolicy(), day=0, seed=seed)``: items drawn with probability proportional to
@@ -77,6 +90,7 @@ from wager.data.logged import LoggedFeedback
 from wager.data.synthetic import PopularityPolicy, SyntheticWorld
 from wager.policies.base import Policy, PolicyState, Slate
 from wager.prediction import Prediction
+from wager.uncertainty.online import beta_posterior
 
 __all__ = [
     "SimulationConfig",
@@ -220,6 +234,9 @@ class SimulationConfig:
             for small simulations that feed off-policy estimators).
         action_distribution_draws: Monte Carlo slates per request behind that distribution
             where the policy has no closed form (>= 1).
+        online_updates: update the model's prediction before each batch with the clicks
+            seen since the last fit (Beta posterior; see the module docstring). Needs a
+            model whose predictions are click probabilities with a std.
         seed: seed of every draw of the simulation (>= 0).
 
     Example:
@@ -238,6 +255,7 @@ class SimulationConfig:
     batch_requests: int = 1024
     log_action_distribution: bool = False
     action_distribution_draws: int = 1000
+    online_updates: bool = False
     seed: int = 0
 
     _INT_RANGES: ClassVar[dict[str, tuple[int, int]]] = {
@@ -264,11 +282,11 @@ class SimulationConfig:
             s_ok = 0 <= s <= 5
         if not s_ok:
             raise ValueError(f"SimulationConfig.cpc_sigma must be a number in [0, 5], got {s!r}")
-        if not isinstance(self.log_action_distribution, bool):
-            raise ValueError(
-                "SimulationConfig.log_action_distribution must be true or false, got "
-                f"{self.log_action_distribution!r}"
-            )
+        for flag in ("log_action_distribution", "online_updates"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ValueError(
+                    f"SimulationConfig.{flag} must be true or false, got {getattr(self, flag)!r}"
+                )
 
     def check_world(self, world: SyntheticWorld) -> None:
         """Refuse a world this simulation cannot run in, naming the field and the fix."""
@@ -407,8 +425,10 @@ class _Simulation:
         cpc: np.ndarray | None,
     ) -> None:
         self.world, self.policy, self.model, self.config = world, policy, model, config
-        users_rng, clicks_rng, cpc_rng = np.random.default_rng(config.seed).spawn(3)
-        self.users_rng, self.clicks_rng = users_rng, clicks_rng
+        # spawn(4)'s first three children are spawn(3)'s: the fourth stream (the online
+        # posterior's Beta draws) leaves the other draws as they were without it
+        users_rng, clicks_rng, cpc_rng, online_rng = np.random.default_rng(config.seed).spawn(4)
+        self.users_rng, self.clicks_rng, self.online_rng = users_rng, clicks_rng, online_rng
         n = world.config.n_items_total
         sigma = config.cpc_sigma
         self.cpc = (
@@ -428,6 +448,39 @@ class _Simulation:
         )
         self.request_offset = 0
         self.warmup: pd.DataFrame | None = None
+        # per item since the last fit (online updates): effective impressions and clicks
+        self.since_fit = (np.zeros(n, dtype=np.float64), np.zeros(n, dtype=np.float64))
+
+    def fitted(self) -> None:
+        """The model was just refitted: the clicks it has seen are no longer news."""
+        for counts in self.since_fit:
+            counts[:] = 0.0
+
+    def online(self, pred: Prediction, items: np.ndarray) -> Prediction:
+        """The model's prediction updated with the feedback since the fit (online updates),
+        and the policy's pending impressions cleared (they are observed now)."""
+        self.state.counts.clear()
+        self.distribution_state.counts.clear()
+        impressions, clicks = self.since_fit
+        draws = 0 if pred.samples is None else int(pred.samples.shape[0])
+        try:
+            return beta_posterior(
+                pred, impressions[items], clicks[items], draws=draws, generator=self.online_rng
+            )
+        except ValueError as exc:
+            raise ValueError(
+                f"SimulationConfig.online_updates: {exc} ({type(self.model).__name__}); "
+                "set online_updates=False for this model"
+            ) from None
+
+    def observe(self, cols: np.ndarray, items: np.ndarray, clicks: np.ndarray) -> None:
+        """Add a batch's (B, k) clicks at the (B, k) catalogue columns ``cols`` to the
+        counts since the fit: a click counts 1, a non-click its position's bias."""
+        impressions, counted = self.since_fit
+        shown = items[cols].reshape(-1)
+        effective = np.where(clicks == 1, 1.0, self.bias[None, :]).reshape(-1)
+        impressions += np.bincount(shown, weights=effective, minlength=len(impressions))
+        counted += np.bincount(shown, weights=clicks.reshape(-1), minlength=len(counted))
 
     def warm_up(self, items: np.ndarray) -> None:
         """Fit the day-0 model on the popularity policy's warm-up log (day -1 in the logs)."""
@@ -463,11 +516,15 @@ class _Simulation:
                 f"{type(self.model).__name__}.predict returned a prediction of shape "
                 f"{tuple(pred.mean.shape)}, expected {(b, c)} (requests x catalogue items)"
             )
+        if cfg.online_updates:
+            pred = self.online(pred, items)
         slate = self.policy.select(pred, cfg.k, self.state)
         cols = _slate_columns(slate, b, c, cfg.k, self.policy)
         true = world.true_ctr_matrix(users, items)  # (B, C) at position 1
         shown = np.take_along_axis(true, cols, axis=1) * self.bias
         clicks = (self.clicks_rng.random(shown.shape) < shown).astype(np.int64)
+        if cfg.online_updates:
+            self.observe(cols, items, clicks)
         # same operations, same order for both: the oracle's slate gives exactly zero regret
         oracle = (-np.sort(-true, axis=1)[:, : cfg.k] * self.bias).sum(axis=1)
         distribution = None
@@ -715,5 +772,6 @@ def simulate(
         sim.item_rows(items)
         if day + 1 < cfg.days:
             model.fit(sim.all_logs(), sim.item_rows(items))
+            sim.fitted()
         previous = items
     return sim.result()
