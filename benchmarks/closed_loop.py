@@ -263,11 +263,11 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=20)
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--users", type=int, default=300)
-    parser.add_argument("--items", type=int, default=30)
+    parser.add_argument("--items", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=20_000)
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--beta", type=float, default=1.0)
-    parser.add_argument("--epsilon", type=float, default=0.2)
+    parser.add_argument("--epsilon", type=float, default=0.3)
     parser.add_argument("--members", type=int, default=2)
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL,
                         help="run config of the served model (default examples/serve-clicks.toml)")

@@ -129,6 +129,42 @@ def _render(result: dict[str, Any], title: str) -> None:
         console.print(_text(f"plot: {result['plot']}"))
 
 
+ArmFlag = Annotated[
+    str | None,
+    typer.Option("--arm", help="--format wager: only this experiment arm's impressions."),
+]
+PositionsFlag = Annotated[
+    int | None,
+    typer.Option(
+        "--positions",
+        help="--format wager: only ranks 1..N (1 for stochastic slate logs: the "
+        "estimators need marginal propensities, logged exactly at rank 1).",
+    ),
+]
+
+
+def _check_numbers(
+    members: int, positions: int | None, folds: int, n_bootstrap: int, confidence_level: float
+) -> None:
+    """The numeric flags of ``wager ope``, each error naming its flag."""
+    if members < 2:
+        raise _flag_error(
+            "--members",
+            f"--members {members} must be >= 2: the reward model's interval comes from the "
+            "spread of its members",
+        )
+    if positions is not None and positions < 1:
+        raise _flag_error("--positions", f"--positions {positions} must be >= 1")
+    if folds < 2:
+        raise _flag_error("--folds", f"--folds {folds} must be >= 2 (cross-fitting)")
+    if n_bootstrap < 1:
+        raise _flag_error("--bootstrap", f"--bootstrap {n_bootstrap} must be >= 1")
+    if not 0 < confidence_level < 1:
+        raise _flag_error(
+            "--confidence-level", f"--confidence-level {confidence_level} must be in (0, 1)"
+        )
+
+
 @app.command("ope")
 def ope(
     logs: Annotated[Path, typer.Option("--logs", help="Logged feedback to estimate from.")],
@@ -164,18 +200,8 @@ def ope(
     confidence_level: Annotated[
         float, typer.Option("--confidence-level", help="Interval level, in (0, 1).")
     ] = 0.95,
-    arm: Annotated[
-        str | None,
-        typer.Option("--arm", help="--format wager: only this experiment arm's impressions."),
-    ] = None,
-    positions: Annotated[
-        int | None,
-        typer.Option(
-            "--positions",
-            help="--format wager: only ranks 1..N (1 for stochastic slate logs: the "
-            "estimators need marginal propensities, logged exactly at rank 1).",
-        ),
-    ] = None,
+    arm: ArmFlag = None,
+    positions: PositionsFlag = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of folds, models, bootstrap.")] = 0,
     out: Annotated[
         Path | None, typer.Option("--out", help="Folder for ope.json and ope.png.")
@@ -188,22 +214,7 @@ def ope(
     """Estimate a policy's value from logged feedback (IPS, SNIPS, DM, DR, switch-DR)."""
     if (policy_logs is None) == (policy is None):
         raise _flag_error("--policy-logs", "give exactly one of --policy-logs or --policy")
-    if members < 2:
-        raise _flag_error(
-            "--members",
-            f"--members {members} must be >= 2: the reward model's interval comes from the "
-            "spread of its members",
-        )
-    if positions is not None and positions < 1:
-        raise _flag_error("--positions", f"--positions {positions} must be >= 1")
-    if folds < 2:
-        raise _flag_error("--folds", f"--folds {folds} must be >= 2 (cross-fitting)")
-    if n_bootstrap < 1:
-        raise _flag_error("--bootstrap", f"--bootstrap {n_bootstrap} must be >= 1")
-    if not 0 < confidence_level < 1:
-        raise _flag_error(
-            "--confidence-level", f"--confidence-level {confidence_level} must be in (0, 1)"
-        )
+    _check_numbers(members, positions, folds, n_bootstrap, confidence_level)
     check_out_folder(out, ("ope.json", "ope.png"), overwrite)
     import json
 
