@@ -269,8 +269,12 @@ def main() -> None:
     parser.add_argument("--beta", type=float, default=1.0)
     parser.add_argument("--epsilon", type=float, default=0.3)
     parser.add_argument("--members", type=int, default=2)
-    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL,
-                        help="run config of the served model (default examples/serve-clicks.toml)")
+    parser.add_argument(
+        "--model",
+        type=Path,
+        default=DEFAULT_MODEL,
+        help="run config of the served model (default examples/serve-clicks.toml)",
+    )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     if not args.model.is_file():

@@ -3,7 +3,7 @@ stored twice when the server is killed with SIGKILL mid-load) and ``--part laten
 (requests/s and p50 / p95 / p99 of ``/v1/recommend`` under wrk).
 
     python benchmarks/serving.py --part latency [--data-dir ../shared/data/ml-100k]
-        [--epochs 15] [--duration 30] [--run RUN] [--profile] [--out results.json]
+        [--epochs 15] [--duration 30] [--cache-size N] [--run RUN] [--profile] [--out results.json]
 
 Latency: trains ``examples/movielens-rating.toml`` (biased MF, 5-member ensemble; epochs
 capped at ``--epochs``) on MovieLens-100k u1.base into a temporary registry (or serves
@@ -437,6 +437,8 @@ def latency(registry: Path, args: argparse.Namespace, work: Path) -> dict[str, A
 
     db = f"sqlite:///{work / 'events.db'}"
     server = Server(registry, db, _free_port(), work / "serve-latency.log")
+    if args.cache_size:
+        server.args += ["--cache-size", str(args.cache_size)]
     log(f"starting wager serve on {server.base}")
     ready_s = server.start()
     runs: list[dict[str, Any]] = []
@@ -502,6 +504,7 @@ def latency_main(args: argparse.Namespace) -> None:
             "train_s": train_s,
             "duration_s": args.duration,
             "k": 10,
+            "cache_size": args.cache_size,
             **latency(registry, args, work),
         }
         if args.profile:
@@ -666,6 +669,12 @@ def main() -> None:
                               help="MovieLens-100k folder (u1.base)")  # fmt: skip
     latency_args.add_argument("--epochs", type=int, default=15, help="cap per member")
     latency_args.add_argument("--duration", type=int, default=30, help="seconds per wrk run")
+    latency_args.add_argument(
+        "--cache-size",
+        type=int,
+        default=0,
+        help="serve with --cache-size N (0: no candidate cache)",
+    )
     latency_args.add_argument("--profile", action="store_true",
                               help="also cProfile one in-process recommend call")  # fmt: skip
     swap_args = ap.add_argument_group("swap")
