@@ -142,7 +142,7 @@ class Calibration:
         for key, (n, n_mean, predicted, clicks) in rows.items():
             if n == 0:
                 continue
-            clicks = min(clicks, n)  # two click events on one impression count once here
+            clicks = min(clicks, n)  # several click events per impression: never above n
             low, high = wilson_interval(int(clicks), int(n), self.LEVEL)
             pred = predicted / n_mean if n_mean else float("nan")
             out[key] = {
