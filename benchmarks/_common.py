@@ -12,6 +12,7 @@ import json
 import math
 import os
 import platform
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -253,3 +254,14 @@ def environment(threads: int, peers: Sequence[str] = PEERS) -> dict[str, Any]:
         "machine": platform.machine(),
         "peers": {name: version_of(name) for name in peers},
     }
+
+
+def stop_on_sigterm() -> None:
+    """Make SIGTERM (``kill``, ``pkill``) raise SystemExit, so the ``finally:`` blocks that
+    stop the servers a benchmark started run; without it the process dies on the spot and
+    leaves its ``wager serve`` subprocesses behind."""
+
+    def _exit(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _exit)

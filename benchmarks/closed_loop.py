@@ -69,7 +69,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import emit, log
+from _common import emit, log, stop_on_sigterm
 
 K = 3
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "examples" / "serve-clicks.toml"
@@ -271,6 +271,7 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def main() -> None:
+    stop_on_sigterm()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=20)
     parser.add_argument("--first-seed", type=int, default=0)

@@ -78,7 +78,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT / "tests"))
-from _common import emit, environment, log  # noqa: E402
+from _common import emit, environment, log, stop_on_sigterm  # noqa: E402
 
 K = 5  # items per recommendation
 LUA = Path(__file__).resolve().parent / "serving_recommend.lua"
@@ -656,6 +656,7 @@ def swap_main(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
+    stop_on_sigterm()
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--part", choices=["durability", "latency", "swap"], required=True)
     ap.add_argument("--db", choices=["sqlite", "postgresql", "both"], default="both")
