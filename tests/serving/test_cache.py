@@ -367,3 +367,18 @@ def test_activation_drops_entries_of_versions_no_longer_served(
     assert 'wager_cache_hits_total{backend="lru"} 2.0' in text
     assert 'wager_cache_misses_total{backend="lru"} 1.0' in text
     assert 'wager_cache_errors_total{backend="lru"} 0.0' in text
+
+
+def test_a_cache_on_a_model_without_fast_path_is_announced_at_start(
+    registry_dir, sqlite_store: EventStore, caplog: pytest.LogCaptureFixture
+):
+    """The tiny runs use population cold start, which the fast path does not represent: the
+    start-up log says the cache is not used, and why; requests still answer."""
+    with caplog.at_level("WARNING", logger="wager.serving"):
+        app = create_app(ModelRegistry(registry_dir), sqlite_store, None, cache=LRUCache(10))
+    (record,) = [r for r in caplog.records if "no fast path" in r.getMessage()]
+    assert record.getMessage() == (
+        'model version v3 has no fast path (cold_start = "population"): the candidate cache '
+        "and the precomputed table are not used for it; every request is scored by the model"
+    )
+    assert TestClient(app).post("/v1/recommend", json={"user_id": "u1", "k": 3}).status_code == 200

@@ -189,6 +189,8 @@ def create_app(
     limits = limits or Limits()
     if cache is not None:
         cache.bind_metrics(metrics.registry)
+    if cache is not None or precomputed is not None:
+        _warn_without_fast_path(registry)
     app.state.service = _Service(
         registry, events, keys, limits, metrics, RecentRequests(), experiment, cache, precomputed
     )
@@ -200,6 +202,19 @@ def create_app(
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+def _warn_without_fast_path(registry: ModelRegistry) -> None:
+    """A candidate cache and a precomputed table serve only through the fast path: say so
+    at start-up when the active version has none (its requests all go to the model)."""
+    version, rec = registry.current()
+    if registry.fast_path(rec) is None:
+        log.warning(
+            "model version %s has no fast path (%s): the candidate cache and the precomputed "
+            "table are not used for it; every request is scored by the model",
+            version,
+            FastPath.unsupported(rec),
+        )
 
 
 class _RandomBytes:
