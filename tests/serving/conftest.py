@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from serving.tiny_runs import train_fast_registry
+from wager.recommender import Recommender
 from wager.serving.store import EventStore
 
 _PG_USER = "wager"  # the server's superuser, which the tests connect as (trust auth, loopback)
@@ -270,3 +272,15 @@ def redis_server() -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def fast_registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A registry whose model the serving fast path takes (``tiny_runs.FAST_EXTRA``)."""
+    return train_fast_registry(tmp_path_factory.mktemp("fast"))
+
+
+@pytest.fixture(scope="session")
+def rec(fast_registry: Path) -> Recommender:
+    """The recommender of :func:`fast_registry` (shared: tests must not change it)."""
+    return Recommender.load(fast_registry / "v1")

@@ -21,10 +21,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from conftest import rating_toml
 from serving.tiny_runs import ratings, train_registry
 from wager.cli import app as cli_app
-from wager.config import RunConfig
 from wager.evaluation import ranking
 from wager.policies import Policy, PolicyState, policy_from_name
 from wager.recommender import Recommender
@@ -37,17 +35,6 @@ from wager.serving.precomputed import PrecomputedTable
 from wager.serving.registry import ModelRegistry
 from wager.serving.store import EventStore
 
-# a Gaussian head (two outputs), three members, the local variance model (covariates of the
-# user and item ids) and a normalised conformal interval: every step the fast path must
-# reproduce; cold start through the learned OOV row (the fast path's own case)
-FAST_EXTRA = """[ensemble]
-members = 3
-[uncertainty]
-local_variance = true
-conformal = "normalized"
-[evaluation]
-relevance_threshold = 4.0
-"""
 COLUMNS = ("mean", "std", "low", "high", "confidence", "propensity")
 POLICIES: list[tuple[str, dict[str, float]]] = [
     ("greedy", {}),
@@ -55,26 +42,6 @@ POLICIES: list[tuple[str, dict[str, float]]] = [
     ("epsilon_greedy", {"epsilon": 0.3}),
     ("thompson", {}),
 ]
-
-
-@pytest.fixture(scope="module")
-def fast_registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("fast")
-    df = ratings()
-    df.to_csv(folder / "ratings.csv", index=False)
-    toml = folder / "fast.toml"
-    model = 'likelihood = "gaussian"\nmean_loss = "mse"\noov_rate = 0.1\n'
-    config = rating_toml(folder / "ratings.csv", epochs=5, model_extra=model, extra=FAST_EXTRA)
-    toml.write_text(config)
-    valid = df.sample(frac=0.3, random_state=0)  # calibration rows of the chain
-    train = df.drop(valid.index)
-    Recommender(RunConfig.load(toml)).fit(train, valid).save(folder / "registry" / "v1")
-    return folder / "registry"
-
-
-@pytest.fixture(scope="module")
-def rec(fast_registry: Path) -> Recommender:
-    return Recommender.load(fast_registry / "v1")
 
 
 def _generic(

@@ -46,3 +46,32 @@ def train_registry(folder: Path, versions: tuple[str, ...] = ("v1",)) -> Path:
         )
         Recommender(RunConfig.load(toml)).fit(df).save(registry / version)
     return registry
+
+
+# a Gaussian head (two outputs), three members, the local variance model (covariates of the
+# user and item ids) and a normalised conformal interval: every step the fast path must
+# reproduce; cold start through the learned OOV row (the fast path's own case)
+FAST_EXTRA = """[ensemble]
+members = 3
+[uncertainty]
+local_variance = true
+conformal = "normalized"
+[evaluation]
+relevance_threshold = 4.0
+"""
+
+
+def train_fast_registry(folder: Path) -> Path:
+    """A one-version registry ("v1") of a model the serving fast path takes (see
+    ``FAST_EXTRA``), trained on :func:`ratings` less 30% validation rows (the chain's
+    calibration rows); returns the registry folder."""
+    df = ratings()
+    df.to_csv(folder / "ratings.csv", index=False)
+    toml = folder / "fast.toml"
+    model = 'likelihood = "gaussian"\nmean_loss = "mse"\noov_rate = 0.1\n'
+    config = rating_toml(folder / "ratings.csv", epochs=5, model_extra=model, extra=FAST_EXTRA)
+    toml.write_text(config)
+    valid = df.sample(frac=0.3, random_state=0)
+    train = df.drop(valid.index)
+    Recommender(RunConfig.load(toml)).fit(train, valid).save(folder / "registry" / "v1")
+    return folder / "registry"

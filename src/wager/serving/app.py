@@ -34,6 +34,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, Request, Security
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
@@ -42,10 +43,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from wager.policies import Policy, PolicyState, policy_from_name
 from wager.recommender import Recommender
-from wager.recommender.fastpath import FastPath, FastSlate, Scored
-from wager.recommender.listing import default_candidates
+from wager.recommender.fastpath import FastPath, FastSlate
 from wager.serving.auth import ApiKeys
-from wager.serving.cache import CandidateCache, user_key
+from wager.serving.batching import SlateBatcher, SlateJob
+from wager.serving.cache import CandidateCache
 from wager.serving.errors import (
     HANDLERS,
     Loc,
@@ -117,10 +118,13 @@ class _Service:
     cache: CandidateCache | None = None
     precomputed: PrecomputedTable | None = None
     committer: GroupCommitter | None = None
+    batcher: SlateBatcher | None = None
 
     def __post_init__(self) -> None:
         if self.committer is None:
             self.committer = GroupCommitter(self.events)
+        if self.batcher is None:
+            self.batcher = SlateBatcher(_random.seed, self.cache, self.precomputed)
 
     def served_versions(self) -> tuple[str, ...]:
         """The versions requests may be served from: the active one and the arms' pins."""
@@ -185,6 +189,9 @@ def create_app(
         title="wager",
         summary="Recommendations that know how sure they are.",
         version="1",
+        # FastAPI's own OpenTelemetry hooks cost about a fifth of a request's time even
+        # with no provider configured; the service exports Prometheus metrics instead
+        telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
     )
     limits = limits or Limits()
     if cache is not None:
@@ -275,6 +282,9 @@ def _ranking_score(policy: str, beta: float | None, mean: float, std: float) -> 
     return mean
 
 
+#: the per-item fields of a fast-path slate in the response, in response order
+_FAST_COLUMNS = ("mean", "std", "low", "high", "confidence", "propensity")
+
 # ----------------------------------------------------------------------------- routes
 
 _router = APIRouter()
@@ -310,54 +320,21 @@ async def recommend(body: RecommendRequest, request: Request) -> Any:
         body = body.model_copy(update={"policy": chosen.policy, **params})
     policy = _policy(body)
     version, rec = service.registry.get(pinned)
-    state = PolicyState.seeded(_random.seed())
     fast = service.registry.fast_path(rec)
     slate = None
-    scored = None if fast is None else _scored(service, fast, version, rec, body)
-    if fast is not None and scored is not None:
-        slate = fast.select(scored, body.k, policy, state, body.confidence_level)
+    if fast is not None:
+        assert service.batcher is not None
+        job = SlateJob(fast, version, rec, body.user_id, body.k, policy, body.exclude_seen,
+                       tuple(sorted(set(body.exclude))), body.confidence_level,
+                       bool(body.context))  # fmt: skip
+        slate = await service.batcher.slate(job)
     if slate is not None:
         payload = _fast_payload(slate, body, version, arm)
     else:
+        state = PolicyState.seeded(_random.seed())
         payload = await run_in_threadpool(_generic_payload, body, version, rec, arm, policy, state)
     await _log_slate(service, payload, body)
     return JSONResponse(payload)
-
-
-def _scored(
-    service: _Service, fast: FastPath, version: str, rec: Recommender, body: RecommendRequest
-) -> Scored | None:
-    """The user's scored candidates for the fast path: the precomputed table's rows when it
-    holds the user under ``version``, else the candidate cache's entry, else
-    :meth:`FastPath.score` (stored in the cache). None sends the request to the generic path
-    (a context, a catalogue changed since the version was loaded, every item excluded).
-
-    With a table or a cache, every slate is picked from the candidates' mean and std (a
-    Thompson draw is then Gaussian, not one member's), hit or miss alike, so a cache never
-    changes what a policy does.
-    """
-    if body.context or fast.catalogue.version != fast.version:
-        return None
-    n = default_candidates(body.k)
-    exclude = sorted(set(body.exclude))
-    if service.precomputed is not None:
-        rows = service.precomputed.candidates(
-            version, body.user_id, body.k, exclude_seen=body.exclude_seen, exclude=exclude
-        )
-        if rows is not None:
-            return fast.from_dict(rows, bool(rec.known_users([body.user_id])[0]))
-    if service.cache is None:
-        return fast.score(body.user_id, n, exclude_seen=body.exclude_seen, exclude=exclude)
-    key = user_key(body.user_id, None, body.exclude_seen, exclude=exclude, candidates=n)
-    found = service.cache.get(version, key)
-    if found is not None:
-        return fast.from_dict(found, bool(rec.known_users([body.user_id])[0]))
-    computed = fast.score(body.user_id, n, exclude_seen=body.exclude_seen, exclude=exclude)
-    if computed is None:
-        return None
-    as_dict = computed.to_dict()
-    service.cache.put(version, key, as_dict)
-    return fast.from_dict(as_dict, computed.known)
 
 
 def _generic_payload(
@@ -385,26 +362,32 @@ def _generic_payload(
     return _slate(frame, body, version, rec, arm).model_dump()
 
 
+def _column(values: np.ndarray) -> list[float | None]:
+    """A float column as JSON numbers, None where NaN or infinite (as :func:`_num`)."""
+    out: list[float | None] = values.tolist()
+    if not np.isfinite(values).all():
+        for n in np.flatnonzero(~np.isfinite(values)).tolist():
+            out[n] = None
+    return out
+
+
 def _fast_payload(
     slate: FastSlate, body: RecommendRequest, version: str, arm: str
 ) -> dict[str, Any]:
     """The response (a :class:`RecommendResponse` as a dict) of a fast-path slate."""
-    items = []
-    for n in range(len(slate.items)):
-        mean, std = float(slate.mean[n]), float(slate.std[n])
-        items.append(
-            {
-                "item_id": str(slate.items[n]),
-                "rank": n + 1,
-                "score": _num(_ranking_score(body.policy, body.beta, mean, std)),
-                "mean": _num(mean),
-                "std": _num(std),
-                "low": _num(slate.low[n]),
-                "high": _num(slate.high[n]),
-                "confidence": _num(slate.confidence[n]),
-                "propensity": _num(slate.propensity[n]),
-            }
-        )
+    ucb = body.policy == "ucb" and body.beta is not None
+    score = slate.mean + np.where(np.isfinite(slate.std), slate.std, 0.0) * (
+        body.beta if ucb else 0.0
+    )  # what the policy ranked by, as _ranking_score
+    columns = {
+        "score": _column(score),
+        **{name: _column(getattr(slate, name)) for name in _FAST_COLUMNS},
+    }
+    ids = [str(i) for i in slate.items.tolist()]
+    items = [
+        {"item_id": item_id, "rank": n + 1, **{name: col[n] for name, col in columns.items()}}
+        for n, item_id in enumerate(ids)
+    ]
     return {
         "request_id": _random.request_id(),
         "model_version": version,
@@ -471,7 +454,7 @@ async def _log_slate(service: _Service, response: dict[str, Any], body: Recommen
     ]
     if rows:
         assert service.committer is not None
-        await commit_future(service.committer.submit(rows), "logging impressions")
+        await commit_future(service.committer.submit_async(rows), "logging impressions")
     service.recent.put(request_id, arm, items[0]["item_id"] if items else None)
     service.metrics.impressions.labels(arm=arm).inc(len(rows))
     predicted = sum(item["mean"] for item in items if item["mean"] is not None)

@@ -105,11 +105,11 @@ def commit(action: Callable[[], Any], what: str) -> Any:
         ) from exc
 
 
-async def commit_future(future: Future[Any], what: str) -> Any:
+async def commit_future(future: Future[Any] | asyncio.Future[Any], what: str) -> Any:
     """Await a store call running elsewhere (e.g. a group commit); any failure becomes
     :class:`StoreUnavailableError` (503), as with :func:`commit`."""
     try:
-        return await asyncio.wrap_future(future)
+        return await (future if isinstance(future, asyncio.Future) else asyncio.wrap_future(future))
     except Exception as exc:  # the store's driver errors are not wager's to enumerate
         log.error("event store failed while %s: %s", what, exc, exc_info=exc)
         raise StoreUnavailableError(

@@ -21,17 +21,20 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import queue
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 
 from wager.serving.events import EventLog, Impression
 
 log = logging.getLogger("wager.serving")
 
-_Item = tuple[Sequence[Impression], "Future[None]"]
+#: one request's rows and what to call once their transaction ended (None: committed)
+_Done = Callable[[BaseException | None], None]
+_Item = tuple[Sequence[Impression], _Done]
 
 
 class GroupCommitter:
@@ -60,17 +63,47 @@ class GroupCommitter:
         """Queue ``rows``; the future resolves once they are committed (None), or with the
         commit's exception."""
         future: Future[None] = Future()
+
+        def done(error: BaseException | None) -> None:
+            if error is None:
+                future.set_result(None)
+            else:
+                future.set_exception(error)
+
+        self._put(rows, done)
+        return future
+
+    def submit_async(self, rows: Sequence[Impression]) -> asyncio.Future[None]:
+        """:meth:`submit` for a coroutine on the running event loop: an asyncio future,
+        resolved on that loop (cheaper to await than a wrapped thread future)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+
+        def resolve(error: BaseException | None) -> None:
+            if future.done():  # the request was cancelled meanwhile
+                return
+            if error is None:
+                future.set_result(None)
+            else:
+                future.set_exception(error)
+
+        def done(error: BaseException | None) -> None:
+            loop.call_soon_threadsafe(resolve, error)
+
+        self._put(rows, done)
+        return future
+
+    def _put(self, rows: Sequence[Impression], done: _Done) -> None:
         if not rows:
-            future.set_result(None)
-            return future
+            done(None)
+            return
         with self._lock:
-            self._queue.put((rows, future))
+            self._queue.put((rows, done))
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="wager-group-commit", daemon=True
                 )
                 self._thread.start()
-        return future
 
     def _next_group(self) -> list[_Item] | None:
         """The items of the next transaction, or None when idle long enough to stop."""
@@ -102,13 +135,13 @@ class GroupCommitter:
                 self.events.log_impressions(rows)
             except BaseException as exc:  # every request of the group learns of it
                 self.transactions += 1
-                for _, future in group:
-                    future.set_exception(exc)
+                for _, done in group:
+                    done(exc)
                 if not isinstance(exc, Exception):
                     with self._lock:
                         self._thread = None
                     raise
                 continue
             self.transactions += 1
-            for _, future in group:
-                future.set_result(None)
+            for _, done in group:
+                done(None)
