@@ -8,6 +8,9 @@ for the deterministic policies, the same slate, within float rounding of the pro
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -198,3 +201,54 @@ def test_route_answers_concurrent_requests_like_single_ones(
                                        [i[column] for i in alone["items"]], atol=1e-5)  # fmt: skip
         logged = sqlite_store.impressions_frame().query(f"request_id == '{got['request_id']}'")
         assert logged["item_id"].tolist() == [i["item_id"] for i in got["items"]]
+
+
+def test_settle_heap_freezes_a_serving_process_and_activation_settles_it_again(
+    fast_registry: Path, tmp_path: Path
+) -> None:
+    """Process-wide, so in a child process: before settle_heap nothing is frozen and the
+    activation route leaves the collector alone; after it the loaded objects are frozen,
+    the young threshold is 20,000, and an activation freezes again (the count stays > 0)."""
+    code = f"""
+import gc, json
+from fastapi.testclient import TestClient
+from wager.serving.app import create_app, settle_heap
+from wager.serving.registry import ModelRegistry
+from wager.serving.store import EventStore
+app = create_app(ModelRegistry({str(fast_registry)!r}),
+                 EventStore("sqlite:///{tmp_path / "events.db"}"), None)
+client = TestClient(app)
+assert client.post("/v1/models/v1/activate").status_code == 200
+before = gc.get_freeze_count()
+settle_heap()
+settled = gc.get_freeze_count()
+assert client.post("/v1/models/v1/activate").status_code == 200
+print(json.dumps([before, settled, gc.get_freeze_count(), gc.get_threshold()[0]]))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    before, settled, after, threshold = json.loads(done.stdout.strip().splitlines()[-1])
+    assert before == 0 and settled > 10_000 and after > 10_000 and threshold == 20_000
+
+
+def test_a_seeded_app_repeats_its_random_slates(fast_registry: Path, tmp_path: Path) -> None:
+    """seed= makes one client's sequence of random (here epsilon-greedy) slates repeatable
+    (the closed-loop tests rely on it)."""
+
+    def run(seed: int | None, name: str) -> list[list[str]]:
+        store = EventStore(f"sqlite:///{tmp_path / f'{name}.db'}")
+        try:
+            client = TestClient(create_app(ModelRegistry(fast_registry), store, None, seed=seed))
+            out = []
+            for n in range(6):
+                body = {"user_id": f"u{n}", "k": 4, "policy": "epsilon_greedy", "epsilon": 0.5}
+                out.append(
+                    [i["item_id"] for i in client.post("/v1/recommend", json=body).json()["items"]]
+                )
+            return out
+        finally:
+            store.close()
+
+    first, again, other = run(11, "a"), run(11, "b"), run(12, "c")
+    assert first == again
+    assert first != other  # 6 slates of 4 with epsilon 0.5 over 12 items: equal by chance ~never

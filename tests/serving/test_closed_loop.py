@@ -76,7 +76,9 @@ def loop(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     rng = np.random.default_rng(11)
     with EventStore(db) as store:
         client = TestClient(
-            create_app(ModelRegistry(registry), store, None, experiment=Experiment.load(exp_file))
+            create_app(
+                ModelRegistry(registry), store, None, experiment=Experiment.load(exp_file), seed=3
+            )
         )
         for user in rng.integers(0, 80, REQUESTS):
             body = {"user_id": str(user), "k": K, "context": {"position": 1},

@@ -336,7 +336,7 @@ def serve(
     uvicorn = require("uvicorn", "serve", "wager serve")
     registry = _open_registry(setup.path)
     table = _load_precomputed(precomputed, registry)
-    from wager.serving.app import create_app
+    from wager.serving.app import create_app, settle_heap
     from wager.serving.store import EventStore
 
     events = EventStore(setup.db)
@@ -359,4 +359,5 @@ def serve(
         highlight=False,
     )
     sys.stderr.flush()
+    settle_heap()
     uvicorn.run(service, host=setup.host, port=setup.port, log_config=log_config())

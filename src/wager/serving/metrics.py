@@ -72,6 +72,18 @@ class ServiceMetrics:
         )
         self.calibration = Calibration()
         r.register(self.calibration)
+        self._per_arm: dict[str, tuple[Any, Any]] = {}
+
+    def served(self, arm: str, impressions: int, means: Sequence[float | None]) -> None:
+        """Count one served slate of ``arm``: its impressions, the sum of its predicted
+        means (None where undefined) and its online calibration."""
+        children = self._per_arm.get(arm)
+        if children is None:  # labels() costs a lock and a tuple per call: keep the children
+            children = (self.impressions.labels(arm=arm), self.predicted.labels(arm=arm))
+            self._per_arm[arm] = children
+        children[0].inc(impressions)
+        children[1].inc(sum(m for m in means if m is not None))
+        self.calibration.served(arm, means)
 
     def set_model(self, version: str) -> None:
         """Mark ``version`` as the one served (the only series of ``wager_model_active``)."""
