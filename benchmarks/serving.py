@@ -439,6 +439,8 @@ def latency(registry: Path, args: argparse.Namespace, work: Path) -> dict[str, A
     server = Server(registry, db, _free_port(), work / "serve-latency.log")
     if args.cache_size:
         server.args += ["--cache-size", str(args.cache_size)]
+    if not args.access_log:
+        server.args += ["--no-access-log"]
     log(f"starting wager serve on {server.base}")
     ready_s = server.start()
     runs: list[dict[str, Any]] = []
@@ -505,6 +507,7 @@ def latency_main(args: argparse.Namespace) -> None:
             "duration_s": args.duration,
             "k": 10,
             "cache_size": args.cache_size,
+            "access_log": bool(args.access_log),
             **latency(registry, args, work),
         }
         if args.profile:
@@ -669,6 +672,14 @@ def main() -> None:
     latency_args.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared/data/ml-100k",
                               help="MovieLens-100k folder (u1.base)")  # fmt: skip
     latency_args.add_argument("--epochs", type=int, default=15, help="cap per member")
+    latency_args.add_argument(
+        "--access-log",
+        type=int,
+        choices=(0, 1),
+        default=1,
+        help="1: wager serve writes its per-request JSON access log (the default); 0: "
+        "--no-access-log",
+    )
     latency_args.add_argument("--duration", type=int, default=30, help="seconds per wrk run")
     latency_args.add_argument(
         "--cache-size",

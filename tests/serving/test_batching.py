@@ -206,23 +206,23 @@ def test_route_answers_concurrent_requests_like_single_ones(
 def test_settle_heap_freezes_a_serving_process_and_activation_settles_it_again(
     fast_registry: Path, tmp_path: Path
 ) -> None:
-    """Process-wide, so in a child process: before settle_heap nothing is frozen and the
-    activation route leaves the collector alone; after it the loaded objects are frozen,
-    the young threshold is 20,000, and an activation freezes again (the count stays > 0)."""
+    """Process-wide, so in a child process: a plain app (start-up and activation) leaves the
+    collector alone; a settle=True app's start-up freezes the loaded objects and sets the
+    young threshold to 20,000, and an activation freezes again (the count stays > 0)."""
     code = f"""
 import gc, json
 from fastapi.testclient import TestClient
-from wager.serving.app import create_app, settle_heap
+from wager.serving.app import create_app
 from wager.serving.registry import ModelRegistry
 from wager.serving.store import EventStore
-app = create_app(ModelRegistry({str(fast_registry)!r}),
-                 EventStore("sqlite:///{tmp_path / "events.db"}"), None)
-client = TestClient(app)
-assert client.post("/v1/models/v1/activate").status_code == 200
+registry = ModelRegistry({str(fast_registry)!r})
+store = EventStore("sqlite:///{tmp_path / "events.db"}")
+with TestClient(create_app(registry, store, None)) as plain:  # a library user's app
+    assert plain.post("/v1/models/v1/activate").status_code == 200
 before = gc.get_freeze_count()
-settle_heap()
-settled = gc.get_freeze_count()
-assert client.post("/v1/models/v1/activate").status_code == 200
+with TestClient(create_app(registry, store, None, settle=True)) as client:
+    settled = gc.get_freeze_count()
+    assert client.post("/v1/models/v1/activate").status_code == 200
 print(json.dumps([before, settled, gc.get_freeze_count(), gc.get_threshold()[0]]))
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

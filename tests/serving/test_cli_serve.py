@@ -127,6 +127,7 @@ def test_checked_flags_reach_uvicorn(registry_dir, tmp_path, monkeypatch, host):
     assert result.exit_code == 0, result.output
     assert seen["db"] == f"sqlite:///{registry_dir.resolve() / 'events.db'}"
     assert (seen["run"]["host"], seen["run"]["port"]) == (host, 8123)
+    assert seen["run"]["access_log"] is True  # on unless --no-access-log
     client = TestClient(seen["app"])
     assert client.post("/v1/recommend", json={"user_id": "u1"}).status_code == 401
     r = client.post("/v1/recommend", json={"user_id": "u1"}, headers={"x-api-key": "k1"})
@@ -139,8 +140,10 @@ def test_insecure_serves_without_keys_anywhere(registry_dir, monkeypatch, fresh_
     # only kept out of the log line)
     user, rest = fresh_postgres_url.removeprefix("postgresql+psycopg://").split("@", 1)
     db = f"postgresql://{user}:secret@{rest}"
-    result = _serve(registry_dir / "v1", "--host", "0.0.0.0", "--insecure", "--db", db)
+    result = _serve(registry_dir / "v1", "--host", "0.0.0.0", "--insecure", "--db", db,
+                    "--no-access-log")  # fmt: skip
     assert result.exit_code == 0, result.output
+    assert seen["run"]["access_log"] is False
     assert f"events: postgresql://{user}:***@{rest}; no API keys" in _message(result)
     assert "secret" not in result.output
     assert TestClient(seen["app"]).post("/v1/recommend", json={"user_id": "u1"}).status_code == 200

@@ -312,6 +312,14 @@ def serve(
             "(their rows are the policy's candidates) while its model version is active.",
         ),
     ] = None,
+    access_log: Annotated[
+        bool,
+        typer.Option(
+            "--access-log/--no-access-log",
+            help="One JSON line per answered request on stderr (about a tenth of a "
+            "request's time; Prometheus metrics count and time requests either way).",
+        ),
+    ] = True,
     cache_size: Annotated[
         int | None,
         typer.Option("--cache-size", help="In-process LRU cache of N users' candidates."),
@@ -336,14 +344,15 @@ def serve(
     uvicorn = require("uvicorn", "serve", "wager serve")
     registry = _open_registry(setup.path)
     table = _load_precomputed(precomputed, registry)
-    from wager.serving.app import create_app, settle_heap
+    from wager.serving.app import create_app
     from wager.serving.store import EventStore
 
     events = EventStore(setup.db)
     try:
         service = create_app(
-            registry, events, setup.keys, experiment=chosen, cache=cache, precomputed=table
-        )
+            registry, events, setup.keys, experiment=chosen, cache=cache, precomputed=table,
+            settle=True,
+        )  # fmt: skip
     except ValueError as exc:  # an arm's model version is not in the registry
         events.close()
         raise CliError(
@@ -359,5 +368,10 @@ def serve(
         highlight=False,
     )
     sys.stderr.flush()
-    settle_heap()
-    uvicorn.run(service, host=setup.host, port=setup.port, log_config=log_config())
+    uvicorn.run(
+        service,
+        host=setup.host,
+        port=setup.port,
+        log_config=log_config(),
+        access_log=access_log,
+    )

@@ -33,7 +33,8 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -174,6 +175,7 @@ def create_app(
     cache: CandidateCache | None = None,
     precomputed: PrecomputedTable | None = None,
     seed: int | None = None,
+    settle: bool = False,
 ) -> FastAPI:
     """The service's FastAPI app.
 
@@ -196,6 +198,8 @@ def create_app(
         seed: seeds the random policies' draws (one seed per slate from a generator seeded
             here), so one client's sequence of requests gets the same slates on every run;
             None draws each slate's seed from os.urandom. Request ids stay random.
+        settle: call :func:`settle_heap` when the server starts (the app's lifespan), as
+            ``wager serve`` does; process-wide, so off for a library user's app.
     """
     if experiment is not None:
         for arm in experiment.arms:
@@ -206,9 +210,10 @@ def create_app(
         title="wager",
         summary="Recommendations that know how sure they are.",
         version="1",
-        # FastAPI's own OpenTelemetry hooks cost about a fifth of a request's time even
+        # FastAPI's own OpenTelemetry hooks took about a tenth of the route's profiled time
         # with no provider configured; the service exports Prometheus metrics instead
         telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
+        lifespan=_settled if settle else None,
     )
     limits = limits or Limits()
     if cache is not None:
@@ -233,6 +238,13 @@ def create_app(
 # ----------------------------------------------------------------------------- helpers
 
 
+@asynccontextmanager
+async def _settled(app: FastAPI) -> AsyncIterator[None]:
+    """The lifespan of a ``settle=True`` app: :func:`settle_heap` at start-up."""
+    settle_heap()
+    yield
+
+
 def settle_heap() -> None:
     """Tune the garbage collector of a serving process once its models are loaded.
 
@@ -242,8 +254,9 @@ def settle_heap() -> None:
     cycles of a version deactivated since the last call are freed here), move every object
     alive now to the permanent generation (``gc.freeze``), and collect the young generation
     every 20,000 allocations instead of 700 (a request allocates a few thousand objects).
-    Process-wide: ``wager serve`` calls it before serving and the activation route again
-    when the process was settled; a library user's process is left alone.
+    Process-wide: run at start-up by ``create_app(settle=True)`` (what ``wager serve``
+    builds) and by the activation route again when the process was settled; a library
+    user's process is left alone.
     """
     gc.unfreeze()
     gc.collect()
