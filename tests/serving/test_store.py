@@ -120,6 +120,21 @@ def test_feedback_round_trip_field_by_field_ordered_by_ts(store: EventStore) -> 
     assert _read_feedback(store) == [events[1], events[0], events[2]]
 
 
+def test_feedback_names_the_arm_and_position_of_each_stored_events_impression(
+    store: EventStore,
+) -> None:
+    """placement comes from the stored impressions (any server process can attribute the
+    feedback): stored events only, never a duplicate or an unknown one."""
+    store.log_impressions([_impression("r1", "a", 1, arm="exp/ucb"),
+                           _impression("r1", "b", 2, arm="exp/ucb"),
+                           _impression("r2", "a", 1, arm="exp/greedy")])  # fmt: skip
+    result = store.add_feedback([_click("e1", "r1", "b", 1, 1.0), _click("e2", "r2", "a", 0, 2.0),
+                                 _click("e3", "r9", "a", 1, 3.0)])  # fmt: skip
+    assert result.placement == {"e1": ("exp/ucb", 2), "e2": ("exp/greedy", 1)}
+    again = store.add_feedback([_click("e1", "r1", "b", 1, 1.0), _click("e4", "r1", "a", 1, 4.0)])
+    assert again.stored_ids == ["e4"] and again.placement == {"e4": ("exp/ucb", 1)}
+
+
 def test_empty_batches_are_no_ops(store: EventStore) -> None:
     store.log_impressions([])
     assert store.add_feedback([]) == FeedbackResult(stored=0, duplicates=0, unknown=[])

@@ -64,7 +64,7 @@ from wager.serving.errors import (
 from wager.serving.events import EventLog, FeedbackEvent, FeedbackResult, Impression
 from wager.serving.experiments import Experiment
 from wager.serving.groupcommit import GroupCommitter
-from wager.serving.metrics import ObserveMiddleware, RecentRequests, ServiceMetrics
+from wager.serving.metrics import ObserveMiddleware, ServiceMetrics
 from wager.serving.precomputed import PrecomputedTable
 from wager.serving.registry import ModelRegistry
 from wager.serving.schemas import (
@@ -123,7 +123,6 @@ class _Service:
     keys: ApiKeys | None
     limits: Limits
     metrics: ServiceMetrics
-    recent: RecentRequests
     experiment: Experiment | None = None
     cache: CandidateCache | None = None
     precomputed: PrecomputedTable | None = None
@@ -225,7 +224,7 @@ def create_app(
         draws = random.Random(seed)
         seeds = partial(draws.getrandbits, 63)
     app.state.service = _Service(
-        registry, events, keys, limits, metrics, RecentRequests(), experiment, cache, precomputed,
+        registry, events, keys, limits, metrics, experiment, cache, precomputed,
         seeds=seeds,
     )  # fmt: skip
     app.include_router(_router)
@@ -511,7 +510,6 @@ async def _log_slate(service: _Service, response: dict[str, Any], body: Recommen
     if rows:
         assert service.committer is not None
         await commit_future(service.committer.submit_async(rows), "logging impressions")
-    service.recent.put(request_id, arm, items[0]["item_id"] if items else None)
     means = [item["mean"] for item in items]
     service.metrics.served(arm, len(rows), means)
 
@@ -618,11 +616,11 @@ def _count_feedback(service: _Service, events: list[FeedbackEvent], result: Feed
             first.setdefault(e.event_id, e)
     for event_id in result.stored_ids:
         e = first[event_id]
-        arm, top = service.recent.lookup(e.request_id)
+        arm, position = result.placement.get(event_id, ("unknown", 0))
         m.feedback.labels(arm=arm, kind="click" if e.click is not None else "rating").inc()
         if e.click == 1:
             m.clicks.labels(arm=arm).inc()
-            m.calibration.clicked(arm, top=e.item_id == top)
+            m.calibration.clicked(arm, top=position == 1)
 
 
 @_router.get("/v1/models", response_model=ModelsResponse, dependencies=[_needs("admin")])

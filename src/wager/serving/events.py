@@ -80,6 +80,9 @@ class FeedbackResult:
         stored_ids: the event ids newly committed, in input order (of each id's first
             served event: the one stored), so the API counts per arm only the events this
             call stored and never a duplicate twice.
+        placement: event id -> (arm, 1-based slate position) of the impression each stored
+            event is about, read from the store (so any server process attributes feedback
+            to the arm and slot that served it).
 
     Raises:
         ValueError: ``stored`` is not the number of ``stored_ids``.
@@ -89,6 +92,7 @@ class FeedbackResult:
     duplicates: int
     unknown: list[FeedbackEvent] = field(default_factory=list)
     stored_ids: list[str] = field(default_factory=list)
+    placement: dict[str, tuple[str, int]] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         if self.stored != len(self.stored_ids):

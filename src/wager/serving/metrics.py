@@ -1,13 +1,12 @@
 """What the service measures: its Prometheus metrics (own registry, names ``wager_*``), online
-calibration per arm (:class:`Calibration`), the request id -> experiment arm memory that
-attributes feedback to arms, and the ASGI middleware that counts and times every request and
-enforces the body size limit (413)."""
+calibration per arm (:class:`Calibration`; feedback is attributed to the arm and slot of its
+impression as the event store reads them back), and the ASGI middleware that counts and
+times every request and enforces the body size limit (413)."""
 
 from __future__ import annotations
 
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping, Sequence
 from typing import Any
 
@@ -111,8 +110,7 @@ class Calibration:
     ``wager_calibration_predicted_ctr``, ``wager_calibration_observed_ctr``,
     ``wager_calibration_observed_ctr_low`` / ``_high`` (95% Wilson interval) and
     ``wager_calibration_within_interval`` (1 when the predicted CTR lies inside it). Arms
-    without impressions (feedback of requests older than the service remembers, arm
-    "unknown") export nothing.
+    without impressions served by this process export nothing.
     """
 
     LEVEL = 0.95
@@ -189,33 +187,6 @@ class Calibration:
             for (arm, slot), row in sorted(snap.items()):
                 family.add_metric([arm, slot], row[keys.get(name, name)])
             yield family
-
-
-class RecentRequests:
-    """request id -> (arm, rank-1 item) of the last ``size`` responses, to count feedback per
-    arm and per slot."""
-
-    def __init__(self, size: int = 100_000) -> None:
-        self.size = size
-        self._arms: OrderedDict[str, tuple[str, str | None]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def put(self, request_id: str, arm: str, top_item: str | None = None) -> None:
-        """Remember a response's arm and the item id it served at rank 1."""
-        with self._lock:
-            self._arms[request_id] = (arm, top_item)
-            if len(self._arms) > self.size:
-                self._arms.popitem(last=False)
-
-    def arm(self, request_id: str) -> str:
-        """The arm, or "unknown" for a request older than the last ``size``."""
-        return self.lookup(request_id)[0]
-
-    def lookup(self, request_id: str) -> tuple[str, str | None]:
-        """(arm, rank-1 item id), or ("unknown", None) for a request older than the last
-        ``size``."""
-        with self._lock:
-            return self._arms.get(request_id, ("unknown", None))
 
 
 class ObserveMiddleware:

@@ -339,7 +339,7 @@ class EventStore:
             return FeedbackResult(stored=0, duplicates=0)
         insert = sqlite.insert if self._sqlite else postgresql.insert
         with self._engine.begin() as conn:
-            served = self._served_pairs(conn, {e.request_id for e in events})
+            served = self._served(conn, {e.request_id for e in events})
             unknown = [e for e in events if (e.request_id, e.item_id) not in served]
             first: dict[str, FeedbackEvent] = {}
             for event in events:
@@ -360,21 +360,25 @@ class EventStore:
             duplicates=known - len(stored_ids),
             unknown=unknown,
             stored_ids=stored_ids,
+            placement={k: served[(first[k].request_id, first[k].item_id)] for k in stored_ids},
         )
 
     @staticmethod
-    def _served_pairs(conn: Connection, request_ids: set[str]) -> set[tuple[str, str]]:
-        """The stored (request_id, item_id) pairs of ``request_ids``."""
-        pairs: set[tuple[str, str]] = set()
-        columns = (_impressions.c.request_id, _impressions.c.item_id)
+    def _served(conn: Connection, request_ids: set[str]) -> dict[tuple[str, str], tuple[str, int]]:
+        """(request_id, item_id) -> (arm, position) of the stored impressions of
+        ``request_ids``."""
+        served: dict[tuple[str, str], tuple[str, int]] = {}
+        c = _impressions.c
         for chunk in _chunks(sorted(request_ids)):
-            query = sa.select(*columns).where(_impressions.c.request_id.in_(chunk))
-            pairs.update((r, i) for r, i in conn.execute(query))
-        return pairs
+            query = sa.select(c.request_id, c.item_id, c.arm, c.position).where(
+                c.request_id.in_(chunk)
+            )
+            served.update(((r, i), (a, int(p))) for r, i, a, p in conn.execute(query))
+        return served
 
     def _stored_pairs(self, request_ids: set[str]) -> set[tuple[str, str]]:
         with self._read() as conn:
-            return self._served_pairs(conn, request_ids)
+            return set(self._served(conn, request_ids))
 
     # -- reading --------------------------------------------------------------------------
 
