@@ -354,9 +354,51 @@ def test_schema_version_is_recorded(store_url: str) -> None:
     EventStore(store_url).close()
     engine = sa.create_engine(store_url)
     with engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT version FROM schema_version")).all() == [(1,)]
+        assert conn.execute(sa.text("SELECT version FROM schema_version")).all() == [(2,)]
     engine.dispose()
-    assert SCHEMA_VERSION == 1
+    assert SCHEMA_VERSION == 2
+
+
+def _as_version_1(store_url: str) -> None:
+    """Turn a fresh store into what wager's schema 1 wrote (no service_state table)."""
+    engine = sa.create_engine(store_url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("DROP TABLE service_state"))
+        conn.execute(sa.text("UPDATE schema_version SET version = 1"))
+    engine.dispose()
+
+
+def test_a_version_1_store_is_migrated_by_a_writer_and_read_as_is_by_a_reader(
+    store_url: str,
+) -> None:
+    with EventStore(store_url) as store:
+        store.log_impressions([_impression("r1", "a")])
+    _as_version_1(store_url)
+    with EventStore(store_url, create=False) as reader:  # readers never write
+        assert reader.get_state("active_version") is None
+        assert len(reader.impressions_frame()) == 1
+    engine = sa.create_engine(store_url)
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT version FROM schema_version")).all() == [(1,)]
+    with EventStore(store_url) as writer:
+        writer.set_state("active_version", "v2")
+        assert writer.get_state("active_version") == "v2"
+        assert len(writer.impressions_frame()) == 1  # the rows survive the migration
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT version FROM schema_version")).all() == [(2,)]
+    engine.dispose()
+
+
+def test_state_is_shared_by_every_store_on_the_database_and_replaced_in_place(
+    store_url: str,
+) -> None:
+    with EventStore(store_url) as a, EventStore(store_url) as b:
+        assert a.get_state("active_version") is None
+        a.set_state("active_version", "v1")
+        assert b.get_state("active_version") == "v1"
+        b.set_state("active_version", "v10")
+        b.set_state("other", "x")
+        assert (a.get_state("active_version"), a.get_state("other")) == ("v10", "x")
 
 
 def test_newer_schema_version_is_refused_naming_both_versions(store_url: str) -> None:
@@ -367,7 +409,7 @@ def test_newer_schema_version_is_refused_naming_both_versions(store_url: str) ->
     engine.dispose()
     message = (
         f"event-store database {re.escape(store_url)} has schema version 7, newer than this "
-        "wager's 1; upgrade wager"
+        "wager's 2; upgrade wager"
     )
     with pytest.raises(EventStoreError, match=message):
         EventStore(store_url)

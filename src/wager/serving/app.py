@@ -34,7 +34,7 @@ import random
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, nullcontext
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -49,6 +49,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from wager.policies import Policy, PolicyState, policy_from_name
 from wager.recommender import Recommender
 from wager.recommender.fastpath import FastPath, FastSlate
+from wager.serving.activation import ACTIVE_KEY, ActivationFollower
 from wager.serving.auth import ApiKeys
 from wager.serving.batching import SlateBatcher, SlateJob
 from wager.serving.cache import CandidateCache
@@ -130,6 +131,8 @@ class _Service:
     batcher: SlateBatcher | None = None
     seeds: Callable[[], int] | None = None
     """Where each slate's policy seed comes from (default: os.urandom)."""
+    follower: ActivationFollower | None = None
+    """Keeps this process on the stored active version (several server processes)."""
 
     def __post_init__(self) -> None:
         if self.committer is None:
@@ -175,6 +178,7 @@ def create_app(
     precomputed: PrecomputedTable | None = None,
     seed: int | None = None,
     settle: bool = False,
+    follow_s: float | None = None,
 ) -> FastAPI:
     """The service's FastAPI app.
 
@@ -199,6 +203,10 @@ def create_app(
             None draws each slate's seed from os.urandom. Request ids stay random.
         settle: call :func:`settle_heap` when the server starts (the app's lifespan), as
             ``wager serve`` does; process-wide, so off for a library user's app.
+        follow_s: share the active version with other server processes through the event
+            store (``wager serve --workers N``): activations are stored, and the stored
+            version is read every ``follow_s`` seconds and followed
+            (:mod:`wager.serving.activation`). None: this process alone decides.
     """
     if experiment is not None:
         for arm in experiment.arms:
@@ -212,7 +220,7 @@ def create_app(
         # FastAPI's own OpenTelemetry hooks took about a tenth of the route's profiled time
         # with no provider configured; the service exports Prometheus metrics instead
         telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
-        lifespan=_settled if settle else None,
+        lifespan=_lifespan,
     )
     limits = limits or Limits()
     if cache is not None:
@@ -223,10 +231,19 @@ def create_app(
     if seed is not None:
         draws = random.Random(seed)
         seeds = partial(draws.getrandbits, 63)
-    app.state.service = _Service(
+    service = _Service(
         registry, events, keys, limits, metrics, experiment, cache, precomputed,
         seeds=seeds,
     )  # fmt: skip
+    if follow_s is not None:
+        service.follower = ActivationFollower(
+            events,  # type: ignore[arg-type]  # an EventStore: it keeps the shared state
+            lambda: registry.active,
+            partial(_activate_here, service),
+            every_s=follow_s,
+        )
+    app.state.service = service
+    app.state.settle = settle
     app.include_router(_router)
     app.add_middleware(ObserveMiddleware, metrics=metrics, limit=limits.max_body_bytes)
     for exc_type, handler in HANDLERS.items():
@@ -238,10 +255,22 @@ def create_app(
 
 
 @asynccontextmanager
-async def _settled(app: FastAPI) -> AsyncIterator[None]:
-    """The lifespan of a ``settle=True`` app: :func:`settle_heap` at start-up."""
-    settle_heap()
-    yield
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Start-up and shut-down of a served app: :func:`settle_heap` when asked, the
+    activation follower (first sync before the first request), the batch thread's end."""
+    service: _Service = app.state.service
+    if service.follower is not None:
+        service.follower.sync()
+        service.follower.start()
+    if app.state.settle:
+        settle_heap()
+    try:
+        yield
+    finally:
+        if service.follower is not None:
+            service.follower.stop()
+        assert service.batcher is not None
+        service.batcher.close()
 
 
 def settle_heap() -> None:
@@ -638,18 +667,31 @@ def models(request: Request) -> ModelsResponse:
 )
 def activate(version: str, request: Request) -> ActivateResponse:
     """Serve ``version`` from now on: loaded in full first, then swapped atomically
-    (requests in flight finish on the old version)."""
+    (requests in flight finish on the old version). With several server processes the
+    version is then stored for the others to follow (:mod:`wager.serving.activation`); a
+    failed store write answers 503 and every process returns to the stored version."""
     service = _service(request)
     previous = service.registry.active
+    follower = service.follower
+    with follower.lock if follower is not None else nullcontext():
+        _activate_here(service, version)
+        if follower is not None:
+            commit(lambda: service.events.set_state(ACTIVE_KEY, version),  # type: ignore[attr-defined]
+                   "storing the active model version")  # fmt: skip
+    service.metrics.activations.inc()
+    log.info("model version %s activated (was %s)", version, previous)
+    return ActivateResponse(active=version, previous=previous)
+
+
+def _activate_here(service: _Service, version: str) -> None:
+    """Activate ``version`` in this process: the registry swap, the model gauge, the cache
+    entries of versions no longer served, and the collector settled again if it was."""
     service.registry.activate(version)
     service.metrics.set_model(version)
-    service.metrics.activations.inc()
     if service.cache is not None:
         service.cache.invalidate_except(*service.served_versions())
-    log.info("model version %s activated (was %s)", version, previous)
     if gc.get_freeze_count():  # a process settled by settle_heap: settle the new version too
         settle_heap()
-    return ActivateResponse(active=version, previous=previous)
 
 
 @_router.get("/healthz")

@@ -91,7 +91,7 @@ class SlateBatcher:
         self.max_batch = max_batch
         self._pending: list[SlateJob] = []
         self._busy = False  # a round is being served: new jobs wait for the next one
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix="wager-batch")
+        self._thread: ThreadPoolExecutor | None = None  # started by the first round
         self.batches = 0
         """Rounds served (for tests and benchmarks)."""
         self.jobs = 0
@@ -112,6 +112,8 @@ class SlateBatcher:
         jobs, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
         self.batches += 1
         self.jobs += len(jobs)
+        if self._thread is None:
+            self._thread = ThreadPoolExecutor(1, thread_name_prefix="wager-batch")
         done = asyncio.get_running_loop().run_in_executor(self._thread, self.serve, jobs)
         done.add_done_callback(lambda f: self._finish(jobs, f))
 
@@ -133,8 +135,11 @@ class SlateBatcher:
             self._busy = False
 
     def close(self) -> None:
-        """Stop the batch thread (after the round it is serving)."""
-        self._thread.shutdown(wait=True)
+        """Stop the batch thread (after the round it is serving); a later round starts a
+        new one."""
+        if self._thread is not None:
+            self._thread.shutdown(wait=True)
+            self._thread = None
 
     def serve(self, jobs: list[SlateJob]) -> list[FastSlate | None]:
         """The slates of ``jobs`` (None where the fast path does not take the request)."""

@@ -24,6 +24,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -37,8 +38,10 @@ from sqlalchemy.engine import URL, Connection, Engine
 from wager.errors import WagerError
 from wager.serving.events import FeedbackEvent, FeedbackResult, Impression
 
-SCHEMA_VERSION = 1
-"""The event-store schema this code reads and writes (``schema_version.version``)."""
+SCHEMA_VERSION = 2
+"""The event-store schema this code reads and writes (``schema_version.version``): 1 the
+impressions and feedback, 2 adds ``service_state`` (a version-1 store is migrated on open by
+a writer; readers read either)."""
 
 _ACCEPTED = (
     "sqlite:///PATH (a database file; its folder must exist), "
@@ -88,6 +91,15 @@ _feedback = sa.Table(
     sa.Column("ts", sa.Double, nullable=False),
     sa.Index("ix_feedback_request_item", "request_id", "item_id"),
 )
+
+_service_state = sa.Table(
+    "service_state",
+    _metadata,
+    sa.Column("key", sa.String, primary_key=True),
+    sa.Column("value", sa.String, nullable=False),
+    sa.Column("ts", sa.Double, nullable=False),
+)
+"""Small shared settings of the service's processes (e.g. ``active_version``)."""
 
 _IMPRESSION_FIELDS = [f.name for f in dataclasses.fields(Impression)]
 _FEEDBACK_FIELDS = [f.name for f in dataclasses.fields(FeedbackEvent)]
@@ -251,6 +263,9 @@ class EventStore:
                         )
                     _metadata.create_all(conn)
                     conn.execute(sa.insert(_schema_version).values(version=SCHEMA_VERSION))
+                elif version == 1 and self._create:  # 1 -> 2: add service_state
+                    _service_state.create(conn, checkfirst=True)
+                    conn.execute(sa.update(_schema_version).values(version=SCHEMA_VERSION))
                 elif version > SCHEMA_VERSION:
                     raise EventStoreError(
                         f"event-store database {self.url} has schema version {version}, newer "
@@ -379,6 +394,33 @@ class EventStore:
     def _stored_pairs(self, request_ids: set[str]) -> set[tuple[str, str]]:
         with self._read() as conn:
             return set(self._served(conn, request_ids))
+
+    def set_state(self, key: str, value: str) -> None:
+        """Store ``value`` under ``key`` in ``service_state`` (insert or replace; durable on
+        return): what the processes of one service share, e.g. the active model version."""
+        self._check_open()
+        insert = sqlite.insert if self._sqlite else postgresql.insert
+        row = {"key": key, "value": value, "ts": time.time()}
+        statement = insert(_service_state).values(row)
+        statement = statement.on_conflict_do_update(
+            index_elements=["key"], set_={"value": value, "ts": row["ts"]}
+        )
+        with self._engine.begin() as conn:
+            conn.execute(statement)
+
+    def get_state(self, key: str) -> str | None:
+        """The value stored under ``key`` by :meth:`set_state`, or None (also for a
+        version-1 store opened read-only, which has no ``service_state`` table)."""
+        self._check_open()
+        query = sa.select(_service_state.c.value).where(_service_state.c.key == key)
+        try:
+            with self._read() as conn:
+                value: str | None = conn.execute(query).scalar()
+        except (sa.exc.OperationalError, sa.exc.ProgrammingError):  # no such table
+            if self._create:
+                raise
+            return None  # a reader of a version-1 store
+        return value
 
     # -- reading --------------------------------------------------------------------------
 
