@@ -441,6 +441,8 @@ def latency(registry: Path, args: argparse.Namespace, work: Path) -> dict[str, A
         server.args += ["--cache-size", str(args.cache_size)]
     if not args.access_log:
         server.args += ["--no-access-log"]
+    if args.workers != 1:
+        server.args += ["--workers", str(args.workers)]
     log(f"starting wager serve on {server.base}")
     ready_s = server.start()
     runs: list[dict[str, Any]] = []
@@ -508,6 +510,7 @@ def latency_main(args: argparse.Namespace) -> None:
             "k": 10,
             "cache_size": args.cache_size,
             "access_log": bool(args.access_log),
+            "workers": args.workers,
             **latency(registry, args, work),
         }
         if args.profile:
@@ -679,6 +682,9 @@ def main() -> None:
         default=1,
         help="1: wager serve writes its per-request JSON access log (the default); 0: "
         "--no-access-log",
+    )
+    latency_args.add_argument(
+        "--workers", type=int, default=1, help="wager serve --workers (server processes)"
     )
     latency_args.add_argument("--duration", type=int, default=30, help="seconds per wrk run")
     latency_args.add_argument(

@@ -47,7 +47,8 @@ def _message(result: Result) -> str:
          "name"),
         (["--port", "0"], "error: --port must be in 1..65535, got 0"),
         (["--port", "70000"], "error: --port must be in 1..65535, got 70000"),
-        (["--workers", "2"], "error: --workers 2: only 1 is supported for now"),
+        (["--workers", "0"], "error: --workers must be in 1..64 server processes, got 0"),
+        (["--workers", "65"], "error: --workers must be in 1..64 server processes, got 65"),
         (["--db", "mysql://u:pw@h/db"], "error: --db mysql://u:***@h/db: not a database URL "
          "wager stores events in"),
     ],

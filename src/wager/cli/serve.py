@@ -40,6 +40,11 @@ if TYPE_CHECKING:
 _LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _HOSTNAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*$")
 _DB_SCHEMES = ("sqlite://", "postgresql://", "postgresql+psycopg://")
+MAX_WORKERS = 64
+"""Most server processes ``--workers`` starts."""
+FOLLOW_S = 0.5
+"""Seconds between a worker's reads of the stored active version (``--workers`` > 1)."""
+_WORKER_ENV = "WAGER_SERVE_WORKER"  # the checked settings each worker process builds from
 
 
 @dataclass(frozen=True)
@@ -123,11 +128,11 @@ def check_serve(
 ) -> ServeSetup:
     """Every check of ``wager serve`` that needs no model: flags, keys, the loopback rule,
     the folder and the database URL (raises :class:`CliError` naming the flag)."""
-    if workers != 1:
+    if not 1 <= workers <= MAX_WORKERS:
         raise _flag_error(
             "--workers",
-            f"--workers {workers}: only 1 is supported for now (the model registry lives in "
-            "the process); run several `wager serve` behind a load balancer instead",
+            f"--workers must be in 1..{MAX_WORKERS} server processes, got {workers} (one "
+            "per CPU core is the usual choice; each process holds its own copy of the models)",
         )
     _check_host(host)
     if not 1 <= port <= 65535:
@@ -295,7 +300,14 @@ def serve(
         bool,
         typer.Option("--insecure", help="Serve without API keys on a non-loopback address."),
     ] = False,
-    workers: Annotated[int, typer.Option("--workers", help="Server processes (only 1).")] = 1,
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers",
+            help="Server processes sharing the port (each loads the models; activations "
+            "reach every process through the event database; /metrics sums them all).",
+        ),
+    ] = 1,
     experiment: Annotated[
         Path | None,
         typer.Option(
@@ -342,36 +354,96 @@ def serve(
     cache = _cache(cache_size, redis)
     require("fastapi", "serve", "wager serve")
     uvicorn = require("uvicorn", "serve", "wager serve")
-    registry = _open_registry(setup.path)
-    table = _load_precomputed(precomputed, registry)
-    from wager.serving.app import create_app
-    from wager.serving.store import EventStore
-
-    events = EventStore(setup.db)
-    try:
-        service = create_app(
-            registry, events, setup.keys, experiment=chosen, cache=cache, precomputed=table,
-            settle=True,
-        )  # fmt: skip
-    except ValueError as exc:  # an arm's model version is not in the registry
-        events.close()
-        raise CliError(
-            f"--experiment {experiment}: {exc}", flag="--experiment", exit_code=2
-        ) from None
+    spec = {
+        "path": str(setup.path), "db": setup.db, "keys": None if keys is None else str(keys),
+        "experiment": None if experiment is None else str(experiment),
+        "precomputed": None if precomputed is None else str(precomputed),
+        "cache_size": cache_size, "redis": redis,
+    }  # fmt: skip
+    service = _service_app(spec, setup.keys, chosen, cache, None if workers == 1 else FOLLOW_S)
+    active = service.state.service.registry.active
     auth = f"{len(setup.keys)} API key(s)" if setup.keys is not None else "no API keys"
+    processes = "" if workers == 1 else f"; {workers} worker processes"
     err_console.print(
         Text(
-            f"serving {registry.active} of {setup.path} on http://{setup.host}:{setup.port} "
-            f"(events: {redact(setup.db)}; {auth})"
+            f"serving {active} of {setup.path} on http://{setup.host}:{setup.port} "
+            f"(events: {redact(setup.db)}; {auth}{processes})"
         ),
         soft_wrap=True,
         highlight=False,
     )
     sys.stderr.flush()
-    uvicorn.run(
-        service,
-        host=setup.host,
-        port=setup.port,
-        log_config=log_config(),
-        access_log=access_log,
-    )
+    run = {"host": setup.host, "port": setup.port, "log_config": log_config(),
+           "access_log": access_log}  # fmt: skip
+    if workers == 1:
+        uvicorn.run(service, **run)
+        return
+    _serve_workers(uvicorn, service, spec, workers, run)
+
+
+def _service_app(
+    spec: dict[str, Any],
+    keys: ApiKeys | None,
+    experiment: Experiment | None,
+    cache: CandidateCache | None,
+    follow_s: float | None,
+) -> Any:
+    """The app of one server process from the checked settings ``spec`` (what
+    :func:`serve` and each :func:`worker_app` build)."""
+    registry = _open_registry(Path(spec["path"]))
+    precomputed = spec["precomputed"]
+    table = _load_precomputed(None if precomputed is None else Path(precomputed), registry)
+    from wager.serving.app import create_app
+    from wager.serving.store import EventStore
+
+    events = EventStore(spec["db"])
+    try:
+        return create_app(
+            registry, events, keys, experiment=experiment, cache=cache, precomputed=table,
+            settle=True, follow_s=follow_s,
+        )  # fmt: skip
+    except ValueError as exc:  # an arm's model version is not in the registry
+        events.close()
+        raise CliError(
+            f"--experiment {spec['experiment']}: {exc}", flag="--experiment", exit_code=2
+        ) from None
+
+
+def _serve_workers(
+    uvicorn: Any, checked: Any, spec: dict[str, Any], workers: int, run: dict[str, Any]
+) -> None:
+    """Serve with ``workers`` processes: the app built here checked every setting and loads;
+    it stores the version to serve first (so a version stored by an earlier run is not
+    followed) and is dropped; each worker builds its own from ``spec``
+    (:func:`worker_app`), with Prometheus' multiprocess mode in a folder made here and
+    removed at the end."""
+    import gc
+    import shutil
+    import tempfile
+
+    from wager.serving.activation import ACTIVE_KEY
+
+    service = checked.state.service
+    service.events.set_state(ACTIVE_KEY, service.registry.active)
+    service.events.close()
+    del checked, service
+    gc.collect()
+    metrics_dir = tempfile.mkdtemp(prefix="wager-metrics-")
+    os.environ[_WORKER_ENV] = json.dumps(spec)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    try:
+        uvicorn.run("wager.cli.serve:worker_app", factory=True, workers=workers, **run)
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        del os.environ[_WORKER_ENV], os.environ["PROMETHEUS_MULTIPROC_DIR"]
+
+
+def worker_app() -> Any:
+    """The app of one ``wager serve --workers N`` process (uvicorn's factory), built from
+    the settings :func:`serve` checked (environment variable ``WAGER_SERVE_WORKER``)."""
+    spec = json.loads(os.environ[_WORKER_ENV])
+    keys = _load_keys(None if spec["keys"] is None else Path(spec["keys"]))
+    experiment = spec["experiment"]
+    chosen = _load_experiment(None if experiment is None else Path(experiment))
+    cache = _cache(spec["cache_size"], spec["redis"])
+    return _service_app(spec, keys, chosen, cache, FOLLOW_S)
