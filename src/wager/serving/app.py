@@ -44,7 +44,6 @@ from fastapi import APIRouter, Depends, FastAPI, Request, Security
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import APIKeyHeader
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from wager.policies import Policy, PolicyState, policy_from_name
 from wager.recommender import Recommender
@@ -718,5 +717,5 @@ def readyz(request: Request) -> Any:
 @_router.get("/metrics")
 def metrics(request: Request) -> Response:
     """Prometheus text format of this app's metrics."""
-    registry = _service(request).metrics.registry
-    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+    m = _service(request).metrics  # every worker's metrics summed under --workers N
+    return Response(m.exposition(), media_type=m.content_type)
