@@ -354,14 +354,21 @@ def serve(
     cache = _cache(cache_size, redis)
     require("fastapi", "serve", "wager serve")
     uvicorn = require("uvicorn", "serve", "wager serve")
-    spec = {
-        "path": str(setup.path), "db": setup.db, "keys": None if keys is None else str(keys),
-        "experiment": None if experiment is None else str(experiment),
-        "precomputed": None if precomputed is None else str(precomputed),
-        "cache_size": cache_size, "redis": redis,
-    }  # fmt: skip
+    files = {"keys": keys, "experiment": experiment, "precomputed": precomputed}
+    spec = {"path": str(setup.path), "db": setup.db, "cache_size": cache_size, "redis": redis,
+            **{k: None if v is None else str(v) for k, v in files.items()}}  # fmt: skip
     service = _service_app(spec, setup.keys, chosen, cache, None if workers == 1 else FOLLOW_S)
-    active = service.state.service.registry.active
+    _announce(setup, service.state.service.registry.active, workers)
+    run = {"host": setup.host, "port": setup.port, "log_config": log_config(),
+           "access_log": access_log}  # fmt: skip
+    if workers == 1:
+        uvicorn.run(service, **run)
+        return
+    _serve_workers(uvicorn, service, spec, workers, run)
+
+
+def _announce(setup: ServeSetup, active: str, workers: int) -> None:
+    """The start-up line on stderr: what is served where, the events and the keys."""
     auth = f"{len(setup.keys)} API key(s)" if setup.keys is not None else "no API keys"
     processes = "" if workers == 1 else f"; {workers} worker processes"
     err_console.print(
@@ -373,12 +380,6 @@ def serve(
         highlight=False,
     )
     sys.stderr.flush()
-    run = {"host": setup.host, "port": setup.port, "log_config": log_config(),
-           "access_log": access_log}  # fmt: skip
-    if workers == 1:
-        uvicorn.run(service, **run)
-        return
-    _serve_workers(uvicorn, service, spec, workers, run)
 
 
 def _service_app(

@@ -132,6 +132,15 @@ class ServiceMetrics:
         children[1].inc(sum(m for m in means if m is not None))
         self.calibration.served(arm, means)
 
+    def close(self) -> None:
+        """At a server process's end: in multiprocess mode, drop its live gauges (its
+        ``wager_model_active`` series) from what the other workers export; otherwise
+        nothing. (A process killed without it leaves its series until the folder goes.)"""
+        if self.multiprocess_dir is not None:
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(os.getpid(), self.multiprocess_dir)
+
     def set_model(self, version: str) -> None:
         """Mark ``version`` as the one served (the only series of ``wager_model_active`` in
         single-process mode; in multiprocess mode the previous version's value in this
