@@ -114,10 +114,7 @@ def test_batcher_serves_concurrent_requests_in_one_round(rec: Recommender) -> No
     async def main() -> list[object]:
         return await asyncio.gather(*(batcher.slate(j) for j in jobs))
 
-    try:
-        slates = asyncio.run(main())
-    finally:
-        batcher.close()
+    slates = asyncio.run(main())
     assert batcher.batches == 1 and batcher.jobs == 4
     assert slates[3] is None
     for job, slate in zip(jobs[:3], slates[:3], strict=True):
@@ -146,10 +143,7 @@ def test_a_failed_round_fails_its_requests_only(
                                      return_exceptions=True)  # fmt: skip
         return first, await batcher.slate(_job(rec, "u1"))
 
-    try:
-        first, later = asyncio.run(main())
-    finally:
-        batcher.close()
+    first, later = asyncio.run(main())
     assert all(isinstance(e, RuntimeError) and "scoring broke" in str(e) for e in first)
     assert later is not None and len(later.items) == 4  # type: ignore[attr-defined]
 
@@ -162,10 +156,7 @@ def test_max_batch_splits_a_burst_into_rounds(rec: Recommender) -> None:
     async def main() -> list[object]:
         return await asyncio.gather(*(batcher.slate(_job(rec, f"u{n}")) for n in range(5)))
 
-    try:
-        slates = asyncio.run(main())
-    finally:
-        batcher.close()
+    slates = asyncio.run(main())
     assert batcher.batches == 3 and batcher.jobs == 5 and all(s is not None for s in slates)
 
 

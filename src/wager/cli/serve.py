@@ -357,14 +357,15 @@ def serve(
     files = {"keys": keys, "experiment": experiment, "precomputed": precomputed}
     spec = {"path": str(setup.path), "db": setup.db, "cache_size": cache_size, "redis": redis,
             **{k: None if v is None else str(v) for k, v in files.items()}}  # fmt: skip
-    service = _service_app(spec, setup.keys, chosen, cache, None if workers == 1 else FOLLOW_S)
-    _announce(setup, service.state.service.registry.active, workers)
     run = {"host": setup.host, "port": setup.port, "log_config": log_config(),
            "access_log": access_log}  # fmt: skip
     if workers == 1:
+        service = _service_app(spec, setup.keys, chosen, cache, None)
+        _announce(setup, service.state.service.registry.active, workers)
         uvicorn.run(service, **run)
         return
-    _serve_workers(uvicorn, service, spec, workers, run)
+    _announce(setup, _store_first_version(spec, setup.keys, chosen, cache), workers)
+    _serve_workers(uvicorn, spec, workers, run)
 
 
 def _announce(setup: ServeSetup, active: str, workers: int) -> None:
@@ -410,25 +411,35 @@ def _service_app(
         ) from None
 
 
-def _serve_workers(
-    uvicorn: Any, checked: Any, spec: dict[str, Any], workers: int, run: dict[str, Any]
-) -> None:
-    """Serve with ``workers`` processes: the app built here checked every setting and loads;
-    it stores the version to serve first (so a version stored by an earlier run is not
-    followed) and is dropped; each worker builds its own from ``spec``
+def _store_first_version(
+    spec: dict[str, Any],
+    keys: ApiKeys | None,
+    experiment: Experiment | None,
+    cache: CandidateCache | None,
+) -> str:
+    """Before the workers start: build the app once (every setting checked, the first
+    version loaded), store that version as the one to serve (so a version stored by an
+    earlier run is not followed), and drop it all; returns the version."""
+    from wager.serving.activation import ACTIVE_KEY
+
+    service = _service_app(spec, keys, experiment, cache, None).state.service
+    active: str = service.registry.active
+    try:
+        service.events.set_state(ACTIVE_KEY, active)
+    finally:
+        service.events.close()
+    return active
+
+
+def _serve_workers(uvicorn: Any, spec: dict[str, Any], workers: int, run: dict[str, Any]) -> None:
+    """Serve with ``workers`` processes, each building its own app from ``spec``
     (:func:`worker_app`), with Prometheus' multiprocess mode in a folder made here and
     removed at the end."""
     import gc
     import shutil
     import tempfile
 
-    from wager.serving.activation import ACTIVE_KEY
-
-    service = checked.state.service
-    service.events.set_state(ACTIVE_KEY, service.registry.active)
-    service.events.close()
-    del checked, service
-    gc.collect()
+    gc.collect()  # the checking app's models
     metrics_dir = tempfile.mkdtemp(prefix="wager-metrics-")
     os.environ[_WORKER_ENV] = json.dumps(spec)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir

@@ -256,8 +256,8 @@ def create_app(
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Start-up and shut-down of a served app: :func:`settle_heap` when asked, the
-    activation follower (first sync before the first request); at the end the batch thread
-    and, with several workers, this process's live metrics."""
+    activation follower (first sync before the first request); at the end, with several
+    workers, this process's live metrics."""
     service: _Service = app.state.service
     if service.follower is not None:
         service.follower.sync()
@@ -269,8 +269,6 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     finally:
         if service.follower is not None:
             service.follower.stop()
-        assert service.batcher is not None
-        service.batcher.close()
         service.metrics.close()
 
 
