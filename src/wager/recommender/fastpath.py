@@ -318,7 +318,7 @@ class FastPath:
             dropped = [self._keys[x] for x in ask.exclude if x in self._keys]
             if len(set(dropped)) >= len(self._keys):
                 continue
-            row = scores[b].copy()
+            row = scores[b]  # a fresh array of this call: masked in place
             if ask.exclude_seen and user.seen.size:
                 row[user.seen] = -np.inf
             if dropped:
@@ -350,12 +350,16 @@ class FastPath:
             means, stds = scorer.head_moments(out)
         pred = scorer.prediction_of(means.cpu(), None if stds is None else stds.cpu())
         cov = None
-        if chain.support_covariates is not None:
+        if chain.support_covariates is not None:  # it reads its id fields only
+            needed = chain.support_covariates.tables_.keys()
             batch = {
                 k: torch.cat([user.encoded[k] for user, _ in picked]).index_select(0, owner)
                 for k in picked[0][0].encoded
+                if k in needed
             }
-            batch.update({k: t.index_select(0, idx) for k, t in self._items_encoded.items()})
+            batch.update(
+                {k: t.index_select(0, idx) for k, t in self._items_encoded.items() if k in needed}
+            )
             cov = chain.covariates(batch)
         return chain.transform(pred, cov)
 
