@@ -392,8 +392,8 @@ async def recommend(body: RecommendRequest, request: Request) -> Any:
     (:class:`~wager.serving.batching.SlateBatcher`: 2-3.5 ms a round for 1-4 requests on
     ML-100k); the others run ``Recommender.recommend`` in the thread pool. Impressions go
     through the group commit (one transaction for the requests waiting at the same time);
-    the response is written as built (no re-validation: its
-    shape is :class:`RecommendResponse`, which the OpenAPI schema publishes).
+    the response is written as built (no re-validation: its shape is
+    :class:`RecommendResponse`, which the OpenAPI schema publishes).
     """
     service = _service(request)
     if body.k > service.limits.max_k:
