@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,26 @@ def test_bad_flags_are_refused_before_serving(registry_dir, flags, message):
     result = _serve(registry_dir, *flags)
     assert result.exit_code == 2
     assert _message(result).startswith(message)
+
+
+def test_a_port_in_use_is_named_before_any_model_is_loaded(tmp_path):
+    """The folder does not even exist: the port is checked first, as a flag."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = _serve(tmp_path / "no-such-registry", "--port", port)
+    assert result.exit_code == 2
+    assert _message(result).startswith(
+        f"error: --port {port}: cannot listen on 127.0.0.1:{port} (Address already in use); "
+        "another process may be serving there: pick another --port or stop that process"
+    )
+
+
+def test_an_unresolvable_host_is_named(tmp_path):
+    result = _serve(tmp_path, "--host", "no-such-host.invalid")
+    assert result.exit_code == 2
+    assert _message(result).startswith("error: --host 'no-such-host.invalid' does not resolve")
 
 
 def test_a_missing_folder_is_named(tmp_path):

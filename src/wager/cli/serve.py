@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import re
+import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,6 +82,28 @@ def _check_host(host: str) -> None:
             ) from None
 
 
+def _check_port_free(host: str, port: int) -> None:
+    """Bind (host, port) once and let go, as uvicorn will (``SO_REUSEADDR``), so a port in
+    use is named before any model is loaded (another process may still take it between
+    this check and the server's own bind)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as exc:
+        raise _flag_error(
+            "--host", f"--host {host!r} does not resolve ({exc.strerror}); use an IP address"
+        ) from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise _flag_error(
+                "--port",
+                f"--port {port}: cannot listen on {host}:{port} ({exc.strerror}); another "
+                "process may be serving there: pick another --port or stop that process",
+            ) from None
+
+
 def default_db(path: Path) -> str:
     """``sqlite:///`` + ``events.db`` in a registry folder, or beside a single run folder."""
     from wager.runs import RunDirectory
@@ -137,6 +160,7 @@ def check_serve(
     _check_host(host)
     if not 1 <= port <= 65535:
         raise _flag_error("--port", f"--port must be in 1..65535, got {port}")
+    _check_port_free(host, port)
     keys = _load_keys(keys_file)
     if keys is None and not is_loopback(host) and not insecure:
         raise _flag_error(
