@@ -85,16 +85,19 @@ def test_two_workers_share_activation_metrics_and_stop_together(two_workers: Any
     assert served == {"v2"}
     status, text = _call(base, "/v1/models/v1/activate", {})
     assert status == 200 and json.loads(text)["active"] == "v1", text
-    time.sleep(3.0)  # FOLLOW_S = 0.5 s plus one load of the tiny run
+    # the other worker follows within FOLLOW_S = 0.5 s plus one load of the tiny run: wait
+    # (at most 60 s) until /metrics shows both worker pids serving v1
+    pattern = r'wager_model_active\{pid="(\d+)",version="v1"\} 1\.0'
+    end = time.monotonic() + 60
+    while len(re.findall(pattern, _call(base, "/metrics")[1])) < 2 and time.monotonic() < end:
+        time.sleep(0.1)
     versions = [json.loads(_call(base, "/v1/recommend", {"user_id": "u1", "k": 2})[1])
                 ["model_version"] for _ in range(20)]  # fmt: skip
     assert set(versions) == {"v1"}
-    pids = set()
     for _ in range(10):  # whichever worker answers, the sums are both workers'
         text = _call(base, "/metrics")[1]
         assert _metric(text, "wager_impressions_total") == 80.0  # 40 requests x k = 2
-        pids |= set(re.findall(r'wager_model_active\{pid="(\d+)",version="v1"\} 1\.0', text))
-    assert len(pids) == 2  # each worker says it serves v1
+        assert len(set(re.findall(pattern, text))) == 2  # each worker says it serves v1
     assert len(_metrics_folders()) == len(before) + 1  # the parent's, while serving
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=60) == 0
