@@ -236,7 +236,7 @@ def create_app(
     )  # fmt: skip
     if follow_s is not None:
         service.follower = ActivationFollower(
-            events,  # type: ignore[arg-type]  # an EventStore: it keeps the shared state
+            events,
             lambda: registry.active,
             partial(_activate_here, service),
             every_s=follow_s,
@@ -677,7 +677,7 @@ def activate(version: str, request: Request) -> ActivateResponse:
     with follower.lock if follower is not None else nullcontext():
         _activate_here(service, version)
         if follower is not None:
-            commit(lambda: service.events.set_state(ACTIVE_KEY, version),  # type: ignore[attr-defined]
+            commit(lambda: service.events.set_state(ACTIVE_KEY, version),
                    "storing the active model version")  # fmt: skip
     service.metrics.activations.inc()
     log.info("model version %s activated (was %s)", version, previous)

@@ -117,3 +117,11 @@ class EventLog(Protocol):
     def ping(self) -> bool:
         """True when the database answers (what ``/readyz`` checks)."""
         ...
+
+    def get_state(self, key: str) -> str | None:
+        """The value stored under ``key`` (shared by the service's processes), or None."""
+        ...
+
+    def set_state(self, key: str, value: str) -> None:
+        """Store ``value`` under ``key`` durably (e.g. the active model version)."""
+        ...
