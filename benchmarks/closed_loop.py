@@ -38,7 +38,13 @@ Per seed:
    CTR at position 1 (``true_ctr * position_bias[0]``), per impression at rank 1 (= per
    request, one rank-1 impression each), the estimator's definition;
 7. online calibration: per arm, ``/metrics``' ``wager_calibration_*`` gauges and ``wager
-   abtest report --json``'s calibration (rank 1 and all positions).
+   abtest report --json``'s calibration (rank 1 and all positions), the served predicted CTR
+   and the model's own (``model_predicted_ctr``) beside the observed one.
+
+``--recalibrate`` serves with ``wager serve --recalibrate --recalibrate-delay 0`` (online
+recalibration per arm, refitted every ``--recalibrate-every`` seconds with a prior of
+``--recalibrate-prior`` impressions; no delay, as this simulation posts every click before
+the next request).
 
 Reported over the seeds: per estimator the coverage of greedy's true CTR by the 95%
 interval, mean error, interval width; calibration: how often the predicted CTR at rank 1
@@ -192,9 +198,14 @@ def run_seed(seed: int, args: argparse.Namespace, folder: Path) -> dict[str, Any
     exp.write_text(experiment_toml(args.beta, args.epsilon))
     db = f"sqlite:///{folder / 'events.db'}"
     port = _free_port()
+    recalibrate = []
+    if args.recalibrate:  # clicks are posted before the next request: no delay to wait
+        recalibrate = ["--recalibrate", "--recalibrate-delay", "0", "--recalibrate-prior",
+                       str(args.recalibrate_prior), "--recalibrate-every",
+                       str(args.recalibrate_every)]  # fmt: skip
     server = subprocess.Popen(
         [sys.executable, "-m", "wager.cli", "serve", str(registry), "--port", str(port),
-         "--db", db, "--experiment", str(exp)],
+         "--db", db, "--experiment", str(exp), *recalibrate],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )  # fmt: skip
@@ -260,6 +271,7 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
                 "within_rate_report": float(np.mean([c["within"] for c in cal])),
                 "within_rate_metrics": float(np.mean([m["within_interval"] for m in met])),
                 "mean_predicted": float(np.mean([c["predicted_ctr"] for c in cal])),
+                "mean_model_predicted": float(np.mean([c["model_predicted_ctr"] for c in cal])),
                 "mean_observed": float(np.mean([c["observed_ctr"] for c in cal])),
                 "mean_z": float(np.mean([
                     (c["predicted_ctr"] - c["observed_ctr"])
@@ -294,6 +306,13 @@ def main() -> None:
         default=DEFAULT_MODEL,
         help="run config of the served model (default examples/serve-clicks.toml)",
     )
+    parser.add_argument(
+        "--recalibrate",
+        action="store_true",
+        help="serve with online recalibration (wager serve --recalibrate --recalibrate-delay 0)",
+    )
+    parser.add_argument("--recalibrate-prior", type=float, default=200.0)
+    parser.add_argument("--recalibrate-every", type=float, default=2.0)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     if not args.model.is_file():

@@ -52,6 +52,16 @@ def _message(result: Result) -> str:
         (["--workers", "65"], "error: --workers must be in 1..64 server processes, got 65"),
         (["--db", "mysql://u:pw@h/db"], "error: --db mysql://u:***@h/db: not a database URL "
          "wager stores events in"),
+        (["--recalibrate-prior", "50"], "error: --recalibrate-prior is a setting of "
+         "--recalibrate; add --recalibrate to recalibrate online, or drop it"),
+        (["--recalibrate", "--recalibrate-every", "0"], "error: --recalibrate-every must be a "
+         "number > 0, got 0.0"),
+        (["--recalibrate", "--recalibrate-delay", "-1"], "error: --recalibrate-delay must be a "
+         "number >= 0, got -1.0"),
+        (["--recalibrate", "--recalibrate-rank", "-2"], "error: --recalibrate-rank must be >= "
+         "0, got -2"),
+        (["--recalibrate", "--precomputed", "top.parquet"], "error: --recalibrate cannot be "
+         "combined with --precomputed"),
     ],
 )  # fmt: skip
 def test_bad_flags_are_refused_before_serving(registry_dir, flags, message):

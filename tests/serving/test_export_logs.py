@@ -136,6 +136,8 @@ def test_export_writes_one_row_per_impression_with_its_feedback(exported):
             got[col].to_numpy(float), rows[col].to_numpy(float), rtol=1e-12, err_msg=col
         )
     assert got["ts"].between(1.7e9, 4.0e9).all()  # Unix seconds
+    # no online recalibration: the model's own mean is the served one
+    np.testing.assert_allclose(got["model_mean"].to_numpy(float), rows["mean"].to_numpy(float))
     assert not list(out_file.parent.glob(".logs.parquet*"))  # no temporary file left
     db = f"sqlite:///{out_file.parent / 'events.db'}"
     again = _invoke("export-logs", "--db", db, "--out", out_file, "--overwrite")
@@ -157,6 +159,15 @@ def test_loader_reads_the_export_as_logged_feedback(exported):
     assert log.request is not None
     np.testing.assert_array_equal(log.request, np.repeat(np.arange(len(USERS)), K))
     assert log.source == str(out_file)
+
+
+def test_an_export_without_model_mean_still_loads(exported, tmp_path):
+    """Files exported before the model_mean column existed."""
+    out_file, rows = exported
+    older = tmp_path / "older.parquet"
+    pd.read_parquet(out_file).drop(columns="model_mean").to_parquet(older)
+    log = load_event_log(older)
+    np.testing.assert_allclose(log.propensity, rows["propensity"].to_numpy(), rtol=1e-12)
 
 
 def test_ope_estimates_from_the_export(exported, tmp_path):

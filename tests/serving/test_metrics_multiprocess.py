@@ -34,7 +34,7 @@ def serve_worker_a(m: ServiceMetrics) -> None:
     m.set_model("v1")
     m.set_model("v2")
     m.served("ctl", 3, [0.2, 0.1, None])
-    m.served("ctl", 2, [0.3, 0.4])
+    m.served("ctl", 2, [0.3, 0.4], [0.35, None])  # the model's own means (recalibrated)
     m.clicks.labels(arm="ctl").inc()
     m.calibration.clicked("ctl", top=True)
     m.requests.labels(*_POST).inc(2)
@@ -63,12 +63,15 @@ def _wilson(clicks: int, n: int) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def _gauges(n: int, with_mean: int, predicted: float, clicks: int) -> dict[str, float]:
+def _gauges(
+    n: int, with_mean: int, predicted: float, clicks: int, model: tuple[int, float]
+) -> dict[str, float]:
     low, high = _wilson(clicks, n)
     pred = predicted / with_mean if with_mean else math.nan
     return {
         "impressions": n,
         "predicted_ctr": pred,
+        "model_predicted_ctr": model[1] / model[0] if model[0] else math.nan,
         "observed_ctr": clicks / n,
         "observed_ctr_low": low,
         "observed_ctr_high": high,
@@ -84,11 +87,13 @@ def _gauges(n: int, with_mean: int, predicted: float, clicks: int) -> dict[str, 
 #   clicks 1 -> observed 1/3, Wilson [0.0615, 0.7923]
 # new/all: 2 impressions, no mean -> predicted NaN (never within); 0 clicks
 # new/top: 1 impression, no mean, 0 clicks
+# the model's own means (the served ones where not given): ctl/all 0.2, 0.1, 0.35, 0.5 ->
+#   1.15 / 4; ctl/top 0.2, 0.35, 0.5 -> 1.05 / 3; new: none
 EXPECTED = {
-    ("ctl", "all"): _gauges(7, 5, 1.5, 2),
-    ("ctl", "top"): _gauges(3, 3, 1.0, 1),
-    ("new", "all"): _gauges(2, 0, 0.0, 0),
-    ("new", "top"): _gauges(1, 0, 0.0, 0),
+    ("ctl", "all"): _gauges(7, 5, 1.5, 2, (4, 1.15)),
+    ("ctl", "top"): _gauges(3, 3, 1.0, 1, (3, 1.05)),
+    ("new", "all"): _gauges(2, 0, 0.0, 0, (0, 0.0)),
+    ("new", "top"): _gauges(1, 0, 0.0, 0, (0, 0.0)),
 }
 
 

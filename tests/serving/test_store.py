@@ -14,6 +14,7 @@ import threading
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import psycopg
 import pytest
@@ -354,17 +355,20 @@ def test_schema_version_is_recorded(store_url: str) -> None:
     EventStore(store_url).close()
     engine = sa.create_engine(store_url)
     with engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT version FROM schema_version")).all() == [(2,)]
+        assert conn.execute(sa.text("SELECT version FROM schema_version")).all() == [(3,)]
     engine.dispose()
-    assert SCHEMA_VERSION == 2
+    assert SCHEMA_VERSION == 3
 
 
-def _as_version_1(store_url: str) -> None:
-    """Turn a fresh store into what wager's schema 1 wrote (no service_state table)."""
+def _as_version(store_url: str, version: int) -> None:
+    """Turn a fresh store into what wager's schema 1 (no service_state table) or 2 (no
+    impressions.model_mean) wrote."""
     engine = sa.create_engine(store_url)
     with engine.begin() as conn:
-        conn.execute(sa.text("DROP TABLE service_state"))
-        conn.execute(sa.text("UPDATE schema_version SET version = 1"))
+        conn.execute(sa.text("ALTER TABLE impressions DROP COLUMN model_mean"))
+        if version == 1:
+            conn.execute(sa.text("DROP TABLE service_state"))
+        conn.execute(sa.text(f"UPDATE schema_version SET version = {version}"))
     engine.dispose()
 
 
@@ -373,10 +377,12 @@ def test_a_version_1_store_is_migrated_by_a_writer_and_read_as_is_by_a_reader(
 ) -> None:
     with EventStore(store_url) as store:
         store.log_impressions([_impression("r1", "a")])
-    _as_version_1(store_url)
+    _as_version(store_url, 1)
     with EventStore(store_url, create=False) as reader:  # readers never write
         assert reader.get_state("active_version") is None
         assert len(reader.impressions_frame()) == 1
+        assert reader.impressions_frame()["model_mean"].isna().all()
+        assert reader.served_outcomes("v1", "", None, float("inf"))[0].size == 0
     engine = sa.create_engine(store_url)
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT version FROM schema_version")).all() == [(1,)]
@@ -384,9 +390,49 @@ def test_a_version_1_store_is_migrated_by_a_writer_and_read_as_is_by_a_reader(
         writer.set_state("active_version", "v2")
         assert writer.get_state("active_version") == "v2"
         assert len(writer.impressions_frame()) == 1  # the rows survive the migration
+        writer.log_impressions([_impression("r2", "a", model_mean=0.25)])
+        assert writer.impressions_frame()["model_mean"].tolist()[1] == 0.25
     with engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT version FROM schema_version")).all() == [(2,)]
+        assert conn.execute(sa.text("SELECT version FROM schema_version")).all() == [(3,)]
     engine.dispose()
+
+
+def test_a_version_2_store_gains_model_mean(store_url: str) -> None:
+    with EventStore(store_url) as store:
+        store.set_state("active_version", "v1")
+        store.log_impressions([_impression("r1", "a")])
+    _as_version(store_url, 2)
+    with EventStore(store_url) as writer:
+        assert writer.get_state("active_version") == "v1"
+        writer.log_impressions([_impression("r2", "a", model_mean=0.3)])
+        frame = writer.impressions_frame()
+    assert np.isnan(frame["model_mean"][0]) and frame["model_mean"][1] == 0.3
+
+
+def test_served_outcomes_are_the_known_model_means_with_their_clicks(store_url: str) -> None:
+    rows = [
+        _impression("r1", "a", position=1, model_mean=0.1, ts=10.0),
+        _impression("r1", "b", position=2, model_mean=0.2, ts=10.0),
+        _impression("r2", "a", position=1, model_mean=0.3, ts=11.0),
+        _impression("r3", "a", position=1, model_mean=None, ts=11.0),  # unknown: left out
+        _impression("r4", "a", position=1, model_mean=0.4, ts=30.0),  # too recent
+        _impression("r5", "a", position=1, model_mean=0.5, ts=11.0, model_version="v2"),
+        _impression("r6", "a", position=1, model_mean=0.6, ts=11.0, arm="exp/b"),
+    ]
+    with EventStore(store_url) as store:
+        store.log_impressions(rows)
+        store.add_feedback([
+            FeedbackEvent("e1", "r1", "a", 0, None, 12.0),
+            FeedbackEvent("e2", "r1", "a", 1, None, 13.0),  # any click makes it a click
+            FeedbackEvent("e3", "r1", "b", 1, None, 12.0),
+            FeedbackEvent("e4", "r3", "a", 1, None, 12.0),
+        ])  # fmt: skip
+        means, clicks = store.served_outcomes("v1", "", 1, served_before=20.0)
+        assert means.tolist() == [0.1, 0.3] and clicks.tolist() == [1.0, 0.0]
+        means, clicks = store.served_outcomes("v1", "", None, served_before=20.0)
+        assert means.tolist() == [0.1, 0.2, 0.3] and clicks.tolist() == [1.0, 1.0, 0.0]
+        assert store.served_outcomes("v9", "", 1, 20.0)[0].size == 0
+        assert store.served_outcomes("v1", "exp/b", 1, 20.0)[0].tolist() == [0.6]
 
 
 def test_state_is_shared_by_every_store_on_the_database_and_replaced_in_place(
@@ -409,7 +455,7 @@ def test_newer_schema_version_is_refused_naming_both_versions(store_url: str) ->
     engine.dispose()
     message = (
         f"event-store database {re.escape(store_url)} has schema version 7, newer than this "
-        "wager's 2; upgrade wager"
+        "wager's 3; upgrade wager"
     )
     with pytest.raises(EventStoreError, match=message):
         EventStore(store_url)

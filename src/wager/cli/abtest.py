@@ -105,6 +105,7 @@ def _print_calibration(report: dict[str, Any]) -> None:
             "slot",
             "impressions",
             "predicted ctr",
+            "model's own",
             "observed ctr",
             f"{pct} interval",
             "inside",
@@ -114,7 +115,7 @@ def _print_calibration(report: dict[str, Any]) -> None:
         for slot, c in a["calibration"].items():
             table.add_row(
                 _text(name), slot, str(c["impressions"]), f"{c['predicted_ctr']:.4f}",
-                f"{c['observed_ctr']:.4f}", f"[{c['low']:.4f}, {c['high']:.4f}]",
-                "yes" if c["within"] else "NO",
+                f"{c['model_predicted_ctr']:.4f}", f"{c['observed_ctr']:.4f}",
+                f"[{c['low']:.4f}, {c['high']:.4f}]", "yes" if c["within"] else "NO",
             )  # fmt: skip
     console.print(table)

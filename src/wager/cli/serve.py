@@ -45,6 +45,67 @@ MAX_WORKERS = 64
 """Most server processes ``--workers`` starts."""
 FOLLOW_S = 0.5
 """Seconds between a worker's reads of the stored active version (``--workers`` > 1)."""
+
+# options of `wager serve` (module-level so that serve() stays short)
+_Experiment = Annotated[
+    Path | None,
+    typer.Option(
+        "--experiment",
+        help="A/B experiment TOML (arms: share, policy, model_version): users are assigned "
+        "arms by hashing and impressions logged with their arm.",
+    ),
+]
+_Precomputed = Annotated[
+    Path | None,
+    typer.Option(
+        "--precomputed",
+        help="Parquet of `wager recommend --all-users --out`: its users are served from it "
+        "(their rows are the policy's candidates) while its model version is active.",
+    ),
+]
+_AccessLog = Annotated[
+    bool,
+    typer.Option(
+        "--access-log/--no-access-log",
+        help="One JSON line per answered request on stderr (about a tenth of a "
+        "request's time; Prometheus metrics count and time requests either way).",
+    ),
+]
+_Recalibrate = Annotated[
+    bool,
+    typer.Option(
+        "--recalibrate",
+        help="Recalibrate click models online: refit a Platt map of the model's probabilities "
+        "on the logged clicks every --recalibrate-every seconds (each process, from the event "
+        "database) and serve through it; /metrics shows the model's own CTR beside it.",
+    ),
+]
+_RecalibrateDelay = Annotated[
+    float | None,
+    typer.Option(
+        "--recalibrate-delay",
+        help="Fit only on impressions served at least this many seconds ago (the time their "
+        "clicks take to arrive; default 30).",
+    ),
+]
+_RecalibratePrior = Annotated[
+    float | None,
+    typer.Option(
+        "--recalibrate-prior",
+        help="Strength of the prior on the identity map, in impressions (default 200).",
+    ),
+]
+_RecalibrateEvery = Annotated[
+    float | None, typer.Option("--recalibrate-every", help="Seconds between refits (default 2).")
+]
+_RecalibrateRank = Annotated[
+    int,
+    typer.Option(
+        "--recalibrate-rank",
+        help="Fit on impressions at this rank (the slot whose CTR the model predicts); 0: all.",
+    ),
+]
+
 _WORKER_ENV = "WAGER_SERVE_WORKER"  # the checked settings each worker process builds from
 
 
@@ -184,6 +245,53 @@ def check_serve(
             "sqlite:///PATH/events.db or postgresql://USER:PASSWORD@HOST/DB",
         )
     return ServeSetup(path, host, port, db, keys)
+
+
+def _recalibration(
+    on: bool,
+    delay: float | None,
+    prior: float | None,
+    every: float | None,
+    rank: int,
+    precomputed: Path | None,
+) -> dict[str, Any] | None:
+    """The checked ``--recalibrate*`` settings (a JSON-ready dict of
+    :class:`~wager.serving.recalibration.RecalibrationSettings`; None: its default), or
+    None without ``--recalibrate``."""
+    from wager.serving.recalibration import RecalibrationSettings
+
+    if not on:
+        given = {
+            "--recalibrate-delay": delay,
+            "--recalibrate-prior": prior,
+            "--recalibrate-every": every,
+            "--recalibrate-rank": None if rank == 1 else rank,
+        }
+        named = [flag for flag, value in given.items() if value is not None]
+        if named:
+            raise _flag_error(named[0], f"{named[0]} is a setting of --recalibrate; add "
+                              "--recalibrate to recalibrate online, or drop it")  # fmt: skip
+        return None
+    if precomputed is not None:
+        raise _flag_error(
+            "--recalibrate",
+            "--recalibrate cannot be combined with --precomputed: the table's predictions were "
+            "computed offline and are served as they are; drop one of the two",
+        )
+    flags = {"delay_s": "--recalibrate-delay", "prior": "--recalibrate-prior",
+             "every_s": "--recalibrate-every", "position": "--recalibrate-rank"}  # fmt: skip
+    settings: dict[str, Any] = {"delay_s": delay, "prior": prior, "every_s": every,
+                                "position": None if rank == 0 else rank}  # fmt: skip
+    settings = {k: v for k, v in settings.items() if v is not None or k == "position"}
+    if rank < 0:
+        raise _flag_error("--recalibrate-rank", f"--recalibrate-rank must be >= 0, got {rank}")
+    try:
+        RecalibrationSettings(**settings)
+    except ValueError as exc:
+        field = next(f for f in flags if f in str(exc))
+        message = str(exc).replace(f"recalibration {field}", flags[field])
+        raise _flag_error(flags[field], message) from None
+    return settings
 
 
 def _open_registry(path: Path) -> ModelRegistry:
@@ -332,30 +440,9 @@ def serve(
             "reach every process through the event database; /metrics sums them all).",
         ),
     ] = 1,
-    experiment: Annotated[
-        Path | None,
-        typer.Option(
-            "--experiment",
-            help="A/B experiment TOML (arms: share, policy, model_version): users are assigned "
-            "arms by hashing and impressions logged with their arm.",
-        ),
-    ] = None,
-    precomputed: Annotated[
-        Path | None,
-        typer.Option(
-            "--precomputed",
-            help="Parquet of `wager recommend --all-users --out`: its users are served from it "
-            "(their rows are the policy's candidates) while its model version is active.",
-        ),
-    ] = None,
-    access_log: Annotated[
-        bool,
-        typer.Option(
-            "--access-log/--no-access-log",
-            help="One JSON line per answered request on stderr (about a tenth of a "
-            "request's time; Prometheus metrics count and time requests either way).",
-        ),
-    ] = True,
+    experiment: _Experiment = None,
+    precomputed: _Precomputed = None,
+    access_log: _AccessLog = True,
     cache_size: Annotated[
         int | None,
         typer.Option("--cache-size", help="In-process LRU cache of N users' candidates."),
@@ -364,6 +451,11 @@ def serve(
         str | None,
         typer.Option("--redis", help="Candidate cache on Redis: redis://HOST:PORT/DB."),
     ] = None,
+    recalibrate: _Recalibrate = False,
+    recalibrate_delay: _RecalibrateDelay = None,
+    recalibrate_prior: _RecalibratePrior = None,
+    recalibrate_every: _RecalibrateEvery = None,
+    recalibrate_rank: _RecalibrateRank = 1,
 ) -> None:
     """Serve recommendations with confidence over HTTP, logging impressions and feedback.
 
@@ -376,10 +468,13 @@ def serve(
     setup = check_serve(path, host, port, db, keys, insecure, workers)
     chosen = _load_experiment(experiment)
     cache = _cache(cache_size, redis)
+    recal = _recalibration(recalibrate, recalibrate_delay, recalibrate_prior, recalibrate_every,
+                           recalibrate_rank, precomputed)  # fmt: skip
     require("fastapi", "serve", "wager serve")
     uvicorn = require("uvicorn", "serve", "wager serve")
     files = {"keys": keys, "experiment": experiment, "precomputed": precomputed}
     spec = {"path": str(setup.path), "db": setup.db, "cache_size": cache_size, "redis": redis,
+            "recalibration": recal,
             **{k: None if v is None else str(v) for k, v in files.items()}}  # fmt: skip
     run = {"host": setup.host, "port": setup.port, "log_config": log_config(),
            "access_log": access_log}  # fmt: skip
@@ -424,9 +519,13 @@ def _service_app(
 
     events = EventStore(spec["db"])
     try:
+        from wager.serving.recalibration import RecalibrationSettings
+
+        recal = spec.get("recalibration")
         return create_app(
             registry, events, keys, experiment=experiment, cache=cache, precomputed=table,
             settle=True, follow_s=follow_s,
+            recalibration=None if recal is None else RecalibrationSettings(**recal),
         )  # fmt: skip
     except ValueError as exc:  # an arm's model version is not in the registry
         events.close()

@@ -52,6 +52,7 @@ from wager.recommender.spec import ModelSpec
 from wager.training.checkpoint import Checkpoint, EpochHook
 from wager.training.trainer import History, resolve_device
 from wager.uncertainty.chain import PostHocChain
+from wager.uncertainty.recalibration import OnlineRecalibration
 from wager.uncertainty.relevance import list_confidence
 
 
@@ -304,6 +305,7 @@ class Recommender:
         policy: Policy | None = None,
         state: PolicyState | None = None,
         candidates: int | None = None,
+        online: OnlineRecalibration | None = None,
     ) -> pd.DataFrame:
         """Top-k items per user with std, interval, confidence: by the mean, or by a policy.
 
@@ -315,6 +317,8 @@ class Recommender:
                 of confidence = P(among the next H positives) (None: validation mean).
             policy: picks k of each user's ``candidates`` (None: max(10 k, 100)) best by the
                 mean, predicted with full uncertainty, drawing from ``state``.
+            online: a click model's serving-time recalibration (``wager serve --recalibrate``)
+                applied to the predictions before anything else reads them.
 
         Returns:
             DataFrame: user, item, rank (1-based; slate order with a policy), score, mean, std,
@@ -322,7 +326,7 @@ class Recommender:
         """
         return recommend_frame(
             self, user_ids, k, items, exclude_seen, context, confidence_level, batch_users,
-            progress, horizon, policy, state, candidates,
+            progress, horizon, policy, state, candidates, online,
         )  # fmt: skip
 
     list_confidence = staticmethod(list_confidence)

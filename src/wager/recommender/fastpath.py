@@ -54,6 +54,7 @@ from wager.prediction import Prediction
 from wager.recommender.listing import as_matrix, default_candidates
 from wager.recommender.scoring import Batch, mean_of_location
 from wager.uncertainty.conformal import ConformalPrediction
+from wager.uncertainty.recalibration import OnlineRecalibration
 
 if TYPE_CHECKING:
     from wager.recommender.facade import Recommender
@@ -390,10 +391,12 @@ class FastPath:
         policy: Policy,
         state: PolicyState,
         confidence_level: float = 0.9,
+        online: OnlineRecalibration | None = None,
     ) -> FastSlate:
         """The policy's k (at most the candidates) of ``scored``, with interval, relevance
-        confidence and propensities, as ``Recommender.recommend`` computes them."""
-        return self.select_many([scored], k, policy, state, confidence_level)[0]
+        confidence and propensities, as ``Recommender.recommend`` computes them (``online``:
+        a serving-time recalibration of the candidates' predictions, applied first)."""
+        return self.select_many([scored], k, policy, state, confidence_level, online)[0]
 
     def select_many(
         self,
@@ -402,6 +405,7 @@ class FastPath:
         policy: Policy,
         state: PolicyState,
         confidence_level: float = 0.9,
+        online: OnlineRecalibration | None = None,
     ) -> list[FastSlate]:
         """:meth:`select` for several users at once: one ``Policy.select`` over their
         (B, n) candidates and one interval / confidence call for the B k chosen items.
@@ -412,7 +416,7 @@ class FastPath:
         out: list[FastSlate | None] = [None] * len(scored)
         for members in groups.values():
             picked = self._select_group([scored[n] for n in members], k, policy, state,
-                                        confidence_level)  # fmt: skip
+                                        confidence_level, online)  # fmt: skip
             for n, slate in zip(members, picked, strict=True):
                 out[n] = slate
         return out  # type: ignore[return-value]
@@ -424,6 +428,7 @@ class FastPath:
         policy: Policy,
         state: PolicyState,
         confidence_level: float,
+        online: OnlineRecalibration | None,
     ) -> list[FastSlate]:
         """:meth:`select_many` of users with the same :func:`batch_key`."""
         b, n = len(scored), len(scored[0].items)
@@ -433,6 +438,8 @@ class FastPath:
                               empty, empty, empty, repr(policy), s.known)
                     for s in scored]  # fmt: skip
         flat = scored[0].prediction if b == 1 else _joined([s.prediction for s in scored])
+        if online is not None:
+            flat = online.apply(flat)
         m = min(k, n)
         slate = policy.select(as_matrix(flat, b, n), m, state)
         chosen = slate.items.cpu()  # (B, m)

@@ -26,6 +26,7 @@ from wager.prediction import MixturePrediction, Prediction
 from wager.recommender.changes import recommendable
 from wager.recommender.scoring import masked
 from wager.uncertainty.conformal import ConformalPrediction
+from wager.uncertainty.recalibration import OnlineRecalibration
 
 if TYPE_CHECKING:
     from wager.recommender.facade import Recommender
@@ -65,6 +66,7 @@ def recommend_frame(
     policy: Policy | None = None,
     state: PolicyState | None = None,
     candidates: int | None = None,
+    online: OnlineRecalibration | None = None,
 ) -> pd.DataFrame:
     """The rows of ``Recommender.recommend`` (see there for the arguments and columns).
 
@@ -107,13 +109,14 @@ def recommend_frame(
             rows = [(r, top[r][top[r] >= 0]) for r in range(len(chunk))]
             rows = [(r, sel) for r, sel in rows if sel.size]
             if rows:
-                pred = _pair_prediction(rec, chunk, rows, cand, context)
+                pred = _pair_prediction(rec, chunk, rows, cand, context, online)
                 frames.append(_rows_frame(rec, chunk, rows, cand, pred, mean_scores, exclude,
                                           confidence_level, horizon))  # fmt: skip
         else:
             assert state is not None
             part = _policy_frame(rec, chunk, top, k, cand, context, mean_scores, exclude,
-                                 confidence_level, horizon, policy, state, slates)  # fmt: skip
+                                 confidence_level, horizon, policy, state, slates,
+                                 online)  # fmt: skip
             if part is not None:
                 frames.append(part)
         if progress is not None:
@@ -169,14 +172,17 @@ def _pair_prediction(
     rows: list[tuple[int, np.ndarray]],
     cand: np.ndarray,
     context: Mapping[str, Any] | None,
+    online: OnlineRecalibration | None = None,
 ) -> Prediction:
     """(n,) predictions of the (user, item) pairs of ``rows`` in order: the full uncertainty
-    model (head noise, members, MC dropout, calibration) for pointwise models, the members'
-    scores for retrieval / implicit ones."""
+    model (head noise, members, MC dropout, calibration; then ``online``, a serving-time
+    recalibration, when given) for pointwise models, the members' scores for retrieval /
+    implicit ones."""
     pair_users = [chunk[r] for r, sel in rows for _ in range(sel.size)]
     pair_items = np.concatenate([cand[sel] for _, sel in rows])
     if rec.spec.pointwise:
-        return rec.predict(pair_users, pair_items, context)
+        pred = rec.predict(pair_users, pair_items, context)
+        return pred if online is None else online.apply(pred)
     scorer = rec.scorer_
     return scorer.prediction_of(scorer.pair_member_scores(pair_users, pair_items, context), None)
 
@@ -247,6 +253,7 @@ def _policy_frame(
     policy: Policy,
     state: PolicyState,
     slates: list[dict[str, Any]],
+    online: OnlineRecalibration | None = None,
 ) -> pd.DataFrame | None:
     """The output rows of one chunk of users chosen by ``policy`` from ``top`` ((U, n)
     candidate columns by the mean, -1 padded), or None when no user has a candidate.
@@ -261,7 +268,7 @@ def _policy_frame(
         group = np.flatnonzero(counts == n)
         sel = top[group, :n]  # the -1 padding is at the end of each row
         pairs = [(int(r), s) for r, s in zip(group, sel, strict=True)]
-        pred = _pair_prediction(rec, chunk, pairs, cand, context)
+        pred = _pair_prediction(rec, chunk, pairs, cand, context, online)
         slate = policy.select(as_matrix(pred, len(group), n), min(k, n), state)
         slates.append(
             {"policy": slate.policy, "floor": slate.propensity_floor, "draws": slate.draws}

@@ -24,6 +24,8 @@ import threading
 from collections.abc import Callable
 from typing import Protocol
 
+from wager.serving.periodic import Periodic
+
 log = logging.getLogger("wager.serving")
 
 ACTIVE_KEY = "active_version"
@@ -68,8 +70,10 @@ class ActivationFollower:
         self.every_s = every_s
         self.lock = threading.Lock()
         """Held by :meth:`sync` and by the route around its activation and store write."""
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._periodic = Periodic(
+            "wager-follow", self.sync, lambda: self.every_s,
+            "reading the active model version from the event store",
+        )  # fmt: skip
         self._failed: str | None = None  # the version last found unservable (logged once)
 
     def sync(self) -> bool:
@@ -91,22 +95,8 @@ class ActivationFollower:
 
     def start(self) -> None:
         """Start following (a daemon thread reading every ``every_s`` seconds)."""
-        if self._thread is not None:
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="wager-follow", daemon=True)
-        self._thread.start()
+        self._periodic.start()
 
     def stop(self) -> None:
         """Stop following (waits for the thread)."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.every_s):
-            try:
-                self.sync()
-            except Exception as exc:  # a store hiccup: try again at the next tick
-                log.warning("reading the active model version from the event store: %s", exc)
+        self._periodic.stop()

@@ -66,6 +66,7 @@ from wager.serving.experiments import Experiment
 from wager.serving.groupcommit import GroupCommitter
 from wager.serving.metrics import ObserveMiddleware, ServiceMetrics
 from wager.serving.precomputed import PrecomputedTable
+from wager.serving.recalibration import RecalibrationSettings, Recalibrator
 from wager.serving.registry import ModelRegistry
 from wager.serving.schemas import (
     ActivateResponse,
@@ -81,6 +82,7 @@ from wager.serving.schemas import (
     ScoreResponse,
 )
 from wager.uncertainty.conformal import ConformalPrediction
+from wager.uncertainty.recalibration import OnlineRecalibration
 
 __all__ = ["Limits", "RequestError", "StoreUnavailableError", "create_app", "settle_heap"]
 
@@ -132,6 +134,8 @@ class _Service:
     """Where each slate's policy seed comes from (default: os.urandom)."""
     follower: ActivationFollower | None = None
     """Keeps this process on the stored active version (several server processes)."""
+    recalibrator: Recalibrator | None = None
+    """Refits the served click models' online recalibration (``--recalibrate``)."""
 
     def __post_init__(self) -> None:
         if self.committer is None:
@@ -140,6 +144,20 @@ class _Service:
             self.seeds = _random.seed
         if self.batcher is None:
             self.batcher = SlateBatcher(self.seeds, self.cache, self.precomputed)
+
+    def served_arms(self) -> list[tuple[str, str]]:
+        """The (model version, arm label) pairs requests are served as now ("" outside an
+        experiment)."""
+        if self.experiment is None:
+            return [(self.registry.active, "")]
+        return [
+            (a.model_version or self.registry.active, self.experiment.label(a))
+            for a in self.experiment.arms
+        ]
+
+    def online(self, version: str, arm: str) -> OnlineRecalibration | None:
+        """The online recalibration a request of ``arm`` served by ``version`` gets."""
+        return None if self.recalibrator is None else self.recalibrator.map_for(version, arm)
 
     def served_versions(self) -> tuple[str, ...]:
         """The versions requests may be served from: the active one and the arms' pins."""
@@ -178,6 +196,7 @@ def create_app(
     seed: int | None = None,
     settle: bool = False,
     follow_s: float | None = None,
+    recalibration: RecalibrationSettings | None = None,
 ) -> FastAPI:
     """The service's FastAPI app.
 
@@ -206,7 +225,16 @@ def create_app(
             store (``wager serve --workers N``): activations are stored, and the stored
             version is read every ``follow_s`` seconds and followed
             (:mod:`wager.serving.activation`). None: this process alone decides.
+        recalibration: recalibrate the served click models online from the logged clicks
+            (:mod:`wager.serving.recalibration`; refits start with the app's lifespan), or
+            None. Not with a precomputed table (its rows are served as computed).
     """
+    if recalibration is not None and precomputed is not None:
+        raise ValueError(
+            "online recalibration cannot be combined with a precomputed table: the table's "
+            "predictions were computed offline and are served as they are; drop one of "
+            "--recalibrate and --precomputed"
+        )
     if experiment is not None:
         for arm in experiment.arms:
             registry.get(arm.model_version)
@@ -241,6 +269,13 @@ def create_app(
             partial(_activate_here, service),
             every_s=follow_s,
         )
+    if recalibration is not None:
+        service.recalibrator = Recalibrator(
+            events,
+            lambda: [(v, a, registry.get(v)[1]) for v, a in service.served_arms()],
+            recalibration,
+            metrics.set_recalibration,
+        )
     app.state.service = service
     app.state.settle = settle
     app.include_router(_router)
@@ -256,12 +291,16 @@ def create_app(
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Start-up and shut-down of a served app: :func:`settle_heap` when asked, the
-    activation follower (first sync before the first request); at the end, with several
+    activation follower (first sync before the first request), the online recalibration
+    (first refit before the first request); at the end, with several
     workers, this process's live metrics."""
     service: _Service = app.state.service
     if service.follower is not None:
         service.follower.sync()
         service.follower.start()
+    if service.recalibrator is not None:
+        service.recalibrator.refresh()  # a restarted service serves what the logs say at once
+        service.recalibrator.start()
     if app.state.settle:
         settle_heap()
     try:
@@ -269,6 +308,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     finally:
         if service.follower is not None:
             service.follower.stop()
+        if service.recalibrator is not None:
+            service.recalibrator.stop()
         service.metrics.close()
 
 
@@ -412,27 +453,30 @@ async def recommend(body: RecommendRequest, request: Request) -> Any:
         body = body.model_copy(update={"policy": chosen.policy, **params})
     policy = _policy(body)
     version, rec = service.registry.get(pinned)
+    online = service.online(version, arm)  # read once: the slate is served and logged with it
     fast = service.registry.fast_path(rec)
     slate = None
     if fast is not None:
         assert service.batcher is not None
         job = SlateJob(fast, version, rec, body.user_id, body.k, policy, body.exclude_seen,
                        tuple(sorted(set(body.exclude))), body.confidence_level,
-                       bool(body.context))  # fmt: skip
+                       bool(body.context), online)  # fmt: skip
         slate = await service.batcher.slate(job)
     if slate is not None:
         payload = _fast_payload(slate, body, version, arm)
     else:
         assert service.seeds is not None
         state = PolicyState.seeded(service.seeds())
-        payload = await run_in_threadpool(_generic_payload, body, version, rec, arm, policy, state)
-    await _log_slate(service, payload, body)
+        payload = await run_in_threadpool(
+            _generic_payload, body, version, rec, arm, policy, state, online
+        )
+    await _log_slate(service, payload, body, _undo(online))
     return _json_response(payload)
 
 
 def _generic_payload(
     body: RecommendRequest, version: str, rec: Recommender, arm: str, policy: Policy,
-    state: PolicyState,
+    state: PolicyState, online: OnlineRecalibration | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """The response of ``rec.recommend`` (models without a fast path, or a context)."""
     items = None
@@ -449,6 +493,7 @@ def _generic_payload(
             confidence_level=body.confidence_level,
             policy=policy,
             state=state,
+            online=online,
         )
     except ValueError as exc:
         raise _check_context(exc, body.context) from exc
@@ -514,12 +559,35 @@ def _slate(
     )
 
 
-async def _log_slate(service: _Service, response: dict[str, Any], body: RecommendRequest) -> None:
+def _undo(online: OnlineRecalibration | None) -> Callable[[list[float | None]], list[float | None]]:
+    """Served means -> the model's own: the inverse of the online recalibration map the
+    slate was served with (the served means themselves without one)."""
+    if online is None or online.identity:
+        return lambda means: means
+    mapped = online
+
+    def undo(means: list[float | None]) -> list[float | None]:
+        known = [m for m in means if m is not None]
+        raw = iter(mapped.model_mean(np.asarray(known, dtype=np.float64)).tolist())
+        return [None if m is None else next(raw) for m in means]
+
+    return undo
+
+
+async def _log_slate(
+    service: _Service,
+    response: dict[str, Any],
+    body: RecommendRequest,
+    undo: Callable[[list[float | None]], list[float | None]],
+) -> None:
     """Commit one impression per served item (group commit: this request waits for the
-    transaction holding its rows), then count them."""
+    transaction holding its rows), then count them. ``undo`` maps the served means to the
+    model's own (:func:`_undo`), logged as ``model_mean``."""
     ts = time.time()
     request_id, arm = response["request_id"], response["arm"]
     items = response["items"]
+    means = [item["mean"] for item in items]
+    model_means = undo(means)
     rows = [
         Impression(
             request_id=request_id,
@@ -534,19 +602,20 @@ async def _log_slate(service: _Service, response: dict[str, Any], body: Recommen
             arm=arm,
             model_version=response["model_version"],
             ts=ts,
+            model_mean=model_mean,
         )
-        for item in items
+        for item, model_mean in zip(items, model_means, strict=True)
     ]
     if rows:
         assert service.committer is not None
         await commit_future(service.committer.submit_async(rows), "logging impressions")
-    means = [item["mean"] for item in items]
-    service.metrics.served(arm, len(rows), means)
+    service.metrics.served(arm, len(rows), means, model_means)
 
 
 @_router.post("/v1/score", response_model=ScoreResponse, dependencies=[_needs("recommend")])
 def score(body: ScoreRequest, request: Request) -> ScoreResponse:
-    """Mean, std, interval and confidence of catalogue items for one user."""
+    """Mean, std, interval and confidence of catalogue items for one user (by the active
+    version; with online recalibration, through the map of the user's arm)."""
     service = _service(request)
     if len(body.item_ids) > service.limits.max_score_items:
         raise RequestError(
@@ -565,6 +634,13 @@ def score(body: ScoreRequest, request: Request) -> ScoreResponse:
     users = [body.user_id] * len(body.item_ids)
     try:
         pred = rec.predict(users, body.item_ids, body.context)
+        arm = (
+            ""
+            if service.experiment is None
+            else service.experiment.label(service.experiment.assign(body.user_id))
+        )
+        online = service.online(version, arm)
+        pred = pred if online is None else online.apply(pred)
         conf = rec.relevance_confidence(pred)
     except ValueError as exc:
         raise _check_context(exc, body.context) from exc

@@ -13,7 +13,8 @@ more than they overlapped):
 1. each job's candidates: the precomputed table's rows, else the candidate cache's entry,
    else a miss; the misses of one model version are scored by one
    :meth:`FastPath.score_many` (one product, one chain call) and stored in the cache;
-2. the jobs with candidates are picked per (model version, k, policy, confidence level) by
+2. the jobs with candidates are picked per (model version, k, policy, confidence level,
+   online recalibration) by
    one :meth:`FastPath.select_many` (one ``Policy.select`` over the (B, n) candidates, one
    interval and confidence call), with one freshly seeded :class:`PolicyState` per group.
 
@@ -39,6 +40,7 @@ from wager.recommender.fastpath import Ask, FastPath, FastSlate, Scored
 from wager.recommender.listing import default_candidates
 from wager.serving.cache import CandidateCache, user_key
 from wager.serving.precomputed import PrecomputedTable
+from wager.uncertainty.recalibration import OnlineRecalibration
 
 __all__ = ["SlateBatcher", "SlateJob"]
 
@@ -52,7 +54,9 @@ class SlateJob:
         rec: its recommender (for the known-user flag of cached candidates);
         user_id, k, exclude_seen, exclude, confidence_level: the request's fields;
         policy: the policy picking the slate; has_context: the request sent a context (the
-        fast path has none: the job resolves to None).
+        fast path has none: the job resolves to None); online: the online recalibration of
+        the request's (version, arm), applied to the candidates before the policy picks
+        (:mod:`wager.serving.recalibration`), or None.
     """
 
     fast: FastPath
@@ -65,6 +69,7 @@ class SlateJob:
     exclude: tuple[str, ...] = ()
     confidence_level: float = 0.9
     has_context: bool = False
+    online: OnlineRecalibration | None = None
     future: asyncio.Future[FastSlate | None] | None = field(default=None, compare=False)
 
 
@@ -136,7 +141,8 @@ class SlateBatcher:
         groups: dict[tuple[object, ...], list[int]] = {}
         for n, (job, one) in enumerate(zip(jobs, scored, strict=True)):
             if one is not None:
-                key = (id(job.fast), job.k, repr(job.policy), job.confidence_level)
+                key = (id(job.fast), job.k, repr(job.policy), job.confidence_level,
+                       id(job.online))  # fmt: skip
                 groups.setdefault(key, []).append(n)
         out: list[FastSlate | None] = [None] * len(jobs)
         for members in groups.values():
@@ -144,7 +150,7 @@ class SlateBatcher:
             state = PolicyState.seeded(self.seed())
             picked = [one for n in members if (one := scored[n]) is not None]
             slates = first.fast.select_many(
-                picked, first.k, first.policy, state, first.confidence_level
+                picked, first.k, first.policy, state, first.confidence_level, first.online
             )
             for n, slate in zip(members, slates, strict=True):
                 out[n] = slate

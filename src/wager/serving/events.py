@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import numpy as np
+
 
 @dataclass(frozen=True)
 class Impression:
@@ -30,6 +32,9 @@ class Impression:
         arm: the experiment arm that served it ("" outside an experiment).
         model_version: the registry version that predicted it.
         ts: when it was served, Unix seconds.
+        model_mean: the model's own mean before the service's online recalibration
+            (``wager serve --recalibrate``; equal to ``mean`` without it), or None when
+            unknown (the recalibration changed while the request was served).
     """
 
     request_id: str
@@ -44,6 +49,7 @@ class Impression:
     arm: str
     model_version: str
     ts: float
+    model_mean: float | None = None
 
 
 @dataclass(frozen=True)
@@ -124,4 +130,11 @@ class EventLog(Protocol):
 
     def set_state(self, key: str, value: str) -> None:
         """Store ``value`` under ``key`` durably (e.g. the active model version)."""
+        ...
+
+    def served_outcomes(
+        self, model_version: str, arm: str, position: int | None, served_before: float
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(n,) model means and (n,) 0/1 clicks of the impressions of (version, arm) at
+        ``position`` served before ``served_before`` (what online recalibration fits on)."""
         ...

@@ -260,12 +260,16 @@ def _calibration(
 ) -> dict[str, dict[str, dict[str, Any]]]:
     """Online calibration per arm: arm -> slot ("all" positions, "top" = rank 1) ->
     impressions, predicted_ctr (mean of the served impressions' predicted means, NaN
-    ignored), observed_ctr with its Wilson interval (low, high) at ``level`` and ``within``
-    (the prediction inside the interval). The top slot is where a model that predicts the
-    position-1 CTR (a position-aware model asked for position 1) and the clicks measure the
-    same thing; over all positions the position effect lowers the observed CTR."""
+    ignored), model_predicted_ctr (the same of the model's own means before the service's
+    online recalibration; NaN where none is known), observed_ctr with its Wilson interval
+    (low, high) at ``level`` and ``within`` (the prediction inside the interval). The top
+    slot is where a model that predicts the position-1 CTR (a position-aware model asked
+    for position 1) and the clicks measure the same thing; over all positions the position
+    effect lowers the observed CTR."""
+    own = rows["model_mean"] if "model_mean" in rows else pd.Series(np.nan, index=rows.index)
     data = frame.assign(
         mean=rows["mean"].astype("float64").to_numpy(),
+        model_mean=own.astype("float64").to_numpy(),
         top=rows["position"].astype("int64").to_numpy() == 1,
     )
     out: dict[str, dict[str, dict[str, Any]]] = {}
@@ -279,6 +283,7 @@ def _calibration(
                 "impressions": n,
                 "clicks": c,
                 "predicted_ctr": predicted,
+                "model_predicted_ctr": float(part["model_mean"].mean()) if n else float("nan"),
                 "observed_ctr": c / n if n else float("nan"),
                 "low": low,
                 "high": high,

@@ -32,6 +32,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from wager.evaluation.abtest import wilson_interval
+from wager.uncertainty.recalibration import OnlineRecalibration
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -114,6 +115,15 @@ class ServiceMetrics:
             "wager_model_activations", "Model versions activated.", registry=r
         )
         self.calibration = Calibration(r)
+        self.recalibration = Gauge(
+            "wager_online_recalibration",
+            "The online recalibration map of a served version and experiment arm: slope, "
+            "intercept, and the impressions and clicks it was fitted on (wager serve "
+            "--recalibrate).",
+            ["version", "arm", "parameter"],
+            registry=r,
+            multiprocess_mode="mostrecent",
+        )
         self._per_arm: dict[str, tuple[Any, Any]] = {}
         self._version: str | None = None
         self._workers: CollectorRegistry | None = None
@@ -121,16 +131,29 @@ class ServiceMetrics:
             self._workers = CollectorRegistry()
             self._workers.register(_AllWorkers(self.multiprocess_dir))
 
-    def served(self, arm: str, impressions: int, means: Sequence[float | None]) -> None:
+    def served(
+        self,
+        arm: str,
+        impressions: int,
+        means: Sequence[float | None],
+        model_means: Sequence[float | None] | None = None,
+    ) -> None:
         """Count one served slate of ``arm``: its impressions, the sum of its predicted
-        means (None where undefined) and its online calibration."""
+        means (None where undefined) and its online calibration (``model_means``: the
+        model's own means before online recalibration, None: the same as ``means``)."""
         children = self._per_arm.get(arm)
         if children is None:  # labels() costs a lock and a tuple per call: keep the children
             children = (self.impressions.labels(arm=arm), self.predicted.labels(arm=arm))
             self._per_arm[arm] = children
         children[0].inc(impressions)
         children[1].inc(sum(m for m in means if m is not None))
-        self.calibration.served(arm, means)
+        self.calibration.served(arm, means, model_means)
+
+    def set_recalibration(self, version: str, arm: str, fitted: OnlineRecalibration) -> None:
+        """Export the online recalibration map ``arm`` is served with by ``version``."""
+        for name in ("slope", "intercept", "impressions", "clicks"):
+            child = self.recalibration.labels(version=version, arm=arm, parameter=name)
+            child.set(getattr(fitted, name))
 
     def close(self) -> None:
         """At a server process's end: in multiprocess mode, drop its live gauges (its
@@ -215,11 +238,17 @@ CALIBRATION_TALLIES = {
     "meaned": "Impressions served with a predicted mean.",
     "predicted": "Sum of the predicted means of the served impressions.",
     "clicks": "Stored clicks on the served impressions.",
+    "model_meaned": "Impressions served with the model's own mean known.",
+    "model_predicted": "Sum of the model's own means (before online recalibration).",
 }
 
 _GAUGES = {  # name after wager_calibration_ -> (help, key of the snapshot row)
     "impressions": ("Impressions served (arm, slot: all positions or rank 1).", "impressions"),
     "predicted_ctr": ("Mean predicted CTR of the served impressions.", "predicted_ctr"),
+    "model_predicted_ctr": (
+        "Mean of the model's own predicted CTR (before online recalibration).",
+        "model_predicted_ctr",
+    ),
     "observed_ctr": ("Observed CTR: stored clicks / impressions.", "observed_ctr"),
     "observed_ctr_low": ("Lower end of the observed CTR's 95% Wilson interval.", "low"),
     "observed_ctr_high": ("Upper end of the observed CTR's 95% Wilson interval.", "high"),
@@ -235,8 +264,9 @@ def calibration_snapshot(families: Iterable[Metric]) -> dict[tuple[str, str], di
 
     Returns:
         (arm, slot) -> impressions, clicks (at most the impressions), predicted_ctr (NaN
-        without a mean), observed_ctr, low, high (95% Wilson interval), within (1.0 or
-        0.0), for every (arm, slot) with impressions.
+        without a mean), model_predicted_ctr (the model's own, before online
+        recalibration; NaN when unknown), observed_ctr, low, high (95% Wilson interval),
+        within (1.0 or 0.0), for every (arm, slot) with impressions.
     """
     column = {f"wager_calibration_tally_{name}": i for i, name in enumerate(CALIBRATION_TALLIES)}
     tally: dict[tuple[str, str], list[float]] = {}
@@ -249,7 +279,7 @@ def calibration_snapshot(families: Iterable[Metric]) -> dict[tuple[str, str], di
                 key = (sample.labels["arm"], sample.labels["slot"])
                 tally.setdefault(key, [0.0] * len(column))[i] += sample.value
     out = {}
-    for key, (n, n_mean, predicted, clicks) in sorted(tally.items()):
+    for key, (n, n_mean, predicted, clicks, n_model, model) in sorted(tally.items()):
         if n == 0:
             continue
         clicks = min(clicks, n)  # several click events per impression: never above n
@@ -259,6 +289,7 @@ def calibration_snapshot(families: Iterable[Metric]) -> dict[tuple[str, str], di
             "impressions": n,
             "clicks": clicks,
             "predicted_ctr": pred,
+            "model_predicted_ctr": model / n_model if n_model else float("nan"),
             "observed_ctr": clicks / n,
             "low": low,
             "high": high,
@@ -293,10 +324,13 @@ class Calibration:
 
     The tallies are Prometheus counters labelled ``arm`` and ``slot`` (so several worker
     processes add up, see :class:`ServiceMetrics`): ``wager_calibration_tally_impressions``,
-    ``_meaned`` (impressions with a predicted mean), ``_predicted`` (sum of the means) and
-    ``_clicks``. A Prometheus collector too (registered with them on ``registry``) exporting,
-    with labels ``arm`` and ``slot``, the gauges :func:`calibration_gauges` derives from
-    them: ``wager_calibration_impressions``, ``wager_calibration_predicted_ctr``,
+    ``_meaned`` (impressions with a predicted mean), ``_predicted`` (sum of the means),
+    ``_clicks``, and ``_model_meaned`` / ``_model_predicted`` for the model's own means
+    before online recalibration (``wager serve --recalibrate``). A Prometheus collector too
+    (registered with them on ``registry``) exporting, with labels ``arm`` and ``slot``, the
+    gauges :func:`calibration_gauges` derives from them: ``wager_calibration_impressions``,
+    ``wager_calibration_predicted_ctr``, ``wager_calibration_model_predicted_ctr`` (the
+    model's own, so the recalibration's effect stays visible),
     ``wager_calibration_observed_ctr``, ``wager_calibration_observed_ctr_low`` / ``_high``
     (95% Wilson interval) and ``wager_calibration_within_interval`` (1 when the predicted
     CTR lies inside it). Arms without impressions export no gauges.
@@ -338,21 +372,29 @@ class Calibration:
             self._arms[arm] = children
         return children
 
-    def served(self, arm: str, means: Sequence[float | None]) -> None:
+    def served(
+        self,
+        arm: str,
+        means: Sequence[float | None],
+        model_means: Sequence[float | None] | None = None,
+    ) -> None:
         """Count one served slate of ``arm``: ``means`` are the predicted means of its items
-        in rank order (None where undefined)."""
+        in rank order (None where undefined), ``model_means`` the model's own before online
+        recalibration (None: the same as ``means``)."""
         if not means:
             return
         every, top = self._children(arm)
-        known = [m for m in means if m is not None]
         every[0].inc(len(means))
-        if known:
-            every[1].inc(len(known))
-            every[2].inc(sum(known))
         top[0].inc()
-        if means[0] is not None:
-            top[1].inc()
-            top[2].inc(means[0])
+        own = means if model_means is None else model_means
+        for offset, column in ((1, means), (4, own)):
+            known = [m for m in column if m is not None]
+            if known:
+                every[offset].inc(len(known))
+                every[offset + 1].inc(sum(known))
+            if column[0] is not None:
+                top[offset].inc()
+                top[offset + 1].inc(column[0])
 
     def clicked(self, arm: str, top: bool) -> None:
         """Count one stored click of ``arm`` (``top``: on the rank-1 item of its slate)."""

@@ -30,6 +30,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -38,10 +39,10 @@ from sqlalchemy.engine import URL, Connection, Engine
 from wager.errors import WagerError
 from wager.serving.events import FeedbackEvent, FeedbackResult, Impression
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """The event-store schema this code reads and writes (``schema_version.version``): 1 the
-impressions and feedback, 2 adds ``service_state`` (a version-1 store is migrated on open by
-a writer; readers read either)."""
+impressions and feedback, 2 adds ``service_state``, 3 the impressions' ``model_mean`` (an
+older store is migrated on open by a writer; readers read any, ``model_mean`` NaN)."""
 
 _ACCEPTED = (
     "sqlite:///PATH (a database file; its folder must exist), "
@@ -76,6 +77,7 @@ _impressions = sa.Table(
     sa.Column("arm", sa.String, nullable=False),
     sa.Column("model_version", sa.String, nullable=False),
     sa.Column("ts", sa.Double, nullable=False),
+    sa.Column("model_mean", sa.Double, nullable=True),  # schema 3
     # its index (leading column request_id) also serves lookups by request id
     sa.UniqueConstraint("request_id", "item_id", name="uq_impressions_request_item"),
 )
@@ -106,6 +108,16 @@ _FEEDBACK_FIELDS = [f.name for f in dataclasses.fields(FeedbackEvent)]
 _STRINGS = ("request_id", "user_id", "item_id", "policy", "arm", "model_version", "event_id")
 _DTYPES: dict[str, Any] = {"position": "int64", **dict.fromkeys(_STRINGS, str)}
 """Column dtypes of the frames read back (float64 for the columns not named)."""
+
+
+def _migrate(conn: Connection, version: int) -> None:
+    """Bring a store of schema ``version`` (1 or 2) to :data:`SCHEMA_VERSION` (in the
+    caller's transaction)."""
+    if version < 2:  # 2: the service processes' shared state
+        _service_state.create(conn, checkfirst=True)
+    if version < 3:  # 3: the model's own mean of each impression (online recalibration)
+        kind = _impressions.c.model_mean.type.compile(dialect=conn.dialect)
+        conn.execute(sa.text(f"ALTER TABLE {_impressions.name} ADD COLUMN model_mean {kind}"))
 
 
 class EventStoreError(WagerError, RuntimeError):
@@ -263,9 +275,7 @@ class EventStore:
                         )
                     _metadata.create_all(conn)
                     conn.execute(sa.insert(_schema_version).values(version=SCHEMA_VERSION))
-                elif version == 1 and self._create:  # 1 -> 2: add service_state
-                    _service_state.create(conn, checkfirst=True)
-                    conn.execute(sa.update(_schema_version).values(version=SCHEMA_VERSION))
+                    version = SCHEMA_VERSION
                 elif version > SCHEMA_VERSION:
                     raise EventStoreError(
                         f"event-store database {self.url} has schema version {version}, newer "
@@ -278,6 +288,11 @@ class EventStore:
                         f"no wager wrote (versions start at 1; this wager's is {SCHEMA_VERSION}); "
                         "point the URL at a new or a wager database"
                     )
+                elif version < SCHEMA_VERSION and self._create:
+                    _migrate(conn, version)
+                    conn.execute(sa.update(_schema_version).values(version=SCHEMA_VERSION))
+                    version = SCHEMA_VERSION
+                self._version: int = version
         except sa.exc.OperationalError as exc:
             raise EventStoreError(
                 f"cannot open the event-store database {self.url}: {exc.orig}; check that the "
@@ -459,7 +474,59 @@ class EventStore:
             ``str``, ``position`` int64, the rest float64; ``std`` NaN for a point model).
         """
         self._check_open()
-        return self._frame(_impressions, _IMPRESSION_FIELDS, ["id"])
+        if self._version >= 3:
+            return self._frame(_impressions, _IMPRESSION_FIELDS, ["id"])
+        older = self._frame(_impressions, _IMPRESSION_FIELDS[:-1], ["id"])  # a reader's
+        return older.assign(model_mean=np.nan)
+
+    def served_outcomes(
+        self, model_version: str, arm: str, position: int | None, served_before: float
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The model's own means and clicks of the impressions a recalibration is fitted on.
+
+        Args:
+            model_version: the version that served them.
+            arm: the experiment arm label they were served in ("" outside an experiment).
+            position: only impressions at this 1-based rank (None: every rank).
+            served_before: only impressions served before this time (Unix seconds), so that
+                their clicks had time to arrive.
+
+        Returns:
+            (n,) float64 ``model_mean`` and (n,) float64 clicks (1 when any event on the
+            impression was a click, else 0: an impression without feedback counts as not
+            clicked, as in the service's observed CTR) of the impressions with a known
+            ``model_mean``, in storage order.
+        """
+        self._check_open()
+        if self._version < 3:
+            return np.empty(0), np.empty(0)
+        i, f = _impressions.c, _feedback.c
+        clicked = (
+            sa.select(f.request_id, f.item_id)
+            .where(f.click == 1)
+            .group_by(f.request_id, f.item_id)
+            .subquery()
+        )
+        query = (
+            sa.select(i.model_mean, clicked.c.request_id.is_not(None))
+            .select_from(
+                _impressions.outerjoin(
+                    clicked,
+                    (clicked.c.request_id == i.request_id) & (clicked.c.item_id == i.item_id),
+                )
+            )
+            .where(i.model_version == model_version, i.arm == arm)
+            .where(i.model_mean.is_not(None), i.ts < served_before)
+            .order_by(i.id)
+        )
+        if position is not None:
+            query = query.where(i.position == position)
+        with self._read() as conn:
+            rows = conn.execute(query).all()
+        if not rows:
+            return np.empty(0), np.empty(0)
+        means, clicks = zip(*rows, strict=True)
+        return np.asarray(means, dtype=np.float64), np.asarray(clicks, dtype=np.float64)
 
     def feedback_frame(self) -> pd.DataFrame:
         """Every stored feedback event, ordered by (ts, event_id).

@@ -22,6 +22,7 @@ saturated 0 or 1 maps to a large finite logit; all fitting runs in float64.
 from __future__ import annotations
 
 import itertools
+import math
 from typing import Any
 
 import numpy as np
@@ -108,6 +109,16 @@ def _check_labels(
             f"{name} must be 0/1 outcomes, got e.g. {bad}; binarise them first (e.g. clicks > 0)"
         )
     return y
+
+
+def _check_weights(weights: Any, n: int) -> np.ndarray:
+    """(n,) float64 row weights, finite and >= 0, paired with ``n`` rows."""
+    w = _to_numpy(weights, "weights")
+    if w.shape != (n,):
+        raise ValueError(f"weights has shape {w.shape}; pass one weight per row, shape ({n},)")
+    if not (np.isfinite(w) & (w >= 0)).all():
+        raise ValueError("weights must be finite and >= 0 (a row of weight w counts as w rows)")
+    return w
 
 
 def _require_both_classes(y: np.ndarray, who: str) -> None:
@@ -294,32 +305,54 @@ class PlattScaling(_ProbabilityCalibrator):
     def _fitted(self) -> bool:
         return self.slope_ is not None and self.intercept_ is not None
 
-    def fit(self, probs: Tensor | np.ndarray, labels: Tensor | np.ndarray) -> PlattScaling:
+    def fit(
+        self,
+        probs: Tensor | np.ndarray,
+        labels: Tensor | np.ndarray,
+        *,
+        weights: Tensor | np.ndarray | None = None,
+        prior: float = 0.0,
+    ) -> PlattScaling:
         """Fit slope and intercept on a calibration split.
 
         Args:
             probs: (n,) predicted click probabilities in [0, 1].
-            labels: (n,) observed 0/1 clicks; both values must occur.
+            labels: (n,) observed 0/1 clicks; both values must occur unless ``prior`` > 0.
+            weights: (n,) finite weights >= 0: a row of weight w counts as w rows (e.g. the
+                count of identical rows); default 1 each.
+            prior: strength of a Gaussian prior centred on the identity map (slope 1,
+                intercept 0), in rows: the minimised loss is ``sum_i w_i logloss_i +
+                prior / 2 ((slope - 1)**2 + intercept**2)``. 0 (default): none. With a prior
+                the fit exists for any rows, one class included (it stays near the
+                identity until the rows outweigh the prior).
 
         Returns:
             self.
         """
-        x, y = _logit_inputs(probs, labels, "PlattScaling")
-        n = x.size
+        if not (isinstance(prior, int | float) and math.isfinite(prior) and prior >= 0):
+            raise ValueError(f"PlattScaling.fit: prior must be a finite number >= 0, got {prior!r}")
+        p = _check_probs(probs)
+        y = _check_labels(labels, p.size)
+        if prior == 0:
+            _require_both_classes(y, "PlattScaling")
+        x = _logit_np(p)
+        w = np.ones_like(x) if weights is None else _check_weights(weights, x.size)
+        scale = max(float(w.sum()) + prior, 1e-12)  # a mean loss: gtol means the same for any n
 
         def loss_grad(theta: np.ndarray) -> tuple[float, np.ndarray]:
             z = theta[0] * x + theta[1]
             # log-loss of sigmoid(z): softplus(z) - y z
-            loss = float(np.mean(np.logaddexp(0.0, z) - y * z))
-            r = expit(z) - y
-            return loss, np.array([np.dot(r, x) / n, r.mean()])
+            loss = np.dot(w, np.logaddexp(0.0, z) - y * z)
+            loss += prior / 2 * ((theta[0] - 1.0) ** 2 + theta[1] ** 2)
+            r = w * (expit(z) - y)
+            grad = np.array([np.dot(r, x) + prior * (theta[0] - 1.0), r.sum() + prior * theta[1]])
+            return float(loss) / scale, grad / scale
 
         def hess(theta: np.ndarray) -> np.ndarray:
             s = expit(theta[0] * x + theta[1])
-            w = s * (1.0 - s)
-            return np.array(
-                [[np.dot(w, x * x) / n, np.dot(w, x) / n], [np.dot(w, x) / n, w.mean()]]
-            )
+            v = w * s * (1.0 - s)
+            h = np.array([[np.dot(v, x * x), np.dot(v, x)], [np.dot(v, x), v.sum()]])
+            return (h + prior * np.eye(2)) / scale
 
         result = minimize(
             loss_grad,

@@ -11,6 +11,9 @@ feedback on it. Columns, in this order (:data:`EVENT_LOG_COLUMNS`):
   probability of this choice at this position;
 - ``arm``, ``model_version`` (str): the experiment arm ("" outside one) and the model version;
 - ``ts`` (float64): when it was served, Unix seconds (UTC);
+- ``model_mean`` (float64): the model's own mean before the service's online recalibration
+  (``wager serve --recalibrate``; equal to ``mean`` without it), null where unknown (and in
+  files exported before the column existed, which still load);
 - ``click`` (float64): 1 if any event on the item was a click, 0 if its click events were all
   0, null without a click event; ``rating`` (float64): the latest rating, null without one;
   ``event_count`` (int64): feedback events on the item (0 for none);
@@ -47,6 +50,7 @@ EVENT_LOG_COLUMNS = (
     "arm",
     "model_version",
     "ts",
+    "model_mean",
     "click",
     "rating",
     "event_count",
@@ -55,7 +59,9 @@ EVENT_LOG_COLUMNS = (
 """The columns of an exported event log, in file order."""
 
 _STRINGS = ("request_id", "user_id", "item_id", "policy", "arm", "model_version")
-_FLOATS = ("score", "mean", "std", "propensity", "ts", "click", "rating", "label")
+_FLOATS = ("score", "mean", "std", "propensity", "ts", "model_mean", "click", "rating", "label")
+#: columns a file may lack (written before they existed, or derived): filled on reading
+_OPTIONAL = ("label", "model_mean")
 _INTS = ("position", "event_count")
 _FIX = "Export the log again with `wager export-logs --db URL --out FILE.parquet`."
 
@@ -85,9 +91,11 @@ def event_log_frame(served: pd.DataFrame) -> pd.DataFrame:
     Raises:
         ValueError: a column of :data:`EVENT_LOG_COLUMNS` (other than ``label``) is missing.
     """
-    missing = [c for c in EVENT_LOG_COLUMNS if c != "label" and c not in served.columns]
+    missing = [c for c in EVENT_LOG_COLUMNS if c not in _OPTIONAL and c not in served.columns]
     if missing:
         raise ValueError(f"the served log lacks the columns {', '.join(missing)}")
+    if "model_mean" not in served.columns:
+        served = served.assign(model_mean=np.nan)
     out = served[[c for c in EVENT_LOG_COLUMNS if c != "label"]].copy()
     for col in _STRINGS:
         out[col] = out[col].astype(str)
@@ -133,7 +141,9 @@ def _read(path: Path) -> pd.DataFrame:
             source=source,
             fix=_FIX,
         ) from None
-    missing = [c for c in EVENT_LOG_COLUMNS if c != "label" and c not in frame.columns]
+    missing = [c for c in EVENT_LOG_COLUMNS if c not in _OPTIONAL and c not in frame.columns]
+    if "model_mean" not in frame.columns:
+        frame = frame.assign(model_mean=np.nan)
     if missing:
         raise data_error(
             "missing_column",
