@@ -121,6 +121,25 @@ def _check_weights(weights: Any, n: int) -> np.ndarray:
     return w
 
 
+def _prior_precision(prior: Any) -> np.ndarray:
+    """The (2, 2) prior precision of :meth:`PlattScaling.fit`'s ``prior``, checked."""
+    if isinstance(prior, int | float) and not isinstance(prior, bool):
+        if not (math.isfinite(prior) and prior >= 0):
+            raise ValueError(f"PlattScaling.fit: prior must be a finite number >= 0, got {prior!r}")
+        return float(prior) * np.eye(2)
+    m = np.asarray(prior, dtype=np.float64)
+    if m.shape != (2, 2) or not np.isfinite(m).all() or not np.allclose(m, m.T):
+        raise ValueError(
+            "PlattScaling.fit: prior must be a number >= 0 or a symmetric (2, 2) precision "
+            f"matrix over (slope - 1, intercept), got {prior!r}"
+        )
+    if np.linalg.eigvalsh(m).min() < -1e-12:
+        raise ValueError(
+            "PlattScaling.fit: the prior precision matrix must be positive semidefinite"
+        )
+    return m
+
+
 def _require_both_classes(y: np.ndarray, who: str) -> None:
     if y.min() == y.max():
         raise ValueError(
@@ -311,7 +330,7 @@ class PlattScaling(_ProbabilityCalibrator):
         labels: Tensor | np.ndarray,
         *,
         weights: Tensor | np.ndarray | None = None,
-        prior: float = 0.0,
+        prior: float | np.ndarray = 0.0,
     ) -> PlattScaling:
         """Fit slope and intercept on a calibration split.
 
@@ -320,39 +339,41 @@ class PlattScaling(_ProbabilityCalibrator):
             labels: (n,) observed 0/1 clicks; both values must occur unless ``prior`` > 0.
             weights: (n,) finite weights >= 0: a row of weight w counts as w rows (e.g. the
                 count of identical rows); default 1 each.
-            prior: strength of a Gaussian prior centred on the identity map (slope 1,
-                intercept 0), in rows: the minimised loss is ``sum_i w_i logloss_i +
-                prior / 2 ((slope - 1)**2 + intercept**2)``. 0 (default): none. With a prior
-                the fit exists for any rows, one class included (it stays near the
+            prior: a Gaussian prior centred on the identity map (slope 1, intercept 0):
+                a number ``c`` (precision ``c I``) or a (2, 2) precision matrix ``P`` over
+                (slope - 1, intercept); the minimised loss is ``sum_i w_i logloss_i +
+                d' P d / 2`` with ``d = (slope - 1, intercept)``. 0 (default): none. With a
+                prior the fit exists for any rows, one class included (it stays near the
                 identity until the rows outweigh the prior).
 
         Returns:
             self.
         """
-        if not (isinstance(prior, int | float) and math.isfinite(prior) and prior >= 0):
-            raise ValueError(f"PlattScaling.fit: prior must be a finite number >= 0, got {prior!r}")
+        precision = _prior_precision(prior)
         p = _check_probs(probs)
         y = _check_labels(labels, p.size)
-        if prior == 0:
+        if not precision.any():
             _require_both_classes(y, "PlattScaling")
         x = _logit_np(p)
         w = np.ones_like(x) if weights is None else _check_weights(weights, x.size)
-        scale = max(float(w.sum()) + prior, 1e-12)  # a mean loss: gtol means the same for any n
+        # a mean loss: gtol means the same for any n
+        scale = max(float(w.sum()) + float(np.trace(precision)), 1e-12)
+        identity = np.array([1.0, 0.0])
 
         def loss_grad(theta: np.ndarray) -> tuple[float, np.ndarray]:
             z = theta[0] * x + theta[1]
+            d = theta - identity
             # log-loss of sigmoid(z): softplus(z) - y z
-            loss = np.dot(w, np.logaddexp(0.0, z) - y * z)
-            loss += prior / 2 * ((theta[0] - 1.0) ** 2 + theta[1] ** 2)
+            loss = np.dot(w, np.logaddexp(0.0, z) - y * z) + d @ precision @ d / 2
             r = w * (expit(z) - y)
-            grad = np.array([np.dot(r, x) + prior * (theta[0] - 1.0), r.sum() + prior * theta[1]])
+            grad = np.array([np.dot(r, x), r.sum()]) + precision @ d
             return float(loss) / scale, grad / scale
 
         def hess(theta: np.ndarray) -> np.ndarray:
             s = expit(theta[0] * x + theta[1])
             v = w * s * (1.0 - s)
             h = np.array([[np.dot(v, x * x), np.dot(v, x)], [np.dot(v, x), v.sum()]])
-            return (h + prior * np.eye(2)) / scale
+            return (h + precision) / scale
 
         result = minimize(
             loss_grad,
