@@ -227,3 +227,16 @@ def test_create_app_refuses_recalibration_with_a_precomputed_table(click_registr
     ):
         create_app(ModelRegistry(click_registry), store, None, precomputed=pd.DataFrame(),  # type: ignore[arg-type]
                    recalibration=RecalibrationSettings())  # fmt: skip
+
+
+def test_a_failing_first_refit_does_not_stop_the_service(click_registry, tmp_path, caplog):
+    class Flaky(EventStore):
+        def served_outcomes(self, *args: Any, **kwargs: Any) -> Any:
+            raise RuntimeError("database restarting")
+
+    with Flaky(f"sqlite:///{tmp_path / 'e.db'}") as store:
+        app = create_app(ModelRegistry(click_registry), store, None,
+                         recalibration=RecalibrationSettings(every_s=3600.0))  # fmt: skip
+        with caplog.at_level("WARNING", logger="wager.serving"), TestClient(app) as client:
+            assert client.get("/readyz").status_code == 200
+    assert "the first refit failed: database restarting" in caplog.text

@@ -299,7 +299,10 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         service.follower.sync()
         service.follower.start()
     if service.recalibrator is not None:
-        service.recalibrator.refresh()  # a restarted service serves what the logs say at once
+        try:  # a restarted service serves what the logs say at once
+            service.recalibrator.refresh()
+        except Exception as exc:  # the store hiccupped: start uncorrected, refit at the tick
+            log.warning("online recalibration: the first refit failed: %s", exc)
         service.recalibrator.start()
     if app.state.settle:
         settle_heap()
