@@ -288,9 +288,10 @@ def _recalibration(
     try:
         RecalibrationSettings(**settings)
     except ValueError as exc:
-        field = next(f for f in flags if f in str(exc))
-        message = str(exc).replace(f"recalibration {field}", flags[field])
-        raise _flag_error(flags[field], message) from None
+        field = next((f for f in flags if f"recalibration {f} " in str(exc)), None)
+        flag = "--recalibrate" if field is None else flags[field]
+        message = str(exc) if field is None else str(exc).replace(f"recalibration {field}", flag)
+        raise _flag_error(flag, message) from None
     return settings
 
 
