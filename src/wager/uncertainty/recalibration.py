@@ -34,7 +34,7 @@ Example:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -183,6 +183,4 @@ def _information(logits: np.ndarray, weights: np.ndarray) -> np.ndarray:
 
 def _renamed(prediction: Prediction, method: str | None) -> Prediction:
     """``prediction`` with the method of the input suffixed "+online" (not "+platt")."""
-    from dataclasses import replace
-
     return replace(prediction, method=f"{method}+online" if method else "online")
