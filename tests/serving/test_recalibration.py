@@ -16,11 +16,12 @@ from fastapi.testclient import TestClient
 from wager.data.synthetic import PopularityPolicy, SyntheticWorld, WorldConfig
 from wager.pipeline import RecommenderSimulationModel, simulation_run_config
 from wager.recommender import Recommender
-from wager.serving.app import _undo, create_app
+from wager.serving.app import create_app
 from wager.serving.recalibration import (
     MIN_CHANGE,
     RecalibrationSettings,
     Recalibrator,
+    model_means,
     recalibrates,
 )
 from wager.serving.registry import ModelRegistry
@@ -144,8 +145,8 @@ def test_a_refit_replaces_the_map_only_when_it_moved(click_registry):
 
 def test_the_logged_model_mean_inverts_the_map_the_slate_was_served_with():
     a = OnlineRecalibration(1.2, 0.3)
-    assert _undo(None)([0.2, None]) == [0.2, None]
-    undone = _undo(a)([float(a.transform_mean(0.1)), None])
+    assert model_means(None, [0.2, None]) == [0.2, None]
+    undone = model_means(a, [float(a.transform_mean(0.1)), None])
     assert undone[0] == pytest.approx(0.1) and undone[1] is None
 
 

@@ -66,7 +66,7 @@ from wager.serving.experiments import Experiment
 from wager.serving.groupcommit import GroupCommitter
 from wager.serving.metrics import ObserveMiddleware, ServiceMetrics
 from wager.serving.precomputed import PrecomputedTable
-from wager.serving.recalibration import RecalibrationSettings, Recalibrator
+from wager.serving.recalibration import RecalibrationSettings, Recalibrator, model_means
 from wager.serving.registry import ModelRegistry
 from wager.serving.schemas import (
     ActivateResponse,
@@ -473,7 +473,7 @@ async def recommend(body: RecommendRequest, request: Request) -> Any:
         payload = await run_in_threadpool(
             _generic_payload, body, version, rec, arm, policy, state, online
         )
-    await _log_slate(service, payload, body, _undo(online))
+    await _log_slate(service, payload, body, online)
     return _json_response(payload)
 
 
@@ -562,35 +562,21 @@ def _slate(
     )
 
 
-def _undo(online: OnlineRecalibration | None) -> Callable[[list[float | None]], list[float | None]]:
-    """Served means -> the model's own: the inverse of the online recalibration map the
-    slate was served with (the served means themselves without one)."""
-    if online is None or online.identity:
-        return lambda means: means
-    mapped = online
-
-    def undo(means: list[float | None]) -> list[float | None]:
-        known = [m for m in means if m is not None]
-        raw = iter(mapped.model_mean(np.asarray(known, dtype=np.float64)).tolist())
-        return [None if m is None else next(raw) for m in means]
-
-    return undo
-
-
 async def _log_slate(
     service: _Service,
     response: dict[str, Any],
     body: RecommendRequest,
-    undo: Callable[[list[float | None]], list[float | None]],
+    online: OnlineRecalibration | None,
 ) -> None:
     """Commit one impression per served item (group commit: this request waits for the
-    transaction holding its rows), then count them. ``undo`` maps the served means to the
-    model's own (:func:`_undo`), logged as ``model_mean``."""
+    transaction holding its rows), then count them. ``online`` is the recalibration the slate
+    was served with: the model's own means (:func:`model_means`) are logged as
+    ``model_mean``."""
     ts = time.time()
     request_id, arm = response["request_id"], response["arm"]
     items = response["items"]
     means = [item["mean"] for item in items]
-    model_means = undo(means)
+    own = model_means(online, means)
     rows = [
         Impression(
             request_id=request_id,
@@ -607,12 +593,12 @@ async def _log_slate(
             ts=ts,
             model_mean=model_mean,
         )
-        for item, model_mean in zip(items, model_means, strict=True)
+        for item, model_mean in zip(items, own, strict=True)
     ]
     if rows:
         assert service.committer is not None
         await commit_future(service.committer.submit_async(rows), "logging impressions")
-    service.metrics.served(arm, len(rows), means, model_means)
+    service.metrics.served(arm, len(rows), means, own)
 
 
 @_router.post("/v1/score", response_model=ScoreResponse, dependencies=[_needs("recommend")])

@@ -97,6 +97,18 @@ class RecalibrationSettings:
             )
 
 
+def model_means(
+    online: OnlineRecalibration | None, means: list[float | None]
+) -> list[float | None]:
+    """The model's own means of a slate served through ``online`` with ``means`` (None
+    where undefined): the inverse map, or the served means themselves without one."""
+    if online is None or online.identity:
+        return means
+    known = [m for m in means if m is not None]
+    own = iter(online.model_mean(np.asarray(known, dtype=np.float64)).tolist())
+    return [None if m is None else next(own) for m in means]
+
+
 def recalibrates(rec: Recommender) -> bool:
     """Whether online recalibration applies to ``rec``: a click model's probabilities."""
     return rec.spec.task == "click"
