@@ -20,10 +20,11 @@ from fastapi.testclient import TestClient
 
 from serving.test_fastpath import COLUMNS, POLICIES
 from wager.policies import PolicyState, policy_from_name
-from wager.recommender import Recommender
+from wager.recommender import Recommender, fastpath
 from wager.recommender.fastpath import Ask, FastPath
 from wager.serving.app import create_app
 from wager.serving.batching import SlateBatcher, SlateJob
+from wager.serving.cache import LRUCache
 from wager.serving.registry import ModelRegistry
 from wager.serving.store import EventStore
 
@@ -58,6 +59,87 @@ def test_score_many_equals_each_users_own_score(rec: Recommender) -> None:
         iv_a, iv_b = a.interval(0.8), b.interval(0.8)
         np.testing.assert_allclose(iv_a.low.numpy(), iv_b.low.numpy(), rtol=0, atol=1e-5)
         assert not set(ask.exclude) & {str(i) for i in fast.catalogue.items[got.items]}
+
+
+def test_score_many_in_chunks_equals_one_chunk(
+    rec: Recommender, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A catalogue too large for one (M, B, I) product is scored a user at a time: same
+    candidates and predictions."""
+    fast = _fast(rec)
+    whole = fast.score_many(ASKS)
+    monkeypatch.setattr(fastpath, "CHUNK_ENTRIES", 1)
+    chunked = fast.score_many(ASKS)
+    for a, b in zip(whole, chunked, strict=True):
+        assert a is not None and b is not None
+        assert a.items.tolist() == b.items.tolist()
+        np.testing.assert_allclose(a.prediction.mean.numpy(), b.prediction.mean.numpy(),
+                                   rtol=0, atol=1e-6)  # fmt: skip
+
+
+def test_users_scored_together_share_one_prediction_sliced_on_demand(rec: Recommender) -> None:
+    fast = _fast(rec)
+    scored = [s for s in fast.score_many(ASKS) if s is not None]
+    joined = scored[0].joined
+    assert all(s.joined is joined for s in scored)
+    assert [s.start for s in scored] == list(np.cumsum([0] + [len(s.items) for s in scored])[:-1])
+    assert sum(len(s.items) for s in scored) == len(joined.mean)
+    for one in scored:
+        rows = slice(one.start, one.start + len(one.items))
+        assert one.prediction.mean.tolist() == joined.mean[rows].tolist()
+        assert one.to_dict()["mean"].tolist() == pytest.approx(joined.mean[rows].tolist())
+
+
+def test_from_dicts_equals_from_dict_one_by_one(rec: Recommender) -> None:
+    fast = _fast(rec)
+    scored = [s for s in fast.score_many(ASKS) if s is not None]
+    dicts = [s.to_dict() for s in scored]
+    known = [s.known for s in scored]
+    together = fast.from_dicts(dicts, known)
+    for d, flag, got in zip(dicts, known, together, strict=True):
+        alone = fast.from_dict(d, flag)
+        assert got.items.tolist() == alone.items.tolist() and got.known == alone.known
+        a, b = got.prediction, alone.prediction
+        assert type(a) is type(b)
+        np.testing.assert_array_equal(a.mean.numpy(), b.mean.numpy())
+        assert a.std is not None and b.std is not None
+        np.testing.assert_array_equal(a.std.numpy(), b.std.numpy())
+        iv_a, iv_b = a.interval(0.8), b.interval(0.8)
+        np.testing.assert_allclose(iv_a.low.numpy(), iv_b.low.numpy(), rtol=0, atol=1e-6)
+        np.testing.assert_allclose(iv_a.high.numpy(), iv_b.high.numpy(), rtol=0, atol=1e-6)
+
+
+def test_select_many_of_users_from_different_batches_in_any_order(rec: Recommender) -> None:
+    """Candidates scored in separate calls (or from cache entries) and picked together, out
+    of their scoring order: each slate still equals the user's own."""
+    fast = _fast(rec)
+    policy = policy_from_name("ucb", beta=1.0)
+    first = fast.score_many(ASKS[:2])
+    second = fast.from_dicts([s.to_dict() for s in fast.score_many(ASKS[2:4])], [False] * 2)
+    scored = [second[1], first[1], second[0], first[0]]
+    assert all(s is not None for s in scored)
+    together = fast.select_many(scored, 4, policy, PolicyState.seeded(0), 0.8)  # type: ignore[arg-type]
+    for one, got in zip(scored, together, strict=True):
+        alone = fast.select(one, 4, policy, PolicyState.seeded(0), 0.8)  # type: ignore[arg-type]
+        assert got.items.tolist() == alone.items.tolist() and got.known == alone.known
+        for column in COLUMNS:
+            np.testing.assert_allclose(getattr(got, column), getattr(alone, column), atol=1e-6)
+
+
+def test_cached_candidates_keep_the_users_known_flag(rec: Recommender) -> None:
+    """A round served from cache entries (hits, and misses stored then served as entries)
+    flags the cold-start user as unknown and the known one as known."""
+    fast = _fast(rec)
+    batcher = SlateBatcher(lambda: 7, cache=LRUCache(100))
+    jobs = [_job(rec, "u3"), _job(rec, "a-new-user")]
+    first = batcher.serve(jobs)  # misses: computed, stored, served as entries
+    again = batcher.serve(jobs)  # hits
+    for slates in (first, again):
+        assert [s.known for s in slates] == [True, False]  # type: ignore[union-attr]
+    assert fast.known("u3") and not fast.known("a-new-user")
+    for a, b in zip(first, again, strict=True):
+        assert a is not None and b is not None
+        assert a.items.tolist() == b.items.tolist()
 
 
 def test_score_many_of_nothing_and_of_an_all_excluded_user(rec: Recommender) -> None:
@@ -101,7 +183,7 @@ def test_select_many_of_a_random_policy_gives_valid_slates(
 
 def _job(rec: Recommender, user: str, **kw: object) -> SlateJob:
     fields = {"k": 4, "policy": policy_from_name("greedy"), **kw}
-    return SlateJob(_fast(rec), "v1", rec, user, **fields)  # type: ignore[arg-type]
+    return SlateJob(_fast(rec), "v1", user, **fields)  # type: ignore[arg-type]
 
 
 def test_batcher_serves_concurrent_requests_in_one_round(rec: Recommender) -> None:

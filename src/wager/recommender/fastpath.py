@@ -7,15 +7,16 @@ and an item row (biased MF with its augmented vectors [p_u, mu + b_u, 1] . [q_i,
 and for a Gaussian head the raw scale [s0 + s_u, 1] . [1, s_i]; any factorised model with a
 one-output head), :class:`FastPath` precomputes once per model version
 
-- the catalogue's per-member item rows (M, I, d) (and scale rows (M, I, 2)) and the
-  concatenated item factors that rank by the ensemble mean, as ``Scorer.mean_scores`` does;
+- the catalogue's per-member item rows, transposed (M, d, I) (and scale rows (M, 2, I));
 - each user's per-member rows, encoded input tensors, seen items and known flag (the known
   users at build time; any other id, an unknown user included, on first use, through the
   same encoder call as the generic path, so an unknown user gets exactly its OOV row),
 
-so one request is: the user's rows -> ranking scores (one product) -> the candidates
-(``ranking.top_k_from_scores`` with seen and excluded items masked) -> (M, n) outputs of the
-candidates (one product per output) -> the head's moments -> ``Scorer.prediction_of`` ->
+so one request is: the user's rows -> every member's output for every item (one batched
+product per output) -> ranking scores (the head of the members' mean location, as
+``Scorer.mean_scores`` ranks) -> the candidates (``ranking.top_k_from_scores`` with seen and
+excluded items masked) -> their (M, n) outputs, read from the products -> the head's
+moments -> ``Scorer.prediction_of`` ->
 ``PostHocChain.transform`` (with the same covariates) -> ``Policy.select`` -> interval and
 relevance confidence of the k chosen items. Every step after the products is the generic
 path's own code, so the slate equals ``Recommender.recommend``'s (same items, order, mean,
@@ -41,7 +42,7 @@ Example:
 from __future__ import annotations
 
 import threading
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -61,6 +62,8 @@ if TYPE_CHECKING:
 
 #: users whose rows are kept (known users at build time plus ids met since; cleared when full)
 MAX_USERS = 200_000
+#: most (member, user, item) products held at once by :meth:`FastPath.score_many` (64 MiB)
+CHUNK_ENTRIES = 1 << 24
 
 
 @dataclass(frozen=True)
@@ -79,29 +82,40 @@ class _User:
 class Scored:
     """One user's candidates scored with full uncertainty (what a cache may keep).
 
+    Users scored together share one prediction of all their candidates (``joined``, user
+    after user); each user's is a slice of it, cut only when asked for, so a round that picks
+    for the same users in the same order uses ``joined`` as it is.
+
     Attributes:
         items: (n,) int64 catalogue positions, best first by the ensemble-mean score.
-        prediction: (n,) the post-hoc-transformed prediction of each candidate.
+        joined: the post-hoc-transformed prediction of which rows ``start`` .. ``start + n``
+            are this user's candidates (the whole of it when scored alone).
         known: whether the user had training interactions (False: cold start).
+        start: this user's first row in ``joined``.
     """
 
     items: np.ndarray
-    prediction: Prediction
+    joined: Prediction
     known: bool
+    start: int = 0
+
+    @property
+    def prediction(self) -> Prediction:
+        """(n,) the post-hoc-transformed prediction of each candidate."""
+        n = len(self.items)
+        if self.start == 0 and self.joined.mean.shape[0] == n:
+            return self.joined
+        return self.joined[self.start : self.start + n]
 
     def to_dict(self) -> dict[str, np.ndarray]:
         """``{"items": (n,) int64, "mean": (n,) float64, "std": (n,) float64}`` (std NaN
         for a point model)."""
-        pred = self.prediction
-        std = (
-            np.full(len(self.items), np.nan)
-            if pred.std is None
-            else pred.std.detach().cpu().numpy().astype(np.float64)
-        )
+        rows = slice(self.start, self.start + len(self.items))
+        joined = self.joined
         return {
             "items": self.items.astype(np.int64),
-            "mean": pred.mean.detach().cpu().numpy().astype(np.float64),
-            "std": std,
+            "mean": _nan_or(joined.mean, 0)[rows],
+            "std": _nan_or(joined.std, len(joined.mean))[rows],
         }
 
 
@@ -184,10 +198,25 @@ def _joined(preds: Sequence[Prediction]) -> Prediction:
     return first.conformal.conformalize(base) if isinstance(first, ConformalPrediction) else base
 
 
+def _flat(scored: Sequence[Scored]) -> Prediction:
+    """The (B n,) prediction of ``scored``'s candidates, user after user: their shared
+    ``joined`` when they are all of it in order, else the concatenation of their slices."""
+    first = scored[0].joined
+    start = 0
+    for one in scored:
+        if one.joined is not first or one.start != start:
+            break
+        start += len(one.items)
+    else:
+        if start == first.mean.shape[0]:
+            return first
+    return _joined([s.prediction for s in scored])
+
+
 def batch_key(scored: Scored) -> tuple[Any, ...]:
     """What :meth:`FastPath.select_many` needs equal across the users it picks for at once
     (candidate count and the prediction's form)."""
-    p = scored.prediction
+    p = scored.joined
     return (len(scored.items), type(p), p.std is None, p.samples is None, p.df)
 
 
@@ -207,11 +236,11 @@ class FastPath:
         with torch.no_grad():
             v = scorer.stack.call("item_factors", self._items_encoded)  # (M, I, d)
             self.members = int(v.shape[0])
-            self._v = v.contiguous()
-            # what Scorer.mean_scores multiplies: [v_1 .. v_M] per item, transposed
-            self._v_cat_t = v.permute(1, 0, 2).reshape(v.shape[1], -1).T.contiguous()
-            self._vs = (
-                scorer.stack.call("item_scale_factors", self._items_encoded).contiguous()
+            self._v_t = v.transpose(1, 2).contiguous()  # (M, d, I): each member's item rows
+            self._vs_t = (
+                scorer.stack.call("item_scale_factors", self._items_encoded)
+                .transpose(1, 2)
+                .contiguous()
                 if self._two
                 else None
             )
@@ -303,55 +332,82 @@ class FastPath:
         return self.score_many([Ask(user_id, n_candidates, exclude_seen, exclude)])[0]
 
     def score_many(self, asks: Sequence[Ask]) -> list[Scored | None]:
-        """:meth:`score` of several users at once: one (B, M d) x (M d, I) product ranks
-        every user's catalogue and one post-hoc chain call predicts all their candidates
-        (what a service does with the requests that arrive together). Each result equals
-        the user's own :meth:`score` up to float rounding."""
+        """:meth:`score` of several users at once: one (M, B, d) x (M, d, I) product gives
+        every member's output for every item (their mean ranks the catalogue, as
+        ``Scorer.mean_scores`` does; the candidates' are read from it) and one post-hoc chain
+        call predicts all their candidates (what a service does with the requests that
+        arrive together). Each result equals the user's own :meth:`score` up to float
+        rounding. Users are taken :data:`CHUNK_ENTRIES` products at a time."""
         if not asks or self.catalogue.version != self.version:
             return [None] * len(asks)
         users = self._users_of([a.user_id for a in asks])
-        with torch.no_grad():
-            factors = torch.stack([u.factors.reshape(-1) for u in users])  # (B, M d)
-            loc = (factors @ self._v_cat_t) / self.members
-            scores = mean_of_location(self.head, loc).detach().cpu().numpy()  # (B, I)
+        n_items = len(self._keys)
+        step = max(1, CHUNK_ENTRIES // (self.members * n_items))
         picked: list[tuple[int, np.ndarray]] = []
-        for b, (ask, user) in enumerate(zip(asks, users, strict=True)):
-            dropped = [self._keys[x] for x in ask.exclude if x in self._keys]
-            if len(set(dropped)) >= len(self._keys):
-                continue
-            row = scores[b]  # a fresh array of this call: masked in place
-            if ask.exclude_seen and user.seen.size:
-                row[user.seen] = -np.inf
-            if dropped:
-                row[np.asarray(dropped, dtype=np.int64)] = -np.inf
-            picked.append((b, top_of_row(row, ask.n_candidates)))
+        outputs: list[Tensor] = []
+        for first in range(0, len(asks), step):
+            chunk = range(first, min(first + step, len(asks)))
+            with torch.no_grad():
+                u = torch.stack([users[b].factors for b in chunk], dim=1)  # (M, b, d)
+                loc = torch.bmm(u, self._v_t)  # (M, b, I)
+                scores = mean_of_location(self.head, loc.mean(dim=0)).cpu().numpy()  # (b, I)
+            rows: list[np.ndarray] = []
+            for r, b in enumerate(chunk):
+                sel = self._candidates_of(asks[b], users[b], scores[r])
+                if sel is not None:
+                    picked.append((b, sel))
+                    rows.append(r * n_items + sel)
+            if rows:
+                outputs.append(self._outputs_of(chunk, users, loc, np.concatenate(rows)))
         out: list[Scored | None] = [None] * len(asks)
         if not picked:
             return out
-        pred = self._predict([(users[b], sel) for b, sel in picked])
+        pred = self._predict(torch.cat(outputs, dim=1), [(users[b], sel) for b, sel in picked])
         start = 0
         for b, sel in picked:
-            out[b] = Scored(sel, pred[start : start + len(sel)], users[b].known)
+            out[b] = Scored(sel, pred, users[b].known, start)
             start += len(sel)
         return out
 
-    def _predict(self, picked: Sequence[tuple[_User, np.ndarray]]) -> Prediction:
-        """(sum n,) transformed predictions of each user's candidates, user after user."""
+    def _candidates_of(self, ask: Ask, user: _User, row: np.ndarray) -> np.ndarray | None:
+        """The ask's candidates from its user's (I,) ranking scores (masked in place: a
+        fresh row of this call), or None when every item is excluded."""
+        dropped = [self._keys[x] for x in ask.exclude if x in self._keys]
+        if len(set(dropped)) >= len(self._keys):
+            return None
+        if ask.exclude_seen and user.seen.size:
+            row[user.seen] = -np.inf
+        if dropped:
+            row[np.asarray(dropped, dtype=np.int64)] = -np.inf
+        return top_of_row(row, ask.n_candidates)
+
+    def _outputs_of(
+        self, chunk: range, users: Sequence[_User], loc: Tensor, rows: np.ndarray
+    ) -> Tensor:
+        """(M, N) (or (M, N, 2) with a scale output) member outputs of the ``rows``
+        (flat indices into the chunk's (b, I)) from its (M, b, I) products."""
+        m = self.members
+        idx = torch.as_tensor(rows)
+        with torch.no_grad():
+            out = loc.reshape(m, -1).index_select(1, idx)
+            if self._vs_t is None:
+                return out
+            scale = [users[b].scale for b in chunk]
+            us = torch.stack(scale, dim=1)  # type: ignore[arg-type]  # (M, b, 2)
+            raw = torch.bmm(us, self._vs_t).reshape(m, -1).index_select(1, idx)
+            return torch.stack([out, raw], dim=-1)
+
+    def _predict(self, out: Tensor, picked: Sequence[tuple[_User, np.ndarray]]) -> Prediction:
+        """(sum n,) transformed predictions of each user's candidates, user after user, from
+        their (M, sum n[, 2]) member outputs."""
         scorer, chain = self._scorer, self.rec.chain_
-        idx = torch.as_tensor(np.concatenate([sel for _, sel in picked]))
-        owner = torch.as_tensor(np.repeat(np.arange(len(picked)), [len(s) for _, s in picked]))
-        with torch.no_grad():  # index_select: several times faster than [:, idx]
-            u = torch.stack([user.factors for user, _ in picked], dim=1).index_select(1, owner)
-            out = torch.einsum("mnd,mnd->mn", u, self._v.index_select(1, idx))  # (M, N)
-            if self._vs is not None:
-                scale = [user.scale for user, _ in picked]
-                us = torch.stack(scale, dim=1).index_select(1, owner)  # type: ignore[arg-type]
-                raw = torch.einsum("mnc,mnc->mn", us, self._vs.index_select(1, idx))
-                out = torch.stack([out, raw], dim=-1)
+        with torch.no_grad():
             means, stds = scorer.head_moments(out)
         pred = scorer.prediction_of(means.cpu(), None if stds is None else stds.cpu())
         cov = None
         if chain.support_covariates is not None:  # it reads its id fields only
+            idx = torch.as_tensor(np.concatenate([sel for _, sel in picked]))
+            owner = torch.as_tensor(np.repeat(np.arange(len(picked)), [len(s) for _, s in picked]))
             needed = chain.support_covariates.tables_.keys()
             batch = {
                 k: torch.cat([user.encoded[k] for user, _ in picked]).index_select(0, owner)
@@ -364,16 +420,24 @@ class FastPath:
             cov = chain.covariates(batch)
         return chain.transform(pred, cov)
 
-    def from_dict(self, scored: dict[str, np.ndarray], known: bool) -> Scored:
+    def from_dict(self, scored: Mapping[str, np.ndarray], known: bool) -> Scored:
         """A :class:`Scored` from :meth:`Scored.to_dict` (e.g. read from a cache): mean and
         std only (no member draws), with this model's support and conformal interval."""
-        std = np.asarray(scored["std"], dtype=np.float64)
+        return self.from_dicts([scored], [known])[0]
+
+    def from_dicts(
+        self, scored: Sequence[Mapping[str, np.ndarray]], known: Sequence[bool]
+    ) -> list[Scored]:
+        """:meth:`from_dict` of several users at once (one joined prediction, one conformal
+        step), each user's ``known`` flag given."""
+        std = np.concatenate([np.asarray(d["std"], dtype=np.float64) for d in scored])
         has_std = bool(np.isfinite(std).all()) and std.size > 0
         spec = self.rec.spec
         df = float(self.members - 1) if self.members >= 3 and not self._two else None
+        mean = np.concatenate([np.asarray(d["mean"], dtype=np.float32) for d in scored])
         pred = Prediction(
-            mean=torch.as_tensor(np.asarray(scored["mean"], dtype=np.float32)),
-            std=torch.as_tensor(std.astype(np.float32)) if has_std else None,
+            mean=torch.from_numpy(mean),
+            std=torch.from_numpy(std.astype(np.float32)) if has_std else None,
             method=spec.method,
             support=None if self.head is None else self.head.support,
             df=df if has_std and self.members >= 2 else None,
@@ -381,7 +445,17 @@ class FastPath:
         conformal = self.rec.chain_.conformal
         if conformal is not None:
             pred = conformal.conformalize(pred)
-        return Scored(np.asarray(scored["items"], dtype=np.int64), pred, known)
+        out, start = [], 0
+        for d, flag in zip(scored, known, strict=True):
+            items = np.asarray(d["items"], dtype=np.int64)
+            out.append(Scored(items, pred, bool(flag), start))
+            start += len(items)
+        return out
+
+    def known(self, user_id: str) -> bool:
+        """Whether ``user_id`` had training interactions (False: cold start), from the
+        user table (computing the user's rows on first use)."""
+        return self._users_of([user_id])[0].known
 
     # ------------------------------------------------------------------ picking
     def select(
@@ -437,7 +511,7 @@ class FastPath:
             return [FastSlate(np.empty(0, object), np.empty(0, np.int64), empty, empty, empty,
                               empty, empty, empty, repr(policy), s.known)
                     for s in scored]  # fmt: skip
-        flat = scored[0].prediction if b == 1 else _joined([s.prediction for s in scored])
+        flat = _flat(scored)
         if online is not None:
             flat = online.apply(flat)
         m = min(k, n)

@@ -461,7 +461,7 @@ async def recommend(body: RecommendRequest, request: Request) -> Any:
     slate = None
     if fast is not None:
         assert service.batcher is not None
-        job = SlateJob(fast, version, rec, body.user_id, body.k, policy, body.exclude_seen,
+        job = SlateJob(fast, version, body.user_id, body.k, policy, body.exclude_seen,
                        tuple(sorted(set(body.exclude))), body.confidence_level,
                        bool(body.context), online)  # fmt: skip
         slate = await service.batcher.slate(job)

@@ -31,11 +31,12 @@ still independent of the others'.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
+import numpy as np
+
 from wager.policies import Policy, PolicyState
-from wager.recommender import Recommender
 from wager.recommender.fastpath import Ask, FastPath, FastSlate, Scored
 from wager.recommender.listing import default_candidates
 from wager.serving.cache import CandidateCache, user_key
@@ -51,7 +52,6 @@ class SlateJob:
 
     Attributes:
         fast: the fast path of the version serving the request; version: its name;
-        rec: its recommender (for the known-user flag of cached candidates);
         user_id, k, exclude_seen, exclude, confidence_level: the request's fields;
         policy: the policy picking the slate; has_context: the request sent a context (the
         fast path has none: the job resolves to None); online: the online recalibration of
@@ -61,7 +61,6 @@ class SlateJob:
 
     fast: FastPath
     version: str
-    rec: Recommender
     user_id: str
     k: int
     policy: Policy
@@ -157,28 +156,35 @@ class SlateBatcher:
         return out
 
     def _candidates(self, jobs: list[SlateJob]) -> list[Scored | None]:
-        """Each job's scored candidates: table, cache, or one ``score_many`` per version."""
+        """Each job's scored candidates: table, cache, or one ``score_many`` per version.
+
+        Table rows and, with a cache, a version's candidates (hits, and misses once computed
+        and stored, served as a later hit would be) are served from their entries through
+        one :meth:`FastPath.from_dicts` per version."""
         out: list[Scored | None] = [None] * len(jobs)
         misses: dict[int, list[int]] = {}
+        entries: dict[int, dict[int, Mapping[str, np.ndarray]]] = {}  # id(fast) -> job -> entry
         keys: dict[int, str] = {}
         for n, job in enumerate(jobs):
             fast = job.fast
             if job.has_context or fast.catalogue.version != fast.version:
                 continue
-            found = None
             if self.precomputed is not None:
                 found = self.precomputed.candidates(
                     job.version, job.user_id, job.k, exclude_seen=job.exclude_seen,
                     exclude=job.exclude,
                 )  # fmt: skip
-            if found is None and self.cache is not None:
+                if found is not None:
+                    entries.setdefault(id(fast), {})[n] = found
+                    continue
+            if self.cache is not None:
                 keys[n] = user_key(job.user_id, None, job.exclude_seen, exclude=job.exclude,
                                    candidates=default_candidates(job.k))  # fmt: skip
-                found = self.cache.get(job.version, keys[n])
-            if found is not None:
-                out[n] = fast.from_dict(found, bool(job.rec.known_users([job.user_id])[0]))
-            else:
-                misses.setdefault(id(fast), []).append(n)
+                hit = self.cache.get(job.version, keys[n])
+                if hit is not None:
+                    entries.setdefault(id(fast), {})[n] = hit
+                    continue
+            misses.setdefault(id(fast), []).append(n)
         for members in misses.values():
             fast = jobs[members[0]].fast
             asks = [
@@ -190,7 +196,14 @@ class SlateBatcher:
                 if computed is None or self.cache is None:
                     out[n] = computed
                     continue
-                as_dict = computed.to_dict()  # served as a later hit would be
+                as_dict = computed.to_dict()
                 self.cache.put(jobs[n].version, keys[n], as_dict)
-                out[n] = fast.from_dict(as_dict, computed.known)
+                entries.setdefault(id(fast), {})[n] = as_dict
+        for of_version in entries.values():
+            order = sorted(of_version)
+            fast = jobs[order[0]].fast
+            known = [fast.known(jobs[n].user_id) for n in order]
+            served = fast.from_dicts([of_version[n] for n in order], known)
+            for n, scored in zip(order, served, strict=True):
+                out[n] = scored
         return out
