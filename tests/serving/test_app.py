@@ -17,6 +17,7 @@ from fastapi.testclient import TestClient
 
 from serving.tiny_runs import train_registry
 from wager.recommender import Recommender
+from wager.serving import app as app_module
 from wager.serving.app import Limits, create_app
 from wager.serving.auth import ApiKeys
 from wager.serving.registry import ModelRegistry
@@ -53,6 +54,20 @@ def _errors(response: Any, status: int = 422) -> list[tuple[list[Any], str]]:
 
 
 # ----------------------------------------------------------------------------- recommend
+
+
+def test_request_ids_sort_by_time_and_differ():
+    """32 hex digits, the first 12 the millisecond clock: later ids sort after earlier ones
+    (the event store's index grows at its end), ids of the same millisecond still differ."""
+    ids = []
+    for _ in range(3):
+        ids += [app_module._random.request_id() for _ in range(100)]
+        time.sleep(0.002)
+    assert all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids) and len(set(ids)) == len(ids)
+    stamps = [int(i[:12], 16) for i in ids]
+    assert stamps == sorted(stamps)
+    assert abs(stamps[-1] - time.time() * 1000) < 60_000
+    assert ids[0] < ids[-1]
 
 
 def test_greedy_slate_is_the_top_k_by_mean_with_propensity_one(client, registry_dir):

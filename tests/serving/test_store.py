@@ -20,6 +20,7 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 
+from wager.serving import store as store_module
 from wager.serving.events import FeedbackEvent, FeedbackResult, Impression
 from wager.serving.store import SCHEMA_VERSION, EventStore, EventStoreError
 
@@ -104,6 +105,23 @@ def test_impressions_round_trip_field_by_field(store: EventStore) -> None:
     frame = store.impressions_frame()
     assert frame["position"].dtype == "int64"
     assert math.isnan(frame["std"][1])  # a point model's std reads back NaN, never 0
+
+
+def test_a_batch_larger_than_one_insert_is_stored_whole_in_order(
+    store: EventStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batches go in multi-row INSERTs of at most ROWS_PER_INSERT rows: 7 rows through
+    statements of 3 (3 + 3 + 1) come back every field, in order; a duplicate in the last
+    statement stores none of them."""
+    monkeypatch.setattr(store_module, "ROWS_PER_INSERT", 3)
+    rows = [_impression(request_id=f"r{n // 2}", item_id=f"i{n}", position=n + 1, ts=float(n))
+            for n in range(7)]  # fmt: skip
+    store.log_impressions(rows)
+    assert _read_impressions(store) == rows
+    more = [_impression(request_id="r9", item_id=f"i{n}", ts=10.0) for n in range(6)]
+    with pytest.raises(ValueError, match="already stored"):
+        store.log_impressions([*more, rows[0]])
+    assert _read_impressions(store) == rows
 
 
 def test_feedback_round_trip_field_by_field_ordered_by_ts(store: EventStore) -> None:

@@ -104,6 +104,9 @@ _service_state = sa.Table(
 """Small shared settings of the service's processes (e.g. ``active_version``)."""
 
 _IMPRESSION_FIELDS = [f.name for f in dataclasses.fields(Impression)]
+#: most impressions per INSERT statement (x 13 parameters: within SQLite's 32,766 and
+#: PostgreSQL's 65,535 parameters per statement)
+ROWS_PER_INSERT = 1000
 _FEEDBACK_FIELDS = [f.name for f in dataclasses.fields(FeedbackEvent)]
 _STRINGS = ("request_id", "user_id", "item_id", "policy", "arm", "model_version", "event_id")
 _DTYPES: dict[str, Any] = {"position": "int64", **dict.fromkeys(_STRINGS, str)}
@@ -231,15 +234,30 @@ class EventStore:
         self._closed = False
         self._create = create
         marker = "?" if self._sqlite else "%s"  # sqlite3's / psycopg's parameter style
-        self._insert_impression = (
-            f"INSERT INTO {_impressions.name} ({', '.join(_IMPRESSION_FIELDS)}) "
-            f"VALUES ({', '.join([marker] * len(_IMPRESSION_FIELDS))})"
-        )
+        self._impression_values = f"({', '.join([marker] * len(_IMPRESSION_FIELDS))})"
+        self._insert_impressions: dict[int, str] = {}  # rows -> statement
         try:
             self._open_schema()
         except BaseException:
             self._engine.dispose()
             raise
+
+    def _insert_statement(self, n: int) -> str:
+        """The driver-level INSERT of ``n`` impression rows in one statement.
+
+        One multi-row statement, not an ``executemany``: the driver releases the GIL around
+        each statement it runs, and a serving process's group-commit thread taking it back
+        once per row stalled the event loop once per row (measured on ML-100k with wrk at 8
+        clients: rounds 2.6x slower, throughput 0.6x). Statements are kept per row count."""
+        statement = self._insert_impressions.get(n)
+        if statement is None:
+            statement = (
+                f"INSERT INTO {_impressions.name} ({', '.join(_IMPRESSION_FIELDS)}) "
+                f"VALUES {', '.join([self._impression_values] * n)}"
+            )
+            if n <= 128:  # the usual group sizes; larger ones are rare and long
+                self._insert_impressions[n] = statement
+        return statement
 
     @classmethod
     def sqlite(cls, path: str | Path) -> EventStore:
@@ -329,10 +347,10 @@ class EventStore:
             seen.add(key)
         try:
             with self._engine.begin() as conn:
-                # one driver-level executemany of plain tuples: building SQLAlchemy
-                # parameter dicts per row cost most of a group commit's time
-                values = [tuple(getattr(r, f) for f in _IMPRESSION_FIELDS) for r in rows]
-                conn.exec_driver_sql(self._insert_impression, values)
+                for start in range(0, len(rows), ROWS_PER_INSERT):
+                    chunk = rows[start : start + ROWS_PER_INSERT]
+                    values = tuple(getattr(r, f) for r in chunk for f in _IMPRESSION_FIELDS)
+                    conn.exec_driver_sql(self._insert_statement(len(chunk)), values)
         except sa.exc.IntegrityError as exc:
             stored = self._stored_pairs({r.request_id for r in rows}) & seen
             if not stored:
