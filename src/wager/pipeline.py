@@ -40,6 +40,7 @@ from wager.prediction import Prediction
 from wager.recommender import ModelSpec, Recommender
 from wager.runs import CheckpointDirectory, RunDirectory
 from wager.training.checkpoint import EpochHook
+from wager.training.distributed import torchrun_rank
 
 
 @dataclass
@@ -249,10 +250,16 @@ def train_run(
             data, or a RunError naming what differs).
         on_epoch: called with each epoch's report (e.g. to print a log line).
 
+    Under torchrun (``wager train --nproc N``, see :mod:`wager.training.distributed`) every
+    process trains (reading the checkpoint to resume from) and rank 0 alone checks ``out``,
+    evaluates and saves; the other ranks return empty metrics once trained.
+
     Returns:
         The fitted recommender and its metrics (also in ``out/metrics.json``).
     """
-    check_run(config, out, overwrite, resume)
+    main = torchrun_rank() == 0
+    if main:
+        check_run(config, out, overwrite, resume)
     rd = load_run_data(config, data_dir, split)
     cfg = replace(config, schema=rd.schema)
     if data_dir is not None or split is not None:
@@ -279,6 +286,8 @@ def train_run(
         checkpoint=checkpoint,
     )
     metrics: dict[str, Any] = {}
+    if not main:
+        return rec, metrics
 
     def evaluate(plots_dir: Path | None) -> None:
         start = time.perf_counter()
@@ -294,6 +303,8 @@ def train_run(
                 "model": cfg.model.type,
                 "epochs": rec.metrics_.get("epochs"),
                 "epoch_seconds": rec.metrics_.get("epoch_seconds"),
+                "processes": rec.metrics_.get("processes", 1),
+                "reduce_seconds": rec.metrics_.get("reduce_seconds", 0.0),
             }
         )
         rec.metrics_.update(metrics)

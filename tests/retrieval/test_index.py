@@ -438,3 +438,22 @@ def test_masked_top_k_matches_stable_argsort_reference(dtype, k):
 def test_masked_top_k_bad_inputs(call, error, message):
     with pytest.raises(error, match=message):
         call()
+
+
+def test_set_search_changes_the_knob_of_a_built_index(faiss_installed):
+    g = torch.Generator().manual_seed(8)
+    items, queries = torch.randn(300, 8, generator=g), torch.randn(20, 8, generator=g)
+    brute = BruteForceIndex().index(items).search(queries, k=5)
+    with pytest.raises(RuntimeError, match="before index"):
+        FaissIndex("ivf").set_search(nprobe=2)
+    ivf = FaissIndex("ivf", nlist=10, nprobe=1).index(items)
+    assert ivf.set_search(nprobe=50) is ivf and (ivf.nprobe, ivf.nprobe_) == (50, 10)
+    assert torch.equal(ivf.search(queries, k=5).positions, brute.positions)  # all lists
+    with pytest.raises(ValueError, match="ef_search is for kind 'hnsw'"):
+        ivf.set_search(ef_search=8)
+    hnsw = FaissIndex("hnsw", ef_search=4).index(items).set_search(ef_search=300)
+    assert hnsw.ef_search == 300 and hnsw._faiss_index.hnsw.efSearch == 300
+    with pytest.raises(ValueError, match="nprobe is for kind 'ivf'"):
+        hnsw.set_search(nprobe=2)
+    with pytest.raises(ValueError, match="nprobe must be an integer >= 1"):
+        ivf.set_search(nprobe=0)

@@ -116,6 +116,20 @@ SplitOpt = Annotated[
 ]
 
 
+NprocOpt = Annotated[
+    int,
+    typer.Option(
+        "--nproc",
+        min=1,
+        help="Train with N data-parallel processes on this machine (torchrun: gloo on CPU, "
+        "NCCL on GPU, one GPU each): the same optimiser steps as one process, each process "
+        "computing 1/N of every batch. On several machines run `torchrun --nnodes M "
+        "--nproc-per-node N --rdzv-backend c10d --rdzv-endpoint HOST:PORT -m wager.cli "
+        "train CONFIG --out DIR` on each.",
+    ),
+]
+
+
 @app.command("train")
 def train(
     config: Annotated[Path, typer.Argument(help="Run config TOML (see examples/).")],
@@ -135,6 +149,7 @@ def train(
             ".NAME.checkpoint beside it), with the same config and data.",
         ),
     ] = False,
+    nproc: NprocOpt = 1,
     as_json: JsonFlag = False,
 ) -> None:
     """Train the model a config describes, evaluate it on the test split, save the run.
@@ -142,15 +157,30 @@ def train(
     Each finished epoch is checkpointed beside --out; Ctrl-C keeps it, --resume goes on
     from it. On a terminal a progress bar is drawn (stderr); otherwise one line per epoch
     is written to stderr. stdout holds only the results (the table, or JSON with --json).
+    With --nproc N, N processes train it data-parallel (torchrun); rank 0 reports and saves.
     """
     from wager.runs import CheckpointDirectory, RunDirectory
+    from wager.training.distributed import launched_by_torchrun, torchrun_rank
 
     out = out or Path("runs") / config.stem
     # check first, then work: the config and the output folder before torch or any data
     cfg = _load_config(config)
-    RunDirectory(out).check_target(overwrite)
+    if nproc > 1 and cfg.model.type == "als":
+        raise _flag_error(
+            "--nproc",
+            f'--nproc {nproc}: model.type = "als" is solved by alternating least squares, '
+            "which is not split across processes; train it with --nproc 1 (the gradient-"
+            "trained models take --nproc)",
+        )
+    main = torchrun_rank() == 0
+    if main:
+        RunDirectory(out).check_target(overwrite)
     checkpoint = CheckpointDirectory(out)
-    checkpoint.check_start(resume)
+    if main:
+        checkpoint.check_start(resume)
+    if nproc > 1 and not launched_by_torchrun():  # launch the N processes, each runs this
+        raise typer.Exit(_torchrun(nproc, config, out, data_dir, split, overwrite, resume,
+                                   as_json))  # fmt: skip
     from wager.pipeline import train_run
 
     terminal = sys.stderr.isatty()
@@ -166,6 +196,8 @@ def train(
             on_epoch=None if terminal else _print_epoch,
         )
     except KeyboardInterrupt:
+        if not main:
+            raise typer.Exit(code=130) from None
         if not checkpoint.has_state():
             raise  # before the first epoch: "nothing was saved"
         command = ["wager", "train", str(config), "--out", str(out), "--resume"]
@@ -182,6 +214,8 @@ def train(
             highlight=False,
         )
         raise typer.Exit(code=130) from None
+    if not main:
+        return  # rank 0 reports and saves
     metrics = {"ok": True, "run": str(out), **metrics}
     if as_json:
         print_json(metrics)
@@ -190,6 +224,32 @@ def train(
         _metrics_table(f"{config.name}: {metrics['model']} on {metrics['split']}", metrics)
     )
     console.print(Text.assemble("run saved to ", (str(out), "bold")), highlight=False)
+
+
+def _torchrun(
+    nproc: int,
+    config: Path,
+    out: Path,
+    data_dir: Path | None,
+    split: str | None,
+    overwrite: bool,
+    resume: bool,
+    as_json: bool,
+) -> int:
+    """Run ``wager train`` in ``nproc`` data-parallel processes on this machine through
+    torchrun (``--standalone``: a local rendezvous); returns its exit code."""
+    import subprocess
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc-per-node={nproc}", "-m", "wager.cli", "train", str(config),
+               "--out", str(out)]  # fmt: skip
+    command += ["--data-dir", str(data_dir)] if data_dir is not None else []
+    command += ["--split", split] if split is not None else []
+    command += ["--overwrite"] * overwrite + ["--resume"] * resume + ["--json"] * as_json
+    try:
+        return subprocess.run(command, check=False).returncode
+    except KeyboardInterrupt:  # torchrun passes it on to the processes, which stop
+        return 130
 
 
 def epoch_line(report: EpochReport) -> str:

@@ -566,14 +566,17 @@ def build_stack(
 
 def fit_metrics(spec: ModelSpec, history: History, n_items: int) -> dict[str, Any]:
     """The facade's ``metrics_`` after fit: training seconds, seconds per epoch, epochs,
-    best epoch per member, and for two-tower models ``"softmax"``: "full" or "sampled"
-    (see :func:`wager.models.registry.softmax_kind`)."""
+    best epoch per member, data-parallel processes and their gradient-sum seconds, and for
+    two-tower models ``"softmax"``: "full" or "sampled" (see
+    :func:`wager.models.registry.softmax_kind`)."""
     seconds = history.epoch_seconds
     out: dict[str, Any] = {
         "train_seconds": history.seconds,
         "epoch_seconds": float(np.mean(seconds)) if seconds else 0.0,
         "epochs": len(history.train_loss),
         "best_epoch": history.best_epoch,
+        "processes": history.processes,
+        "reduce_seconds": history.reduce_seconds,
     }
     if spec.config.model.type == "two_tower":
         out["softmax"] = softmax_kind(spec.config.model, n_items)

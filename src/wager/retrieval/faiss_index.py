@@ -134,6 +134,33 @@ class FaissIndex(_IndexBase):
         self._faiss_index = built
         return self
 
+    def set_search(self, *, nprobe: int | None = None, ef_search: int | None = None) -> Self:
+        """Change the accuracy knob of the built index without rebuilding it (e.g. to pick
+        the smallest one reaching a recall on validation queries).
+
+        Args:
+            nprobe: lists visited per query ("ivf"; at most ``nlist_``).
+            ef_search: search beam width ("hnsw").
+
+        Returns:
+            self.
+        """
+        if self._faiss_index is None:
+            raise RuntimeError("FaissIndex.set_search before index(): build the index first")
+        if nprobe is not None:
+            if self.kind != "ivf":
+                raise ValueError(f"nprobe is for kind 'ivf', this index is {self.kind!r}")
+            assert self.nlist_ is not None
+            self.nprobe = _check_positive("nprobe", nprobe)
+            self.nprobe_ = min(self.nprobe, self.nlist_)
+            self._faiss_index.nprobe = self.nprobe_
+        if ef_search is not None:
+            if self.kind != "hnsw":
+                raise ValueError(f"ef_search is for kind 'hnsw', this index is {self.kind!r}")
+            self.ef_search = _check_positive("ef_search", ef_search)
+            self._faiss_index.hnsw.efSearch = self.ef_search
+        return self
+
     def search(
         self,
         queries: Tensor,

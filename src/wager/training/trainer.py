@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -34,19 +35,23 @@ from torch.func import functional_call, stack_module_state, vmap
 from wager.config import TrainConfig
 from wager.errors import TrainingDivergedError
 from wager.training.checkpoint import Checkpoint, EpochHook, EpochReport
+from wager.training.distributed import DataParallel, init_from_environment, launched_by_torchrun
 
 Params = dict[str, Tensor]
 Batch = dict[str, Tensor]
 
 
 def resolve_device(device: str) -> torch.device:
-    """'auto' -> cuda when available else cpu; 'cuda' without CUDA is an error."""
+    """'auto' -> cuda when available else cpu; 'cuda' without CUDA is an error. Under
+    torchrun, CUDA is the process's own GPU (``LOCAL_RANK``)."""
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(
             "training.device = 'cuda' but CUDA is not available; use 'cpu' or 'auto'"
         )
+    if device == "cuda" and launched_by_torchrun():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device(device)
 
 
@@ -310,6 +315,10 @@ class History:
         best_epoch: per member, the 0-based epoch whose parameters were kept.
         seconds: wall time of the loop (validation included).
         epoch_seconds: wall time of each epoch's training steps (validation excluded).
+        processes: data-parallel processes that trained (see
+            :mod:`wager.training.distributed`; 1 alone).
+        reduce_seconds: wall time spent summing gradients across the processes (the
+            communication of data-parallel training; 0 alone).
     """
 
     train_loss: list[float] = field(default_factory=list)
@@ -317,6 +326,8 @@ class History:
     best_epoch: list[int] = field(default_factory=list)
     seconds: float = 0.0
     epoch_seconds: list[float] = field(default_factory=list)
+    processes: int = 1
+    reduce_seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary."""
@@ -326,6 +337,8 @@ class History:
             "best_epoch": self.best_epoch,
             "seconds": self.seconds,
             "epoch_seconds": self.epoch_seconds,
+            "processes": self.processes,
+            "reduce_seconds": self.reduce_seconds,
         }
 
 
@@ -402,6 +415,10 @@ def train_stacked(
     """
     if n_rows <= 0:
         raise ValueError("cannot train on 0 rows: the training split is empty")
+    parallel = init_from_environment(next(iter(params.values())).device)
+    main = parallel is None or parallel.main  # rank 0 alone shows, reports and saves
+    if not main:
+        show_progress, on_epoch = False, None
     leaves = list(params.values())
     for p in leaves:
         p.requires_grad_(True)
@@ -416,8 +433,9 @@ def train_stacked(
     if saved is not None:
         loop.restore(saved)
     history = loop.history
+    history.processes = 1 if parallel is None else parallel.world_size
     start = time.perf_counter() - history.seconds
-    step = _EpochStep(params, batch_losses, config, opt, sched, anchors)
+    step = _EpochStep(params, batch_losses, config, opt, sched, anchors, parallel, history)
     progress = _progress_bar(show_progress)
     with progress:
         task = progress.add_task(
@@ -447,19 +465,24 @@ def train_stacked(
                 )
             loop.epoch = epoch + 1
             history.seconds = time.perf_counter() - start
-            if checkpoint is not None:
+            if checkpoint is not None and main:
                 checkpoint.save(loop.state_dict())
             if on_epoch is not None:
                 seconds = time.perf_counter() - epoch_start
                 on_epoch(loop.report(config.epochs, metric, seconds, metric_name, higher_is_better))
         if loop.stopped:
             progress.update(task, completed=total_steps)
-    with torch.no_grad():
-        for k, v in params.items():
-            v.copy_(loop.best[k])
-            v.requires_grad_(False)
+    _restore(params, loop.best)
     history.seconds = time.perf_counter() - start
     return history
+
+
+def _restore(params: Params, best: Params) -> None:
+    """Copy each member's best parameters back into ``params`` and end their training."""
+    with torch.no_grad():
+        for k, v in params.items():
+            v.copy_(best[k])
+            v.requires_grad_(False)
 
 
 class _Loop:
@@ -636,6 +659,8 @@ class _EpochStep:
     opt: torch.optim.Optimizer
     sched: torch.optim.lr_scheduler.LRScheduler
     anchors: list[Tensor] | None
+    parallel: DataParallel | None = None
+    history: History | None = None  # where the time in the gradient sums is added
 
     def run(
         self,
@@ -660,11 +685,14 @@ class _EpochStep:
         total = torch.zeros((), device=device)
         count = 0
         for idx in _batches(n_rows, config.batch_size, generator):
-            with autocast(device, config.mixed_precision):
-                losses = self.batch_losses(self.params, idx)
-            loss = losses.float().sum()
+            loss = self._loss(idx, device)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if self.parallel is not None:  # the whole batch's gradient, in every process
+                start = time.perf_counter()
+                loss = self.parallel.reduce(leaves, loss)
+                if self.history is not None:
+                    self.history.reduce_seconds += time.perf_counter() - start
             if config.grad_clip is not None:
                 torch.nn.utils.clip_grad_norm_(leaves, config.grad_clip)
             if self.anchors is not None:
@@ -680,6 +708,20 @@ class _EpochStep:
                     status=f"epoch {epoch + 1} loss {float(total) / count:.4f}",
                 )
         return float(total) / max(count, 1)
+
+    def _loss(self, idx: Tensor, device: torch.device) -> Tensor:
+        """The batch's summed per-member mean loss; in a data-parallel group, this process's
+        shard's share of it (an empty shard: zero, with zero gradients)."""
+        weight = 1.0
+        if self.parallel is not None:
+            idx, weight = self.parallel.shard(idx)
+            if idx.numel() == 0:
+                return sum(
+                    (p.sum() * 0.0 for p in self.params.values()), torch.zeros((), device=device)
+                )
+        with autocast(device, self.config.mixed_precision):
+            losses = self.batch_losses(self.params, idx)
+        return losses.float().sum() * weight
 
 
 def _validation_metric(

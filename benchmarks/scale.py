@@ -1,0 +1,322 @@
+"""Issue 17's scale benchmarks (JSON on stdout, progress on stderr).
+
+``--part ddp``: data-parallel training throughput. A synthetic rating table (``--users`` x
+``--items``, ``--rows`` ratings: round(3 + user bias + item bias + u . v + noise), 1..5;
+``numpy.random.default_rng(--seed)``) is written to a temporary folder and the same config
+(biased MF, ``--dim``, ``--members`` members, ``--epochs`` epochs, global batch
+``--batch-size``, no early stopping effect on the timing) is trained by ``wager train``:
+
+- ``nproc1_threads1``: one process, one torch thread;
+- ``nproc1_threads2``: one process, two torch threads (this machine's cores);
+- ``nproc2``: ``--nproc 2`` (torchrun, gloo, one thread per process: torchrun's default).
+
+Reported per run: training examples/s (training rows / mean seconds per epoch), seconds
+per step, the time spent summing gradients per step (``reduce_seconds`` / steps: the
+measured communication, over loopback here), the gradient bytes per step (parameters x 4),
+and RMSE on the test rows (the runs must agree). The projection to N machines of one process
+each assumes compute splits evenly (step time of one process / N) and a ring all-reduce of
+the gradient over a network of ``--network-gbps`` and ``--network-latency-us``:
+2 (N - 1) / N x bytes / bandwidth + 2 (N - 1) x latency per step; it is a model, stated as
+such, not a measurement.
+
+``--part ann``: retrieval latency and recall against brute force for catalogues of
+``--ann-sizes`` items (default 10^4, 10^5, 10^6; dimension ``--ann-dim`` 64). Items are
+clustered like learnt embeddings: ``--ann-clusters`` centres ~ N(0, I), each item a centre
+plus N(0, 0.5^2 I) noise; queries are drawn the same way from the same centres (a "user"
+near a taste cluster). Per size: wager's ``BruteForceIndex`` (exact top-10 by inner
+product, torch), ``FaissIndex("ivf")`` (nlist = 4 sqrt(n)) and ``FaissIndex("hnsw")``
+(32 links per node). Their accuracy knob (IVF's nprobe, HNSW's ef_search) is the smallest
+of a grid whose recall@10 on 200 validation queries reaches ``--ann-target`` (0.95); the
+figures are then measured on 200 other test queries: build seconds, recall@10 against brute
+force, and seconds per query asked one at a time (the median of the test queries, as a
+service asks) and per query in one batch of 200.
+
+Usage: ``python benchmarks/scale.py --part ddp|ann [--out FILE]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import emit, log, seconds_since_start
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def ratings(users: int, items: int, rows: int, dim: int, seed: int) -> pd.DataFrame:
+    """The synthetic rating table (see the module docstring); (user, item) pairs unique."""
+    rng = np.random.default_rng(seed)
+    pairs = np.unique(rng.integers(0, users * items, size=int(rows * 1.1)))
+    pairs = rng.permutation(pairs)[:rows]
+    u, i = pairs // items, pairs % items
+    bu, bi = rng.normal(0, 0.5, users), rng.normal(0, 0.5, items)
+    pu, qi = rng.normal(0, 0.4, (users, dim)), rng.normal(0, 0.4, (items, dim))
+    y = 3 + bu[u] + bi[i] + np.einsum("nd,nd->n", pu[u], qi[i]) + rng.normal(0, 0.7, len(u))
+    return pd.DataFrame(
+        {"user_id": u.astype(str), "item_id": i.astype(str),
+         "rating": np.clip(np.rint(y), 1, 5).astype(int)}
+    )  # fmt: skip
+
+
+def config(data: Path, args: argparse.Namespace) -> str:
+    return f"""seed = 0
+
+[schema]
+user = "user_id"
+item = "item_id"
+label = "rating"
+label_kind = "rating"
+rating_range = [1.0, 5.0]
+
+[data]
+path = "{data}"
+format = "table"
+split = "random"
+test_fraction = 0.1
+valid_fraction = 0.05
+
+[model]
+type = "biased_mf"
+dim = {args.dim}
+
+[training]
+epochs = {args.epochs}
+batch_size = {args.batch_size}
+learning_rate = 0.005
+patience = {args.epochs}
+
+[ensemble]
+members = {args.members}
+bootstrap = false
+"""
+
+
+def train(toml: Path, out: Path, nproc: int, threads: int) -> dict[str, Any]:
+    """``wager train`` in a subprocess; metrics.json plus the gradient size."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": str(threads)}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        env.pop(key, None)
+    command = [sys.executable, "-m", "wager.cli", "train", str(toml), "--out", str(out),
+               "--json", "--nproc", str(nproc)]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        raise SystemExit(f"wager train --nproc {nproc} failed:\n{done.stderr[-3000:]}")
+    metrics = json.loads((out / "metrics.json").read_text())
+    from wager.recommender import Recommender
+
+    rec = Recommender.load(out)
+    n_params = sum(t.numel() for t in rec.scorer_.stack.state_dict().values())
+    return {**metrics, "parameters": int(n_params)}
+
+
+def summary(m: dict[str, Any], batch_size: int) -> dict[str, Any]:
+    steps = m["epochs"] * math.ceil(m["n_train"] / batch_size)
+    per_epoch = m["epoch_seconds"]
+    return {
+        "processes": m["processes"],
+        "examples_per_s": m["n_train"] / per_epoch,
+        "epoch_seconds": per_epoch,
+        "step_seconds": per_epoch / math.ceil(m["n_train"] / batch_size),
+        "reduce_seconds_per_step": m["reduce_seconds"] / steps,
+        "gradient_bytes_per_step": 4 * m["parameters"],
+        "epochs": m["epochs"],
+        "rmse": m["rmse"],
+        "train_seconds": m.get("train_seconds"),
+    }
+
+
+def projection(one: dict[str, Any], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Examples/s on N machines of one process each (the model of the module docstring)."""
+    compute = one["step_seconds"]
+    size = one["gradient_bytes_per_step"]
+    bandwidth = args.network_gbps * 1e9 / 8
+    latency = args.network_latency_us * 1e-6
+    out = []
+    for n in (1, 2, 4, 8, 16, 32):
+        comm = 0.0 if n == 1 else 2 * (n - 1) / n * size / bandwidth + 2 * (n - 1) * latency
+        step = compute / n + comm
+        out.append({
+            "machines": n, "step_seconds": step, "communication_seconds": comm,
+            "examples_per_s": args.batch_size / step, "speedup": compute / step,
+        })  # fmt: skip
+    return out
+
+
+def ddp(args: argparse.Namespace) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="wager-scale-") as tmp:
+        work = Path(tmp)
+        table = ratings(args.users, args.items, args.rows, args.dim, args.seed)
+        table.to_csv(work / "ratings.csv", index=False)
+        toml = work / "run.toml"
+        toml.write_text(config(work / "ratings.csv", args))
+        log(f"{len(table)} ratings; training {args.members} members x {args.epochs} epochs")
+        runs = {}
+        for name, nproc, threads in (("nproc1_threads1", 1, 1), ("nproc1_threads2", 1, 2),
+                                     ("nproc2", 2, 1)):  # fmt: skip
+            metrics = train(toml, work / name, nproc, threads)
+            runs[name] = summary(metrics, args.batch_size)
+            log(f"{name}: {json.dumps(runs[name])}")
+    base = runs["nproc1_threads1"]
+    return {
+        "rows": args.rows,
+        "runs": runs,
+        "speedup_2_processes_vs_1_thread": runs["nproc2"]["examples_per_s"]
+        / base["examples_per_s"],
+        "speedup_2_processes_vs_2_threads": runs["nproc2"]["examples_per_s"]
+        / runs["nproc1_threads2"]["examples_per_s"],
+        "rmse_difference_2_vs_1": runs["nproc2"]["rmse"] - base["rmse"],
+        "projection": {
+            "assumptions": {
+                "network_gbps": args.network_gbps,
+                "network_latency_us": args.network_latency_us,
+                "model": "step = one process's step / N + ring all-reduce of the gradient",
+            },
+            "machines": projection(base, args),
+        },
+    }
+
+
+def _clustered(n: int, centres: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    picks = rng.integers(0, len(centres), size=n)
+    noise = rng.normal(0.0, 0.5, size=(n, centres.shape[1])).astype(np.float32)
+    return (centres[picks] + noise).astype(np.float32)
+
+
+def _recall(got: np.ndarray, truth: np.ndarray) -> float:
+    """Mean over queries of |top-k found ∩ true top-k| / k ((Q, k) position arrays)."""
+    return float(np.mean([len(set(g) & set(t)) / len(t) for g, t in zip(got, truth, strict=True)]))
+
+
+def _per_query_seconds(index: Any, queries: Any, k: int) -> float:
+    """Median seconds of one query asked alone."""
+    import time
+
+    times = []
+    for row in range(queries.shape[0]):
+        q = queries[row : row + 1]
+        start = time.perf_counter()
+        index.search(q, k)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times)) if times else math.nan
+
+
+def _tuned(kind: str, grid: list[int], build: Any, valid: Any, truth_valid: np.ndarray,
+           target: float, k: int) -> tuple[int, Any, float]:  # fmt: skip
+    """The smallest knob of ``grid`` whose validation recall reaches ``target`` (else the
+    largest), with the index set to it and its validation recall."""
+    index = build
+    recall = math.nan
+    for knob in grid:
+        if kind == "ivf":
+            index.set_search(nprobe=knob)
+        else:
+            index.set_search(ef_search=knob)
+        recall = _recall(index.search(valid, k).positions.numpy(), truth_valid)
+        if recall >= target:
+            return knob, index, recall
+    return grid[-1], index, recall
+
+
+def ann(args: argparse.Namespace) -> dict[str, Any]:
+    import time
+
+    import torch
+
+    from wager.retrieval import BruteForceIndex
+    from wager.retrieval.faiss_index import FaissIndex
+
+    torch.set_num_threads(args.ann_threads)
+    rng = np.random.default_rng(args.seed)
+    dim, k = args.ann_dim, 10
+    centres = rng.normal(0.0, 1.0, size=(args.ann_clusters, dim)).astype(np.float32)
+    valid = torch.from_numpy(_clustered(200, centres, rng))
+    test = torch.from_numpy(_clustered(200, centres, rng))
+    sizes = []
+    for n in args.ann_sizes:
+        items = torch.from_numpy(_clustered(n, centres, rng))
+        out: dict[str, Any] = {"items": n}
+        start = time.perf_counter()
+        brute = BruteForceIndex().index(items)
+        out["brute"] = {"build_seconds": time.perf_counter() - start}
+        truth_valid = brute.search(valid, k).positions.numpy()
+        start = time.perf_counter()
+        truth_test = brute.search(test, k).positions.numpy()
+        out["brute"]["batch_seconds_per_query"] = (time.perf_counter() - start) / len(test)
+        out["brute"]["seconds_per_query"] = _per_query_seconds(brute, test[:50], k)
+        log(f"n={n} brute force: {out['brute']}")
+        for kind, grid in (("ivf", [1, 2, 4, 8, 16, 32, 64, 128, 256]),
+                           ("hnsw", [16, 32, 64, 128, 256, 512])):  # fmt: skip
+            start = time.perf_counter()
+            index = FaissIndex(kind, nlist=max(1, int(4 * math.sqrt(n))), hnsw_m=32)
+            index.index(items)
+            build = time.perf_counter() - start
+            knob, index, valid_recall = _tuned(kind, grid, index, valid, truth_valid,
+                                               args.ann_target, k)  # fmt: skip
+            start = time.perf_counter()
+            found = index.search(test, k).positions.numpy()
+            batch = (time.perf_counter() - start) / len(test)
+            single = _per_query_seconds(index, test, k)
+            out[kind] = {
+                "build_seconds": build,
+                "nlist" if kind == "ivf" else "hnsw_m": index.nlist_ if kind == "ivf" else 32,
+                "nprobe" if kind == "ivf" else "ef_search": knob,
+                "valid_recall@10": valid_recall,
+                "recall@10": _recall(found, truth_test),
+                "seconds_per_query": single,
+                "batch_seconds_per_query": batch,
+                "speedup_per_query": out["brute"]["seconds_per_query"] / single,
+                "speedup_batch": out["brute"]["batch_seconds_per_query"] / batch,
+            }
+            log(f"n={n} {kind}: {out[kind]}")
+            del index
+        sizes.append(out)
+        del items, brute
+    return {"dim": dim, "clusters": args.ann_clusters, "threads": args.ann_threads,
+            "target_recall": args.ann_target, "sizes": sizes}  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    ap.add_argument("--part", choices=["ddp", "ann"], default="ddp")
+    ap.add_argument("--users", type=int, default=5000)
+    ap.add_argument("--items", type=int, default=2000)
+    ap.add_argument("--rows", type=int, default=200_000)
+    ap.add_argument("--dim", type=int, default=32)
+    ap.add_argument("--members", type=int, default=2)
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--batch-size", type=int, default=4096)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--network-gbps", type=float, default=10.0)
+    ap.add_argument("--network-latency-us", type=float, default=50.0)
+    ap.add_argument("--ann-sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    ap.add_argument("--ann-dim", type=int, default=64)
+    ap.add_argument("--ann-clusters", type=int, default=1000)
+    ap.add_argument("--ann-target", type=float, default=0.95)
+    ap.add_argument("--ann-threads", type=int, default=2)
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args()
+    for name in ("users", "items", "rows", "dim", "members", "epochs", "batch_size"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.rows > args.users * args.items // 2:
+        ap.error("--rows must be at most half of --users x --items (unique pairs)")
+    found = ddp(args) if args.part == "ddp" else ann(args)
+    result = {"part": args.part, **found, "seconds": seconds_since_start()}
+    emit(result, args.out)
+
+
+if __name__ == "__main__":
+    main()
