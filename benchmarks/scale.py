@@ -22,7 +22,8 @@ such, not a measurement.
 ``--part ann``: retrieval latency and recall against brute force for catalogues of
 ``--ann-sizes`` items (default 10^4, 10^5, 10^6; dimension ``--ann-dim`` 64). Items are
 clustered like learnt embeddings: ``--ann-clusters`` centres ~ N(0, I), each item a centre
-plus N(0, 0.5^2 I) noise; queries are drawn the same way from the same centres (a "user"
+plus N(0, s^2 I) noise (s = ``--ann-spread``, 0.5; at 1 the clusters overlap as much as the
+centres spread); queries are drawn the same way from the same centres (a "user"
 near a taste cluster). Per size: wager's ``BruteForceIndex`` (exact top-10 by inner
 product, torch), ``FaissIndex("ivf")`` (nlist = 4 sqrt(n)) and ``FaissIndex("hnsw")``
 (32 links per node). Their accuracy knob (IVF's nprobe, HNSW's ef_search) is the smallest
@@ -188,9 +189,9 @@ def ddp(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _clustered(n: int, centres: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def _clustered(n: int, centres: np.ndarray, rng: np.random.Generator, spread: float) -> np.ndarray:
     picks = rng.integers(0, len(centres), size=n)
-    noise = rng.normal(0.0, 0.5, size=(n, centres.shape[1])).astype(np.float32)
+    noise = rng.normal(0.0, spread, size=(n, centres.shape[1])).astype(np.float32)
     return (centres[picks] + noise).astype(np.float32)
 
 
@@ -241,11 +242,11 @@ def ann(args: argparse.Namespace) -> dict[str, Any]:
     rng = np.random.default_rng(args.seed)
     dim, k = args.ann_dim, 10
     centres = rng.normal(0.0, 1.0, size=(args.ann_clusters, dim)).astype(np.float32)
-    valid = torch.from_numpy(_clustered(200, centres, rng))
-    test = torch.from_numpy(_clustered(200, centres, rng))
+    valid = torch.from_numpy(_clustered(200, centres, rng, args.ann_spread))
+    test = torch.from_numpy(_clustered(200, centres, rng, args.ann_spread))
     sizes = []
     for n in args.ann_sizes:
-        items = torch.from_numpy(_clustered(n, centres, rng))
+        items = torch.from_numpy(_clustered(n, centres, rng, args.ann_spread))
         out: dict[str, Any] = {"items": n}
         start = time.perf_counter()
         brute = BruteForceIndex().index(items)
@@ -283,7 +284,8 @@ def ann(args: argparse.Namespace) -> dict[str, Any]:
             del index
         sizes.append(out)
         del items, brute
-    return {"dim": dim, "clusters": args.ann_clusters, "threads": args.ann_threads,
+    return {"dim": dim, "clusters": args.ann_clusters, "spread": args.ann_spread,
+            "threads": args.ann_threads,
             "target_recall": args.ann_target, "sizes": sizes}  # fmt: skip
 
 
@@ -304,6 +306,7 @@ def main() -> None:
     ap.add_argument("--ann-sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     ap.add_argument("--ann-dim", type=int, default=64)
     ap.add_argument("--ann-clusters", type=int, default=1000)
+    ap.add_argument("--ann-spread", type=float, default=0.5)
     ap.add_argument("--ann-target", type=float, default=0.95)
     ap.add_argument("--ann-threads", type=int, default=2)
     ap.add_argument("--out", type=Path)
