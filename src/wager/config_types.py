@@ -380,7 +380,12 @@ def _unknown_sections(data: dict[str, Any], top_level: Sequence[str]) -> list[st
     for key in data:
         if key in top_level:
             continue
-        if isinstance(data[key], dict):
+        if key == "search" and isinstance(data[key], dict):
+            out.append(
+                "[search] is a search space, read by `wager tune CONFIG`; a run config for "
+                "`wager train` has none (use the best.toml that wager tune writes)"
+            )
+        elif isinstance(data[key], dict):
             hint = suggest(f"[{key}]", sections).strip()
             out.append(
                 f"[{key}] is not a known section. {hint + ' ' if hint else ''}"

@@ -10,14 +10,15 @@ The commands live by concern: :mod:`wager.cli.common` (the app, consoles, ``--js
 output and error reporting), :mod:`wager.cli.render` (rich tables), :mod:`wager.cli.data`
 (``wager data ...``), :mod:`wager.cli.runs` (quickstart, train, evaluate, calibrate,
 recommend), :mod:`wager.cli.simulate` (simulate), :mod:`wager.cli.ope` (ope),
-:mod:`wager.cli.serve` (serve) and :mod:`wager.cli.export_logs` (export-logs). Importing
+:mod:`wager.cli.serve` (serve), :mod:`wager.cli.export_logs` (export-logs) and
+:mod:`wager.cli.tune` (tune). Importing
 this package registers every command on :data:`app`; nothing here imports torch, pandas or
 NumPy (each command imports what it needs when it runs).
 """
 
 from __future__ import annotations
 
-from wager.cli import abtest, data, export_logs, ope, runs, serve, simulate
+from wager.cli import abtest, data, export_logs, ope, runs, serve, simulate, tune
 from wager.cli.common import (
     CliError,
     JsonFlag,
@@ -61,4 +62,5 @@ __all__ = [
     "simulate",
     "simulate_command",
     "train",
+    "tune",
 ]
