@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner, Result
 
@@ -150,6 +151,28 @@ def test_out_format_follows_the_extension(run: Path, tmp_path: Path, suffix: str
     assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]  # no temporary file left
 
 
+@pytest.mark.parametrize("suffix", [".parquet", ".csv", ".jsonl"])
+@pytest.mark.parametrize("policy", [[], ["--policy", "ucb", "--beta", "1"]])
+def test_all_users_in_chunks_writes_the_same_table(
+    run: Path, tmp_path: Path, suffix: str, policy: list[str]
+) -> None:
+    """--chunk-users 4 streams 31 users in 8 chunks (Parquet: 8 row groups): the same rows
+    as one chunk, the cold-start column included, and the count reported."""
+    whole, chunked = tmp_path / f"whole{suffix}", tmp_path / f"chunked{suffix}"
+    for out, extra in ((whole, []), (chunked, ["--chunk-users", "4"])):
+        result = _invoke("recommend", run, "--all-users", "-k", "3", *policy, "--out", out,
+                         "--json", *extra)  # fmt: skip
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout)["n_users"] == 31
+    if suffix == ".parquet":
+        assert pq.ParquetFile(chunked).num_row_groups == 8
+        assert pq.ParquetFile(whole).num_row_groups == 1
+    a, b = _read(whole), _read(chunked)
+    assert len(a) == 31 * 3 and "cold_start" in a.columns
+    pd.testing.assert_frame_equal(a, b)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([whole.name, chunked.name])
+
+
 def test_out_overwrite_replaces_an_existing_file(run: Path, tmp_path: Path) -> None:
     out = tmp_path / "recs.csv"
     out.write_text("keep me\n")
@@ -199,11 +222,10 @@ def test_interrupted_write_leaves_no_partial_file(
     if existing:
         out.write_bytes(b"the previous file")
 
-    def half_write(self: pd.DataFrame, path: Path, *args: object, **kwargs: object) -> None:
-        Path(path).write_bytes(b"PAR1 and then the disk filled up")
-        raise OSError(28, "No space left on device")
+    def half_write(self: pq.ParquetWriter, *args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")  # the file is open, its header written
 
-    monkeypatch.setattr(pd.DataFrame, "to_parquet", half_write)
+    monkeypatch.setattr(pq.ParquetWriter, "write_table", half_write)
     args = ("recommend", run, "--user", "u1", "--out", out)
     result = _invoke(*args, *(["--overwrite"] if existing else []))
     assert result.exit_code == 1

@@ -7,6 +7,7 @@ import os
 import secrets
 import shlex
 import sys
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -359,10 +360,20 @@ def recommend(
     epsilon: EpsilonOpt = None,
     temperature: TemperatureOpt = None,
     seed: PolicySeedOpt = None,
+    chunk_users: Annotated[
+        int,
+        typer.Option(
+            "--chunk-users",
+            min=1,
+            help="Users recommended and written at a time: memory stays bounded by one chunk "
+            "(--out streams each chunk to the file; a seeded random policy's draws depend on "
+            "it).",
+        ),
+    ] = 50_000,
     as_json: JsonFlag = False,
 ) -> None:
     """Top-k recommendations with confidence for some users (or all, in batch)."""
-    from rich.progress import Progress
+    import pandas as pd
 
     _check_recommend_flags(bool(user), all_users, k, confidence_level, horizon)
     chosen, state = _policy_flags(policy, beta, epsilon, temperature, seed)
@@ -377,21 +388,18 @@ def recommend(
         "(out-of-vocabulary row and features; expect wider uncertainty)"
         for u in cold
     ]
-    with Progress(console=err_console, disable=as_json or len(users) < 1000) as progress:
-        task = progress.add_task("recommending", total=len(users))
-        frame = rec.recommend(
-            users,
-            k,
-            exclude_seen=not include_seen,
-            confidence_level=confidence_level,
-            progress=lambda n: progress.advance(task, n),
-            horizon=horizon,
-            policy=chosen,
-            state=state,
-        )
-    frame["cold_start"] = frame["user"].isin(cold)
+    frames = _recommend_chunks(
+        rec, users, chunk_users, not as_json and len(users) >= 1000,
+        k=k, exclude_seen=not include_seen, confidence_level=confidence_level,
+        horizon=horizon, policy=chosen, state=state,
+    )  # fmt: skip
     if out is not None:
-        _write_table(frame, out)
+        frame, written = _write_table(frames, out, cold)
+    else:
+        parts = list(frames)
+        frame = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+        frame.attrs = parts[0].attrs
+        frame["cold_start"] = frame["user"].isin(cold)
     if as_json:
         print_json(_recommend_payload(rec, frame, run, k, len(users), cold, notices, out))
         return
@@ -399,7 +407,7 @@ def recommend(
         err_console.print(Text.assemble(("notice: ", "yellow"), n), highlight=False, soft_wrap=True)
     if out is not None:
         console.print(
-            _text(f"{len(frame):,} recommendations for {len(users):,} users written to {out}"),
+            _text(f"{written:,} recommendations for {len(users):,} users written to {out}"),
             highlight=False,
         )
         return
@@ -522,23 +530,67 @@ def _check_out(out: Path, run: Path, overwrite: bool) -> None:
         raise _flag_error("--out", f"--out {out}: already exists; pass --overwrite to replace it")
 
 
-def _write_table(frame: pd.DataFrame, out: Path) -> None:
-    """Write ``frame`` to ``out`` in the format its extension names, whole or not at all:
-    into a hidden temporary file beside it, then renamed over it (an interrupted write
-    leaves no partial ``out``; the temporary file is removed)."""
+def _recommend_chunks(
+    rec: Recommender, users: list[Any], chunk: int, progress: bool, **kwargs: Any
+) -> Iterator[pd.DataFrame]:
+    """``rec.recommend`` of ``users``, ``chunk`` users at a time (at least one frame, maybe
+    empty), with a progress bar on stderr when asked."""
+    from rich.progress import Progress
+
+    with Progress(console=err_console, disable=not progress) as bar:
+        task = bar.add_task("recommending", total=len(users))
+        for start in range(0, max(len(users), 1), chunk):
+            yield rec.recommend(
+                users[start : start + chunk], progress=lambda n: bar.advance(task, n), **kwargs
+            )
+
+
+def _write_table(
+    frames: Iterable[pd.DataFrame], out: Path, cold: list[Any]
+) -> tuple[pd.DataFrame, int]:
+    """Write the ``frames`` (chunks of one table, a ``cold_start`` column added) to ``out``
+    in the format its extension names, chunk by chunk (Parquet: a row group each), whole or
+    not at all: into a hidden temporary file beside it, renamed over it at the end (an
+    interrupted write leaves no partial ``out``; the temporary file is removed). Returns an
+    empty frame with the first chunk's columns and attrs, and the rows written."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     out.parent.mkdir(parents=True, exist_ok=True)
-    frame = frame.astype({"user": str, "item": str})  # ids are values as written
     tmp = out.with_name(f".{out.name}.{os.getpid()}-{secrets.token_hex(4)}.partial")
+    suffix = out.suffix.lower()
+    writer: pq.ParquetWriter | None = None
+    head: pd.DataFrame | None = None
+    written = 0
     try:
-        suffix = out.suffix.lower()
-        if suffix == ".parquet":
-            frame.to_parquet(tmp, index=False)
-        elif suffix == ".csv":
-            frame.to_csv(tmp, index=False)
-        else:
-            frame.to_json(tmp, orient="records", lines=True, force_ascii=False)
+        for frame in frames:
+            written += len(frame)
+            frame["cold_start"] = frame["user"].isin(cold)
+            part = frame.astype({"user": str, "item": str})  # ids are values as written
+            if suffix == ".parquet":
+                table = pa.Table.from_pandas(
+                    part, schema=None if writer is None else writer.schema, preserve_index=False
+                )
+                writer = writer or pq.ParquetWriter(tmp, table.schema)
+                writer.write_table(table)
+            elif suffix == ".csv":
+                part.to_csv(tmp, index=False, mode="w" if head is None else "a",
+                            header=head is None)  # fmt: skip
+            else:
+                with tmp.open("w" if head is None else "a", encoding="utf-8") as sink:
+                    part.to_json(sink, orient="records", lines=True, force_ascii=False)
+            if head is None:
+                head = frame.iloc[:0].copy()
+                head.attrs = frame.attrs
+        if writer is not None:
+            writer.close()
+            writer = None
         os.replace(tmp, out)
     except OSError as exc:  # e.g. disk full: name the file the user asked for
         raise OSError(exc.errno, exc.strerror or str(exc), str(out)) from exc
     finally:
+        if writer is not None:
+            writer.close()
         tmp.unlink(missing_ok=True)
+    assert head is not None
+    return head, written
