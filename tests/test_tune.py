@@ -90,6 +90,7 @@ def test_ranges_choices_and_the_log_scale_rule(tmp_path: Path) -> None:
          "log-scale range needs low > 0"),
         ('[search]\n"model.dim" = {low = 2}\n', "needs both low and high"),
         ('[search]\n"model.dim" = {choices = [2], low = 1}\n', "either choices or low/high"),
+        ('[search]\n"training.optimizer" = {choices = "adam"}\n', "choices must be a list"),
     ],
 )  # fmt: skip
 def test_a_bad_search_space_is_named_before_any_data(
@@ -162,3 +163,11 @@ def test_an_out_folder_of_other_files_is_refused(tmp_path: Path) -> None:
 def test_wager_train_on_a_search_config_points_to_wager_tune(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"\[search\] is a search space, read by `wager tune"):
         RunConfig.load(_write(tmp_path))
+
+
+def test_a_diverging_trial_is_recorded_as_failed_and_the_search_goes_on(tmp_path: Path) -> None:
+    path = _write(tmp_path, '[search]\n"training.learning_rate" = {choices = [0.05, 1e15]}\n')
+    result = _tune(path, tmp_path / "study", 4)
+    states = {t["training.learning_rate"]: t["state"] for t in result["trials"]}
+    assert states == {0.05: "complete", 1e15: "fail"}
+    assert result["best_params"] == {"training.learning_rate": 0.05}

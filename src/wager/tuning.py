@@ -18,7 +18,8 @@ must make a valid config.
 An Optuna study (TPE sampler seeded by the config's ``seed``; median pruner) runs the trials
 one after another: each fits the trial's config on the training rows with early stopping on
 the validation rows and is scored by its metric on the validation rows (default: the metric
-early stopping watches, e.g. rmse or ndcg@10; the test rows are never read). Each epoch's
+early stopping watches, e.g. rmse or ndcg@10; the test rows are never read; a trial whose
+training diverges is recorded as failed and the search goes on). Each epoch's
 validation metric is reported to the pruner, which stops trials that trail the median of the
 earlier ones at the same epoch. The study lives in ``OUT/study.db`` (SQLite), so an
 interrupted search resumes where it stopped; ``OUT/best.toml`` is the best trial's config
@@ -42,6 +43,7 @@ import pandas as pd
 from wager._optional import require
 from wager.config import ConfigError, RunConfig
 from wager.config_types import dumps_toml
+from wager.errors import TrainingDivergedError
 from wager.pipeline import load_run_data
 from wager.recommender import Recommender
 from wager.recommender.fitting import validation_metric_name
@@ -108,7 +110,8 @@ def _dimension(key: str, spec: object) -> Dimension:
         if "choices" in spec:
             if set(spec) != {"choices"}:
                 raise ConfigError(f"{where}: give either choices or low/high, not both")
-            spec = {"choices": list(spec["choices"])}
+            if not isinstance(spec["choices"], list):
+                raise ConfigError(f"{where}: choices must be a list, got {spec['choices']!r}")
             return _choice(where, key, spec["choices"])
         if not ("low" in spec and "high" in spec):
             raise ConfigError(f"{where}: a range needs both low and high")
@@ -331,7 +334,10 @@ def tune(
 
     done = sum(t.state.is_finished() for t in study.trials)
     if trials > done:
-        study.optimize(objective, n_trials=trials - done, callbacks=[callback], catch=())
+        # a trial whose training diverges (e.g. too high a learning rate) is recorded as
+        # failed and the search goes on; any other error stops it
+        study.optimize(objective, n_trials=trials - done, callbacks=[callback],
+                       catch=(TrainingDivergedError,))  # fmt: skip
     return _outputs(study, search, folder, name, direction)
 
 
