@@ -171,3 +171,22 @@ def test_a_diverging_trial_is_recorded_as_failed_and_the_search_goes_on(tmp_path
     states = {t["training.learning_rate"]: t["state"] for t in result["trials"]}
     assert states == {0.05: "complete", 1e15: "fail"}
     assert result["best_params"] == {"training.learning_rate": 0.05}
+
+
+def test_ctrl_c_keeps_the_study_and_says_how_to_resume(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import wager.tuning
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(wager.tuning, "tune", interrupted)
+    out = tmp_path / "study"
+    result = CliRunner().invoke(
+        wager.cli.app, ["tune", str(_write(tmp_path)), "--trials", "2", "--out", str(out)]
+    )
+    assert result.exit_code == 130 and "Traceback" not in result.output
+    message = " ".join(result.stderr.split())
+    assert f"interrupted: {out / 'study.db'} keeps the finished trials" in message
+    assert "run the same command again to resume" in message

@@ -154,7 +154,13 @@ def _range(where: str, key: str, low: object, high: object, log: object) -> Dime
 def _set(data: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
     """A deep copy of the nested config dict with the dotted ``key`` set to ``value``."""
     out = copy.deepcopy(data)
-    node = out
+    _put(out, key, value)
+    return out
+
+
+def _put(data: dict[str, Any], key: str, value: Any) -> None:
+    """Set the dotted ``key`` of the nested config dict to ``value``, in place."""
+    node = data
     *path, last = key.split(".")
     for part in path:
         child = node.get(part)
@@ -164,7 +170,6 @@ def _set(data: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
             raise ConfigError(f'[search] "{key}": {part} is not a section')
         node = child
     node[last] = value
-    return out
 
 
 @dataclass(frozen=True)
@@ -222,9 +227,9 @@ class SearchConfig:
 
     def config(self, values: Mapping[str, Any]) -> RunConfig:
         """The run config with the searched fields set to ``values`` (dotted key -> value)."""
-        data = self.base
+        data = copy.deepcopy(self.base)
         for key, value in values.items():
-            data = _set(data, key, value)
+            _put(data, key, value)
         return RunConfig.from_dict(data)
 
 
@@ -293,7 +298,7 @@ def tune(
     direction = _direction(name)
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # trials are reported by on_trial
     study = optuna.create_study(
         study_name="wager",
         storage=f"sqlite:///{(folder / 'study.db').resolve()}",

@@ -70,8 +70,16 @@ def tune_command(
         err_console.print(f"trial {row['trial']}: {shown}  ({params})", highlight=False,
                           markup=False)  # fmt: skip
 
-    result = tune(search, out, trials, data_dir=data_dir, split=split, metric=metric,
-                  on_trial=show)  # fmt: skip
+    try:
+        result = tune(search, out, trials, data_dir=data_dir, split=split, metric=metric,
+                      on_trial=show)  # fmt: skip
+    except KeyboardInterrupt:
+        err_console.print(
+            f"interrupted: {out / 'study.db'} keeps the finished trials (the interrupted one "
+            "counts as failed); run the same command again to resume",
+            highlight=False, markup=False, soft_wrap=True,
+        )  # fmt: skip
+        raise typer.Exit(code=130) from None
     table = result.trials
     payload = {
         "ok": True,

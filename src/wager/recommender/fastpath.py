@@ -110,12 +110,13 @@ class Scored:
     def to_dict(self) -> dict[str, np.ndarray]:
         """``{"items": (n,) int64, "mean": (n,) float64, "std": (n,) float64}`` (std NaN
         for a point model)."""
-        rows = slice(self.start, self.start + len(self.items))
-        joined = self.joined
+        n = len(self.items)
+        rows = slice(self.start, self.start + n)  # this user's rows only, not the batch's
+        std = self.joined.std
         return {
             "items": self.items.astype(np.int64),
-            "mean": _nan_or(joined.mean, 0)[rows],
-            "std": _nan_or(joined.std, len(joined.mean))[rows],
+            "mean": _nan_or(self.joined.mean[rows], n),
+            "std": _nan_or(None if std is None else std[rows], n),
         }
 
 
