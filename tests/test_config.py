@@ -368,8 +368,8 @@ BAD_TOML = [
     ),
     (
         "[ensemble]\nmember = 3\n",
-        "[ensemble] member is not a known key. Did you mean 'members'? Allowed: members, "
-        "bootstrap, holdout",
+        "[ensemble] member is not a known key. Did you mean 'members' or 'member_threads'? "
+        "Allowed: members, bootstrap, holdout, fit, member_threads",
     ),
     (
         "[uncertainty]\ncalibrate = 'platt'\n",
@@ -801,7 +801,7 @@ SECTIONS = [
         mixed_precision=True,
         validation_metric="recall@5",
     ),
-    EnsembleConfig(members=3, bootstrap=False, holdout=0.2),
+    EnsembleConfig(members=3, bootstrap=False, holdout=0.2, fit="separate", member_threads=2),
     EvaluationConfig(k=3, top_k_accuracy=(2,), relevance_threshold=1.0, max_users=9),
     UncertaintyConfig(
         mc_dropout_samples=4,

@@ -488,11 +488,21 @@ class EnsembleConfig:
             stopping (a different random subset per member, so every row trains most
             members and the ensemble as a whole sees all the data); 0 = members stop on
             the shared validation split. Rating and click models only.
+        fit: "stacked": the members train together, one vmapped model in one loop over
+            shared batches (the fastest on one machine); "separate": each member trains in
+            its own loop (its own shuffles, bootstrap draw and early stopping, everything
+            seeded by ``[run] seed`` + its index), so members can train in parallel on Ray
+            (``wager train --ray``) with the same result as one after another.
+        member_threads: "separate": torch threads each member trains with (and the CPUs Ray
+            reserves for it); fixed so a member's arithmetic, and so its weights, are the
+            same wherever it runs.
     """
 
     members: int = 5
     bootstrap: bool = True
     holdout: float = 0.0
+    fit: Literal["stacked", "separate"] = "stacked"
+    member_threads: int = 1
 
     def __post_init__(self) -> None:
         _conform_fields(self, "ensemble")
@@ -503,6 +513,13 @@ class EnsembleConfig:
             "holdout",
             self.holdout,
             "a fraction in [0, 1), e.g. 0.1",
+        )
+        _check(
+            self.member_threads >= 1,
+            "ensemble",
+            "member_threads",
+            self.member_threads,
+            "an integer >= 1",
         )
 
 

@@ -41,6 +41,7 @@ from wager.recommender import ModelSpec, Recommender
 from wager.runs import CheckpointDirectory, RunDirectory
 from wager.training.checkpoint import EpochHook
 from wager.training.distributed import torchrun_rank
+from wager.training.fanout import Runner
 
 
 @dataclass
@@ -231,6 +232,7 @@ def train_run(
     overwrite: bool = False,
     resume: bool = False,
     on_epoch: EpochHook | None = None,
+    runner: Runner | None = None,
 ) -> tuple[Recommender, dict[str, Any]]:
     """Check the run, train on the config's data, evaluate on its test split and save the
     run folder (whole, with the evaluation's plots, or not at all).
@@ -249,6 +251,8 @@ def train_run(
         resume: continue the stopped run to ``out`` from its checkpoint (same config and
             data, or a RunError naming what differs).
         on_epoch: called with each epoch's report (e.g. to print a log line).
+        runner: where the members of an ``[ensemble] fit = "separate"`` run train (e.g. a
+            :class:`~wager.training.fanout.RayRunner`); None: here, one after another.
 
     Under torchrun (``wager train --nproc N``, see :mod:`wager.training.distributed`) every
     process trains (reading the checkpoint to resume from) and rank 0 alone checks ``out``,
@@ -284,6 +288,7 @@ def train_run(
         show_progress=show_progress,
         on_epoch=on_epoch,
         checkpoint=checkpoint,
+        runner=runner,
     )
     metrics: dict[str, Any] = {}
     if not main:
@@ -305,6 +310,7 @@ def train_run(
                 "epoch_seconds": rec.metrics_.get("epoch_seconds"),
                 "processes": rec.metrics_.get("processes", 1),
                 "reduce_seconds": rec.metrics_.get("reduce_seconds", 0.0),
+                "trained_on": "sequential" if runner is None else runner.name,
             }
         )
         rec.metrics_.update(metrics)

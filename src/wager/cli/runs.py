@@ -34,9 +34,11 @@ from wager.cli.render import (
 if TYPE_CHECKING:
     import pandas as pd
 
+    from wager.config import RunConfig
     from wager.policies import Policy, PolicyState
     from wager.recommender import Recommender
     from wager.training.checkpoint import EpochReport
+    from wager.training.fanout import Runner
 
 #: the recommendation file formats ``wager recommend --out`` writes, by file extension
 OUT_FORMATS = (".parquet", ".csv", ".jsonl")
@@ -131,6 +133,19 @@ NprocOpt = Annotated[
 ]
 
 
+RayOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--ray",
+        metavar="auto|ADDRESS",
+        help="Train the ensemble members in parallel as Ray tasks (needs [ensemble] fit = "
+        '"separate"; the same members as without --ray): "auto" joins the Ray cluster this '
+        "machine belongs to or starts a local one; ADDRESS is a cluster's, e.g. "
+        'ray://head:10001. Needs the [dist] extra: pip install "wager[dist]".',
+    ),
+]
+
+
 @app.command("train")
 def train(
     config: Annotated[Path, typer.Argument(help="Run config TOML (see examples/).")],
@@ -151,6 +166,7 @@ def train(
         ),
     ] = False,
     nproc: NprocOpt = 1,
+    ray: RayOpt = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Train the model a config describes, evaluate it on the test split, save the run.
@@ -159,6 +175,7 @@ def train(
     from it. On a terminal a progress bar is drawn (stderr); otherwise one line per epoch
     is written to stderr. stdout holds only the results (the table, or JSON with --json).
     With --nproc N, N processes train it data-parallel (torchrun); rank 0 reports and saves.
+    With --ray, the members of an [ensemble] fit = "separate" run train as Ray tasks.
     """
     from wager.runs import CheckpointDirectory, RunDirectory
     from wager.training.distributed import launched_by_torchrun, torchrun_rank
@@ -166,6 +183,7 @@ def train(
     out = out or Path("runs") / config.stem
     # check first, then work: the config and the output folder before torch or any data
     cfg = _load_config(config)
+    runner = _ray_runner(ray, cfg, nproc)
     if nproc > 1 and cfg.model.type == "als":
         raise _flag_error(
             "--nproc",
@@ -195,6 +213,7 @@ def train(
             overwrite=overwrite,
             resume=resume,
             on_epoch=None if terminal else _print_epoch,
+            runner=runner,
         )
     except KeyboardInterrupt:
         if not main:
@@ -227,6 +246,35 @@ def train(
     console.print(Text.assemble("run saved to ", (str(out), "bold")), highlight=False)
 
 
+def _ray_runner(address: str | None, cfg: RunConfig, nproc: int) -> Runner | None:
+    """The Ray runner ``--ray`` asks for (None without it), after checking that the run can
+    use it: an ensemble of separately trained members, one process, Ray installed."""
+    if address is None:
+        return None
+    ens = cfg.ensemble
+    if ens is None or ens.fit != "separate":
+        raise _flag_error(
+            "--ray",
+            "--ray trains the members of an ensemble in parallel, each in a loop of its own: "
+            'set [ensemble] fit = "separate" in the config (members >= 2; the members then '
+            "differ from a stacked run's, and are the same with or without --ray), or drop "
+            "--ray",
+        )
+    if nproc > 1:
+        raise _flag_error(
+            "--ray",
+            f"--ray with --nproc {nproc}: the members train as Ray tasks of one process each; "
+            "use one of the two",
+        )
+    from wager.errors import MissingExtraError
+    from wager.training.fanout import RayRunner
+
+    try:
+        return RayRunner(address)
+    except (MissingExtraError, ValueError) as exc:
+        raise _flag_error("--ray", str(exc)) from None
+
+
 def _torchrun(
     nproc: int,
     config: Path,
@@ -257,6 +305,8 @@ def epoch_line(report: EpochReport) -> str:
     """One log line of a finished epoch, the validation metric with its natural sign, e.g.
     ``epoch 3/30  loss 5.1234  valid ndcg@10 0.2311 (best 0.2311 at epoch 3)  12.3 s``."""
     parts = [f"epoch {report.epoch}/{report.epochs}", f"loss {report.loss:.4f}"]
+    if report.member:
+        parts.insert(0, f"member {report.member}/{report.members}")
     metric, best = report.shown(report.metric), report.shown(report.best_metric)
     if metric is not None:
         valid = f"valid {report.metric_name} {metric:.4f}".replace("  ", " ")

@@ -44,12 +44,13 @@ from wager.evaluation import oov, report
 from wager.models.heads import Head
 from wager.policies import Policy, PolicyState
 from wager.prediction import MixturePrediction, Prediction
-from wager.recommender import changes, fitting, persist
+from wager.recommender import changes, fitting, members, persist
 from wager.recommender.catalogue import Catalogue
 from wager.recommender.listing import recommend_frame
 from wager.recommender.scoring import Batch, Context, Scorer, to_tensors
 from wager.recommender.spec import ModelSpec
 from wager.training.checkpoint import Checkpoint, EpochHook
+from wager.training.fanout import Runner
 from wager.training.trainer import History, resolve_device
 from wager.uncertainty.chain import PostHocChain
 from wager.uncertainty.recalibration import OnlineRecalibration
@@ -120,6 +121,7 @@ class Recommender:
         show_progress: bool = False,
         on_epoch: EpochHook | None = None,
         checkpoint: Checkpoint | None = None,
+        runner: Runner | None = None,
     ) -> Recommender:
         """Check the config, fit encoders (training split only), train the model and the
         post-hoc chain; returns self.
@@ -136,9 +138,18 @@ class Recommender:
             on_epoch: called with each epoch's :class:`~wager.training.checkpoint.EpochReport`.
             checkpoint: the training loop's state is saved there after each epoch, and a
                 state found there is continued (same config and data: same result).
+            runner: where the members of an ``[ensemble] fit = "separate"`` run train, e.g.
+                :class:`~wager.training.fanout.RayRunner` (default: here, one after
+                another; the same members either way).
         """
         spec, s = self.spec, self.schema
         spec.validate()
+        separate = self.config.ensemble is not None and self.config.ensemble.fit == "separate"
+        if runner is not None and not separate:
+            raise ValueError(
+                f"a {runner.name} runner trains ensemble members in loops of their own: set "
+                '[ensemble] fit = "separate" (with members >= 2)'
+            )
         spec.check_columns(train, "train")
         if valid is not None:
             spec.check_columns(valid, "valid")
@@ -179,9 +190,15 @@ class Recommender:
         fields = fitting.fields_of(enc)
         stack = fitting.build_stack(spec, fields, label_mean, device, catalogue.n_items)
         self._scorer = Scorer(spec, enc, stack, catalogue)
-        self.history_ = hist = fitting.train_members(
-            self._scorer, train_t, fit_rows, train, valid, show_progress, on_epoch, checkpoint
-        )
+        train_args = (self._scorer, train_t, fit_rows, train, valid)
+        if separate:
+            self.history_ = hist = members.train_separately(
+                *train_args, runner, show_progress, on_epoch, checkpoint
+            )
+        else:
+            self.history_ = hist = fitting.train_members(
+                *train_args, show_progress, on_epoch, checkpoint
+            )
         catalogue.retire(retired, missing_ok=True)
         if valid is not None and len(valid):
             self.calibrate(valid, train)

@@ -399,11 +399,12 @@ def train_members(
     on_epoch: EpochHook | None = None,
     checkpoint: Checkpoint | None = None,
 ) -> History:
-    """Train the scorer's stacked members in place; returns the training history.
+    """Train the scorer's stacked members together, in place; returns the training history.
 
     Gradient-trained models go through the trainer; ``[model] type = "als"`` through
     :func:`train_als` (``on_epoch`` / ``checkpoint``: that loop's hooks, see
-    :mod:`wager.training.checkpoint`).
+    :mod:`wager.training.checkpoint`). ``[ensemble] fit = "separate"`` trains each member
+    in its own loop instead (:mod:`wager.recommender.members`).
 
     Args:
         scorer: the scorer over the freshly built (untrained) members.
@@ -414,6 +415,31 @@ def train_members(
         show_progress: draw a progress bar.
         on_epoch: called after each epoch with its report.
         checkpoint: where the loop keeps its state between epochs (and resumes from).
+    """
+    history, gen = train_stack(
+        scorer, train_t, fit_rows, train, valid, show_progress, on_epoch, checkpoint
+    )
+    finish_cold_start(scorer, gen)
+    return history
+
+
+def train_stack(
+    scorer: Scorer,
+    train_t: Batch,
+    fit_rows: pd.DataFrame,
+    train: pd.DataFrame,
+    valid: pd.DataFrame | None,
+    show_progress: bool = False,
+    on_epoch: EpochHook | None = None,
+    checkpoint: Checkpoint | None = None,
+    description: str | None = None,
+) -> tuple[History, torch.Generator]:
+    """The training loop of :func:`train_members` (all of the scorer's members in one loop,
+    seeded by ``[run] seed``), without its cold-start step; returns the history and the
+    loop's generator (its state after training: the cold-start draws continue it).
+
+    ``train_t`` loses its "weight" key; ``description`` labels the progress bar (default
+    the model's method).
     """
     spec, stack = scorer.spec, scorer.stack
     config = spec.config
@@ -460,26 +486,35 @@ def train_members(
             validate=validate,
             generator=gen,
             show_progress=show_progress,
-            description=spec.method,
+            description=description or spec.method,
             on_epoch=on_epoch,
             checkpoint=checkpoint,
             metric_name=validation_metric_name(spec),
             higher_is_better=spec.ranking,
         )
         stack.train(False)
-    if config.uncertainty.cold_start == "population":
-        s = spec.schema
-        learned = (
-            frozenset({f"user.{s.user}", f"item.{s.item}"})
-            if config.model.oov_rate > 0
-            else frozenset()
-        )
-        fields = fields_of(scorer.encoder)
-        centre_oov(stack.params, fields, learned)
-        scorer.population_picks = draw_known_rows(
-            fields, spec.members, config.uncertainty.population_draws, gen
-        )
-    return history
+    return history, gen
+
+
+def finish_cold_start(scorer: Scorer, gen: torch.Generator) -> None:
+    """After training, ``[uncertainty] cold_start = "population"``: centre the OOV rows of
+    the learned id tables and draw the known rows that stand in for unknown values (with
+    ``gen``); nothing otherwise."""
+    spec = scorer.spec
+    config = spec.config
+    if config.uncertainty.cold_start != "population":
+        return
+    s = spec.schema
+    learned = (
+        frozenset({f"user.{s.user}", f"item.{s.item}"})
+        if config.model.oov_rate > 0
+        else frozenset()
+    )
+    fields = fields_of(scorer.encoder)
+    centre_oov(scorer.stack.params, fields, learned)
+    scorer.population_picks = draw_known_rows(
+        fields, spec.members, config.uncertainty.population_draws, gen
+    )
 
 
 def train_als(
@@ -578,6 +613,8 @@ def fit_metrics(spec: ModelSpec, history: History, n_items: int) -> dict[str, An
         "processes": history.processes,
         "reduce_seconds": history.reduce_seconds,
     }
+    if history.member_seconds:  # [ensemble] fit = "separate": each member's loop time
+        out["member_seconds"] = history.member_seconds
     if spec.config.model.type == "two_tower":
         out["softmax"] = softmax_kind(spec.config.model, n_items)
     return out

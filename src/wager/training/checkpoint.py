@@ -35,6 +35,9 @@ class EpochReport:
         best_metric: that epoch's mean metric (lower is better), or None.
         higher_is_better: the metric shown to users is ``-metric`` (e.g. NDCG: the loop
             minimises minus NDCG); False for metrics shown as they are (RMSE, log-loss).
+        member: the 1-based ensemble member whose own loop this is (``[ensemble] fit =
+            "separate"``), or 0 when the loop trains every member.
+        members: the ensemble's members when ``member`` is set, else 0.
     """
 
     epoch: int
@@ -46,6 +49,8 @@ class EpochReport:
     best_epoch: int
     best_metric: float | None = None
     higher_is_better: bool = False
+    member: int = 0
+    members: int = 0
 
     def shown(self, value: float | None) -> float | None:
         """``value`` (a ``metric`` or ``best_metric``) with its natural sign for display."""

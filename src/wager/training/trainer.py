@@ -291,6 +291,18 @@ class StackedModel:
                 store[k] = state[key].clone().to(self.device)
         return self
 
+    def select(self, m: int) -> StackedModel:
+        """A one-member stack holding a copy of member ``m``'s current parameters and
+        buffers (the same model): e.g. to train that member on its own."""
+        if not 0 <= m < self.members:
+            raise IndexError(f"member {m} out of range for {self.members} members")
+        out = StackedModel.__new__(StackedModel)
+        out.members, out.device = 1, self.device
+        out.params = {k: v[m : m + 1].detach().clone() for k, v in self.params.items()}
+        out.buffers = {k: v[m : m + 1].detach().clone() for k, v in self.buffers.items()}
+        out.base = copy.deepcopy(self.base)
+        return out
+
     def member(self, m: int) -> nn.Module:
         """A standalone copy of member ``m`` (an ordinary module with real weights)."""
         if not 0 <= m < self.members:
@@ -319,6 +331,8 @@ class History:
             :mod:`wager.training.distributed`; 1 alone).
         reduce_seconds: wall time spent summing gradients across the processes (the
             communication of data-parallel training; 0 alone).
+        member_seconds: members trained in loops of their own (:meth:`merge`): each one's
+            loop time; empty when the members trained together.
     """
 
     train_loss: list[float] = field(default_factory=list)
@@ -328,6 +342,7 @@ class History:
     epoch_seconds: list[float] = field(default_factory=list)
     processes: int = 1
     reduce_seconds: float = 0.0
+    member_seconds: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary."""
@@ -339,7 +354,32 @@ class History:
             "epoch_seconds": self.epoch_seconds,
             "processes": self.processes,
             "reduce_seconds": self.reduce_seconds,
+            "member_seconds": self.member_seconds,
         }
+
+    @classmethod
+    def merge(cls, members: list[History], seconds: float) -> History:
+        """The history of an ensemble whose members trained in loops of their own, from
+        each member's (one-member) history, in member order.
+
+        Epoch e's ``train_loss`` is the mean over the members that ran it, its
+        ``epoch_seconds`` their sum (the ensemble's cost of that epoch), its
+        ``valid_metric`` row holds every member's value (NaN for a member that had already
+        stopped); ``seconds`` is the wall time of the whole ensemble (``seconds``).
+        """
+        epochs = max((len(h.train_loss) for h in members), default=0)
+        out = cls(seconds=seconds, member_seconds=[h.seconds for h in members])
+        for e in range(epochs):
+            ran = [h for h in members if e < len(h.train_loss)]
+            out.train_loss.append(float(sum(h.train_loss[e] for h in ran) / len(ran)))
+            out.epoch_seconds.append(float(sum(h.epoch_seconds[e] for h in ran)))
+        if any(h.valid_metric for h in members):
+            out.valid_metric = [
+                [h.valid_metric[e][0] if e < len(h.valid_metric) else math.nan for h in members]
+                for e in range(epochs)
+            ]
+        out.best_epoch = [h.best_epoch[0] for h in members]
+        return out
 
 
 def _batches(n_rows: int, batch_size: int, generator: torch.Generator | None) -> Iterator[Tensor]:
