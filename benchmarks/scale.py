@@ -32,7 +32,16 @@ figures are then measured on 200 other test queries: build seconds, recall@10 ag
 force, and seconds per query asked one at a time (the median of the test queries, as a
 service asks) and per query in one batch of 200.
 
-Usage: ``python benchmarks/scale.py --part ddp|ann [--out FILE]``.
+``--part ray``: an ensemble of ``--members`` members (the ``ddp`` table and model, 5
+members unless given) trained by ``wager train`` three ways: ``stacked`` (the default
+``[ensemble] fit``: one vmapped loop, two torch threads), ``separate`` (each member its own
+loop, one thread, one after another) and ``separate_ray`` (the same members as Ray tasks on
+a local cluster of this machine's CPUs, ``--ray auto``, which starts it). Reported per run:
+training seconds (the fit's loop, ``train_seconds``), the command's wall seconds (Ray's
+start and stop included), each member's loop seconds, and the test RMSE; the separate runs
+must agree exactly. Ratios: sequential separate / Ray, and stacked / Ray.
+
+Usage: ``python benchmarks/scale.py --part ddp|ann|ray [--out FILE]``.
 """
 
 from __future__ import annotations
@@ -44,6 +53,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +81,7 @@ def ratings(users: int, items: int, rows: int, dim: int, seed: int) -> pd.DataFr
     )  # fmt: skip
 
 
-def config(data: Path, args: argparse.Namespace) -> str:
+def config(data: Path, args: argparse.Namespace, extra: str = "") -> str:
     return f"""seed = 0
 
 [schema]
@@ -101,25 +111,30 @@ patience = {args.epochs}
 [ensemble]
 members = {args.members}
 bootstrap = false
-"""
+{extra}"""
 
 
-def train(toml: Path, out: Path, nproc: int, threads: int) -> dict[str, Any]:
-    """``wager train`` in a subprocess; metrics.json plus the gradient size."""
+def train(
+    toml: Path, out: Path, nproc: int, threads: int, extra: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """``wager train`` in a subprocess; metrics.json plus the gradient size and the
+    command's wall seconds."""
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": str(threads)}
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         env.pop(key, None)
     command = [sys.executable, "-m", "wager.cli", "train", str(toml), "--out", str(out),
-               "--json", "--nproc", str(nproc)]  # fmt: skip
+               "--json", "--nproc", str(nproc), *extra]  # fmt: skip
+    start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - start
     if done.returncode != 0:
-        raise SystemExit(f"wager train --nproc {nproc} failed:\n{done.stderr[-3000:]}")
+        raise SystemExit(f"wager train {' '.join(command[5:])} failed:\n{done.stderr[-3000:]}")
     metrics = json.loads((out / "metrics.json").read_text())
     from wager.recommender import Recommender
 
     rec = Recommender.load(out)
     n_params = sum(t.numel() for t in rec.scorer_.stack.state_dict().values())
-    return {**metrics, "parameters": int(n_params)}
+    return {**metrics, "parameters": int(n_params), "wall_seconds": wall}
 
 
 def summary(m: dict[str, Any], batch_size: int) -> dict[str, Any]:
@@ -289,15 +304,52 @@ def ann(args: argparse.Namespace) -> dict[str, Any]:
             "target_recall": args.ann_target, "sizes": sizes}  # fmt: skip
 
 
+def ray_part(args: argparse.Namespace) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="wager-scale-") as tmp:
+        work = Path(tmp)
+        table = ratings(args.users, args.items, args.rows, args.dim, args.seed)
+        table.to_csv(work / "ratings.csv", index=False)
+        log(f"{len(table)} ratings; an ensemble of {args.members} x {args.epochs} epochs")
+        runs = {}
+        for name, fit, threads, extra in (
+            ("stacked", "stacked", 2, ()),
+            ("separate", "separate", 1, ()),
+            ("separate_ray", "separate", 1, ("--ray", "auto")),
+        ):
+            toml = work / f"{name}.toml"
+            toml.write_text(config(work / "ratings.csv", args, f'fit = "{fit}"\n'))
+            m = train(toml, work / name, 1, threads, extra)
+            runs[name] = {
+                "train_seconds": m["train_seconds"],
+                "wall_seconds": m["wall_seconds"],
+                "member_seconds": m.get("member_seconds"),
+                "epochs": m["epochs"],
+                "rmse": m["rmse"],
+                "trained_on": m["trained_on"],
+            }
+            log(f"{name}: {json.dumps(runs[name])}")
+    ray = runs["separate_ray"]
+    return {
+        "rows": args.rows,
+        "members": args.members,
+        "cpus": os.cpu_count(),
+        "runs": runs,
+        "separate_identical_on_ray": runs["separate"]["rmse"] == ray["rmse"],
+        "speedup_ray_vs_separate_train": runs["separate"]["train_seconds"] / ray["train_seconds"],
+        "speedup_ray_vs_separate_wall": runs["separate"]["wall_seconds"] / ray["wall_seconds"],
+        "speedup_ray_vs_stacked_train": runs["stacked"]["train_seconds"] / ray["train_seconds"],
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    ap.add_argument("--part", choices=["ddp", "ann"], default="ddp")
+    ap.add_argument("--part", choices=["ddp", "ann", "ray"], default="ddp")
     ap.add_argument("--users", type=int, default=5000)
     ap.add_argument("--items", type=int, default=2000)
     ap.add_argument("--rows", type=int, default=200_000)
     ap.add_argument("--dim", type=int, default=32)
-    ap.add_argument("--members", type=int, default=2)
+    ap.add_argument("--members", type=int, help="ensemble members (default 2; ray: 5)")
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=4096)
     ap.add_argument("--seed", type=int, default=0)
@@ -311,12 +363,14 @@ def main() -> None:
     ap.add_argument("--ann-threads", type=int, default=2)
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
+    if args.members is None:
+        args.members = 5 if args.part == "ray" else 2
     for name in ("users", "items", "rows", "dim", "members", "epochs", "batch_size"):
         if getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.rows > args.users * args.items // 2:
         ap.error("--rows must be at most half of --users x --items (unique pairs)")
-    found = ddp(args) if args.part == "ddp" else ann(args)
+    found = {"ddp": ddp, "ann": ann, "ray": ray_part}[args.part](args)
     result = {"part": args.part, **found, "seconds": seconds_since_start()}
     emit(result, args.out)
 

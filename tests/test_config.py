@@ -785,6 +785,10 @@ SECTIONS = [
         synthetic_rows=2000,
         duplicates="last",
         synthetic_users=500,
+        stream=True,
+        memory_budget_mb=64,
+        shuffle_buffer=10,
+        stream_sample_rows=7,
     ),
     TrainConfig(
         epochs=2,

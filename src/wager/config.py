@@ -315,6 +315,18 @@ class DataConfig:
             (average them into the latest row) or "keep" (every row counts).
         synthetic_users: users in the synthetic world (``format = "synthetic"``); with
             ``synthetic_rows`` it sets how many impressions each user has.
+        stream: read the interaction table as a stream of Parquet row groups instead of
+            loading it (data larger than memory; see :mod:`wager.data.streaming`): a
+            Parquet file or folder of part files, a "random" split hashed from each row's
+            number, the validation and test rows kept in memory, rating and click models.
+        memory_budget_mb: with ``stream``, the most memory (MiB) the streamed data may
+            take: the shuffle buffer, one row group, the held-out rows, the vocabularies
+            and the sample. Checked against the files' metadata before training (an error
+            names what does not fit) and measured by ``benchmarks/scale.py --part stream``.
+        shuffle_buffer: with ``stream``, rows mixed in the shuffle buffer (more: batches
+            closer to a uniform shuffle, more memory).
+        stream_sample_rows: with ``stream``, training rows of the uniform sample the
+            context encoders (their vocabularies and statistics) are fitted on.
     """
 
     path: str | None = None
@@ -328,6 +340,10 @@ class DataConfig:
     synthetic_rows: int = 100_000
     duplicates: str = "refuse"
     synthetic_users: int = 2000
+    stream: bool = False
+    memory_budget_mb: int = 1024
+    shuffle_buffer: int = 100_000
+    stream_sample_rows: int = 100_000
 
     def __post_init__(self) -> None:
         _conform_fields(self, "data")
@@ -358,6 +374,21 @@ class DataConfig:
             "duplicates",
             self.duplicates,
             "one of " + ", ".join(DUPLICATE_POLICIES),
+        )
+        _check(
+            self.memory_budget_mb >= 16,
+            "data",
+            "memory_budget_mb",
+            self.memory_budget_mb,
+            "an integer >= 16 (MiB)",
+        )
+        _check(self.shuffle_buffer >= 0, "data", "shuffle_buffer", self.shuffle_buffer, ">= 0")
+        _check(
+            self.stream_sample_rows >= 1,
+            "data",
+            "stream_sample_rows",
+            self.stream_sample_rows,
+            ">= 1",
         )
 
 

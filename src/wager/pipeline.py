@@ -34,10 +34,12 @@ from wager.data.loaders import load_dataset
 from wager.data.logged import LoggedFeedback
 from wager.data.schema import Categorical, Feature, Numeric, Schema
 from wager.data.splits import Split, leave_last_out, random_split, split_dataset, temporal_split
+from wager.data.streaming import StreamedRows
 from wager.data.synthetic import SyntheticWorld, WorldConfig
 from wager.policies.base import Policy, PolicyState
 from wager.prediction import Prediction
 from wager.recommender import ModelSpec, Recommender
+from wager.recommender.streamed import open_stream
 from wager.runs import CheckpointDirectory, RunDirectory
 from wager.training.checkpoint import EpochHook
 from wager.training.distributed import torchrun_rank
@@ -67,6 +69,12 @@ class RunData:
     schema: Schema
     source: str
     split: str
+    stream: StreamedRows | None = None
+
+    @property
+    def n_train(self) -> int:
+        """Training rows (a streamed run's: counted by its first pass)."""
+        return self.stream.scan.train_rows if self.stream is not None else len(self.train)
 
 
 def _load(config: RunConfig, data_dir: str | Path | None) -> Dataset:
@@ -110,19 +118,26 @@ def _carve(split_name: str, df: pd.DataFrame, schema: Schema, fraction: float, s
 
 
 def load_run_data(
-    config: RunConfig, data_dir: str | Path | None = None, split: str | None = None
+    config: RunConfig,
+    data_dir: str | Path | None = None,
+    split: str | None = None,
+    show_progress: bool = False,
 ) -> RunData:
-    """Load and split the data that ``config.data`` names.
+    """Load and split the data that ``config.data`` names (``[data] stream``: open the
+    Parquet source and make the first pass over it, see :func:`_stream_run_data`).
 
     Args:
         config: the run configuration.
         data_dir: overrides ``config.data.path``.
         split: overrides ``config.data.split``.
+        show_progress: draw a progress bar over a streamed source's first pass.
 
     Raises:
         DataError: the data or the split has errors (every finding named).
     """
     data = config.data
+    if data.stream:
+        return _stream_run_data(config, data_dir, split, show_progress)
     split_name = split or data.split
     ds = _load(config, data_dir)
     schema = config.schema or ds.schema
@@ -162,6 +177,40 @@ def load_run_data(
     )
 
 
+def _stream_run_data(
+    config: RunConfig, data_dir: str | Path | None, split: str | None, show_progress: bool
+) -> RunData:
+    """``[data] stream = true``: the Parquet source and its first pass
+    (:func:`~wager.recommender.streamed.open_stream`); ``train`` is empty (the rows stay on
+    disk), ``stream`` holds them."""
+    data, schema = config.data, config.schema
+    if schema is None:
+        raise ValueError(
+            "[data] stream = true needs the [schema] section (column names and label kind): "
+            "a stream is not loaded, so no loader can suggest one"
+        )
+    if split not in (None, "random"):
+        raise ValueError(f"--split {split}: a streamed run splits at random (hashed) only")
+    path = data_dir if data_dir is not None else data.path
+    if path is None:
+        raise ValueError(
+            "[data] path is not set: give the Parquet file or folder in the config or with "
+            "--data-dir"
+        )
+    rows = open_stream(config, schema, path, show_progress)
+    return RunData(
+        train=rows.scan.sample.iloc[:0],
+        valid=rows.scan.valid,
+        test=rows.scan.test,
+        user_features=None,
+        item_features=None,
+        schema=schema,
+        source=str(rows.source.path),
+        split="random",
+        stream=rows,
+    )
+
+
 def check_run(
     config: RunConfig, out: str | Path | None, overwrite: bool = False, resume: bool = False
 ) -> None:
@@ -198,6 +247,8 @@ def run_identity(config: RunConfig, rd: RunData) -> dict[str, Any]:
     cfg.get("data", {}).pop("path", None)
     canonical = json.dumps(cfg, sort_keys=True, separators=(",", ":"), default=str)
     h = hashlib.sha256()
+    if rd.stream is not None:  # the rows stay on disk: their files' names, sizes and times
+        h.update(json.dumps(rd.stream.source.fingerprint()).encode())
     frames = (rd.train, rd.valid, rd.user_features, rd.item_features)
     for name, frame in zip(("train", "valid", "users", "items"), frames, strict=True):
         h.update(name.encode())
@@ -215,7 +266,7 @@ def run_identity(config: RunConfig, rd: RunData) -> dict[str, Any]:
         "config": json.loads(canonical),
         "config_sha256": hashlib.sha256(canonical.encode()).hexdigest(),
         "training data": {
-            "train_rows": len(rd.train),
+            "train_rows": rd.n_train,
             "valid_rows": 0 if rd.valid is None else len(rd.valid),
             "sha256": h.hexdigest(),
         },
@@ -251,12 +302,10 @@ def train_run(
         resume: continue the stopped run to ``out`` from its checkpoint (same config and
             data, or a RunError naming what differs).
         on_epoch: called with each epoch's report (e.g. to print a log line).
-        runner: where the members of an ``[ensemble] fit = "separate"`` run train (e.g. a
-            :class:`~wager.training.fanout.RayRunner`); None: here, one after another.
+        runner: where separately fitted members train (a Ray runner), or None (here).
 
-    Under torchrun (``wager train --nproc N``, see :mod:`wager.training.distributed`) every
-    process trains (reading the checkpoint to resume from) and rank 0 alone checks ``out``,
-    evaluates and saves; the other ranks return empty metrics once trained.
+    Under torchrun (``wager train --nproc N``) every process trains (reading the checkpoint
+    to resume from); rank 0 alone checks ``out``, evaluates and saves.
 
     Returns:
         The fitted recommender and its metrics (also in ``out/metrics.json``).
@@ -264,7 +313,7 @@ def train_run(
     main = torchrun_rank() == 0
     if main:
         check_run(config, out, overwrite, resume)
-    rd = load_run_data(config, data_dir, split)
+    rd = load_run_data(config, data_dir, split, show_progress)
     cfg = replace(config, schema=rd.schema)
     if data_dir is not None or split is not None:
         cfg = replace(
@@ -280,16 +329,18 @@ def train_run(
     checkpoint = None if out is None else CheckpointDirectory(out, run_identity(cfg, rd))
     if checkpoint is not None and resume:
         checkpoint.check_identity()
-    rec.fit(
-        rd.train,
-        rd.valid,
-        user_features=rd.user_features,
-        item_features=rd.item_features,
-        show_progress=show_progress,
-        on_epoch=on_epoch,
-        checkpoint=checkpoint,
-        runner=runner,
-    )
+    hooks = {"show_progress": show_progress, "on_epoch": on_epoch, "checkpoint": checkpoint}
+    if rd.stream is not None:  # the spec refused --ray's separate members already
+        rec.fit_stream(rd.stream, **hooks)  # type: ignore[arg-type]
+    else:
+        rec.fit(
+            rd.train,
+            rd.valid,
+            user_features=rd.user_features,
+            item_features=rd.item_features,
+            runner=runner,
+            **hooks,  # type: ignore[arg-type]
+        )
     metrics: dict[str, Any] = {}
     if not main:
         return rec, metrics
@@ -302,7 +353,7 @@ def train_run(
             {
                 "split": rd.split,
                 "source": rd.source,
-                "n_train": len(rd.train),
+                "n_train": rd.n_train,
                 "n_valid": 0 if rd.valid is None else len(rd.valid),
                 "n_test": len(rd.test),
                 "model": cfg.model.type,

@@ -103,7 +103,11 @@ class CategoricalEncoder:
             values: (n,) training values; missing values are ignored.
         """
         keys = categorical_keys(values).dropna()
-        counts = keys.value_counts(sort=False)
+        return self.fit_counts(keys.value_counts(sort=False))
+
+    def fit_counts(self, counts: pd.Series) -> CategoricalEncoder:
+        """:meth:`fit` from the values' counts: ``counts`` maps each value's key
+        (:func:`categorical_keys`) to its training rows (e.g. summed over a stream)."""
         kept = counts[counts >= self.spec.min_count]
         # frequency descending, ties by key: deterministic across runs
         order = sorted(kept.items(), key=lambda kv: (-kv[1], kv[0]))
@@ -818,6 +822,7 @@ class EntityEncoder:
         interaction_ids: pd.Series,
         table: pd.DataFrame | None = None,
         source: str = "",
+        counts: pd.Series | None = None,
     ) -> EntityEncoder:
         """Fit on the training split.
 
@@ -825,8 +830,14 @@ class EntityEncoder:
             interaction_ids: (n_train,) ids of the training interactions.
             table: feature table with a ``key`` column (one row per id), or None.
             source: name of the feature table, for messages.
+            counts: instead of ``interaction_ids``: training interactions per id key
+                (:func:`categorical_keys`), e.g. counted over a stream.
         """
-        self.id_encoder_ = CategoricalEncoder(self.id_spec).fit(interaction_ids)
+        if counts is not None:
+            interaction_ids = pd.Series(counts.index, dtype=object)
+            self.id_encoder_ = CategoricalEncoder(self.id_spec).fit_counts(counts)
+        else:
+            self.id_encoder_ = CategoricalEncoder(self.id_spec).fit(interaction_ids)
         self.features_ = FeatureEncoders(self.feature_specs)
         if self.feature_specs:
             if table is None:
@@ -1053,6 +1064,17 @@ class InteractionEncoder:
         self.users.fit(train[self.users.key], user_features, "user feature table")
         self.items.fit(train[self.items.key], item_features, "item feature table")
         self.context.fit(train, "interactions")
+        return self
+
+    def fit_counts(
+        self, user_counts: pd.Series, item_counts: pd.Series, sample: pd.DataFrame
+    ) -> InteractionEncoder:
+        """Fit from a first pass over streamed training rows: the id vocabularies from the
+        exact counts per id key, the context encoders from a uniform ``sample`` of the
+        rows (no user / item feature tables)."""
+        self.users.fit(pd.Series(dtype=object), counts=user_counts)
+        self.items.fit(pd.Series(dtype=object), counts=item_counts)
+        self.context.fit(sample, "interactions (a uniform sample of the streamed rows)")
         return self
 
     def fields(self) -> list[tuple[str, str, int]]:

@@ -118,6 +118,30 @@ class Catalogue:
         cat.seen = cat.seen_matrix(history, schema, clicks_only)
         return cat
 
+    @classmethod
+    def from_counts(
+        cls,
+        item_counts: pd.Series,
+        users: Sequence[Any],
+        more_items: Sequence[Any] = (),
+        label_mean: float = 0.0,
+    ) -> Catalogue:
+        """The catalogue of streamed training rows (:mod:`wager.data.streaming`): the items
+        of ``item_counts`` (training rows per item key) then ``more_items`` (e.g. the
+        validation rows' items, count 0), the users ``users``, and no seen matrix (it
+        would grow with the data: recommend() then excludes nothing by itself)."""
+        extra = pd.Index(pd.unique(np.asarray(list(more_items), dtype=object)))
+        items = pd.Index(item_counts.index).append(extra.difference(item_counts.index))
+        counts = item_counts.reindex(items, fill_value=0).to_numpy(dtype=np.float64)
+        keys = np.asarray(pd.unique(np.asarray(list(users), dtype=object)), dtype=object)
+        return cls(
+            np.asarray(items, dtype=object),
+            counts,
+            keys,
+            sp.csr_matrix((len(keys), len(items)), dtype=np.float32),
+            label_mean,
+        )
+
     @property
     def n_items(self) -> int:
         """Catalogue size."""

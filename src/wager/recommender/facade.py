@@ -16,6 +16,7 @@ Example:
     >>> import pandas as pd
     >>> from wager.config import RunConfig, TrainConfig, EnsembleConfig
     >>> from wager.data.schema import Schema
+from wager.data.streaming import StreamedRows
     >>> df = pd.DataFrame({"user_id": [1, 1, 2, 2], "item_id": [1, 2, 1, 2],
     ...                    "click": [1, 0, 0, 1]})
     >>> cfg = RunConfig(schema=Schema(label="click"), training=TrainConfig(epochs=2),
@@ -39,12 +40,13 @@ from torch import Tensor
 from wager.config import RunConfig
 from wager.data.features import InteractionEncoder
 from wager.data.schema import Schema
+from wager.data.streaming import StreamedRows
 from wager.errors import NotFittedError
 from wager.evaluation import oov, report
 from wager.models.heads import Head
 from wager.policies import Policy, PolicyState
 from wager.prediction import MixturePrediction, Prediction
-from wager.recommender import changes, fitting, members, persist
+from wager.recommender import changes, fitting, members, persist, streamed
 from wager.recommender.catalogue import Catalogue
 from wager.recommender.listing import recommend_frame
 from wager.recommender.scoring import Batch, Context, Scorer, to_tensors
@@ -203,6 +205,43 @@ class Recommender:
         if valid is not None and len(valid):
             self.calibrate(valid, train)
         self.metrics_ = fitting.fit_metrics(spec, hist, catalogue.n_items)
+        return self
+
+    def fit_stream(
+        self,
+        rows: StreamedRows,
+        *,
+        show_progress: bool = False,
+        on_epoch: EpochHook | None = None,
+        checkpoint: Checkpoint | None = None,
+    ) -> Recommender:
+        """:meth:`fit` on training rows streamed from Parquet (rating and click models; see
+        :mod:`wager.data.streaming`); returns self.
+
+        The id vocabularies come from the first pass's exact counts, the context encoders
+        from its uniform sample, the catalogue from its items (with no seen matrix: a
+        streamed run's recommend() excludes nothing by itself); each epoch streams the
+        training rows through the shuffle buffer; the validation rows (in memory) stop
+        training and fit the post-hoc chain.
+        """
+        spec = self.spec
+        spec.validate()
+        spec.check_streamable()
+        valid = rows.scan.valid
+        asked = spec.post_hoc_steps()
+        if asked and (valid is None or not len(valid)):
+            raise ValueError(
+                f"[uncertainty] {asked[0]} is fitted on validation rows, but there are "
+                "none: set [data] valid_fraction > 0"
+            )
+        self.chain_ = self._new_chain()
+        self.encoder_, self._scorer, self.history_ = streamed.fit_streamed(
+            spec, rows, show_progress, on_epoch, checkpoint
+        )
+        if valid is not None and len(valid):
+            self.calibrate(valid)
+        n_items = self._scorer.catalogue.n_items
+        self.metrics_ = fitting.fit_metrics(spec, self.history_, n_items)
         return self
 
     def calibrate(self, valid: pd.DataFrame, history: pd.DataFrame | None = None) -> Recommender:

@@ -306,6 +306,50 @@ class ModelSpec:
         self._validate_uncertainty()
         self._validate_training()
         self._validate_tasks()
+        if self.config.data.stream:
+            self.check_streamable()
+
+    def check_streamable(self) -> None:
+        """The rules of ``[data] stream = true`` (training rows streamed from Parquet, see
+        :mod:`wager.data.streaming`); raises ValueError naming the setting to change."""
+        c, s = self.config, self.schema
+        fix = "or set [data] stream = false"
+        if c.data.split != "random" or c.data.format not in ("auto", "table"):
+            raise ValueError(
+                f"[data] split = {c.data.split!r}, format = {c.data.format!r}: a stream is a "
+                "Parquet table split at random (each row's split hashed from its number): set "
+                f'split = "random" and format = "table", {fix}'
+            )
+        if not self.pointwise or self.model_type.name == "als":
+            raise ValueError(
+                f"[data] stream = true trains rating and click models; [model] type = "
+                f"{self.model_type.name!r} is a {self.task} model: use a rating or click "
+                f"model, {fix}"
+            )
+        ens = c.ensemble
+        if ens is not None and (ens.holdout > 0 or ens.fit != "stacked"):
+            raise ValueError(
+                "[data] stream = true trains the members together on one stream: set "
+                '[ensemble] holdout = 0 and fit = "stacked", ' + fix
+            )
+        if c.uncertainty.local_variance:
+            raise ValueError(
+                "[uncertainty] local_variance counts each id's training rows in memory: set "
+                f"it to false, {fix}"
+            )
+        if s.user_features or s.item_features:
+            raise ValueError(
+                "[data] stream = true streams the interaction table alone: set [data] "
+                f"user_features = false and item_features = false, {fix}"
+            )
+        if len(self.tasks) > 1:
+            raise ValueError(f"[data] stream = true trains one task: drop [[model.tasks]], {fix}")
+        if s.label_kind == "rating" and c.data.duplicates != "keep":
+            raise ValueError(
+                f"[data] duplicates = {c.data.duplicates!r}: a stream cannot look back at "
+                "earlier rows of a (user, item) pair, so every rating counts: set [data] "
+                f'duplicates = "keep", {fix}'
+            )
 
     def _validate_likelihood(self) -> None:
         m = self.config.model

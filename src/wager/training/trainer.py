@@ -22,7 +22,7 @@ import copy
 import math
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -417,7 +417,7 @@ def _diverged(what: str, epoch: int, config: TrainConfig) -> TrainingDivergedErr
 
 def train_stacked(
     params: Params,
-    batch_losses: Callable[[Params, Tensor], Tensor],
+    batch_losses: Callable[[Params, Any], Tensor],
     n_rows: int,
     config: TrainConfig,
     *,
@@ -429,6 +429,7 @@ def train_stacked(
     checkpoint: Checkpoint | None = None,
     metric_name: str = "",
     higher_is_better: bool = False,
+    batches: Callable[[int], Iterable[Any]] | None = None,
 ) -> History:
     """Train stacked parameters in place with early stopping.
 
@@ -439,7 +440,8 @@ def train_stacked(
 
     Args:
         params: name -> (M, ...) leaf tensors; updated in place, best epoch restored.
-        batch_losses: (params, row_indices (B,) int64) -> (M,) per-member mean losses.
+        batch_losses: (params, batch) -> (M,) per-member mean losses; the batch is row
+            indices (B,) int64, or what ``batches`` gives.
         n_rows: number of training rows (indices 0..n_rows-1 are shuffled each epoch).
         config: optimiser, schedule, epochs, batch size, patience, clipping, precision.
         validate: params -> (M,) validation metric (lower is better), run between epochs;
@@ -452,6 +454,9 @@ def train_stacked(
         checkpoint: where the loop state is saved after each epoch and loaded at the start.
         metric_name: what ``validate`` measures, for the reports (e.g. "rmse", "ndcg@10").
         higher_is_better: ``validate`` returns minus the metric (e.g. minus NDCG).
+        batches: epoch (0-based) -> its batches, passed to ``batch_losses`` as they are
+            (e.g. dicts of streamed rows, :mod:`wager.data.streaming`) instead of shuffled
+            row indices: ``ceil(n_rows / batch_size)`` of them, the same for one epoch.
     """
     if n_rows <= 0:
         raise ValueError("cannot train on 0 rows: the training split is empty")
@@ -475,7 +480,7 @@ def train_stacked(
     history = loop.history
     history.processes = 1 if parallel is None else parallel.world_size
     start = time.perf_counter() - history.seconds
-    step = _EpochStep(params, batch_losses, config, opt, sched, anchors, parallel, history)
+    step = _EpochStep(params, batch_losses, config, opt, sched, anchors, parallel, history, batches)
     progress = _progress_bar(show_progress)
     with progress:
         task = progress.add_task(
@@ -490,14 +495,8 @@ def train_stacked(
             history.epoch_seconds.append(time.perf_counter() - epoch_start)
             if not math.isfinite(history.train_loss[-1]):
                 raise _diverged(f"the training loss is {history.train_loss[-1]}", epoch, config)
-            metric = None
-            if validate is None:
-                loop.best = {k: v.detach().clone() for k, v in params.items()}
-                history.best_epoch = [epoch] * loop.members
-                loop.best_mean_epoch = epoch + 1
-            else:
-                metric = _validation_metric(validate, params, history, epoch, config)
-                loop.record(metric, epoch, config.patience)
+            metric = loop.validate(validate, epoch, config)
+            if metric is not None:
                 progress.update(
                     task,
                     status=f"epoch {epoch + 1} loss {history.train_loss[-1]:.4f} "
@@ -559,6 +558,20 @@ class _Loop:
         self.stopped = False
         self.best_mean = float("inf")
         self.best_mean_epoch = 0
+
+    def validate(
+        self, validate: Callable[[Params], Tensor] | None, epoch: int, config: TrainConfig
+    ) -> Tensor | None:
+        """After 0-based ``epoch``: run ``validate`` and :meth:`record` its (M,) metric
+        (returned); without it, keep this epoch's parameters as every member's best."""
+        if validate is None:
+            self.best = {k: v.detach().clone() for k, v in self.params.items()}
+            self.history.best_epoch = [epoch] * self.members
+            self.best_mean_epoch = epoch + 1
+            return None
+        metric = _validation_metric(validate, self.params, self.history, epoch, config)
+        self.record(metric, epoch, config.patience)
+        return metric
 
     def record(self, metric: Tensor, epoch: int, patience: int) -> None:
         """Take the (M,) validation metric of 0-based ``epoch``: keep improved members'
@@ -694,13 +707,14 @@ class _EpochStep:
     """One epoch of optimiser steps over shuffled batches of :func:`train_stacked`."""
 
     params: Params
-    batch_losses: Callable[[Params, Tensor], Tensor]
+    batch_losses: Callable[[Params, Any], Tensor]
     config: TrainConfig
     opt: torch.optim.Optimizer
     sched: torch.optim.lr_scheduler.LRScheduler
     anchors: list[Tensor] | None
     parallel: DataParallel | None = None
     history: History | None = None  # where the time in the gradient sums is added
+    batches: Callable[[int], Iterable[Any]] | None = None  # see train_stacked
 
     def run(
         self,
@@ -724,7 +738,12 @@ class _EpochStep:
         n_members = leaves[0].shape[0]
         total = torch.zeros((), device=device)
         count = 0
-        for idx in _batches(n_rows, config.batch_size, generator):
+        source = (
+            _batches(n_rows, config.batch_size, generator)
+            if self.batches is None
+            else self.batches(epoch)
+        )
+        for idx in source:
             loss = self._loss(idx, device)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -749,13 +768,20 @@ class _EpochStep:
                 )
         return float(total) / max(count, 1)
 
-    def _loss(self, idx: Tensor, device: torch.device) -> Tensor:
+    def _loss(self, idx: Any, device: torch.device) -> Tensor:
         """The batch's summed per-member mean loss; in a data-parallel group, this process's
-        shard's share of it (an empty shard: zero, with zero gradients)."""
+        shard's share of it (an empty shard: zero, with zero gradients). ``idx``: row
+        indices, or a dict batch of equal-length arrays / tensors."""
         weight = 1.0
         if self.parallel is not None:
-            idx, weight = self.parallel.shard(idx)
-            if idx.numel() == 0:
+            if isinstance(idx, dict):
+                rows, weight = self.parallel.shard(torch.arange(len(next(iter(idx.values())))))
+                idx = {k: v[rows.numpy()] for k, v in idx.items()}
+                empty = len(rows) == 0
+            else:
+                idx, weight = self.parallel.shard(idx)
+                empty = idx.numel() == 0
+            if empty:
                 return sum(
                     (p.sum() * 0.0 for p in self.params.values()), torch.zeros((), device=device)
                 )

@@ -11,8 +11,13 @@ member's training for its own early stopping.
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import torch
 from torch import Tensor
+
+from wager.data.streaming import BOOTSTRAP_STREAM, row_uniforms
 
 Batch = dict[str, Tensor]
 
@@ -34,6 +39,39 @@ def bootstrap_weights(
         out = out * torch.poisson(torch.ones(members, weights.shape[0]), generator=generator).to(
             out.device
         )
+    return out
+
+
+# Poisson(1) cumulative probabilities P(K <= k), k = 0..19 (the rest: 1 - 1e-19)
+_POISSON1_CDF = np.cumsum([math.exp(-1) / math.factorial(k) for k in range(20)])
+
+
+def row_bootstrap_weights(
+    weights: Tensor, rows: np.ndarray, members: int, bootstrap: bool, seed: int
+) -> Tensor:
+    """(M, B) per-member weights of a batch of streamed rows: the rows' own weights times
+    Poisson(1) counts that depend on (``seed``, member, row number) only, so a row keeps
+    its count in every epoch wherever it comes in the stream (the streamed counterpart of
+    :func:`bootstrap_weights`; the draws differ from it).
+
+    Args:
+        weights: (B,) non-negative row weights.
+        rows: (B,) int64 the rows' numbers in their source.
+        members: M.
+        bootstrap: draw the counts; when False every member gets ``weights`` unchanged.
+        seed: the run's seed.
+    """
+    out = weights.expand(members, -1).clone()
+    if bootstrap:
+        counts = np.stack(
+            [
+                np.searchsorted(
+                    _POISSON1_CDF, row_uniforms(rows, seed, BOOTSTRAP_STREAM + 1000 * (m + 1))
+                )
+                for m in range(members)
+            ]
+        )
+        out = out * torch.from_numpy(counts.astype(np.float32)).to(out.device)
     return out
 
 

@@ -53,6 +53,7 @@ from wager.errors import DataError, ValidationReport, data_error, make_finding, 
 
 __all__ = [
     "SUPPORTED_EXTENSIONS",
+    "coerce_roles",
     "infer_features",
     "load_ctr_table",
     "load_table",
@@ -529,7 +530,7 @@ def _ids_as_int(df: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
     return out
 
 
-def _coerce_roles(df: pd.DataFrame, schema: Schema) -> pd.DataFrame:
+def coerce_roles(df: pd.DataFrame, schema: Schema) -> pd.DataFrame:
     """Make validated role columns numeric: labels/weights/propensities float, counts int64.
 
     Ids become int64 when the schema declares ``id_dtype = "int"`` (they stay text else).
@@ -714,7 +715,7 @@ def _load(
                 )
             )
     if df is not None and report.ok:
-        df = _coerce_roles(df, schema)
+        df = coerce_roles(df, schema)
         if ctr and schema.label is None and schema.clicks and schema.impressions:
             df = df.assign(ctr=df[schema.clicks] / df[schema.impressions])
             schema = replace(schema, label="ctr", label_kind="ctr")
