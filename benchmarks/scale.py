@@ -41,7 +41,18 @@ training seconds (the fit's loop, ``train_seconds``), the command's wall seconds
 start and stop included), each member's loop seconds, and the test RMSE; the separate runs
 must agree exactly. Ratios: sequential separate / Ray, and stacked / Ray.
 
-Usage: ``python benchmarks/scale.py --part ddp|ann|ray [--out FILE]``.
+``--part stream``: peak memory of training from Parquet larger than memory. Rating tables
+of ``--stream-rows`` rows (default 2.5M, 5M and 11.5M: about 1, 2 and 5 times
+``--stream-budget-mb`` (64) as a pandas DataFrame; ``--users`` x ``--items`` ids as text)
+are written in 10 part files of 50,000-row row groups, and each is trained for one epoch
+(biased MF, dim 8, 2 members) twice by ``wager train`` in a fresh process: streamed
+(``[data] stream = true``, ``memory_budget_mb`` = the budget, 100,000-row shuffle buffer,
+0.1% validation and test rows) and loaded in memory (the same folder, the same fractions;
+another split). Reported per size and path: peak RSS (``ru_maxrss``), its growth over the
+same command on the first 20,000 rows (the fixed cost: Python, torch, wager, the model),
+the data's size as a DataFrame and on disk, seconds, and test RMSE.
+
+Usage: ``python benchmarks/scale.py --part ddp|ann|ray|stream [--out FILE]``.
 """
 
 from __future__ import annotations
@@ -50,6 +61,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -341,10 +353,123 @@ def ray_part(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+_PEAK = """\
+import resource, sys
+from wager.cli import app
+code = 0
+try:
+    app(sys.argv[1:])
+except SystemExit as e:
+    code = e.code
+with open(sys.argv[-1] + ".rss", "w") as f:
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=f)
+sys.exit(code)
+"""
+
+
+def _stream_config(folder: Path, stream: bool, budget: int) -> str:
+    return f"""seed = 0
+[schema]
+user = "user_id"
+item = "item_id"
+label = "rating"
+label_kind = "rating"
+rating_range = [1.0, 5.0]
+[data]
+path = "{folder}"
+format = "table"
+stream = {str(stream).lower()}
+duplicates = "keep"
+valid_fraction = 0.001
+test_fraction = 0.001
+shuffle_buffer = 100000
+stream_sample_rows = 10000
+memory_budget_mb = {budget}
+[model]
+type = "biased_mf"
+dim = 8
+[training]
+epochs = 1
+batch_size = 4096
+[ensemble]
+members = 2
+"""
+
+
+def _peak(config: Path, out: Path) -> dict[str, Any]:
+    """Peak RSS (MiB), seconds and metrics of ``wager train`` in a fresh process."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "2"}
+    command = [sys.executable, "-c", _PEAK, "train", str(config), "--json", "--out", str(out)]
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        raise SystemExit(f"wager train {config} failed:\n{done.stderr[-3000:]}")
+    metrics = json.loads((out / "metrics.json").read_text())
+    return {
+        "peak_rss_mib": int(Path(str(out) + ".rss").read_text()) / 1024,
+        "seconds": time.perf_counter() - start,
+        "train_seconds": metrics["train_seconds"],
+        "n_train": metrics["n_train"],
+        "rmse": metrics["rmse"],
+    }
+
+
+def stream_part(args: argparse.Namespace) -> dict[str, Any]:
+    budget = args.stream_budget_mb
+    sizes = args.stream_rows or [2_500_000, 5_000_000, 11_500_000]
+    with tempfile.TemporaryDirectory(prefix="wager-stream-") as tmp:
+        work = Path(tmp)
+        rng = np.random.default_rng(args.seed)
+        fixed = {}
+        small = work / "small"
+        small.mkdir()
+        sizes_out = []
+        for n in sizes:
+            folder = work / f"rows{n}"
+            folder.mkdir()
+            frame_bytes = 0
+            for k in range(10):
+                m = n // 10
+                part = pd.DataFrame({
+                    "user_id": pd.array(rng.integers(0, args.users, m)).astype(str),
+                    "item_id": pd.array(rng.integers(0, args.items, m)).astype(str),
+                    "rating": rng.integers(1, 6, m).astype(np.float64),
+                })  # fmt: skip
+                part.to_parquet(folder / f"part-{k:02d}.parquet", row_group_size=50_000)
+                frame_bytes += int(part.memory_usage(deep=True).sum())
+                if not fixed and k == 0:
+                    part.head(20_000).to_parquet(small / "part-00.parquet")
+            if not fixed:
+                for name, stream in (("stream", True), ("memory", False)):
+                    toml = work / f"small-{name}.toml"
+                    toml.write_text(_stream_config(small, stream, budget))
+                    fixed[name] = _peak(toml, work / f"run-small-{name}")
+                log(f"fixed cost: {json.dumps(fixed)}")
+            disk = sum(f.stat().st_size for f in folder.iterdir())
+            row: dict[str, Any] = {
+                "rows": n,
+                "dataframe_mib": frame_bytes / 2**20,
+                "dataframe_over_budget": frame_bytes / 2**20 / budget,
+                "parquet_mib": disk / 2**20,
+            }
+            for name, stream in (("stream", True), ("memory", False)):
+                toml = work / f"{n}-{name}.toml"
+                toml.write_text(_stream_config(folder, stream, budget))
+                got = _peak(toml, work / f"run-{n}-{name}")
+                got["growth_mib"] = got["peak_rss_mib"] - fixed[name]["peak_rss_mib"]
+                got["examples_per_s"] = got["n_train"] / got["train_seconds"]
+                row[name] = got
+                log(f"{n} rows, {name}: {json.dumps(got)}")
+            row["stream_growth_under_budget"] = row["stream"]["growth_mib"] < budget
+            sizes_out.append(row)
+            shutil.rmtree(folder)
+    return {"budget_mib": budget, "fixed_cost": fixed, "sizes": sizes_out}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    ap.add_argument("--part", choices=["ddp", "ann", "ray"], default="ddp")
+    ap.add_argument("--part", choices=["ddp", "ann", "ray", "stream"], default="ddp")
     ap.add_argument("--users", type=int, default=5000)
     ap.add_argument("--items", type=int, default=2000)
     ap.add_argument("--rows", type=int, default=200_000)
@@ -361,6 +486,8 @@ def main() -> None:
     ap.add_argument("--ann-spread", type=float, default=0.5)
     ap.add_argument("--ann-target", type=float, default=0.95)
     ap.add_argument("--ann-threads", type=int, default=2)
+    ap.add_argument("--stream-budget-mb", type=int, default=64)
+    ap.add_argument("--stream-rows", type=int, nargs="+")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     if args.members is None:
@@ -370,7 +497,8 @@ def main() -> None:
             ap.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.rows > args.users * args.items // 2:
         ap.error("--rows must be at most half of --users x --items (unique pairs)")
-    found = {"ddp": ddp, "ann": ann, "ray": ray_part}[args.part](args)
+    parts = {"ddp": ddp, "ann": ann, "ray": ray_part, "stream": stream_part}
+    found = parts[args.part](args)
     result = {"part": args.part, **found, "seconds": seconds_since_start()}
     emit(result, args.out)
 

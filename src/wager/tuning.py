@@ -48,6 +48,7 @@ from wager.pipeline import load_run_data
 from wager.recommender import Recommender
 from wager.recommender.fitting import validation_metric_name
 from wager.training.checkpoint import EpochReport
+from wager.training.fanout import RayRunner
 
 __all__ = ["Dimension", "SearchConfig", "TuneResult", "tune"]
 
@@ -265,6 +266,8 @@ def tune(
     split: str | None = None,
     metric: str | None = None,
     on_trial: Callable[[dict[str, Any]], None] | None = None,
+    runner: RayRunner | None = None,
+    parallel: int | None = None,
 ) -> TuneResult:
     """Run (or resume) the search until ``trials`` trials are finished.
 
@@ -277,6 +280,9 @@ def tune(
         metric: the objective, a key of ``Recommender.evaluate``'s output on the validation
             rows; default the metric early stopping watches.
         on_trial: called with each finished trial's row (e.g. to print it).
+        runner: run the trials as Ray tasks, ``parallel`` at a time (see
+            :func:`_tune_on_ray`); None: one after another here.
+        parallel: trials at once on Ray (default: the cluster's CPUs).
     """
     optuna = require("optuna", "tune", "wager tune")
     if trials < 1:
@@ -305,45 +311,159 @@ def tune(
         load_if_exists=True,
         direction=direction,
         sampler=optuna.samplers.TPESampler(seed=base.seed),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1),
+        pruner=_pruner(optuna),
     )
     stored_metric = study.user_attrs.get("metric")
     if stored_metric is not None and stored_metric != name:
         raise ConfigError(f"{folder / 'study.db'}: a study of {stored_metric!r}, not {name!r}")
     study.set_user_attr("metric", name)
 
+    shared = _TrialData(rd.train, valid, rd.user_features, rd.item_features, name, direction)
+
     def objective(trial: Any) -> float:
         values = {d.key: d.suggest(trial) for d in search.dimensions}
-        cfg = replace(search.config(values), schema=rd.schema)
-
-        def report(epoch: EpochReport) -> None:
-            shown = epoch.shown(epoch.metric)
-            if shown is not None and epoch.metric_name == name:
-                trial.report(float(shown), epoch.epoch)
-                if trial.should_prune():
-                    raise optuna.TrialPruned()
-
-        rec = Recommender(cfg).fit(rd.train, valid, user_features=rd.user_features,
-                                   item_features=rd.item_features, on_epoch=report)  # fmt: skip
-        found = rec.evaluate(valid)
-        if name not in found:
-            raise ConfigError(
-                f"--metric {name!r} is not among the validation metrics "
-                f"({', '.join(sorted(k for k, v in found.items() if _number(v)))})"
-            )
-        return float(found[name])
+        return _score(shared, replace(search.config(values), schema=rd.schema), trial)
 
     def callback(_study: Any, trial: Any) -> None:
         if on_trial is not None:
             on_trial(_row(trial, search.dimensions))
 
     done = sum(t.state.is_finished() for t in study.trials)
-    if trials > done:
+    if trials > done and runner is not None:
+        _tune_on_ray(study, search, rd.schema, shared, trials - done, runner, parallel, callback)
+    elif trials > done:
         # a trial whose training diverges (e.g. too high a learning rate) is recorded as
         # failed and the search goes on; any other error stops it
         study.optimize(objective, n_trials=trials - done, callbacks=[callback],
                        catch=(TrainingDivergedError,))  # fmt: skip
     return _outputs(study, search, folder, name, direction)
+
+
+@dataclass
+class _TrialData:
+    """What every trial reads: the training and validation rows, the feature tables, and
+    the objective (``metric``, to ``direction``)."""
+
+    train: pd.DataFrame
+    valid: pd.DataFrame
+    user_features: pd.DataFrame | None
+    item_features: pd.DataFrame | None
+    metric: str
+    direction: str
+
+
+def _score(data: _TrialData, cfg: RunConfig, trial: Any) -> float:
+    """Fit ``cfg`` on the training rows, reporting each epoch's validation metric to
+    ``trial`` (which may prune it: ``optuna.TrialPruned``); its metric on the validation
+    rows."""
+    optuna = require("optuna", "tune", "wager tune")
+    name = data.metric
+
+    def report(epoch: EpochReport) -> None:
+        shown = epoch.shown(epoch.metric)
+        if shown is not None and epoch.metric_name == name:
+            trial.report(float(shown), epoch.epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+
+    rec = Recommender(cfg).fit(data.train, data.valid, user_features=data.user_features,
+                               item_features=data.item_features, on_epoch=report)  # fmt: skip
+    found = rec.evaluate(data.valid)
+    if name not in found:
+        raise ConfigError(
+            f"--metric {name!r} is not among the validation metrics "
+            f"({', '.join(sorted(k for k, v in found.items() if _number(v)))})"
+        )
+    return float(found[name])
+
+
+@dataclass
+class _TrialTask:
+    """One trial sent to a Ray worker: its config, and the study's completed trials at the
+    time (the median pruner's reference)."""
+
+    config: RunConfig
+    completed: list[Any]
+
+
+def _ray_trial(data: _TrialData, task: _TrialTask) -> dict[str, Any]:
+    """Run one trial in a Ray worker against an in-memory copy of the study's completed
+    trials (Optuna's own median pruner decides, as in the study); returns its state
+    ("complete", "pruned" or "fail"), value, error and reported intermediate values."""
+    optuna = require("optuna", "tune", "wager tune")
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    local = optuna.create_study(direction=data.direction, pruner=_pruner(optuna))
+    local.add_trials(task.completed)
+    trial = local.ask()
+    out: dict[str, Any] = {"state": "complete", "value": None, "error": None}
+    try:
+        out["value"] = _score(data, task.config, trial)
+    except optuna.TrialPruned:
+        out["state"] = "pruned"
+    except TrainingDivergedError as exc:
+        out["state"], out["error"] = "fail", str(exc)
+    out["intermediate"] = dict(local.trials[-1].intermediate_values)
+    return out
+
+
+def _pruner(optuna: Any) -> Any:
+    """The median pruner of every study: from the 4th trial, after the first epoch."""
+    return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
+
+
+def _tune_on_ray(
+    study: Any,
+    search: SearchConfig,
+    schema: Any,
+    data: _TrialData,
+    trials: int,
+    runner: RayRunner,
+    parallel: int | None,
+    callback: Callable[[Any, Any], None],
+) -> None:
+    """Run ``trials`` more trials as Ray tasks, in rounds of ``parallel``: the sampler
+    proposes a round's trials together (its startup trials are the same as one at a time;
+    later proposals see the results of finished rounds only), each worker fits its trial
+    and prunes it against the study's completed trials, and the driver records each
+    result in the study as it comes. A trial's objective is the same as in a sequential
+    search with the same parameters. Ctrl-C records the round's unfinished trials as
+    failed."""
+    optuna = require("optuna", "tune", "wager tune")
+    states = optuna.trial.TrialState
+    with runner:
+        width = parallel or runner.cpus()
+        left = trials
+        while left > 0:
+            asked = [study.ask() for _ in range(min(width, left))]
+            completed = study.get_trials(deepcopy=False, states=(states.COMPLETE,))
+            tasks = [
+                _TrialTask(
+                    replace(
+                        search.config({d.key: d.suggest(t) for d in search.dimensions}),
+                        schema=schema,
+                    ),
+                    list(completed),
+                )
+                for t in asked
+            ]
+            told: set[int] = set()
+            try:
+                for i, result in runner.run(_ray_trial, tasks, data):
+                    trial = asked[i]
+                    for step, value in sorted(result["intermediate"].items()):
+                        trial.report(value, step)
+                    if result["state"] == "complete":
+                        frozen = study.tell(trial, result["value"])
+                    else:
+                        state = states.PRUNED if result["state"] == "pruned" else states.FAIL
+                        frozen = study.tell(trial, state=state)
+                    told.add(i)
+                    callback(study, frozen)
+            finally:
+                for i, trial in enumerate(asked):
+                    if i not in told:
+                        study.tell(trial, state=states.FAIL)
+            left -= len(asked)
 
 
 def _row(trial: Any, dims: tuple[Dimension, ...]) -> dict[str, Any]:

@@ -313,3 +313,63 @@ def test_cli_ray_refusals_name_the_flag_and_touch_nothing(
     )
     assert done.exit_code == 2
     assert "wager[dist]" in done.output and not (tmp_path / "run").exists()
+
+
+# ----------------------------------------------------------------------------- wager tune --ray
+
+
+def _search(tmp_path: Path, search: str) -> Path:
+    _ratings().to_csv(tmp_path / "ratings.csv", index=False)
+    path = tmp_path / "search.toml"
+    path.write_text(rating_toml(tmp_path / "ratings.csv", epochs=1) + search)
+    return path
+
+
+def _tune(path: Path, out: Path, *extra: str) -> dict:
+    done = CliRunner().invoke(
+        wager.cli.app,
+        ["tune", str(path), "--trials", "4", "--out", str(out), "--json", *extra],
+    )
+    assert done.exit_code == 0, done.output
+    return json.loads(done.stdout)
+
+
+def test_tune_on_ray_scores_each_trial_as_the_sequential_search(
+    tmp_path: Path, cluster: object
+) -> None:
+    """One epoch (nothing to prune) and four trials, all among TPE's random startup
+    trials: a round of two proposes the parameters a sequential search proposes one at a
+    time, and each trial's objective is the same to the last bit."""
+    pytest.importorskip("optuna")
+    path = _search(
+        tmp_path, '[search]\n"model.dim" = [2, 16]\n"training.learning_rate" = [1e-3, 1e-1]\n'
+    )
+    here = _tune(path, tmp_path / "here")
+    there = _tune(path, tmp_path / "ray", "--ray", "auto", "--parallel", "2")
+    assert [t["state"] for t in there["trials"]] == ["complete"] * 4
+    key = ("trial", "objective", "model.dim", "training.learning_rate")
+    assert [{k: t[k] for k in key} for t in there["trials"]] == [
+        {k: t[k] for k in key} for t in here["trials"]
+    ]
+    assert there["best_params"] == here["best_params"]
+    assert (tmp_path / "ray" / "best.toml").read_text() == (
+        tmp_path / "here" / "best.toml"
+    ).read_text()
+
+
+def test_tune_on_ray_records_a_diverging_trial_as_failed(tmp_path: Path, cluster: object) -> None:
+    pytest.importorskip("optuna")
+    path = _search(tmp_path, '[search]\n"training.learning_rate" = {choices = [0.05, 1e15]}\n')
+    result = _tune(path, tmp_path / "ray", "--ray", "auto")
+    states = {t["training.learning_rate"]: t["state"] for t in result["trials"]}
+    assert states == {0.05: "complete", 1e15: "fail"}
+
+
+def test_tune_parallel_needs_ray(tmp_path: Path) -> None:
+    path = tmp_path / "search.toml"
+    path.write_text(rating_toml(tmp_path / "none.csv") + '[search]\n"model.dim" = [2, 4]\n')
+    done = CliRunner().invoke(
+        wager.cli.app, ["tune", str(path), "--parallel", "2", "--out", str(tmp_path / "o")]
+    )
+    assert done.exit_code == 2 and "--ray" in done.output
+    assert not (tmp_path / "o").exists()

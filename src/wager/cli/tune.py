@@ -40,12 +40,29 @@ def tune_command(
             "ndcg@10); default the metric early stopping watches.",
         ),
     ] = None,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            metavar="auto|ADDRESS",
+            help='Run the trials as Ray tasks, --parallel at a time: "auto" joins this '
+            "machine's Ray cluster or starts a local one; ADDRESS is a cluster's. A trial "
+            "scores as it would one at a time; the sampler proposes each round together. "
+            'Needs the [dist] extra: pip install "wager[dist]".',
+        ),
+    ] = None,
+    parallel: Annotated[
+        int | None,
+        typer.Option("--parallel", min=1, help="Trials at once with --ray (default: its CPUs)."),
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Search the config's [search] fields with Optuna (TPE, median pruning); every trial
     trains on the training rows and is scored on the validation rows, never the test rows.
     Writes OUT/best.toml (what `wager train` takes as it is), OUT/trials.csv and
     OUT/trials.png; a second run with the same OUT resumes the study."""
+    from wager.errors import MissingExtraError
+    from wager.training.fanout import RayRunner
     from wager.tuning import OUTPUTS, SearchConfig, tune
 
     # check first: the search space and the output folder, before any data
@@ -61,6 +78,15 @@ def tune_command(
                 "folder to resume; give another --out",
             )
 
+    if parallel is not None and ray is None:
+        raise _flag_error("--parallel", "--parallel sets the trials at once on Ray: add --ray")
+    runner = None
+    if ray is not None:
+        try:
+            runner = RayRunner(ray)
+        except (MissingExtraError, ValueError) as exc:
+            raise _flag_error("--ray", str(exc)) from None
+
     def show(row: dict[str, Any]) -> None:
         if as_json:
             return
@@ -72,7 +98,7 @@ def tune_command(
 
     try:
         result = tune(search, out, trials, data_dir=data_dir, split=split, metric=metric,
-                      on_trial=show)  # fmt: skip
+                      on_trial=show, runner=runner, parallel=parallel)  # fmt: skip
     except KeyboardInterrupt:
         err_console.print(
             f"interrupted: {out / 'study.db'} keeps the finished trials (the interrupted one "

@@ -106,6 +106,26 @@ class RayRunner:
         self.address = address.strip()
         self._ray = require("ray", "dist", "--ray (training on a Ray cluster)")
 
+    def __enter__(self) -> RayRunner:
+        """Keep the cluster for several :meth:`run` calls (stopped on exit when this runner
+        started it)."""
+        self._held = self._connect()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if getattr(self, "_held", False):
+            self._ray.shutdown()
+        self._held = False
+
+    def cpus(self) -> int:
+        """CPUs of the cluster (joined or started)."""
+        started = self._connect()
+        try:
+            return max(1, int(self._ray.cluster_resources().get("CPU", 1)))
+        finally:
+            if started:
+                self._ray.shutdown()
+
     def _connect(self) -> bool:
         """Join or start the cluster; True when this call started (and so must stop) it."""
         ray = self._ray
