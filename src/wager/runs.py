@@ -412,6 +412,12 @@ class CheckpointDirectory:
         marker = self.read_marker() or {}
         return int(marker.get("epoch") or 0)
 
+    def progress(self) -> str:
+        """What the saved state holds, in words: the loop's own ``state["progress"]``
+        (e.g. "2 of 5 members finished") or "the last finished epoch (N)"."""
+        marker = self.read_marker() or {}
+        return str(marker.get("progress") or f"the last finished epoch ({self.last_epoch()})")
+
     def check_start(self, resume: bool) -> None:
         """Refuse to start when the checkpoint folder is in the way; run before any work.
 
@@ -492,7 +498,7 @@ class CheckpointDirectory:
             os.replace(tmp, self.state_path)
         finally:
             tmp.unlink(missing_ok=True)
-        self._write_marker(int(state.get("epoch", 0)))
+        self._write_marker(int(state.get("epoch", 0)), state.get("progress"))
 
     def remove(self) -> None:
         """Delete the checkpoint (its marker, state and wager's temporary files) when wager
@@ -508,7 +514,7 @@ class CheckpointDirectory:
         self.marker_path.unlink()  # first: a half-removed folder is no longer "ours"
         _remove_listed(self.path, [n for n in names if n != CHECKPOINT_MARKER])
 
-    def _write_marker(self, epoch: int) -> None:
+    def _write_marker(self, epoch: int, progress: str | None = None) -> None:
         marker = {
             "written_by": _CHECKPOINT_KIND,
             "wager_version": wager_version(),
@@ -516,6 +522,8 @@ class CheckpointDirectory:
             "epoch": epoch,
             "identity": self.identity,
         }
+        if progress:
+            marker["progress"] = progress
         tmp = self.path / f"{CHECKPOINT_MARKER}.partial-{os.getpid()}"
         tmp.write_text(json.dumps(marker, indent=1), encoding="utf-8")
         os.replace(tmp, self.marker_path)

@@ -206,6 +206,7 @@ def test_a_stopped_separate_run_resumes_to_the_uninterrupted_one_on_either_runne
         state = checkpoint.load()
         assert state is not None and list(state["done"]) == [0]
         assert (state["member"], state["loop"]["epoch"]) == (1, epoch)
+        assert state["progress"] == f"1 of 3 members finished and member 2's epoch {epoch}"
         resumed = Recommender(_rating_config()).fit(
             train, valid, checkpoint=checkpoint, runner=runner
         )

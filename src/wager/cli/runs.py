@@ -226,9 +226,8 @@ def train(
         command += ["--overwrite"] * overwrite + ["--json"] * as_json
         err_console.print(
             _text(
-                f"interrupted: no run was saved to {out}; the last finished epoch "
-                f"({checkpoint.last_epoch()}) is checkpointed in {checkpoint.path}. Continue "
-                f"with: {shlex.join(command)}"
+                f"interrupted: no run was saved to {out}; {checkpoint.progress()} is "
+                f"checkpointed in {checkpoint.path}. Continue with: {shlex.join(command)}"
             ),
             soft_wrap=True,
             highlight=False,

@@ -61,8 +61,6 @@ def tune_command(
     trains on the training rows and is scored on the validation rows, never the test rows.
     Writes OUT/best.toml (what `wager train` takes as it is), OUT/trials.csv and
     OUT/trials.png; a second run with the same OUT resumes the study."""
-    from wager.errors import MissingExtraError
-    from wager.training.fanout import RayRunner
     from wager.tuning import OUTPUTS, SearchConfig, tune
 
     # check first: the search space and the output folder, before any data
@@ -78,14 +76,7 @@ def tune_command(
                 "folder to resume; give another --out",
             )
 
-    if parallel is not None and ray is None:
-        raise _flag_error("--parallel", "--parallel sets the trials at once on Ray: add --ray")
-    runner = None
-    if ray is not None:
-        try:
-            runner = RayRunner(ray)
-        except (MissingExtraError, ValueError) as exc:
-            raise _flag_error("--ray", str(exc)) from None
+    runner = _runner(ray, parallel)
 
     def show(row: dict[str, Any]) -> None:
         if as_json:
@@ -106,6 +97,11 @@ def tune_command(
             highlight=False, markup=False, soft_wrap=True,
         )  # fmt: skip
         raise typer.Exit(code=130) from None
+    _report(result, config, as_json)
+
+
+def _report(result: Any, config: Path, as_json: bool) -> None:
+    """Print the search's result: JSON, or the table of trials and the best config."""
     table = result.trials
     payload = {
         "ok": True,
@@ -134,6 +130,21 @@ def tune_command(
     console.print(f"best: {result.metric} {result.best_value:.6g} with {result.best_params}",
                   highlight=False, markup=False)  # fmt: skip
     console.print(f"best config: {result.files['best.toml']}", highlight=False, markup=False)
+
+
+def _runner(ray: str | None, parallel: int | None) -> Any:
+    """The Ray runner of ``--ray`` (None without it), checked before any data."""
+    from wager.errors import MissingExtraError
+    from wager.training.fanout import RayRunner
+
+    if parallel is not None and ray is None:
+        raise _flag_error("--parallel", "--parallel sets the trials at once on Ray: add --ray")
+    if ray is None:
+        return None
+    try:
+        return RayRunner(ray)
+    except (MissingExtraError, ValueError) as exc:
+        raise _flag_error("--ray", str(exc)) from None
 
 
 _ROW_KEYS = ("trial", "state", "objective", "seconds")

@@ -224,7 +224,7 @@ class _Saved:
     marker)."""
 
     def __init__(self, checkpoint: Checkpoint | None, members: int, base_seed: int) -> None:
-        self.checkpoint = checkpoint
+        self.checkpoint, self.members = checkpoint, members
         state = checkpoint.load() if checkpoint is not None else None
         if state is not None and (state.get("format") != _FORMAT or len(state["done"]) > members):
             raise ValueError(
@@ -272,6 +272,7 @@ class _Saved:
         }
         state["member"], state["loop"], state["seconds"] = -1, None, seconds
         state["epoch"] = self._epochs()
+        state["progress"] = self._progress(self.members)
         if self.checkpoint is not None:
             self.checkpoint.save(state)
 
@@ -279,8 +280,17 @@ class _Saved:
         """Keep member ``m``'s loop state (after one of its epochs)."""
         self.state["member"], self.state["loop"] = m, loop
         self.state["epoch"] = self._epochs()
+        self.state["progress"] = self._progress(self.members)
         assert self.checkpoint is not None
         self.checkpoint.save(self.state)
+
+    def _progress(self, members: int) -> str:
+        """The checkpoint's content in words, for the interrupted run's message."""
+        state = self.state
+        text = f"{len(state['done'])} of {members} members finished"
+        if state["loop"] is not None:
+            text += f" and member {state['member'] + 1}'s epoch {state['loop']['epoch']}"
+        return text
 
     def _epochs(self) -> int:
         done = sum(len(r["history"]["train_loss"]) for r in self.state["done"].values())

@@ -569,12 +569,16 @@ class Scorer:
             if not per_member:
                 scores = scores.mean(dim=0, keepdim=True)
             sel = torch.nonzero((codes_t >= start) & (codes_t < start + len(part))).flatten()
-            all_scores = scores[:, codes_t[sel] - start]  # (M, n_sel, I)
-            pos = all_scores[:, torch.arange(sel.numel()), items[sel]]
-            beaten = (all_scores > pos.unsqueeze(-1)).sum(-1)
             if out is None:
                 out = torch.zeros(scores.shape[0], len(items), dtype=torch.long)
-            out[:, sel] = beaten.cpu()
+            # the pairs' score rows in slices of about PAIRS_PER_PASS cells: a user's many
+            # test pairs do not multiply the memory
+            step = max(1, PAIRS_PER_PASS // max(self.catalogue.n_items, 1))
+            for lo in range(0, sel.numel(), step):
+                rows = sel[lo : lo + step]
+                pair_scores = scores[:, codes_t[rows] - start]  # (M, n_rows, I)
+                pos = pair_scores[:, torch.arange(rows.numel()), items[rows]]
+                out[:, rows] = (pair_scores > pos.unsqueeze(-1)).sum(-1).cpu()
         assert out is not None
         return out
 
