@@ -192,7 +192,7 @@ def test_out_overwrite_replaces_an_existing_file(run: Path, tmp_path: Path) -> N
         ("run/config.toml", "'.toml' is not a format wager writes"),
         ("other_run/sub/recs.csv", "inside the run folder"),  # any run folder
         ("recs.json", "'.json' is not a format wager writes; end it in .parquet, .csv, .jsonl"),
-        ("recs", "no extension is not a format wager writes"),
+        ("adir", "exists and is not a folder of recommendations wager wrote"),
         ("adir.csv", "is a directory"),
     ],
 )
@@ -203,6 +203,7 @@ def test_out_refusals_leave_everything_as_it_was(
     shutil.copytree(run, local_run)
     shutil.copytree(run, tmp_path / "other_run")
     (tmp_path / "adir.csv").mkdir()
+    (tmp_path / "adir").mkdir()
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     result = _invoke("recommend", local_run, "--user", "u1", "--out", tmp_path / where)
     assert result.exit_code == 2, result.output

@@ -324,10 +324,10 @@ class RunDirectory:
         old_files = list(RunDirectory(p).read_manifest()["files"])
         os.replace(p, old)
         os.replace(tmp, p)
-        _remove_listed(old, [*old_files, MANIFEST])
+        remove_listed(old, [*old_files, MANIFEST])
 
 
-def _remove_listed(folder: Path, names: list[str]) -> None:
+def remove_listed(folder: Path, names: list[str]) -> None:
     """Delete the listed files of ``folder`` and the folders they leave empty; anything
     else stays (the folder is then kept and named in a warning)."""
     for name in names:
@@ -512,7 +512,7 @@ class CheckpointDirectory:
             if f.name in ours or f.name.startswith(tuple(f"{n}.partial-" for n in ours))
         ]
         self.marker_path.unlink()  # first: a half-removed folder is no longer "ours"
-        _remove_listed(self.path, [n for n in names if n != CHECKPOINT_MARKER])
+        remove_listed(self.path, [n for n in names if n != CHECKPOINT_MARKER])
 
     def _write_marker(self, epoch: int, progress: str | None = None) -> None:
         marker = {

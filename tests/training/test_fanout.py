@@ -374,3 +374,79 @@ def test_tune_parallel_needs_ray(tmp_path: Path) -> None:
     )
     assert done.exit_code == 2 and "--ray" in done.output
     assert not (tmp_path / "o").exists()
+
+
+# ----------------------------------------------------------------------------- recommend --ray
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small trained rating run (2 stacked members) to recommend from."""
+    tmp = tmp_path_factory.mktemp("run")
+    _ratings().to_csv(tmp / "ratings.csv", index=False)
+    config = tmp / "run.toml"
+    config.write_text(rating_toml(tmp / "ratings.csv", epochs=2, extra="[ensemble]\nmembers = 2\n"))
+    done = CliRunner().invoke(wager.cli.app, ["train", str(config), "--out", str(tmp / "run")])
+    assert done.exit_code == 0, done.output
+    return tmp / "run"
+
+
+def _recommend(run: Path, out: Path, *extra: str) -> None:
+    args = ["recommend", str(run), "--all-users", "-k", "3", "--chunk-users", "7",
+            "--out", str(out), "--json", *extra]  # fmt: skip
+    done = CliRunner().invoke(wager.cli.app, args)
+    assert done.exit_code == 0, done.output
+
+
+def _parts(folder: Path) -> pd.DataFrame:
+    marker = json.loads((folder / "_wager_recommendations.json").read_text())
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        [*marker["parts"], "_wager_recommendations.json"]
+    )
+    frame = pd.concat([pd.read_parquet(folder / p) for p in marker["parts"]], ignore_index=True)
+    assert marker["rows"] == len(frame)
+    return frame
+
+
+def test_recommend_on_ray_writes_what_it_writes_here(
+    run_dir: Path, tmp_path: Path, cluster: object
+) -> None:
+    """60 users in chunks of 7: 9 parts, the same rows here and on Ray, greedy and a
+    seeded epsilon-greedy policy (each chunk's draws seeded from the seed and its index);
+    one Parquet file equals the parts put together."""
+    explore = ["--policy", "epsilon_greedy", "--epsilon", "0.5", "--seed", "3"]
+    for name, policy in (("greedy", []), ("eps", explore)):
+        _recommend(run_dir, tmp_path / f"{name}-here", *policy)
+        _recommend(run_dir, tmp_path / f"{name}-ray", *policy, "--ray", "auto")
+        here, there = _parts(tmp_path / f"{name}-here"), _parts(tmp_path / f"{name}-ray")
+        assert len(json.loads((tmp_path / f"{name}-here" / "_wager_recommendations.json")
+                              .read_text())["parts"]) == 9  # fmt: skip
+        assert len(here) == 60 * 3 and here["user"].nunique() == 60
+        pd.testing.assert_frame_equal(here, there)
+        _recommend(run_dir, tmp_path / f"{name}.parquet", *policy, "--ray", "auto")
+        pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / f"{name}.parquet"), here)
+    eps = _parts(tmp_path / "eps-here")
+    greedy = _parts(tmp_path / "greedy-here")
+    assert not eps["item"].equals(greedy["item"])  # the policy explored
+
+
+def test_a_parts_folder_is_replaced_only_when_wager_wrote_it(run_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "recs"
+    _recommend(run_dir, out)
+    first = _parts(out)
+    args = ["recommend", str(run_dir), "--all-users", "--out", str(out), "--json"]
+    again = CliRunner().invoke(wager.cli.app, args)
+    assert again.exit_code == 2 and "--overwrite" in again.output
+    done = CliRunner().invoke(wager.cli.app, [*args, "-k", "2", "--overwrite"])
+    assert done.exit_code == 0, done.output
+    assert len(_parts(out)) == len(first) * 2 // 3  # k = 2 now, one part
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me\n")
+    refused = CliRunner().invoke(
+        wager.cli.app,
+        ["recommend", str(run_dir), "--all-users", "--out", str(mine), "--overwrite", "--json"],
+    )
+    assert refused.exit_code == 2 and "did not write" in refused.output
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

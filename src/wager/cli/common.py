@@ -40,6 +40,7 @@ from wager.errors import DataError, WagerError
 if TYPE_CHECKING:
     from wager.config import RunConfig
     from wager.recommender import Recommender
+    from wager.training.fanout import Runner
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -339,3 +340,16 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def ray_flag(address: str | None) -> Runner | None:
+    """The Ray runner of ``--ray`` (None without it), or a usage error naming the flag."""
+    if address is None:
+        return None
+    from wager.errors import MissingExtraError
+    from wager.training.fanout import RayRunner
+
+    try:
+        return RayRunner(address)
+    except (MissingExtraError, ValueError) as exc:
+        raise _flag_error("--ray", str(exc)) from None

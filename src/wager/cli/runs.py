@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shlex
@@ -23,6 +24,7 @@ from wager.cli.common import (
     console,
     err_console,
     print_json,
+    ray_flag,
 )
 from wager.cli.render import (
     _metrics_table,
@@ -265,13 +267,7 @@ def _ray_runner(address: str | None, cfg: RunConfig, nproc: int) -> Runner | Non
             f"--ray with --nproc {nproc}: the members train as Ray tasks of one process each; "
             "use one of the two",
         )
-    from wager.errors import MissingExtraError
-    from wager.training.fanout import RayRunner
-
-    try:
-        return RayRunner(address)
-    except (MissingExtraError, ValueError) as exc:
-        raise _flag_error("--ray", str(exc)) from None
+    return ray_flag(address)
 
 
 def _torchrun(
@@ -382,8 +378,9 @@ def recommend(
         typer.Option(
             "--out",
             help="Write the recommendations to a file instead of printing them; the format "
-            "follows the extension: .parquet, .csv or .jsonl (one JSON object a line). Never "
-            "inside a run folder.",
+            "follows the extension: .parquet, .csv or .jsonl (one JSON object a line); a name "
+            "without an extension is a folder of Parquet part files, one per --chunk-users "
+            "chunk. Never inside a run folder.",
         ),
     ] = None,
     overwrite: Annotated[
@@ -414,36 +411,42 @@ def recommend(
         typer.Option(
             "--chunk-users",
             min=1,
-            help="Users recommended and written at a time: memory stays bounded by one chunk "
-            "(--out streams each chunk to the file; a seeded random policy's draws depend on "
-            "it).",
+            help="Users recommended and written at a time: memory stays bounded by a few "
+            "chunks (--out streams each chunk to the file; a seeded random policy's draws "
+            "depend on it).",
         ),
     ] = 50_000,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            metavar="auto|ADDRESS",
+            help="Recommend the chunks as Ray tasks (the same output as without --ray): "
+            '"auto" joins this machine\'s Ray cluster or starts a local one. Needs the '
+            '[dist] extra: pip install "wager[dist]".',
+        ),
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Top-k recommendations with confidence for some users (or all, in batch)."""
     import pandas as pd
 
     _check_recommend_flags(bool(user), all_users, k, confidence_level, horizon)
-    chosen, state = _policy_flags(policy, beta, epsilon, temperature, seed)
+    chosen, _state = _policy_flags(policy, beta, epsilon, temperature, seed)
     if out is not None:
         _check_out(out, run, overwrite)
+    runner = ray_flag(ray)
     rec = _load_run(run)
     users: list[Any] = list(rec.scorer_.catalogue.users) if all_users else list(user or [])
-    known = rec.known_users(users)
-    cold = [u for u, ok in zip(users, known, strict=True) if not ok]
-    notices = [
-        f"user {u!r} was not seen in training: cold-start recommendations "
-        "(out-of-vocabulary row and features; expect wider uncertainty)"
-        for u in cold
-    ]
+    cold, notices = _cold_users(rec, users)
     frames = _recommend_chunks(
-        rec, users, chunk_users, not as_json and len(users) >= 1000,
+        rec, users, chunk_users, not as_json and len(users) >= 1000, runner, seed,
         k=k, exclude_seen=not include_seen, confidence_level=confidence_level,
-        horizon=horizon, policy=chosen, state=state,
+        horizon=horizon, policy=chosen,
     )  # fmt: skip
     if out is not None:
-        frame, written = _write_table(frames, out, cold)
+        write = _write_table if out.suffix else _write_parts
+        frame, written = write(frames, out, cold)
     else:
         parts = list(frames)
         frame = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
@@ -461,6 +464,18 @@ def recommend(
         )
         return
     _print_recommendations(rec, frame, f"top-{k} from {run}", confidence_level)
+
+
+def _cold_users(rec: Recommender, users: list[Any]) -> tuple[list[Any], list[str]]:
+    """The users not seen in training, and a notice for each."""
+    known = rec.known_users(users)
+    cold = [u for u, ok in zip(users, known, strict=True) if not ok]
+    notices = [
+        f"user {u!r} was not seen in training: cold-start recommendations "
+        "(out-of-vocabulary row and features; expect wider uncertainty)"
+        for u in cold
+    ]
+    return cold, notices
 
 
 def _check_recommend_flags(
@@ -559,13 +574,21 @@ def _check_out(out: Path, run: Path, overwrite: bool) -> None:
     inside the run being read or inside any run folder, an existing file (without
     ``--overwrite``)."""
     choices = ", ".join(OUT_FORMATS)
-    if out.suffix.lower() not in OUT_FORMATS:
-        found = f"'{out.suffix}'" if out.suffix else "no extension"
+    if out.suffix and out.suffix.lower() not in OUT_FORMATS:
         raise _flag_error(
-            "--out", f"--out {out}: {found} is not a format wager writes; end it in {choices}"
+            "--out",
+            f"--out {out}: '{out.suffix}' is not a format wager writes; end it in {choices}, "
+            "or give a name without an extension for a folder of Parquet parts",
         )
-    if out.is_dir():
+    if out.suffix and out.is_dir():
         raise _flag_error("--out", f"--out {out}: is a directory; give a file name ({choices})")
+    if not out.suffix and (out.exists() or out.is_symlink()) and not _is_parts_folder(out):
+        raise _flag_error(
+            "--out",
+            f"--out {out}: exists and is not a folder of recommendations wager wrote (no "
+            f"{PARTS_MARKER}); wager never writes into or deletes what it did not write: "
+            "give another name",
+        )
     target = out.resolve()
     run_dir = run.resolve()
     for folder in target.parents:
@@ -580,18 +603,86 @@ def _check_out(out: Path, run: Path, overwrite: bool) -> None:
 
 
 def _recommend_chunks(
-    rec: Recommender, users: list[Any], chunk: int, progress: bool, **kwargs: Any
+    rec: Recommender,
+    users: list[Any],
+    chunk: int,
+    progress: bool,
+    runner: Runner | None,
+    seed: int | None,
+    **kwargs: Any,
 ) -> Iterator[pd.DataFrame]:
-    """``rec.recommend`` of ``users``, ``chunk`` users at a time (at least one frame, maybe
-    empty), with a progress bar on stderr when asked."""
+    """``rec.recommend`` of ``users``, ``chunk`` users at a time, in order (at least one
+    frame, maybe empty; see :mod:`wager.recommender.batch`), with a progress bar on stderr
+    when asked."""
     from rich.progress import Progress
+
+    from wager.recommender.batch import recommend_chunks
 
     with Progress(console=err_console, disable=not progress) as bar:
         task = bar.add_task("recommending", total=len(users))
-        for start in range(0, max(len(users), 1), chunk):
-            yield rec.recommend(
-                users[start : start + chunk], progress=lambda n: bar.advance(task, n), **kwargs
-            )
+        yield from recommend_chunks(
+            rec, users, chunk, runner=runner, seed=seed,
+            on_chunk=lambda n: bar.advance(task, n), **kwargs,
+        )  # fmt: skip
+
+
+PARTS_MARKER = "_wager_recommendations.json"
+
+
+def _is_parts_folder(folder: Path) -> bool:
+    """A folder of recommendation parts that wager wrote (its marker lists them)."""
+    marker = folder / PARTS_MARKER
+    if folder.is_symlink() or not folder.is_dir() or marker.is_symlink():
+        return False
+    try:
+        return json.loads(marker.read_text(encoding="utf-8")).get("written_by") == "wager"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _write_parts(
+    frames: Iterable[pd.DataFrame], out: Path, cold: list[Any]
+) -> tuple[pd.DataFrame, int]:
+    """Write the ``frames`` (chunks of one table, a ``cold_start`` column added) as the
+    Parquet files ``part-00000.parquet``, ... of the folder ``out``, with the marker
+    ``_wager_recommendations.json`` (parts, rows, columns), whole or not at all: into a
+    hidden temporary folder beside it, renamed into place at the end. A previous folder of
+    wager's (``--overwrite``) is replaced: only the files its marker lists are deleted.
+    Returns an empty frame with the first chunk's columns and attrs, and the rows
+    written."""
+    from wager.runs import remove_listed
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}-{secrets.token_hex(4)}.partial")
+    tmp.mkdir()
+    head: pd.DataFrame | None = None
+    parts: list[str] = []
+    written = 0
+    try:
+        for frame in frames:
+            written += len(frame)
+            frame["cold_start"] = frame["user"].isin(cold)
+            name = f"part-{len(parts):05d}.parquet"
+            parts.append(name)  # listed first: a failed write is removed too
+            frame.astype({"user": str, "item": str}).to_parquet(tmp / name, index=False)
+            if head is None:
+                head = frame.iloc[:0].copy()
+                head.attrs = frame.attrs
+        assert head is not None
+        marker = {"written_by": "wager", "parts": parts, "rows": written,
+                  "columns": [str(c) for c in head.columns]}  # fmt: skip
+        (tmp / PARTS_MARKER).write_text(json.dumps(marker, indent=1), encoding="utf-8")
+        if _is_parts_folder(out):  # --overwrite (checked first): what the old marker lists
+            old = json.loads((out / PARTS_MARKER).read_text(encoding="utf-8"))
+            (out / PARTS_MARKER).unlink()
+            remove_listed(out, [str(p) for p in old.get("parts", [])])
+        os.replace(tmp, out)
+    except OSError as exc:  # e.g. disk full: name the folder the user asked for
+        raise OSError(exc.errno, exc.strerror or str(exc), str(out)) from exc
+    finally:
+        if tmp.exists():
+            remove_listed(tmp, [*parts, PARTS_MARKER])
+    return head, written
 
 
 def _write_table(

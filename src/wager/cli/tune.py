@@ -9,7 +9,15 @@ from typing import Annotated, Any
 
 import typer
 
-from wager.cli.common import JsonFlag, _flag_error, app, console, err_console, print_json
+from wager.cli.common import (
+    JsonFlag,
+    _flag_error,
+    app,
+    console,
+    err_console,
+    print_json,
+    ray_flag,
+)
 
 OutOpt = Annotated[
     Path,
@@ -134,17 +142,9 @@ def _report(result: Any, config: Path, as_json: bool) -> None:
 
 def _runner(ray: str | None, parallel: int | None) -> Any:
     """The Ray runner of ``--ray`` (None without it), checked before any data."""
-    from wager.errors import MissingExtraError
-    from wager.training.fanout import RayRunner
-
     if parallel is not None and ray is None:
         raise _flag_error("--parallel", "--parallel sets the trials at once on Ray: add --ray")
-    if ray is None:
-        return None
-    try:
-        return RayRunner(ray)
-    except (MissingExtraError, ValueError) as exc:
-        raise _flag_error("--ray", str(exc)) from None
+    return ray_flag(ray)
 
 
 _ROW_KEYS = ("trial", "state", "objective", "seconds")

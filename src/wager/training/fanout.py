@@ -22,6 +22,7 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -57,8 +58,10 @@ class Runner(Protocol):
         tasks: Sequence[Any],
         shared: Any,
         resources: TaskResources = TaskResources(),
+        window: int | None = None,
     ) -> Iterator[tuple[int, Any]]:
-        """Run the tasks; a task's exception is raised as it is (the rest are cancelled)."""
+        """Run the tasks (at most ``window`` at once); a task's exception is raised as it
+        is (the rest are cancelled)."""
         ...
 
 
@@ -73,8 +76,10 @@ class SequentialRunner:
         tasks: Sequence[Any],
         shared: Any,
         resources: TaskResources = TaskResources(),
+        window: int | None = None,
     ) -> Iterator[tuple[int, Any]]:
-        """Yield ``(i, fn(shared, tasks[i]))`` for i = 0, 1, ... (``resources`` unused)."""
+        """Yield ``(i, fn(shared, tasks[i]))`` for i = 0, 1, ... (``resources`` and
+        ``window`` unused: one task at a time)."""
         for i, task in enumerate(tasks):
             yield i, fn(shared, task)
 
@@ -147,8 +152,10 @@ class RayRunner:
         tasks: Sequence[Any],
         shared: Any,
         resources: TaskResources = TaskResources(),
+        window: int | None = None,
     ) -> Iterator[tuple[int, Any]]:
-        """Submit every task, then yield ``(i, result)`` in the order they finish."""
+        """Submit the tasks (at most ``window`` unfinished at a time; None: all at once)
+        and yield ``(i, result)`` in the order they finish."""
         ray = self._ray
         started = self._connect()
         pending: dict[Any, int] = {}
@@ -157,10 +164,15 @@ class RayRunner:
                 num_cpus=resources.cpus, num_gpus=resources.gpus, max_retries=0
             )
             ref = ray.put(shared)
-            pending = {remote.remote(ref, task): i for i, task in enumerate(tasks)}
+            queue = iter(enumerate(tasks))
+            limit = window or len(tasks)
+            for i, task in itertools.islice(queue, limit):
+                pending[remote.remote(ref, task)] = i
             while pending:
                 done, _ = ray.wait(list(pending), num_returns=1)
                 i = pending.pop(done[0])
+                for j, task in itertools.islice(queue, 1):
+                    pending[remote.remote(ref, task)] = j
                 yield i, ray.get(done[0])
         finally:
             for future in pending:  # an error, Ctrl-C or a caller that stopped early
