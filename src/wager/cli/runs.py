@@ -363,6 +363,42 @@ def calibrate(
     )
 
 
+ChunkUsersOpt = Annotated[
+    int,
+    typer.Option(
+        "--chunk-users",
+        min=1,
+        help="Users recommended and written at a time: memory stays bounded by a few "
+        "chunks (--out streams each chunk to the file; a seeded random policy's draws "
+        "depend on it).",
+    ),
+]
+
+
+IndexOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--index",
+        metavar="exact|ivf|hnsw",
+        help="Bring each user's candidates from a top-k index over the catalogue instead "
+        "of scoring every item (factorised models): exact, or FAISS ivf / hnsw for "
+        'catalogues of 10^5+ items (approximate; pip install "wager[ann]").',
+    ),
+]
+
+
+RecommendRayOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--ray",
+        metavar="auto|ADDRESS",
+        help="Recommend the chunks as Ray tasks (the same output as without --ray): "
+        '"auto" joins this machine\'s Ray cluster or starts a local one. Needs the '
+        '[dist] extra: pip install "wager[dist]".',
+    ),
+]
+
+
 @app.command("recommend")
 def recommend(
     run: Annotated[Path, typer.Argument(help="Run directory written by `wager train`.")],
@@ -406,26 +442,9 @@ def recommend(
     epsilon: EpsilonOpt = None,
     temperature: TemperatureOpt = None,
     seed: PolicySeedOpt = None,
-    chunk_users: Annotated[
-        int,
-        typer.Option(
-            "--chunk-users",
-            min=1,
-            help="Users recommended and written at a time: memory stays bounded by a few "
-            "chunks (--out streams each chunk to the file; a seeded random policy's draws "
-            "depend on it).",
-        ),
-    ] = 50_000,
-    ray: Annotated[
-        str | None,
-        typer.Option(
-            "--ray",
-            metavar="auto|ADDRESS",
-            help="Recommend the chunks as Ray tasks (the same output as without --ray): "
-            '"auto" joins this machine\'s Ray cluster or starts a local one. Needs the '
-            '[dist] extra: pip install "wager[dist]".',
-        ),
-    ] = None,
+    chunk_users: ChunkUsersOpt = 50_000,
+    index: IndexOpt = None,
+    ray: RecommendRayOpt = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Top-k recommendations with confidence for some users (or all, in batch)."""
@@ -436,7 +455,11 @@ def recommend(
     if out is not None:
         _check_out(out, run, overwrite)
     runner = ray_flag(ray)
+    if index not in (None, "exact", "ivf", "hnsw"):
+        raise _flag_error("--index", f"--index {index!r} is unknown; choose exact, ivf or hnsw")
     rec = _load_run(run)
+    if index is not None:
+        _index_items(rec, index)
     users: list[Any] = list(rec.scorer_.catalogue.users) if all_users else list(user or [])
     cold, notices = _cold_users(rec, users)
     frames = _recommend_chunks(
@@ -464,6 +487,22 @@ def recommend(
         )
         return
     _print_recommendations(rec, frame, f"top-{k} from {run}", confidence_level)
+
+
+def _index_items(rec: Recommender, kind: str) -> None:
+    """``--index``: attach the top-k index ``kind`` to the loaded run (a usage error when
+    the model has no item vectors or faiss is missing)."""
+    from wager.errors import MissingExtraError
+
+    try:
+        index = None
+        if kind != "exact":
+            from wager.retrieval import FaissIndex
+
+            index = FaissIndex(kind)  # type: ignore[arg-type]
+        rec.index_items(index)
+    except (MissingExtraError, ValueError) as exc:
+        raise _flag_error("--index", f"--index {kind}: {exc}") from None
 
 
 def _cold_users(rec: Recommender, users: list[Any]) -> tuple[list[Any], list[str]]:

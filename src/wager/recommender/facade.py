@@ -16,7 +16,6 @@ Example:
     >>> import pandas as pd
     >>> from wager.config import RunConfig, TrainConfig, EnsembleConfig
     >>> from wager.data.schema import Schema
-from wager.data.streaming import StreamedRows
     >>> df = pd.DataFrame({"user_id": [1, 1, 2, 2], "item_id": [1, 2, 1, 2],
     ...                    "click": [1, 0, 0, 1]})
     >>> cfg = RunConfig(schema=Schema(label="click"), training=TrainConfig(epochs=2),
@@ -46,7 +45,7 @@ from wager.evaluation import oov, report
 from wager.models.heads import Head
 from wager.policies import Policy, PolicyState
 from wager.prediction import MixturePrediction, Prediction
-from wager.recommender import changes, fitting, members, persist, streamed
+from wager.recommender import candidates, changes, fitting, members, persist, streamed
 from wager.recommender.catalogue import Catalogue
 from wager.recommender.listing import recommend_frame
 from wager.recommender.scoring import Batch, Context, Scorer, to_tensors
@@ -78,6 +77,7 @@ class Recommender:
         self.chain_ = self._new_chain()
         self.history_: History | None = None
         self.metrics_: dict[str, Any] = {}
+        self.candidates_: candidates.CandidateIndex | None = None
 
     def _new_chain(self) -> PostHocChain:
         return PostHocChain(
@@ -384,6 +384,12 @@ class Recommender:
             self, user_ids, k, items, exclude_seen, context, confidence_level, batch_users,
             progress, horizon, policy, state, candidates, online,
         )  # fmt: skip
+
+    def index_items(self, index: Any = None) -> Recommender:
+        """Bring recommend()'s candidates from a top-k ``index`` over the catalogue (e.g.
+        ``FaissIndex("ivf")``; None: exact), built now (:mod:`.candidates`); returns self."""
+        self.candidates_ = candidates.attach(self.scorer_, index)
+        return self
 
     list_confidence = staticmethod(list_confidence)
 

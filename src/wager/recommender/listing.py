@@ -11,6 +11,7 @@ them, and the policy picks the k shown, in slate order, with their propensities.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -23,6 +24,7 @@ from wager.data.features import categorical_keys
 from wager.evaluation import ranking
 from wager.policies import Policy, PolicyState
 from wager.prediction import MixturePrediction, Prediction
+from wager.recommender.candidates import CandidateIndex
 from wager.recommender.changes import recommendable
 from wager.recommender.scoring import masked
 from wager.uncertainty.conformal import ConformalPrediction
@@ -95,28 +97,28 @@ def recommend_frame(
     users = list(user_ids)
     frames = []
     slates: list[dict[str, Any]] = []
+    index = rec.candidates_ if items is None and not context else None
     for start in range(0, len(users), batch_users):
         chunk = users[start : start + batch_users]
-        # ranked by the ensemble mean: one product of the concatenated member factors
-        mean_scores = scorer.mean_scores(chunk, None if items is None else cand, context)
         exclude = None
         if exclude_seen:
             exclude = cat.seen_rows(chunk)
             if items is not None:
                 exclude = _candidate_seen(exclude, cand, cat.item_index)
-        top = ranking.top_k_from_scores(mean_scores, n_cand, exclude)  # (U, n), -1 padded
+        scores = _chunk_scores(rec, chunk, None if items is None else cand, context, n_cand,
+                               exclude, index)  # fmt: skip
+        top = scores.top
         if policy is None:
             rows = [(r, top[r][top[r] >= 0]) for r in range(len(chunk))]
             rows = [(r, sel) for r, sel in rows if sel.size]
             if rows:
                 pred = _pair_prediction(rec, chunk, rows, cand, context, online)
-                frames.append(_rows_frame(rec, chunk, rows, cand, pred, mean_scores, exclude,
+                frames.append(_rows_frame(rec, chunk, rows, cand, pred, scores,
                                           confidence_level, horizon))  # fmt: skip
         else:
             assert state is not None
-            part = _policy_frame(rec, chunk, top, k, cand, context, mean_scores, exclude,
-                                 confidence_level, horizon, policy, state, slates,
-                                 online)  # fmt: skip
+            part = _policy_frame(rec, chunk, k, cand, context, scores, confidence_level,
+                                 horizon, policy, state, slates, online)  # fmt: skip
             if part is not None:
                 frames.append(part)
         if progress is not None:
@@ -187,14 +189,72 @@ def _pair_prediction(
     return scorer.prediction_of(scorer.pair_member_scores(pair_users, pair_items, context), None)
 
 
+@dataclass
+class _ChunkScores:
+    """The candidate step's result for one chunk of users.
+
+    Attributes:
+        top: (U, n) candidate columns by the ensemble-mean score, best first, -1 padded.
+        score_of: (chunk row, candidate columns) -> their mean scores.
+        stats: () -> (U, 3) each user's list statistics over the whole masked score row
+            (retrieval / implicit list confidence), computed when first asked.
+    """
+
+    top: np.ndarray
+    score_of: Callable[[int, np.ndarray], torch.Tensor]
+    stats: Callable[[], torch.Tensor]
+
+
+def _chunk_scores(
+    rec: Recommender,
+    chunk: list[Any],
+    items: np.ndarray | None,
+    context: Mapping[str, Any] | None,
+    n: int,
+    exclude: sp.csr_matrix | None,
+    index: CandidateIndex | None,
+) -> _ChunkScores:
+    """Each user's ``n`` candidates by the ensemble-mean score: by ``index`` (a top-k index
+    over the catalogue; ``items`` None, no context) or by scoring every item (one product
+    of the concatenated member factors for factorised models)."""
+    scorer = rec.scorer_
+    cal = rec.chain_.list_relevance
+
+    def stats_of(mean_scores: torch.Tensor) -> torch.Tensor:
+        assert cal is not None
+        return cal.row_statistics(masked(mean_scores.cpu(), exclude))
+
+    if index is None:
+        mean_scores = scorer.mean_scores(chunk, items, context)
+        top = ranking.top_k_from_scores(mean_scores, n, exclude)  # (U, n), -1 padded
+        return _ChunkScores(
+            top, lambda r, sel: mean_scores[r, torch.as_tensor(sel)], lambda: stats_of(mean_scores)
+        )
+    top, top_scores = index.top(scorer, chunk, n, exclude)
+
+    def score_of(r: int, sel: np.ndarray) -> torch.Tensor:
+        where = {int(c): j for j, c in enumerate(top[r]) if c >= 0}
+        return top_scores[r, torch.as_tensor([where[int(c)] for c in sel], dtype=torch.long)]
+
+    def stats() -> torch.Tensor:  # exact, a few users' whole rows at a time
+        step = max(1, 2**24 // max(scorer.catalogue.n_items, 1))
+        parts = []
+        for lo in range(0, len(chunk), step):
+            part = exclude[lo : lo + step] if exclude is not None else None
+            mean_scores = scorer.mean_scores(chunk[lo : lo + step])
+            parts.append(cal.row_statistics(masked(mean_scores.cpu(), part)))  # type: ignore[union-attr]
+        return torch.cat(parts)
+
+    return _ChunkScores(top, score_of, stats)
+
+
 def _rows_frame(
     rec: Recommender,
     chunk: list[Any],
     rows: list[tuple[int, np.ndarray]],
     cand: np.ndarray,
     pred: Prediction,
-    mean_scores: torch.Tensor,
-    exclude: sp.csr_matrix | None,
+    scores: _ChunkScores,
     confidence_level: float,
     horizon: float | None,
 ) -> pd.DataFrame:
@@ -202,7 +262,7 @@ def _rows_frame(
     order)) with their (n,) predictions ``pred``."""
     pair_users = [chunk[r] for r, sel in rows for _ in range(sel.size)]
     pair_items = np.concatenate([cand[sel] for _, sel in rows])
-    ranked = torch.cat([mean_scores[r, torch.as_tensor(sel)] for r, sel in rows])
+    ranked = torch.cat([scores.score_of(r, sel) for r, sel in rows])
     has_std = pred.std is not None
     # a homoscedastic conformal interval needs no std
     iv = (
@@ -214,12 +274,11 @@ def _rows_frame(
     cal = rec.chain_.list_relevance
     if not rec.spec.pointwise and cal is not None:
         # P(among the next H positives) under the softmax over each user's candidates
-        mean_cpu = mean_scores.cpu()
-        norm = cal.row_statistics(masked(mean_cpu, exclude))
+        norm = scores.stats()
         conf = torch.cat(
             [
                 cal.probability(
-                    mean_cpu[r, torch.as_tensor(sel)].unsqueeze(0), norm[r : r + 1], horizon
+                    scores.score_of(r, sel).cpu().unsqueeze(0), norm[r : r + 1], horizon
                 )[0]
                 for r, sel in rows
             ]
@@ -242,12 +301,10 @@ def _rows_frame(
 def _policy_frame(
     rec: Recommender,
     chunk: list[Any],
-    top: np.ndarray,
     k: int,
     cand: np.ndarray,
     context: Mapping[str, Any] | None,
-    mean_scores: torch.Tensor,
-    exclude: sp.csr_matrix | None,
+    scores: _ChunkScores,
     confidence_level: float,
     horizon: float | None,
     policy: Policy,
@@ -255,13 +312,14 @@ def _policy_frame(
     slates: list[dict[str, Any]],
     online: OnlineRecalibration | None = None,
 ) -> pd.DataFrame | None:
-    """The output rows of one chunk of users chosen by ``policy`` from ``top`` ((U, n)
-    candidate columns by the mean, -1 padded), or None when no user has a candidate.
+    """The output rows of one chunk of users chosen by ``policy`` from ``scores.top`` ((U,
+    n) candidate columns by the mean, -1 padded), or None when no user has a candidate.
 
     Users are grouped by their number of candidates (all of them, unless exclusion left
     some with fewer than n): one prediction and one ``policy.select`` per group, then the
     rows are put back in the users' order. ``slates`` collects each slate's policy name,
     floor and draws."""
+    top = scores.top
     counts = (top >= 0).sum(axis=1)
     parts = []
     for n in sorted(set(counts.tolist()) - {0}):  # distinct candidate counts, not users
@@ -276,8 +334,8 @@ def _policy_frame(
         chosen = slate.items.cpu().numpy()
         flat = (np.arange(len(group))[:, None] * n + chosen).ravel()
         rows = [(int(r), sel[g, chosen[g]]) for g, r in enumerate(group)]
-        part = _rows_frame(rec, chunk, rows, cand, pred[torch.as_tensor(flat)], mean_scores,
-                           exclude, confidence_level, horizon)  # fmt: skip
+        part = _rows_frame(rec, chunk, rows, cand, pred[torch.as_tensor(flat)], scores,
+                           confidence_level, horizon)  # fmt: skip
         part[PROPENSITY] = slate.propensities.cpu().numpy().ravel()
         part["_row"] = np.repeat(group, chosen.shape[1])
         parts.append(part)

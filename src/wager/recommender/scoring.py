@@ -458,15 +458,25 @@ class Scorer:
         """
         if not self.factorised:
             return self.member_scores(user_ids, items, context).mean(dim=0)
-        ub = self.encode_users(user_ids)
-        ib = self.encode_items(items)
+        u_mean = self.query_vectors(user_ids)
+        v_cat = self.item_vectors_concat(items)
         with torch.no_grad():
-            u = self.stack.call("user_factors", ub)  # (M, U, d')
-            v = self.stack.call("item_factors", ib)  # (M, I, d')
-            m = u.shape[0]
-            u_cat = u.permute(1, 0, 2).reshape(u.shape[1], -1)  # (U, M d')
-            v_cat = v.permute(1, 0, 2).reshape(v.shape[1], -1)  # (I, M d')
-            return mean_of_location(self.spec.head, (u_cat @ v_cat.T) / m)
+            return mean_of_location(self.spec.head, u_mean @ v_cat.T)
+
+    def query_vectors(self, user_ids: Sequence[Any]) -> Tensor:
+        """(U, M d') the members' concatenated user factors over M, factorised models: their
+        inner product with :meth:`item_vectors_concat` is the mean location of the members
+        (what a top-k index over the items searches)."""
+        with torch.no_grad():
+            u = self.stack.call("user_factors", self.encode_users(user_ids))  # (M, U, d')
+            return u.permute(1, 0, 2).reshape(u.shape[1], -1) / u.shape[0]
+
+    def item_vectors_concat(self, items: Sequence[Any] | np.ndarray | None = None) -> Tensor:
+        """(I, M d') the members' concatenated item factors of ``items`` (default: the
+        catalogue), factorised models."""
+        with torch.no_grad():
+            v = self.stack.call("item_factors", self.encode_items(items))  # (M, I, d')
+            return v.permute(1, 0, 2).reshape(v.shape[1], -1)
 
     def member_scores(
         self,
