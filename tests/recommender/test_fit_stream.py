@@ -168,15 +168,10 @@ def test_a_plan_over_budget_is_refused_before_the_first_pass(
     assert "shuffle_buffer" in str(err.value) and "MiB" in str(err.value)
 
 
-def test_cli_trains_evaluates_and_reloads_a_streamed_run(tmp_path: Path) -> None:
-    data = tmp_path / "data"
-    data.mkdir()
-    df = _ratings(4000, seed=3)
-    for k, bounds in enumerate(np.array_split(np.arange(len(df)), 2)):
-        df.iloc[bounds].to_parquet(data / f"part-{k}.parquet", row_group_size=500)
-    config = tmp_path / "stream.toml"
-    config.write_text(
-        textwrap.dedent(f"""\
+def _stream_toml(path: Path, *, valid: float, test: float, buffer: int, sample: int,
+                 budget: int, dim: int, epochs: int, batch: int) -> str:  # fmt: skip
+    """A streamed rating run's config over the Parquet rows at ``path``."""
+    return textwrap.dedent(f"""\
         seed = 0
         [schema]
         user = "user_id"
@@ -185,23 +180,36 @@ def test_cli_trains_evaluates_and_reloads_a_streamed_run(tmp_path: Path) -> None
         label_kind = "rating"
         rating_range = [1.0, 5.0]
         [data]
-        path = "{data}"
+        path = "{path}"
         stream = true
         duplicates = "keep"
-        valid_fraction = 0.1
-        test_fraction = 0.1
-        shuffle_buffer = 1000
-        memory_budget_mb = 64
+        valid_fraction = {valid}
+        test_fraction = {test}
+        shuffle_buffer = {buffer}
+        stream_sample_rows = {sample}
+        memory_budget_mb = {budget}
         [model]
         type = "biased_mf"
-        dim = 4
+        dim = {dim}
         [training]
-        epochs = 2
-        batch_size = 256
+        epochs = {epochs}
+        batch_size = {batch}
         [ensemble]
         members = 2
         """)
-    )
+
+
+def test_cli_trains_evaluates_and_reloads_a_streamed_run(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    df = _ratings(4000, seed=3)
+    for k, bounds in enumerate(np.array_split(np.arange(len(df)), 2)):
+        df.iloc[bounds].to_parquet(data / f"part-{k}.parquet", row_group_size=500)
+    config = tmp_path / "stream.toml"
+    config.write_text(
+        _stream_toml(data, valid=0.1, test=0.1, buffer=1000, sample=100_000, budget=64,
+                     dim=4, epochs=2, batch=256)
+    )  # fmt: skip
     out = tmp_path / "run"
     done = CliRunner().invoke(wager.cli.app, ["train", str(config), "--out", str(out), "--json"])
     assert done.exit_code == 0, done.output
@@ -269,33 +277,9 @@ def test_streamed_training_stays_under_its_memory_budget(tmp_path: Path) -> None
     for name, folder in (("small", small), ("big", big)):
         config = tmp_path / f"{name}.toml"
         config.write_text(
-            textwrap.dedent(f"""\
-            seed = 0
-            [schema]
-            user = "user_id"
-            item = "item_id"
-            label = "rating"
-            label_kind = "rating"
-            rating_range = [1.0, 5.0]
-            [data]
-            path = "{folder}"
-            stream = true
-            duplicates = "keep"
-            valid_fraction = 0.001
-            test_fraction = 0.001
-            shuffle_buffer = 100000
-            stream_sample_rows = 10000
-            memory_budget_mb = {budget}
-            [model]
-            type = "biased_mf"
-            dim = 8
-            [training]
-            epochs = 1
-            batch_size = 4096
-            [ensemble]
-            members = 2
-            """)
-        )
+            _stream_toml(folder, valid=0.001, test=0.001, buffer=100_000, sample=10_000,
+                         budget=budget, dim=8, epochs=1, batch=4096)
+        )  # fmt: skip
         peaks[name] = _peak_rss_mib(config, tmp_path / f"run-{name}")
     grown = peaks["big"] - peaks["small"]
     assert grown < budget, peaks

@@ -477,23 +477,47 @@ def train_stack(
             idx = idx.to(device)
             return stack.call_weighted("loss", make_batch(idx), member_w[:, idx], params=p)
 
-        stack.train(True)
-        history = train_stacked(
-            stack.params,
-            batch_losses,
-            n_rows,
-            config.training,
-            validate=validate,
-            generator=gen,
-            show_progress=show_progress,
-            description=description or spec.method,
-            on_epoch=on_epoch,
-            checkpoint=checkpoint,
-            metric_name=validation_metric_name(spec),
-            higher_is_better=spec.ranking,
-        )
-        stack.train(False)
+        history = run_loop(
+            scorer, batch_losses, n_rows, validate, gen, show_progress, on_epoch, checkpoint,
+            description,
+        )  # fmt: skip
     return history, gen
+
+
+def run_loop(
+    scorer: Scorer,
+    batch_losses: Callable[[dict[str, Tensor], Any], Tensor],
+    n_rows: int,
+    validate: Validator | None,
+    gen: torch.Generator,
+    show_progress: bool,
+    on_epoch: EpochHook | None,
+    checkpoint: Checkpoint | None,
+    description: str | None = None,
+    batches: Callable[[int], Any] | None = None,
+) -> History:
+    """:func:`~wager.training.trainer.train_stacked` over the scorer's stacked parameters
+    with the spec's metric name and direction, dropout on while it runs (see there for
+    the arguments)."""
+    spec, stack = scorer.spec, scorer.stack
+    stack.train(True)
+    history = train_stacked(
+        stack.params,
+        batch_losses,
+        n_rows,
+        spec.config.training,
+        validate=validate,
+        generator=gen,
+        show_progress=show_progress,
+        description=description or spec.method,
+        on_epoch=on_epoch,
+        checkpoint=checkpoint,
+        metric_name=validation_metric_name(spec),
+        higher_is_better=spec.ranking,
+        batches=batches,
+    )
+    stack.train(False)
+    return history
 
 
 def finish_cold_start(scorer: Scorer, gen: torch.Generator) -> None:

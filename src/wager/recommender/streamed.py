@@ -27,7 +27,7 @@ from wager.recommender.catalogue import Catalogue
 from wager.recommender.scoring import Scorer, to_tensors
 from wager.recommender.spec import ModelSpec
 from wager.training.checkpoint import Checkpoint, EpochHook
-from wager.training.trainer import History, resolve_device, train_stacked
+from wager.training.trainer import History, resolve_device
 from wager.uncertainty.ensemble import row_bootstrap_weights
 
 
@@ -187,21 +187,9 @@ def train_streamed(
             "loss", drop(torch.arange(len(rows))), member_w.to(device), params=p
         )
 
-    stack.train(True)
-    history = train_stacked(
-        stack.params,
-        batch_losses,
-        n_rows,
-        config.training,
-        validate=validate,
-        generator=gen,
-        show_progress=show_progress,
-        description=spec.method,
-        on_epoch=on_epoch,
-        checkpoint=checkpoint,
-        metric_name=fitting.validation_metric_name(spec),
+    history = fitting.run_loop(
+        scorer, batch_losses, n_rows, validate, gen, show_progress, on_epoch, checkpoint,
         batches=batches,
-    )
-    stack.train(False)
+    )  # fmt: skip
     fitting.finish_cold_start(scorer, gen)
     return history
