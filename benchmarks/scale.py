@@ -48,7 +48,7 @@ are written in 10 part files of 50,000-row row groups, and each is trained for o
 (biased MF, dim 8, 2 members) twice by ``wager train`` in a fresh process: streamed
 (``[data] stream = true``, ``memory_budget_mb`` = the budget, 100,000-row shuffle buffer,
 0.1% validation and test rows) and loaded in memory (the same folder, the same fractions;
-another split). Reported per size and path: peak RSS (``ru_maxrss``), its growth over the
+another split). Reported per size and path: peak RSS (the process's VmHWM), its growth over the
 same command on the first 20,000 rows (the fixed cost: Python, torch, wager, the model),
 the data's size as a DataFrame and on disk, seconds, and test RMSE.
 
@@ -354,15 +354,16 @@ def ray_part(args: argparse.Namespace) -> dict[str, Any]:
 
 
 _PEAK = """\
-import resource, sys
+import sys
 from wager.cli import app
 code = 0
 try:
     app(sys.argv[1:])
 except SystemExit as e:
     code = e.code
-with open(sys.argv[-1] + ".rss", "w") as f:
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=f)
+# VmHWM: this process's own peak (ru_maxrss would keep the parent's from before exec)
+with open("/proc/self/status") as status, open(sys.argv[-1] + ".rss", "w") as f:
+    print(next(line.split()[1] for line in status if line.startswith("VmHWM")), file=f)
 sys.exit(code)
 """
 

@@ -4,15 +4,17 @@
 ``Recommender.recommend`` frame in chunk order, so memory holds a few chunks whatever the
 number of users (``wager recommend --all-users --out``). With a Ray runner
 (:class:`~wager.training.fanout.RayRunner`, ``--ray``) the chunks are Ray tasks: the fitted
-recommender is put in Ray's object store once, at most ``window`` chunks are in flight, and
-the frames still come back in chunk order. Chunk i's policy draws come from a state seeded
-with (seed, i), so a seeded random policy gives the same recommendations on either runner
-(they depend on the chunk size).
+recommender is put in Ray's object store once, the chunks run in rounds of ``window`` in
+parallel, and the frames still come back in chunk order (at most ``window`` held). Chunk i's
+policy draws come from a state seeded with (seed, i), so a seeded random policy gives the
+same recommendations on either runner (they depend on the chunk size).
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,12 +88,16 @@ def recommend_chunks(
     starts = range(0, max(len(users), 1), chunk_users)
     chunks = [_Chunk(users[s : s + chunk_users], chunk_seed(seed, i)) for i, s in enumerate(starts)]
     runner = runner or SequentialRunner()
-    held: dict[int, pd.DataFrame] = {}
-    next_out = 0
-    for i, frame in runner.run(_recommend_chunk, chunks, _Shared(rec, options), window=window):
-        held[i] = frame
-        while next_out in held:
-            if on_chunk is not None:
-                on_chunk(len(chunks[next_out].users))
-            yield held.pop(next_out)
-            next_out += 1
+    shared = _Shared(rec, options)
+    with runner if isinstance(runner, contextlib.AbstractContextManager) else nullcontext():
+        for lo in range(0, len(chunks), window):  # a round of chunks: at most window held
+            group = chunks[lo : lo + window]
+            held: dict[int, pd.DataFrame] = {}
+            next_out = 0
+            for i, frame in runner.run(_recommend_chunk, group, shared, window=window):
+                held[i] = frame
+                while next_out in held:
+                    if on_chunk is not None:
+                        on_chunk(len(group[next_out].users))
+                    yield held.pop(next_out)
+                    next_out += 1

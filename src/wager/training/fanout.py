@@ -110,17 +110,29 @@ class RayRunner:
             raise ValueError('--ray: give "auto" or a cluster address such as ray://head:10001')
         self.address = address.strip()
         self._ray = require("ray", "dist", "--ray (training on a Ray cluster)")
+        self._held = False  # inside ``with``: the cluster stays up between runs
+        self._started = False  # ``with`` started the cluster (and stops it on exit)
+        self._shared: tuple[Any, Any] | None = None  # (object, its ref) put while held
 
     def __enter__(self) -> RayRunner:
         """Keep the cluster for several :meth:`run` calls (stopped on exit when this runner
         started it)."""
-        self._held = self._connect()
+        self._started, self._held = self._connect(), True
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if getattr(self, "_held", False):
+        if self._started:
             self._ray.shutdown()
-        self._held = False
+        self._held, self._started, self._shared = False, False, None
+
+    def _put(self, shared: Any) -> Any:
+        """``shared`` in the object store; while the runner holds its cluster (``with``),
+        the same object is put once for all runs."""
+        if self._held and self._shared is not None and self._shared[0] is shared:
+            return self._shared[1]
+        ref = self._ray.put(shared)
+        self._shared = (shared, ref) if self._held else None
+        return ref
 
     def cpus(self) -> int:
         """CPUs of the cluster (joined or started)."""
@@ -163,7 +175,7 @@ class RayRunner:
             remote = ray.remote(fn).options(
                 num_cpus=resources.cpus, num_gpus=resources.gpus, max_retries=0
             )
-            ref = ray.put(shared)
+            ref = self._put(shared)
             queue = iter(enumerate(tasks))
             limit = window or len(tasks)
             for i, task in itertools.islice(queue, limit):
