@@ -3,9 +3,25 @@ costs more than it saves, and CI machines are small)."""
 
 from __future__ import annotations
 
+import numpy as np
+import pandas as pd
 import torch
 
 torch.set_num_threads(1)
+
+
+def bias_ratings(seed: int = 1) -> pd.DataFrame:
+    """60 users rate 12 of 30 items: round(3 + user bias + item bias + noise), 1..5
+    (columns user_id "u0".., item_id "i0".., rating)."""
+    rng = np.random.default_rng(seed)
+    user_bias, item_bias = rng.normal(0, 1, 60), rng.normal(0, 1, 30)
+    rows = [
+        (f"u{u}", f"i{i}",
+         int(np.clip(np.rint(3 + user_bias[u] + item_bias[i] + rng.normal(0, 0.5)), 1, 5)))
+        for u in range(60)
+        for i in rng.choice(30, size=12, replace=False)
+    ]  # fmt: skip
+    return pd.DataFrame(rows, columns=["user_id", "item_id", "rating"])
 
 
 def rating_toml(

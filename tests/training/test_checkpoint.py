@@ -16,7 +16,8 @@ from torch import Tensor, nn
 
 from wager.config import TrainConfig
 from wager.training.checkpoint import EpochReport, MemoryCheckpoint
-from wager.training.trainer import History, StackedModel, train_stacked
+from wager.training.history import History
+from wager.training.trainer import StackedModel, train_stacked
 from wager.uncertainty.ensemble import bootstrap_weights
 
 N_ROWS = 96

@@ -17,13 +17,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conftest import rating_toml
+from conftest import bias_ratings, rating_toml
 from wager.config import RunConfig
 from wager.pipeline import train_run
 from wager.recommender import Recommender
@@ -56,19 +55,6 @@ def test_alone_there_is_no_group_and_rank_zero(monkeypatch: pytest.MonkeyPatch) 
     assert launched_by_torchrun() and torchrun_rank() == 1
 
 
-def _ratings() -> pd.DataFrame:
-    """60 users rate 12 of 30 items: round(3 + user bias + item bias + noise), 1..5."""
-    rng = np.random.default_rng(1)
-    user_bias, item_bias = rng.normal(0, 1, 60), rng.normal(0, 1, 30)
-    rows = [
-        (f"u{u}", f"i{i}",
-         int(np.clip(np.rint(3 + user_bias[u] + item_bias[i] + rng.normal(0, 0.5)), 1, 5)))
-        for u in range(60)
-        for i in rng.choice(30, size=12, replace=False)
-    ]  # fmt: skip
-    return pd.DataFrame(rows, columns=["user_id", "item_id", "rating"])
-
-
 def _train(config: Path, out: Path, nproc: int) -> dict:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + str(ROOT / "tests")}
     env.pop("RANK", None)
@@ -83,7 +69,7 @@ def _train(config: Path, out: Path, nproc: int) -> dict:
 
 
 def _config(tmp_path: Path) -> Path:
-    _ratings().to_csv(tmp_path / "ratings.csv", index=False)
+    bias_ratings().to_csv(tmp_path / "ratings.csv", index=False)
     config = tmp_path / "run.toml"
     config.write_text(
         rating_toml(

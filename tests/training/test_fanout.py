@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 
 import wager.cli
 import wager.training.fanout as fanout
-from conftest import rating_toml
+from conftest import bias_ratings, rating_toml
 from wager.config import (
     ConfigError,
     EnsembleConfig,
@@ -38,7 +38,8 @@ from wager.errors import MissingExtraError, TrainingDivergedError
 from wager.recommender import Recommender
 from wager.training.checkpoint import EpochReport, MemoryCheckpoint
 from wager.training.fanout import RayRunner, SequentialRunner
-from wager.training.trainer import History, StackedModel
+from wager.training.history import History
+from wager.training.trainer import StackedModel
 
 ray = pytest.importorskip("ray")
 
@@ -53,19 +54,6 @@ def cluster() -> object:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
-
-
-def _ratings(seed: int = 1) -> pd.DataFrame:
-    """60 users rate 12 of 30 items: round(3 + user bias + item bias + noise), 1..5."""
-    rng = np.random.default_rng(seed)
-    user_bias, item_bias = rng.normal(0, 1, 60), rng.normal(0, 1, 30)
-    rows = [
-        (f"u{u}", f"i{i}",
-         int(np.clip(np.rint(3 + user_bias[u] + item_bias[i] + rng.normal(0, 0.5)), 1, 5)))
-        for u in range(60)
-        for i in rng.choice(30, size=12, replace=False)
-    ]  # fmt: skip
-    return pd.DataFrame(rows, columns=["user_id", "item_id", "rating"])
 
 
 def _rating_config(members: int = 3, **ensemble: object) -> RunConfig:
@@ -152,7 +140,7 @@ def test_merged_history_by_hand() -> None:
 
 
 def test_ray_members_are_identical_to_sequential_ones(cluster: object) -> None:
-    train, valid = _split(_ratings())
+    train, valid = _split(bias_ratings())
     here = Recommender(_rating_config()).fit(train, valid)
     there = Recommender(_rating_config()).fit(train, valid, runner=RayRunner("auto"))
     _same_members(here, there)
@@ -167,7 +155,7 @@ def test_ray_members_are_identical_to_sequential_ones(cluster: object) -> None:
 
 
 def test_ray_retrieval_members_with_population_cold_start_are_identical(cluster: object) -> None:
-    df = _ratings(seed=2)
+    df = bias_ratings(seed=2)
     df["rating"] = df["rating"].clip(lower=2)
     train, valid = _split(df)
     here = Recommender(_implicit_config()).fit(train, valid)
@@ -187,7 +175,7 @@ def test_a_stopped_separate_run_resumes_to_the_uninterrupted_one_on_either_runne
     """Stopped in member 2's second epoch: resumed here it continues that member's loop;
     stopped in member 2's first epoch, it resumes on Ray, which keeps the finished member
     and trains the others (member 2 from its start: a Ray task keeps no loop state)."""
-    train, valid = _split(_ratings())
+    train, valid = _split(bias_ratings())
     whole = Recommender(_rating_config()).fit(train, valid)
 
     def stop_at(member: int, epoch: int):  # type: ignore[no-untyped-def]
@@ -214,7 +202,7 @@ def test_a_stopped_separate_run_resumes_to_the_uninterrupted_one_on_either_runne
 
 
 def test_reports_name_the_member_and_ray_replays_them_when_it_ends(cluster: object) -> None:
-    train, valid = _split(_ratings())
+    train, valid = _split(bias_ratings())
     seen: dict[str, list[tuple[int, int, float]]] = {"here": [], "ray": []}
     for name, runner in (("here", None), ("ray", RayRunner("auto"))):
         Recommender(_rating_config(members=2)).fit(
@@ -228,7 +216,7 @@ def test_reports_name_the_member_and_ray_replays_them_when_it_ends(cluster: obje
 
 
 def test_a_failing_member_fails_the_run_with_its_own_error(cluster: object) -> None:
-    train, valid = _split(_ratings())
+    train, valid = _split(bias_ratings())
     config = _rating_config()
     config = replace(config, training=replace(config.training, learning_rate=1e30))
     with pytest.raises(TrainingDivergedError, match="diverged"):
@@ -250,13 +238,13 @@ def test_separate_settings_are_checked() -> None:
         schema=RATINGS, model=ModelConfig(type="biased_mf", dim=2),
         ensemble=EnsembleConfig(members=2), seed=0,
     )  # fmt: skip
-    train, valid = _split(_ratings())
+    train, valid = _split(bias_ratings())
     with pytest.raises(ValueError, match='fit = "separate"'):
         Recommender(stacked).fit(train, valid, runner=SequentialRunner())
 
 
 def _cli_config(tmp_path: Path, fit: str) -> Path:
-    _ratings().to_csv(tmp_path / "ratings.csv", index=False)
+    bias_ratings().to_csv(tmp_path / "ratings.csv", index=False)
     config = tmp_path / f"{fit}.toml"
     config.write_text(
         rating_toml(
@@ -320,7 +308,7 @@ def test_cli_ray_refusals_name_the_flag_and_touch_nothing(
 
 
 def _search(tmp_path: Path, search: str) -> Path:
-    _ratings().to_csv(tmp_path / "ratings.csv", index=False)
+    bias_ratings().to_csv(tmp_path / "ratings.csv", index=False)
     path = tmp_path / "search.toml"
     path.write_text(rating_toml(tmp_path / "ratings.csv", epochs=1) + search)
     return path
@@ -383,7 +371,7 @@ def test_tune_parallel_needs_ray(tmp_path: Path) -> None:
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small trained rating run (2 stacked members) to recommend from."""
     tmp = tmp_path_factory.mktemp("run")
-    _ratings().to_csv(tmp / "ratings.csv", index=False)
+    bias_ratings().to_csv(tmp / "ratings.csv", index=False)
     config = tmp / "run.toml"
     config.write_text(rating_toml(tmp / "ratings.csv", epochs=2, extra="[ensemble]\nmembers = 2\n"))
     done = CliRunner().invoke(wager.cli.app, ["train", str(config), "--out", str(tmp / "run")])

@@ -52,7 +52,8 @@ from wager.recommender.scoring import Batch, Context, Scorer, to_tensors
 from wager.recommender.spec import ModelSpec
 from wager.training.checkpoint import Checkpoint, EpochHook
 from wager.training.fanout import Runner
-from wager.training.trainer import History, resolve_device
+from wager.training.history import History
+from wager.training.trainer import resolve_device
 from wager.uncertainty.chain import PostHocChain
 from wager.uncertainty.recalibration import OnlineRecalibration
 from wager.uncertainty.relevance import list_confidence

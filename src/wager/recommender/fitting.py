@@ -37,7 +37,8 @@ from wager.recommender.scoring import Batch, Scorer, to_tensors
 from wager.recommender.spec import ModelSpec
 from wager.training.als import ALSSettings, ImplicitData, fit_als
 from wager.training.checkpoint import Checkpoint, EpochHook
-from wager.training.trainer import History, StackedModel, train_stacked
+from wager.training.history import History
+from wager.training.trainer import StackedModel, train_stacked
 from wager.uncertainty.cold_start import centre_oov, draw_known_rows
 from wager.uncertainty.ensemble import bootstrap_weights, holdout_mask
 

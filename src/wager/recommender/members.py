@@ -28,7 +28,7 @@ from wager.recommender.scoring import Batch, Scorer
 from wager.recommender.spec import ModelSpec
 from wager.training.checkpoint import Checkpoint, EpochHook, EpochReport
 from wager.training.fanout import Runner, SequentialRunner, TaskResources
-from wager.training.trainer import History
+from wager.training.history import History
 
 _FORMAT = "members-1"
 

@@ -27,7 +27,8 @@ from wager.recommender.catalogue import Catalogue
 from wager.recommender.scoring import Scorer, to_tensors
 from wager.recommender.spec import ModelSpec
 from wager.training.checkpoint import Checkpoint, EpochHook
-from wager.training.trainer import History, resolve_device
+from wager.training.history import History
+from wager.training.trainer import resolve_device
 from wager.uncertainty.ensemble import row_bootstrap_weights
 
 

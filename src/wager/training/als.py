@@ -50,7 +50,7 @@ import torch
 from torch import Tensor
 
 from wager.training.checkpoint import Checkpoint, EpochHook, EpochReport
-from wager.training.trainer import History
+from wager.training.history import History
 
 Params = dict[str, Tensor]
 # gathered floats per block of rows of an exact solve (pairs x members x dim^2)
