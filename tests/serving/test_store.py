@@ -576,3 +576,109 @@ def test_closed_store_refuses_writes_and_is_not_ready(tmp_path: Path) -> None:
 def test_sqlite_store_fixture(sqlite_store: EventStore) -> None:
     assert sqlite_store.url.startswith("sqlite:///")
     assert sqlite_store.ping()
+
+
+# -- SQLite writers: the OS lock they queue on, the driver connection of log_impressions -----
+
+
+def _hold_lock(path: str, held: multiprocessing.synchronize.Event, release_after_s: float) -> None:
+    """Child process: hold the store's writer lock for ``release_after_s`` seconds."""
+    import fcntl
+    import os
+    import time
+
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    held.set()
+    time.sleep(release_after_s)
+    os.close(fd)
+
+
+@pytest.mark.skipif(store_module.fcntl is None, reason="POSIX flock only")
+def test_a_sqlite_writer_waits_for_another_process_holding_the_lock_then_commits(
+    tmp_path: Path,
+) -> None:
+    """While another process holds ``<db>-wager-lock`` no write begins; the write goes
+    through as soon as the lock is released (woken by the kernel, not a busy-timeout poll)."""
+    import time
+
+    path = tmp_path / "events.db"
+    with EventStore.sqlite(path) as store:
+        lock = Path(f"{path}{store_module.WRITE_LOCK_SUFFIX}")
+        assert lock.exists()  # created with the schema, next to the database
+        ctx = multiprocessing.get_context("spawn")
+        held = ctx.Event()
+        holder = ctx.Process(target=_hold_lock, args=(str(lock), held, 0.6))
+        holder.start()
+        try:
+            assert held.wait(60)
+            start = time.perf_counter()
+            store.log_impressions([_impression("r1", "a")])
+            waited = time.perf_counter() - start
+        finally:
+            holder.join(60)
+        assert holder.exitcode == 0
+        assert 0.3 < waited < 5.0  # it waited for the holder (0.6 s from before the wait)
+        assert _read_impressions(store) == [_impression("r1", "a")]
+
+
+@pytest.mark.skipif(store_module.fcntl is None, reason="POSIX flock only")
+def test_sqlite_writers_in_threads_take_turns(tmp_path: Path) -> None:
+    """Threads of one process exclude each other on the lock as processes do: a feedback
+    write waits while a thread holds the lock, then both writes are stored."""
+    with EventStore.sqlite(tmp_path / "events.db") as store:
+        store.log_impressions([_impression("r1", "a")])
+        lock = Path(f"{tmp_path / 'events.db'}{store_module.WRITE_LOCK_SUFFIX}")
+        order: list[str] = []
+        with store_module._file_lock(lock):
+            writer = threading.Thread(
+                target=lambda: order.append(str(store.add_feedback([_click("e1", "r1", "a")])))
+            )
+            writer.start()
+            writer.join(0.3)
+            assert writer.is_alive()  # blocked on the lock held here
+            order.append("released")
+        writer.join(60)
+        assert order[0] == "released"
+        assert order[1].startswith("FeedbackResult(stored=1")
+
+
+def test_a_reader_leaves_no_lock_file(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    with EventStore.sqlite(path) as store:
+        store.log_impressions([_impression("r1", "a")])
+    lock = Path(f"{path}{store_module.WRITE_LOCK_SUFFIX}")
+    lock.unlink()
+    with EventStore(f"sqlite:///{path}", create=False) as reader:
+        assert len(reader.impressions_frame()) == 1
+    assert not lock.exists()
+
+
+def test_the_driver_connection_survives_a_refused_batch_and_rolls_it_back(
+    sqlite_store: EventStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """log_impressions on SQLite runs on one kept driver connection: a batch refused in its
+    second INSERT leaves nothing of its first (rolled back), the connection is not left in a
+    transaction, and the next batch commits on it."""
+    monkeypatch.setattr(store_module, "ROWS_PER_INSERT", 2)
+    sqlite_store.log_impressions([_impression("r1", "a")])
+    raw = sqlite_store._raw
+    with pytest.raises(ValueError, match=r"request_id='r1', item_id='a'\) is already stored"):
+        sqlite_store.log_impressions(
+            [_impression("r2", "a"), _impression("r2", "b"), _impression("r1", "a")]
+        )
+    assert sqlite_store._raw is raw
+    assert not raw.driver_connection.in_transaction
+    sqlite_store.log_impressions([_impression("r3", "a")])
+    stored = [(r.request_id, r.item_id) for r in _read_impressions(sqlite_store)]
+    assert stored == [("r1", "a"), ("r3", "a")]
+
+
+def test_closing_releases_the_driver_connection(tmp_path: Path) -> None:
+    store = EventStore.sqlite(tmp_path / "events.db")
+    store.log_impressions([_impression("r1", "a")])
+    conn = store._raw.driver_connection
+    store.close()
+    assert store._raw is None
+    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+        conn.execute("SELECT 1")

@@ -476,8 +476,9 @@ async def recommend(body: RecommendRequest, request: Request) -> Any:
         payload = await run_in_threadpool(
             _generic_payload, body, version, rec, arm, policy, state, online
         )
+    response = _json_response(payload)  # encoded before the commit wait, sent right after
     await _log_slate(service, payload, body, online)
-    return _json_response(payload)
+    return response
 
 
 def _generic_payload(

@@ -7,6 +7,11 @@ default ``synchronous_commit=on``. Feedback is idempotent by event id (``INSERT 
 CONFLICT (event_id) DO NOTHING``), so retries and concurrent writers (threads, processes,
 API replicas) store each event exactly once.
 
+On SQLite, writers (threads and ``wager serve --workers N`` processes) queue on an OS lock
+(``flock``) on the file ``<database>-wager-lock`` next to the database before they begin a
+transaction, so a waiting writer wakes as soon as the previous one has committed instead of
+polling in SQLite's busy timeout (sleeps of 1 to 100 ms).
+
 The store creates its schema on open and records its version in the ``schema_version``
 table, so a later wager can migrate it; a database written by a newer wager is refused.
 
@@ -23,7 +28,13 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import itertools
+import operator
+import os
+import sqlite3
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -38,6 +49,11 @@ from sqlalchemy.engine import URL, Connection, Engine
 
 from wager.errors import WagerError
 from wager.serving.events import FeedbackEvent, FeedbackResult, Impression
+
+try:  # POSIX: SQLite writers queue on an OS file lock (EventStore._writing)
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: SQLite's own busy timeout only
+    fcntl = None  # type: ignore[assignment]
 
 SCHEMA_VERSION = 3
 """The event-store schema this code reads and writes (``schema_version.version``): 1 the
@@ -104,6 +120,7 @@ _service_state = sa.Table(
 """Small shared settings of the service's processes (e.g. ``active_version``)."""
 
 _IMPRESSION_FIELDS = [f.name for f in dataclasses.fields(Impression)]
+_impression_row = operator.attrgetter(*_IMPRESSION_FIELDS)  # row -> its INSERT values
 #: most impressions per INSERT statement (x 13 parameters: within SQLite's 32,766 and
 #: PostgreSQL's 65,535 parameters per statement)
 ROWS_PER_INSERT = 1000
@@ -186,6 +203,24 @@ def _sqlite_engine(url: URL, shown: str) -> Engine:
     return engine
 
 
+WRITE_LOCK_SUFFIX = "-wager-lock"
+"""The file next to a SQLite event store on which its writers queue (POSIX ``flock``)."""
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created if missing) for the block.
+
+    Each call opens its own descriptor, so threads of one process exclude each other as
+    processes do; a waiter sleeps in the kernel and wakes when the holder releases."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # released by close, also if the holder dies
+        yield
+    finally:
+        os.close(fd)
+
+
 def _postgres_engine(url: URL) -> Engine:
     """An engine on PostgreSQL (psycopg 3) that checks pooled connections before use."""
     connect_args: dict[str, Any] = {}
@@ -236,6 +271,13 @@ class EventStore:
         marker = "?" if self._sqlite else "%s"  # sqlite3's / psycopg's parameter style
         self._impression_values = f"({', '.join([marker] * len(_IMPRESSION_FIELDS))})"
         self._insert_impressions: dict[int, str] = {}  # rows -> statement
+        self._lock_path: Path | None = (
+            Path(f"{parsed.database}{WRITE_LOCK_SUFFIX}")
+            if self._sqlite and fcntl is not None
+            else None
+        )
+        self._raw: Any = None  # SQLite: the driver connection of log_impressions
+        self._raw_lock = threading.Lock()
         try:
             self._open_schema()
         except BaseException:
@@ -259,6 +301,24 @@ class EventStore:
                 self._insert_impressions[n] = statement
         return statement
 
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[Connection]:
+        """A write transaction (committed when the block ends, rolled back on an error).
+
+        On SQLite, writers (threads and server processes) first queue on an OS lock on a file
+        next to the database, then run ``BEGIN IMMEDIATE``: a waiting writer wakes as soon as
+        the previous one commits. Left to SQLite's busy timeout instead, a writer that finds
+        the database locked sleeps in steps of 1 to 100 ms, which set the p99 of
+        ``wager serve --workers 2``."""
+        with self._write_lock(), self._engine.begin() as conn:
+            yield conn
+
+    def _write_lock(self) -> contextlib.AbstractContextManager[None]:
+        """The OS lock SQLite writers queue on (see :meth:`_writing`); nothing elsewhere."""
+        if self._lock_path is None:
+            return contextlib.nullcontext()
+        return _file_lock(self._lock_path)
+
     @classmethod
     def sqlite(cls, path: str | Path) -> EventStore:
         """The store in the SQLite file ``path`` (its folder must exist)."""
@@ -269,8 +329,10 @@ class EventStore:
     def _open_schema(self) -> None:
         """Create the schema in a fresh database or check the version of an existing one,
         in one transaction (serialised between concurrent openers)."""
+        # a reader (create=False) leaves no lock file; its BEGIN IMMEDIATE waits as before
+        opening = self._writing() if self._create else self._engine.begin()
         try:
-            with self._engine.begin() as conn:
+            with opening as conn:
                 if not self._sqlite:
                     conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_PG_SCHEMA_LOCK)))
                 existing = set(sa.inspect(conn).get_table_names())
@@ -326,6 +388,11 @@ class EventStore:
     def log_impressions(self, rows: Sequence[Impression]) -> None:
         """Commit ``rows`` in one transaction; return once it is durable.
 
+        On SQLite the transaction runs on a connection the store keeps for this call alone,
+        through the driver (the serving hot path: SQLAlchemy's connection checkout, events
+        and reset took as much CPU as the insert and the commit together, about 0.2 ms a
+        transaction on this 2-core machine).
+
         Args:
             rows: the items shown, one per (request_id, item_id); an empty list does nothing.
 
@@ -336,34 +403,67 @@ class EventStore:
         self._check_open()
         if not rows:
             return
+        try:
+            if self._sqlite:
+                self._insert_sqlite(rows)
+                return
+            with self._writing() as conn:
+                for statement, values in self._impression_inserts(rows):
+                    conn.exec_driver_sql(statement, values)
+        except (sa.exc.IntegrityError, sqlite3.IntegrityError) as exc:
+            raise self._impression_conflict(rows, exc) from exc
+
+    def _impression_inserts(self, rows: Sequence[Impression]) -> Iterator[tuple[str, tuple]]:
+        """The (statement, parameters) of the multi-row INSERTs of ``rows``."""
+        for start in range(0, len(rows), ROWS_PER_INSERT):
+            chunk = rows[start : start + ROWS_PER_INSERT]
+            values = tuple(itertools.chain.from_iterable(map(_impression_row, chunk)))
+            yield self._insert_statement(len(chunk)), values
+
+    def _insert_sqlite(self, rows: Sequence[Impression]) -> None:
+        """:meth:`log_impressions` on SQLite: one ``BEGIN IMMEDIATE`` ... ``COMMIT`` on the
+        store's own driver connection (WAL, ``synchronous=FULL`` as every connection)."""
+        with self._raw_lock, self._write_lock():
+            if self._raw is None:
+                self._raw = self._engine.raw_connection()
+            conn = self._raw.driver_connection
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                for statement, values in self._impression_inserts(rows):
+                    conn.execute(statement, values)
+                conn.execute("COMMIT")
+            except BaseException:
+                try:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                except Exception:  # the connection is unusable: open a new one next time
+                    self._raw.invalidate()
+                    self._raw = None
+                raise
+
+    def _impression_conflict(self, rows: Sequence[Impression], exc: Exception) -> ValueError:
+        """The error of an INSERT of ``rows`` that broke the (request_id, item_id) key."""
         seen: set[tuple[str, str]] = set()
         for row in rows:
             key = (row.request_id, row.item_id)
             if key in seen:
-                raise ValueError(
+                return ValueError(
                     f"impression (request_id={key[0]!r}, item_id={key[1]!r}) appears twice in "
                     "one batch; each request shows an item once. Nothing was stored"
                 )
             seen.add(key)
-        try:
-            with self._engine.begin() as conn:
-                for start in range(0, len(rows), ROWS_PER_INSERT):
-                    chunk = rows[start : start + ROWS_PER_INSERT]
-                    values = tuple(getattr(r, f) for r in chunk for f in _IMPRESSION_FIELDS)
-                    conn.exec_driver_sql(self._insert_statement(len(chunk)), values)
-        except sa.exc.IntegrityError as exc:
-            stored = self._stored_pairs({r.request_id for r in rows}) & seen
-            if not stored:
-                raise ValueError(
-                    f"event store {self.url} refused the impressions: {exc.orig}. "
-                    "Nothing was stored"
-                ) from exc
-            first = min(stored)
-            raise ValueError(
-                f"impression (request_id={first[0]!r}, item_id={first[1]!r}) is already stored"
-                f"{f' (and {len(stored) - 1} more)' if len(stored) > 1 else ''} in {self.url}; "
-                "request ids must be unique per request. Nothing was stored"
-            ) from exc
+        stored = self._stored_pairs({r.request_id for r in rows}) & seen
+        if not stored:
+            return ValueError(
+                f"event store {self.url} refused the impressions: {getattr(exc, 'orig', exc)}. "
+                "Nothing was stored"
+            )
+        first = min(stored)
+        return ValueError(
+            f"impression (request_id={first[0]!r}, item_id={first[1]!r}) is already stored"
+            f"{f' (and {len(stored) - 1} more)' if len(stored) > 1 else ''} in {self.url}; "
+            "request ids must be unique per request. Nothing was stored"
+        )
 
     def add_feedback(self, events: Sequence[FeedbackEvent]) -> FeedbackResult:
         """Commit the events not yet stored (by event id) whose (request_id, item_id) was
@@ -386,7 +486,7 @@ class EventStore:
         if not events:
             return FeedbackResult(stored=0, duplicates=0)
         insert = sqlite.insert if self._sqlite else postgresql.insert
-        with self._engine.begin() as conn:
+        with self._writing() as conn:
             served = self._served(conn, {e.request_id for e in events})
             unknown = [e for e in events if (e.request_id, e.item_id) not in served]
             first: dict[str, FeedbackEvent] = {}
@@ -438,7 +538,7 @@ class EventStore:
         statement = statement.on_conflict_do_update(
             index_elements=["key"], set_={"value": value, "ts": row["ts"]}
         )
-        with self._engine.begin() as conn:
+        with self._writing() as conn:
             conn.execute(statement)
 
     def get_state(self, key: str) -> str | None:
@@ -586,6 +686,10 @@ class EventStore:
     def close(self) -> None:
         """Close every pooled connection; the store cannot be used afterwards."""
         self._closed = True
+        with self._raw_lock:
+            if self._raw is not None:
+                self._raw.close()
+                self._raw = None
         self._engine.dispose()
 
     def __enter__(self) -> EventStore:
