@@ -34,7 +34,14 @@ from torch import Tensor
 from wager.data.features import InteractionEncoder, vector_columns
 from wager.data.schema import Vector
 from wager.errors import suggest
-from wager.models.heads import DeepDensityHead, GaussianHead, Head, MixtureDensityHead
+from wager.models.heads import (
+    BernoulliHead,
+    DeepDensityHead,
+    GaussianHead,
+    Head,
+    MixtureDensityHead,
+    PointHead,
+)
 from wager.prediction import MixturePrediction, Prediction
 from wager.recommender.catalogue import Catalogue
 from wager.recommender.spec import ModelSpec
@@ -267,6 +274,10 @@ class Scorer:
         head = self.spec.tasks[task].head
         if head is None:
             return out, None
+        if isinstance(head, GaussianHead):  # elementwise: every draw in one call
+            return head.mean(out), head.aleatoric_std(out)
+        if isinstance(head, BernoulliHead | PointHead):
+            return head.mean(out), None
         means = torch.stack([head.mean(out[r]) for r in range(out.shape[0])])
         if isinstance(head, GaussianHead | MixtureDensityHead | DeepDensityHead):
             stds = [head.aleatoric_std(out[r]) for r in range(out.shape[0])]
