@@ -95,3 +95,30 @@ def test_gaussian_head_mse_mean_loss_value_and_gradients_by_hand():
 def test_bad_head_arguments(make, message):
     with pytest.raises(ValueError, match=message):
         make()
+
+
+@pytest.mark.parametrize(
+    ("head", "shape"),
+    [
+        (GaussianHead(min_std=0.01, support=(1.0, 5.0)), (5, 7, 2)),
+        (GaussianHead(min_std=0.0), (3, 4, 2)),
+        (BernoulliHead(), (5, 7)),
+        (PointHead(support=(1.0, 5.0)), (5, 7)),
+        (PointHead(), (2, 3)),
+    ],
+)
+def test_elementwise_heads_take_every_member_at_once(
+    head: GaussianHead | BernoulliHead | PointHead, shape: tuple[int, ...]
+) -> None:
+    """What Scorer.head_moments relies on: for these heads, mean and aleatoric std of the
+    (R, B, ...) outputs of R members in one call equal, bit for bit, the per-member calls
+    stacked."""
+    out = torch.randn(*shape, generator=torch.Generator().manual_seed(0)) * 3.0
+    rows = [out[r] for r in range(shape[0])]
+    assert torch.equal(head.mean(out), torch.stack([head.mean(r) for r in rows]))
+    std = head.aleatoric_std(out)
+    per_row = [head.aleatoric_std(r) for r in rows]
+    if std is None:
+        assert all(s is None for s in per_row)
+    else:
+        assert torch.equal(std, torch.stack(per_row))  # type: ignore[arg-type]
