@@ -659,9 +659,8 @@ def swap(registry: Path, args: argparse.Namespace, work: Path) -> dict[str, Any]
         "workers": args.swap_workers,
         "ready_s": round(ready_s, 2),
     }
-    # with several workers the others follow an activation within about half a second, so
-    # a response of the previous version right after one is expected, not a failure
-    consistent = wrong == 0 or args.swap_workers > 1
+    # with several workers too: an activation answers once every worker serves the version
+    consistent = wrong == 0
     result["ok"] = not load.failures and not failed_activations and consistent
     log(f"{result}")
     return result

@@ -43,7 +43,7 @@ _HOSTNAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*$")
 _DB_SCHEMES = ("sqlite://", "postgresql://", "postgresql+psycopg://")
 MAX_WORKERS = 64
 """Most server processes ``--workers`` starts."""
-FOLLOW_S = 0.5
+FOLLOW_S = 0.2
 """Seconds between a worker's reads of the stored active version (``--workers`` > 1)."""
 
 # options of `wager serve` (module-level so that serve() stays short)
@@ -437,8 +437,9 @@ def serve(
         int,
         typer.Option(
             "--workers",
-            help="Server processes sharing the port (each loads the models; activations "
-            "reach every process through the event database; /metrics sums them all).",
+            help="Server processes sharing the port: one per core serves fastest (each "
+            "loads the models; activations reach every process through the event database; "
+            "/metrics sums them all).",
         ),
     ] = 1,
     experiment: _Experiment = None,

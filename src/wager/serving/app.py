@@ -48,7 +48,12 @@ from fastapi.security import APIKeyHeader
 from wager.policies import Policy, PolicyState, policy_from_name
 from wager.recommender import Recommender
 from wager.recommender.fastpath import FastPath, FastSlate
-from wager.serving.activation import ACTIVE_KEY, ActivationFollower
+from wager.serving.activation import (
+    ACTIVE_KEY,
+    ActivationFollower,
+    ActivationSupersededError,
+    ActivationTimeoutError,
+)
 from wager.serving.auth import ApiKeys
 from wager.serving.batching import SlateBatcher, SlateJob
 from wager.serving.cache import CandidateCache
@@ -738,8 +743,12 @@ def models(request: Request) -> ModelsResponse:
 def activate(version: str, request: Request) -> ActivateResponse:
     """Serve ``version`` from now on: loaded in full first, then swapped atomically
     (requests in flight finish on the old version). With several server processes the
-    version is then stored for the others to follow (:mod:`wager.serving.activation`); a
-    failed store write answers 503 and every process returns to the stored version."""
+    version is then stored for the others to follow, and the answer waits until every live
+    process serves it (:mod:`wager.serving.activation`): a request sent after the answer
+    gets the new version from any process. A failed store write answers 503 and every
+    process returns to the stored version; processes that do not follow in time answer 503
+    too, with the previous version stored and served again; an activation replaced by a
+    later one while it waited answers 409."""
     service = _service(request)
     previous = service.registry.active
     follower = service.follower
@@ -748,9 +757,29 @@ def activate(version: str, request: Request) -> ActivateResponse:
         if follower is not None:
             commit(lambda: service.events.set_state(ACTIVE_KEY, version),
                    "storing the active model version")  # fmt: skip
+            follower.beat()
+            _wait_for_processes(service, follower, version, previous)
     service.metrics.activations.inc()
     log.info("model version %s activated (was %s)", version, previous)
     return ActivateResponse(active=version, previous=previous)
+
+
+def _wait_for_processes(
+    service: _Service, follower: ActivationFollower, version: str, previous: str
+) -> None:
+    """Wait until every live server process serves ``version``; undo the activation when
+    some do not in time (see :func:`activate`)."""
+    try:
+        follower.wait_for(version)
+    except ActivationSupersededError as exc:
+        raise RequestError(("path", "version"), str(exc), status=409) from exc
+    except ActivationTimeoutError as exc:
+        log.error("%s", exc)
+        _activate_here(service, previous)
+        commit(lambda: service.events.set_state(ACTIVE_KEY, previous),
+               "storing the previous model version again")  # fmt: skip
+        follower.beat()
+        raise StoreUnavailableError(str(exc)) from exc
 
 
 def _activate_here(service: _Service, version: str) -> None:

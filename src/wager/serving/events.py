@@ -132,6 +132,14 @@ class EventLog(Protocol):
         """Store ``value`` under ``key`` durably (e.g. the active model version)."""
         ...
 
+    def delete_state(self, key: str) -> None:
+        """Remove ``key`` (nothing when absent)."""
+        ...
+
+    def states(self, prefix: str) -> dict[str, str]:
+        """Every stored key starting with ``prefix`` and its value."""
+        ...
+
     def served_outcomes(
         self, model_version: str, arm: str, position: int | None, served_before: float
     ) -> tuple[np.ndarray, np.ndarray]:

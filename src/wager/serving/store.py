@@ -541,6 +541,22 @@ class EventStore:
         with self._writing() as conn:
             conn.execute(statement)
 
+    def delete_state(self, key: str) -> None:
+        """Remove ``key`` from ``service_state`` (nothing when absent; durable on return)."""
+        self._check_open()
+        with self._writing() as conn:
+            conn.execute(sa.delete(_service_state).where(_service_state.c.key == key))
+
+    def states(self, prefix: str) -> dict[str, str]:
+        """Every ``service_state`` key starting with ``prefix`` and its value (e.g. the
+        server processes' heartbeats); {} when none."""
+        self._check_open()
+        c = _service_state.c
+        # a LIKE pattern would read '_' and '%' in the prefix as wildcards: compare the head
+        query = sa.select(c.key, c.value).where(sa.func.substr(c.key, 1, len(prefix)) == prefix)
+        with self._read() as conn:
+            return {str(k): str(v) for k, v in conn.execute(query)}
+
     def get_state(self, key: str) -> str | None:
         """The value stored under ``key`` by :meth:`set_state`, or None (also for a
         version-1 store opened read-only, which has no ``service_state`` table)."""
