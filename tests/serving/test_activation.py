@@ -174,7 +174,7 @@ def test_a_process_that_cannot_follow_undoes_the_activation(
                 r = ca.post("/v1/models/v1/activate")
                 assert r.status_code == 503
                 assert "h:9 (serving v2)" in r.json()["detail"]
-                assert "undone" in r.json()["detail"]
+                assert "within 0.5 s" in r.json()["detail"] and "undone" in r.json()["detail"]
                 assert _active(ca) == "v2" and sa_.get_state(ACTIVE_KEY) == "v2"
                 body = {"user_id": "u1", "k": 2}
                 assert ca.post("/v1/recommend", json=body).json()["model_version"] == "v2"

@@ -69,11 +69,11 @@ def stale_after_s(every_s: float) -> float:
 class ActivationTimeoutError(RuntimeError):
     """Processes did not serve an activated version in time; ``lagging`` names them."""
 
-    def __init__(self, version: str, lagging: dict[str, str]) -> None:
+    def __init__(self, version: str, lagging: dict[str, str], timeout_s: float) -> None:
         shown = ", ".join(f"{w} (serving {v})" for w, v in sorted(lagging.items()))
         super().__init__(
             f"model version {version} was not served by every server process within "
-            f"{ACTIVATION_TIMEOUT_S:g} s: {shown}; the activation was undone (see those "
+            f"{timeout_s:g} s: {shown}; the activation was undone (see those "
             "processes' logs for why they could not load it)"
         )
         self.lagging = lagging
@@ -220,7 +220,7 @@ class ActivationFollower:
             if stored != version:  # a later activation (another process's) replaced it
                 raise ActivationSupersededError(version, stored)
             if time.monotonic() >= end:
-                raise ActivationTimeoutError(version, lagging)
+                raise ActivationTimeoutError(version, lagging, self.timeout_s)
             time.sleep(min(0.05, self.every_s / 4))
 
     def leave(self) -> None:
