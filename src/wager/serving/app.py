@@ -29,9 +29,7 @@ from __future__ import annotations
 import gc
 import logging
 import math
-import os
 import random
-import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, nullcontext
@@ -71,6 +69,8 @@ from wager.serving.experiments import Experiment
 from wager.serving.groupcommit import GroupCommitter
 from wager.serving.metrics import ObserveMiddleware, ServiceMetrics
 from wager.serving.precomputed import PrecomputedTable
+from wager.serving.process import random_bytes as _random
+from wager.serving.process import settle_heap
 from wager.serving.recalibration import RecalibrationSettings, Recalibrator, model_means
 from wager.serving.registry import ModelRegistry
 from wager.serving.schemas import (
@@ -321,25 +321,6 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         service.metrics.close()
 
 
-def settle_heap() -> None:
-    """Tune the garbage collector of a serving process once its models are loaded.
-
-    The loaded models (tensors, encoders, per-user rows) are hundreds of thousands of
-    long-lived objects that every full collection walks again: under load those pauses were
-    the p99 (ML-100k, 8 clients: 91 ms without, 21 ms with). So: unfreeze and collect (the
-    cycles of a version deactivated since the last call are freed here), move every object
-    alive now to the permanent generation (``gc.freeze``), and collect the young generation
-    every 20,000 allocations instead of 700 (a request allocates a few thousand objects).
-    Process-wide: run at start-up by ``create_app(settle=True)`` (what ``wager serve``
-    builds) and by the activation route again when the process was settled; a library
-    user's process is left alone.
-    """
-    gc.unfreeze()
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(20_000, 20, 20)
-
-
 def _warn_without_fast_path(registry: ModelRegistry) -> None:
     """A candidate cache and a precomputed table serve only through the fast path: say so
     at start-up when the active version has none (its requests all go to the model)."""
@@ -351,37 +332,6 @@ def _warn_without_fast_path(registry: ModelRegistry) -> None:
             version,
             FastPath.unsupported(rec),
         )
-
-
-class _RandomBytes:
-    """Random bytes from ``os.urandom``, read 4 KiB at a time (one system call per ~200
-    requests instead of two per request): request ids and policy seeds."""
-
-    def __init__(self, block: int = 4096) -> None:
-        self.block = block
-        self._buffer = b""
-        self._lock = threading.Lock()
-
-    def take(self, n: int) -> bytes:
-        with self._lock:
-            if len(self._buffer) < n:
-                self._buffer = os.urandom(max(self.block, n))
-            out, self._buffer = self._buffer[:n], self._buffer[n:]
-        return out
-
-    def request_id(self) -> str:
-        """32 hex digits: a 48-bit millisecond timestamp, then 80 random bits (UUIDv7's
-        layout without its version bits). Ids sort by time, so the event store's unique
-        index on (request_id, item_id) grows at its end instead of at random pages."""
-        ms = time.time_ns() // 1_000_000
-        return f"{ms & 0xFFFF_FFFF_FFFF:012x}{self.take(10).hex()}"
-
-    def seed(self) -> int:
-        """A random 63-bit seed."""
-        return int.from_bytes(self.take(8), "little") >> 1
-
-
-_random = _RandomBytes()
 
 
 def _json_response(payload: dict[str, Any]) -> Response:
