@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -169,6 +170,27 @@ def test_cli_report_json_and_errors(tmp_path: Path) -> None:
         app, ["abtest", "report", "--db", db, "--experiment", "exp1", "--level", "2"]
     )
     assert lvl.exit_code == 2 and "--level must be in (0, 1)" in lvl.output
+
+
+def test_cli_report_reads_only(tmp_path: Path) -> None:
+    """A mistyped --db is refused and no database file appears; a database without a wager
+    store is refused, not given one (the report only reads)."""
+    missing = tmp_path / "evnets.db"
+    r = CliRunner().invoke(
+        app, ["abtest", "report", "--db", f"sqlite:///{missing}", "--experiment", "exp1"]
+    )
+    assert r.exit_code == 2 and "no such SQLite database file" in r.output
+    assert not missing.exists()
+    url = CliRunner().invoke(app, ["abtest", "report", "--db", "events.db", "--experiment", "e"])
+    assert url.exit_code == 2 and "not an event-store URL" in url.output
+    other = tmp_path / "other.db"
+    sqlite3.connect(other).close()  # an empty SQLite file that no wager wrote
+    foreign = CliRunner().invoke(
+        app, ["abtest", "report", "--db", f"sqlite:///{other}", "--experiment", "exp1"]
+    )
+    assert foreign.exit_code != 0 and "holds no wager event store" in foreign.output
+    with sqlite3.connect(other) as conn:
+        assert conn.execute("SELECT name FROM sqlite_master").fetchall() == []
 
 
 # ----------------------------------------------------------------------------- in the service

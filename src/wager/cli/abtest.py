@@ -9,7 +9,15 @@ from typing import Annotated, Any
 
 import typer
 
-from wager.cli.common import JsonFlag, _flag_error, _WagerTyper, app, console, print_json
+from wager.cli.common import (
+    JsonFlag,
+    _flag_error,
+    _WagerTyper,
+    app,
+    check_event_db,
+    console,
+    print_json,
+)
 from wager.cli.render import _table, _text
 
 abtest_app = _WagerTyper(
@@ -54,9 +62,10 @@ def abtest_report_command(
             )
         shares = {a.name: a.share for a in exp.arms}
     require("sqlalchemy", "serve", "wager abtest report")
+    check_event_db(db)
     from wager.serving.store import EventStore
 
-    with EventStore(db) as store:
+    with EventStore(db, create=False) as store:  # a reader: creates and migrates nothing
         served = store.served_with_feedback()
     report = abtest_report(served, experiment, control=control, shares=shares, level=level)
     if as_json:

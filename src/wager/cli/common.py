@@ -98,6 +98,35 @@ def check_out_folder(out: Path | None, names: tuple[str, ...], overwrite: bool) 
         )
 
 
+_DB_SCHEMES = ("sqlite://", "postgresql://", "postgresql+psycopg://")
+
+
+def check_event_db(db: str) -> None:
+    """The checks of a ``--db`` that a command only reads (``wager export-logs``, ``wager
+    abtest report``), made before the database is opened: an event-store URL, and for SQLite
+    a file that exists (opening a missing one would create it). Raises :class:`CliError`
+    naming ``--db``."""
+    if not db.startswith(_DB_SCHEMES):
+        raise _flag_error(
+            "--db",
+            f"--db {db}: not an event-store URL; use sqlite:///PATH/events.db or "
+            "postgresql://USER:PASSWORD@HOST/DB (what `wager serve --db` was given)",
+        )
+    if db.startswith("sqlite://"):
+        import sqlalchemy as sa
+
+        try:
+            database = sa.make_url(db).database or ""
+        except (sa.exc.ArgumentError, ValueError):
+            database = ""
+        if not database or not Path(database).is_file():
+            raise _flag_error(
+                "--db",
+                f"--db {db}: no such SQLite database file; give the events.db that `wager "
+                "serve` wrote (in the registry folder unless --db was given)",
+            )
+
+
 @dataclass(frozen=True)
 class _Failure:
     """What the user is told about an error: the ``--json`` object and the text lines."""

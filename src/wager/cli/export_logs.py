@@ -19,33 +19,21 @@ from typing import Annotated, Any
 import typer
 from rich.text import Text
 
-from wager.cli.common import CliError, JsonFlag, _flag_error, app, console, print_json
-
-_DB_SCHEMES = ("sqlite://", "postgresql://", "postgresql+psycopg://")
+from wager.cli.common import (
+    CliError,
+    JsonFlag,
+    _flag_error,
+    app,
+    check_event_db,
+    console,
+    print_json,
+)
 
 
 def check_export(db: str, out: Path, overwrite: bool) -> None:
     """The checks of ``wager export-logs`` made before the database is opened (raises
     :class:`CliError` naming the flag)."""
-    if not db.startswith(_DB_SCHEMES):
-        raise _flag_error(
-            "--db",
-            f"--db {db}: not an event-store URL; use sqlite:///PATH/events.db or "
-            "postgresql://USER:PASSWORD@HOST/DB (what `wager serve --db` was given)",
-        )
-    if db.startswith("sqlite://"):
-        import sqlalchemy as sa
-
-        try:
-            database = sa.make_url(db).database or ""
-        except (sa.exc.ArgumentError, ValueError):
-            database = ""
-        if not database or not Path(database).is_file():
-            raise _flag_error(
-                "--db",
-                f"--db {db}: no such SQLite database file; give the events.db that `wager "
-                "serve` wrote (in the registry folder unless --db was given)",
-            )
+    check_event_db(db)
     if out.suffix != ".parquet":
         raise _flag_error(
             "--out", f"--out {out}: the file name must end in .parquet, e.g. logs.parquet"
