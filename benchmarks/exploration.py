@@ -60,6 +60,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from scipy.special import expit
 
 from wager.config import RunConfig
 from wager.data.synthetic import SyntheticWorld, WorldConfig
@@ -67,6 +68,7 @@ from wager.evaluation.simulation import SimulationConfig, simulate
 from wager.pipeline import RecommenderSimulationModel
 from wager.policies import Greedy, policy_from_name
 from wager.prediction import Prediction
+from wager.uncertainty.item_effects import ItemEffects, fit_item_effects
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import emit, log, version_of
@@ -111,7 +113,14 @@ BETAS = (0.0, 0.5, 1.0, 1.5)
 EPSILONS = (0.01, 0.05, 0.1)
 PEER_ALPHAS = (0.01, 0.03, 0.1, 0.3, 1.0)
 TS_DRAWS = 100  # Monte Carlo draws behind Thompson sampling's logged propensities
-MODELS = {"ddn": "examples/simulate-ddn.toml", "click": "examples/simulate.toml"}
+MODELS = {
+    "ddn": "examples/simulate-ddn.toml",
+    "click": "examples/simulate.toml",
+    # the feature-only click model with empirical-Bayes item effects (--click-model)
+    "click_effects": "examples/simulate-item-effects.toml",
+}
+#: the click model of the tradeoff and regret parts (``--click-model``)
+CLICK = ["click"]
 
 Job = tuple[str, str, dict[str, float], int, int, int]  # model, policy, params, seed, days, thr
 
@@ -181,12 +190,61 @@ class MabwiserModel:
         """Retired arms stay in the learner (never asked for again)."""
 
 
+# ------------------------------------------------------------------ the feature-oracle model
+
+
+class WorldFeaturesModel:
+    """A diagnostic :class:`~wager.evaluation.simulation.SimulationModel`: the world's own
+    observable logit (every feature effect known exactly; reads the world's internals, as
+    the oracle does) completed by the same empirical-Bayes item effects as ``click_effects``
+    (:func:`~wager.uncertainty.item_effects.fit_item_effects` on every log each evening).
+    Only the hidden item effects are learnt, so its regret shows what the policies could
+    reach with a perfect feature model. Needs ``taste_strength`` 0 (the content world)."""
+
+    def __init__(self, world: SyntheticWorld) -> None:
+        if world.config.taste_strength != 0:
+            raise ValueError("WorldFeaturesModel needs a world with taste_strength 0")
+        self.world = world
+        self.effects: ItemEffects | None = None
+
+    def _observable(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        w = self.world
+        hidden = w.config.hidden_strength * w._item_bias[items]
+        return w._logit_matrix(users, items) - hidden[None, :]
+
+    def fit(self, logs: pd.DataFrame, items: pd.DataFrame) -> None:
+        users, shown = logs["user_id"].to_numpy(), logs["item_id"].to_numpy()
+        w = self.world
+        observable = w._logit(users, shown) - w.config.hidden_strength * w._item_bias[shown]
+        # P(click) = bias * sigmoid(x): its logit, so the effects' offset model holds
+        p = w.position_bias[logs["position"].to_numpy() - 1] * expit(observable)
+        self.effects = fit_item_effects(np.log(p) - np.log1p(-p), shown, logs["click"])
+
+    def predict(self, user_ids: np.ndarray, item_ids: np.ndarray) -> Prediction:
+        assert self.effects is not None
+        obs = self._observable(np.asarray(user_ids), np.asarray(item_ids))
+        return self.effects.predict(obs, item_ids, method="world_features")
+
+    def add_items(self, items: pd.DataFrame) -> None:
+        """Nothing to do: a new item takes the effects' prior."""
+
+    def retire_items(self, item_ids: np.ndarray) -> None:
+        """Nothing to do."""
+
+
 # --------------------------------------------------------------------------- one run
 
 
 def _model_config(name: str) -> RunConfig:
     with resources.as_file(resources.files("wager").joinpath(MODELS[name])) as p:
         return RunConfig.load(p)
+
+
+def _policy_kwargs(params: dict[str, float]) -> dict[str, Any]:
+    return {
+        k: (int(v) if k == "draws" else bool(v) if k == "batch_aware" else v)
+        for k, v in params.items()
+    }
 
 
 def run_one(job: Job) -> dict[str, Any]:
@@ -199,13 +257,16 @@ def run_one(job: Job) -> dict[str, Any]:
     if model_name in ("linucb", "lints"):
         model = MabwiserModel(world, model_name, params["alpha"], seed)
         policy: Any = Greedy()
+    elif model_name == "world_effects":
+        model = WorldFeaturesModel(world)
+        policy = policy_from_name(policy_name, **_policy_kwargs(params))
     else:
-        model = RecommenderSimulationModel(replace(_model_config(model_name), seed=seed), world)
-        kwargs = {
-            k: (int(v) if k == "draws" else bool(v) if k == "batch_aware" else v)
-            for k, v in params.items()
-        }
-        policy = policy_from_name(policy_name, **kwargs)
+        model = RecommenderSimulationModel(
+            replace(_model_config(model_name), seed=seed),
+            world,
+            item_effects=model_name == "click_effects",
+        )
+        policy = policy_from_name(policy_name, **_policy_kwargs(params))
     import warnings
 
     with warnings.catch_warnings():
@@ -343,6 +404,15 @@ def main() -> None:
     ap.add_argument(
         "--batch-requests", type=int, default=1024, help="requests served per prediction"
     )
+    ap.add_argument(
+        "--click-model",
+        choices=("click", "click_effects", "world_effects"),
+        default="click",
+        help="the click model of tradeoff and regret: 'click' (examples/simulate.toml, the "
+        "members' spread), 'click_effects' (examples/simulate-item-effects.toml with "
+        "empirical-Bayes item effects) or 'world_effects' (diagnostic: the world's own "
+        "feature logit with the same item effects)",
+    )
     ap.add_argument("--threads", type=int, default=1, help="torch threads per worker")
     ap.add_argument("--workers", type=int, default=2, help="simulations run at once")
     ap.add_argument("--parts", default="tradeoff,regret,peers")
@@ -360,11 +430,13 @@ def main() -> None:
     UCB_EXTRA.clear()
     UCB_EXTRA.update({"batch_aware": 1.0} if args.ucb_batch_aware else {})
     args.days = days if args.days is None else args.days
+    CLICK[0] = click = args.click_model
     start = time.perf_counter()
     seeds = range(args.seeds)
     result: dict[str, Any] = {
         "world_preset": args.world,
         "ucb": {"batch_aware": bool(args.ucb_batch_aware)},
+        "click_model": {"name": click, "config": MODELS.get(click, "WorldFeaturesModel")},
         "world": WORLD,
         "simulation": {**SIM, "days": args.days},
         "seeds": list(seeds),
@@ -375,7 +447,7 @@ def main() -> None:
     }
     jobs: list[Job] = []
     if "tradeoff" in parts:
-        models = ("ddn", "click")
+        models = ("ddn", click)
         jobs += [
             (m, "ucb", _ucb(b), s, args.days, args.threads)
             for m in models
@@ -383,14 +455,14 @@ def main() -> None:
             for s in seeds
         ]
     if "regret" in parts:
-        beta, tuned = _tune("click", "ucb", "beta", BETAS[1:], args)
+        beta, tuned = _tune(click, "ucb", "beta", BETAS[1:], args)
         result["ucb_beta_tuning"] = {"chosen": beta, "regret_by_beta": tuned}
         policies: list[tuple[str, dict[str, float]]] = [("greedy", {})]
         policies += [("epsilon_greedy", {"epsilon": e}) for e in EPSILONS]
         policies += [("thompson", {"draws": TS_DRAWS})]
         if "tradeoff" not in parts or beta not in BETAS:
             policies.append(("ucb", _ucb(beta)))
-        jobs += [("click", p, kw, s, args.days, args.threads) for p, kw in policies for s in seeds]
+        jobs += [(click, p, kw, s, args.days, args.threads) for p, kw in policies for s in seeds]
     peers_ok = True
     if "peers" in parts:
         try:
@@ -411,7 +483,7 @@ def main() -> None:
     summary = summarise(runs)
     result["variants"] = summary
     if "tradeoff" in parts:
-        result["tradeoff"] = {m: tradeoff_section(summary, m) for m in ("ddn", "click")}
+        result["tradeoff"] = {m: tradeoff_section(summary, m) for m in ("ddn", click)}
     if "regret" in parts:
         result["regret"] = regret_section(summary, result["ucb_beta_tuning"]["chosen"])
     if "peers" in parts and peers_ok:
@@ -422,11 +494,12 @@ def main() -> None:
 
 def regret_section(summary: dict[str, dict[str, Any]], beta: float) -> dict[str, Any]:
     """Final cumulative regret per policy (mean, std over seeds) and the 0.7 x check."""
+    click = CLICK[0]
     names = {
-        "greedy": "click:greedy",
-        **{f"epsilon_greedy {e:g}": f"click:epsilon_greedy epsilon={e:g}" for e in EPSILONS},
-        f"ucb {beta:g}": _key_of("click", "ucb", _ucb(beta)),
-        "thompson": f"click:thompson draws={TS_DRAWS}",
+        "greedy": f"{click}:greedy",
+        **{f"epsilon_greedy {e:g}": f"{click}:epsilon_greedy epsilon={e:g}" for e in EPSILONS},
+        f"ucb {beta:g}": _key_of(click, "ucb", _ucb(beta)),
+        "thompson": f"{click}:thompson draws={TS_DRAWS}",
     }
     table = {
         n: {"regret": summary[k]["mean"]["regret"], "std": summary[k]["std"]["regret"]}

@@ -113,3 +113,79 @@ def test_new_items_come_out_wider_than_known_ones() -> None:
     assert pred.std is not None
     known, new = pred.std[:, :30].mean().item(), pred.std[:, 30:].mean().item()
     assert new > 1.1 * known
+
+
+TINY_EFFECTS_MODEL = """\
+seed = 0
+[data]
+format = "synthetic"
+valid_fraction = 0.0
+drop_features = ["title", "brand"]
+[model]
+type = "factorization"
+dim = 4
+item_min_count = 1000000000
+[training]
+batch_size = 256
+epochs = 2
+[uncertainty]
+cold_start = "learned"
+"""
+
+
+def test_item_effects_complete_a_feature_only_model(tmp_path: Path) -> None:
+    from scipy.special import expit, logit
+
+    from wager.uncertainty.item_effects import fit_item_effects
+
+    world = SyntheticWorld(
+        WorldConfig(
+            n_users=60, n_items=12, n_days=2, new_items_per_day=3, hidden_strength=3.0, seed=2
+        )
+    )
+    path = tmp_path / "effects.toml"
+    path.write_text(TINY_EFFECTS_MODEL)
+    model = RecommenderSimulationModel(RunConfig.load(path), world, item_effects=True)
+    logs = world.sample_log(3000, day=0, seed=3)
+    model.fit(logs, world.items.iloc[:12])
+    effects, rec = model.effects_, model.recommender_
+    assert effects is not None and rec is not None
+    # the effects are those of the Recommender's row logits (fitted again by hand here)
+    rows = rec.predict(
+        logs["user_id"].to_numpy(), logs["item_id"].to_numpy(), context=logs[["position"]]
+    )
+    row_logit = logit(np.clip(rows.mean.numpy().astype(np.float64), 1e-6, 1 - 1e-6))
+    again = fit_item_effects(row_logit, logs["item_id"].to_numpy(), logs["click"].to_numpy())
+    assert effects.tau == pytest.approx(again.tau, rel=1e-6)
+    # a known item: the posterior predictive over its effect, from the position-1 logit
+    new = np.array([12, 13])  # day-1 arrivals, never in the logs
+    model.add_items(world.items.iloc[12:14])
+    users, items = np.array([5, 9]), np.array([0, 3, *new])
+    pred = model.predict(users, items)
+    assert tuple(pred.mean.shape) == (2, 4) and pred.std is not None
+    assert "item_effects" in pred.method
+    base = rec.predict(np.full(4, 5), items, context={"position": 1}).mean.numpy()
+    nodes, weights = effects.posterior(items)
+    expected = (expit(logit(base)[:, None] + nodes) * weights).sum(axis=1)
+    np.testing.assert_allclose(pred.mean[0].numpy(), expected, rtol=1e-6)
+    spread = np.sqrt(
+        (weights * (expit(logit(base)[:, None] + nodes) - expected[:, None]) ** 2).sum(1)
+    )
+    np.testing.assert_allclose(pred.std[0].numpy(), spread, rtol=1e-6)
+    # the new items take the prior: their effects are less certain than the known items'
+    _, effect_std = effects.effect_moments(items)
+    np.testing.assert_allclose(effect_std[2:], effects.tau, rtol=1e-9)
+    assert effect_std[2:].min() > effect_std[:2].max()
+
+
+def test_item_effects_refuse_models_they_cannot_complete(tmp_path: Path) -> None:
+    world = SyntheticWorld(WorldConfig(n_users=10, n_items=5, n_days=1, seed=0))
+    with pytest.raises(ValueError, match=r"without item ids, got \[model\] item_min_count = 1: "):
+        RecommenderSimulationModel(simulation_run_config(), world, item_effects=True)
+    path = tmp_path / "ddn.toml"
+    path.write_text(TINY_DDN)
+    with pytest.raises(ValueError, match="item effects need click rows"):
+        RecommenderSimulationModel(RunConfig.load(path), world, item_effects=True)
+    cfg = simulation_run_config(item_effects=True)
+    assert cfg.model.item_min_count == 1_000_000_000
+    assert RecommenderSimulationModel(cfg, world, item_effects=True).item_effects

@@ -462,3 +462,24 @@ def test_cli_simulate_bad_flags_are_named(args: list[str], message: str) -> None
     result = CliRunner().invoke(app, ["simulate", *args])
     assert result.exit_code == 2
     assert message in result.output
+
+
+def test_cli_simulate_item_effects(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    import wager
+    from wager.cli import app
+
+    args = _argv(
+        "simulate --item-effects --policy ucb --beta 1 --days 2 --requests 40 --users 30 "
+        "--items 12 --new-items 2 --warmup 400 --seed 0 --hidden-strength 3 --json"
+    )
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["total"]["impressions"] == 2 * 40 * 3
+    # a model that learns item ids is refused before any simulation, naming the setting
+    ids = Path(wager.__file__).parent / "examples" / "simulate.toml"
+    refused = CliRunner().invoke(app, [*args, "--config", str(ids)])
+    assert refused.exit_code == 2
+    assert "--item-effects: item effects need a model without item ids" in refused.output
+    assert "item_min_count = 1000000000" in refused.output

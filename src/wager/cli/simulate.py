@@ -14,7 +14,9 @@ uniforms).
 
 Policies are built by :func:`wager.policies.policy_from_name` (imported when the command
 runs); the model is a :class:`~wager.pipeline.RecommenderSimulationModel` of ``--config``
-(default: ``examples/simulate.toml`` shipped in the package).
+(default: ``examples/simulate.toml`` shipped in the package). ``--item-effects`` completes
+the model with empirical-Bayes item effects (:mod:`wager.uncertainty.item_effects`; default
+config then ``examples/simulate-item-effects.toml``, a model without item ids).
 """
 
 from __future__ import annotations
@@ -131,6 +133,7 @@ def _simulate_one(
     world_args: dict[str, Any],
     sim: SimulationConfig,
     model_config: RunConfig,
+    item_effects: bool = False,
 ) -> SimulationResult:
     from dataclasses import replace
 
@@ -139,7 +142,9 @@ def _simulate_one(
     from wager.pipeline import RecommenderSimulationModel
 
     world = SyntheticWorld(WorldConfig(n_days=sim.days, seed=seed, **world_args))
-    model = RecommenderSimulationModel(replace(model_config, seed=seed), world)
+    model = RecommenderSimulationModel(
+        replace(model_config, seed=seed), world, item_effects=item_effects
+    )
     return simulate(world, policy, model, replace(sim, seed=seed))
 
 
@@ -242,6 +247,15 @@ def simulate_command(
         Path | None,
         typer.Option("--config", help="Run config TOML of the model (default simulate.toml)."),
     ] = None,
+    item_effects: Annotated[
+        bool,
+        typer.Option(
+            "--item-effects",
+            help="Empirical-Bayes item effects on the model's logits; the default model is "
+            "then the feature-only simulate-item-effects.toml (a --config must not learn item "
+            "ids).",
+        ),
+    ] = False,
     sweep: Annotated[
         str | None,
         typer.Option(
@@ -263,11 +277,17 @@ def simulate_command(
     """Run a policy (or a sweep of them) in the synthetic world: CTR, RPM, regret, throughput."""
     import torch
 
-    from wager.pipeline import simulation_run_config
+    from wager.pipeline import check_item_effects, simulation_run_config
 
     _check_flags(days, seeds, out, threads)
     torch.set_num_threads(threads)
-    model_config = _load_config(config) if config is not None else simulation_run_config()
+    model_config = (
+        _load_config(config) if config is not None else simulation_run_config(item_effects)
+    )
+    try:
+        check_item_effects(model_config, item_effects)
+    except ValueError as exc:
+        raise _flag_error("--item-effects", f"--item-effects: {exc}") from None
     sim = _sim_config(
         days=days,
         requests_per_day=requests,
@@ -287,10 +307,12 @@ def simulate_command(
         check_out_folder(out, ("simulation.json", "regret.png"), overwrite)
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)
-        result = _simulate_one(chosen, seed, world_args, sim, model_config)
+        result = _simulate_one(chosen, seed, world_args, sim, model_config, item_effects)
         _report_one(result, out, as_json)
     else:
-        _run_sweep(sweep, seeds, world_args, sim, model_config, (out, overwrite, as_json))
+        _run_sweep(
+            sweep, seeds, world_args, sim, (model_config, item_effects), (out, overwrite, as_json)
+        )
 
 
 def _run_sweep(
@@ -298,12 +320,12 @@ def _run_sweep(
     seeds: int,
     world_args: dict[str, Any],
     sim: SimulationConfig,
-    model_config: RunConfig,
+    model: tuple[RunConfig, bool],
     output: tuple[Path | None, bool, bool],
 ) -> None:
     """Every ``--sweep`` variant over seeds sim.seed .. sim.seed + seeds - 1 (all variants
-    and the output folder checked before the first simulation); ``output`` = (--out,
-    --overwrite, --json)."""
+    and the output folder checked before the first simulation); ``model`` = (the model's
+    config, --item-effects), ``output`` = (--out, --overwrite, --json)."""
     out, overwrite, as_json = output
     variants = parse_sweep(sweep)
     chosen_all = [_policy(n, p, "--sweep") for n, p in variants]  # all checked first
@@ -312,7 +334,7 @@ def _run_sweep(
         out.mkdir(parents=True, exist_ok=True)
     seed = sim.seed
     runs = [
-        [_simulate_one(c, seed + s, world_args, sim, model_config) for s in range(seeds)]
+        [_simulate_one(c, seed + s, world_args, sim, *model) for s in range(seeds)]
         for c in chosen_all
     ]
     _report_sweep(variants, runs, seed, out, as_json)

@@ -11,7 +11,8 @@ benchmarks can call (:mod:`wager.pipeline.runs`):
 
 And the recommender in the simulator and in off-policy evaluation
 (:mod:`wager.pipeline.simulation`): :class:`RecommenderSimulationModel`,
-:func:`fit_reward_draws`, :func:`wager_policy_distribution`.
+:func:`fit_reward_draws`, :func:`wager_policy_distribution` (and the simulator model's
+empirical-Bayes item effects, :func:`check_item_effects`).
 """
 
 from wager.pipeline.runs import (
@@ -25,8 +26,11 @@ from wager.pipeline.runs import (
     train_run,
 )
 from wager.pipeline.simulation import (
+    ITEM_EFFECTS_CONFIG_RESOURCE,
+    ITEM_EFFECTS_MIN_COUNT,
     SIMULATION_CONFIG_RESOURCE,
     RecommenderSimulationModel,
+    check_item_effects,
     fit_reward_draws,
     reward_model_config,
     simulation_reward_draws,
@@ -35,10 +39,13 @@ from wager.pipeline.simulation import (
 )
 
 __all__ = [
+    "ITEM_EFFECTS_CONFIG_RESOURCE",
+    "ITEM_EFFECTS_MIN_COUNT",
     "SIMULATION_CONFIG_RESOURCE",
     "RecommenderSimulationModel",
     "RunData",
     "calibrate_run",
+    "check_item_effects",
     "check_run",
     "evaluate_run",
     "fit_reward_draws",

@@ -21,16 +21,21 @@ from wager.data.synthetic import SyntheticWorld
 from wager.policies.base import Policy, PolicyState
 from wager.prediction import Prediction
 from wager.recommender import ModelSpec, Recommender
+from wager.uncertainty.item_effects import ItemEffects, fit_item_effects
 
 SIMULATION_CONFIG_RESOURCE = "examples/simulate.toml"
+ITEM_EFFECTS_CONFIG_RESOURCE = "examples/simulate-item-effects.toml"
 
 
-def simulation_run_config() -> RunConfig:
+def simulation_run_config(item_effects: bool = False) -> RunConfig:
     """The default model of ``wager simulate``: ``examples/simulate.toml`` as shipped in the
-    package (a small anchored Bernoulli ensemble of the factorization model on click rows)."""
+    package (a small anchored Bernoulli ensemble of the factorization model on click rows),
+    or with ``item_effects`` ``examples/simulate-item-effects.toml`` (the feature-only model
+    that the item effects complete)."""
     from importlib import resources
 
-    with resources.as_file(resources.files("wager").joinpath(SIMULATION_CONFIG_RESOURCE)) as p:
+    name = ITEM_EFFECTS_CONFIG_RESOURCE if item_effects else SIMULATION_CONFIG_RESOURCE
+    with resources.as_file(resources.files("wager").joinpath(name)) as p:
         return RunConfig.load(p)
 
 
@@ -47,6 +52,35 @@ def _reshape_prediction(pred: Prediction, rows: int, cols: int) -> Prediction:
         else:
             changes[f.name] = value.reshape(rows, cols, *value.shape[1:])
     return replace(pred, **changes)
+
+
+#: the item-id count threshold that keeps every item id out of vocabulary (item effects)
+ITEM_EFFECTS_MIN_COUNT = 1_000_000_000
+_P_CLIP = 1e-6  # click probabilities are clipped into [_P_CLIP, 1 - _P_CLIP] before the logit
+
+
+def check_item_effects(config: RunConfig, item_effects: bool) -> None:
+    """Refuse item effects on a config they cannot apply to (before any data is made).
+
+    Raises:
+        ValueError: aggregated ("ddn") rows, or a model that learns item ids; the message
+            names the setting and the fix.
+    """
+    if not item_effects:
+        return
+    if config.model.likelihood == "ddn":
+        raise ValueError(
+            "item effects need click rows: [model] likelihood = 'ddn' trains on aggregated "
+            "CTR rows; use a click model (e.g. the default of wager simulate --item-effects)"
+        )
+    if config.model.item_min_count < ITEM_EFFECTS_MIN_COUNT:
+        raise ValueError(
+            f"item effects need a model without item ids, got [model] item_min_count = "
+            f"{config.model.item_min_count}: set item_min_count = {ITEM_EFFECTS_MIN_COUNT} "
+            "(every item id out of vocabulary) so that the random effects, not the model, "
+            "fit each item (as examples/simulate-item-effects.toml does, the default model "
+            "of wager simulate --item-effects)"
+        )
 
 
 class RecommenderSimulationModel:
@@ -73,13 +107,28 @@ class RecommenderSimulationModel:
     with the run's cold-start uncertainty (``[uncertainty] cold_start = "population"``
     makes it wider than a known item's) until the next evening's fit sees it.
 
+    **Item effects** (``item_effects=True``, click rows only): the Recommender is the fixed
+    part of a mixed model and each item gets an empirical-Bayes random intercept on its
+    logit (:mod:`wager.uncertainty.item_effects`), refitted each evening on every log with
+    the Recommender's logits as offsets. A prediction is then the item's posterior
+    predictive (a new item's: the prior, as wide as the effects' fitted spread) instead of
+    the members' spread. The Recommender must not learn item ids
+    (``[model] item_min_count`` >= :data:`ITEM_EFFECTS_MIN_COUNT`, so every item id is out
+    of vocabulary), or it would fit each item's clicks twice.
+
     Args:
         config: the run config of the model (its ``[data]`` source is ignored: the simulator
             supplies the rows).
         world: the simulated world (its users' feature table and schema).
+        item_effects: add the item random effects (see above).
     """
 
-    def __init__(self, config: RunConfig, world: SyntheticWorld) -> None:
+    def __init__(
+        self, config: RunConfig, world: SyntheticWorld, *, item_effects: bool = False
+    ) -> None:
+        check_item_effects(config, item_effects)
+        self.item_effects = item_effects
+        self.effects_: ItemEffects | None = None
         self.aggregated = config.model.likelihood == "ddn"
         schema = world.aggregate_schema() if self.aggregated else world.schema()
         if self.aggregated:
@@ -153,6 +202,21 @@ class RecommenderSimulationModel:
         self.recommender_ = rec
         if self._retired:
             self.retire_items(np.fromiter(self._retired, dtype=np.int64))
+        if self.item_effects:
+            logit = self._row_logits(train)
+            self.effects_ = fit_item_effects(logit, train["item_id"].to_numpy(), train["click"])
+
+    def _row_logits(self, rows: pd.DataFrame) -> np.ndarray:
+        """(n,) the Recommender's logit of each click row's click probability (its user, its
+        item, its position)."""
+        context = pd.DataFrame({"position": rows["position"].to_numpy()})
+        mean = (
+            self._fitted()
+            .predict(rows["user_id"].to_numpy(), rows["item_id"].to_numpy(), context=context)
+            .mean
+        )
+        p = np.clip(mean.detach().cpu().numpy().astype(np.float64), _P_CLIP, 1.0 - _P_CLIP)
+        return np.log(p) - np.log1p(-p)
 
     def _fitted(self) -> Recommender:
         if self.recommender_ is None:
@@ -178,7 +242,14 @@ class RecommenderSimulationModel:
         else:
             context = {"position": 1}
         pred = rec.predict(np.repeat(uniq, c), np.tile(items, n), context=context)
-        return _reshape_prediction(pred, n, c)[torch.from_numpy(inverse.reshape(-1))]
+        pred = _reshape_prediction(pred, n, c)
+        if self.effects_ is not None:
+            # the members' predictions (samples) when the model has several: their spread
+            # joins the item effects' (an ensemble's uncertainty about the feature effects)
+            values = pred.mean if pred.samples is None else pred.samples
+            p = np.clip(values.detach().cpu().numpy().astype(np.float64), _P_CLIP, 1 - _P_CLIP)
+            pred = self.effects_.predict(np.log(p) - np.log1p(-p), items, method=pred.method)
+        return pred[torch.from_numpy(inverse.reshape(-1))]
 
     def add_items(self, items: pd.DataFrame) -> None:
         """Register new items with the Recommender (``add_items``): scored from their
