@@ -67,6 +67,18 @@ _OnlineFlag = Annotated[
 _BatchRequestsFlag = Annotated[
     int, typer.Option("--batch-requests", help="Requests served per prediction (and update).")
 ]
+_ConfigFlag = Annotated[
+    Path | None,
+    typer.Option("--config", help="Run config TOML of the model (default simulate.toml)."),
+]
+_ItemEffectsFlag = Annotated[
+    bool,
+    typer.Option(
+        "--item-effects",
+        help="Empirical-Bayes item effects on the model's logits; the default model is then "
+        "the feature-only simulate-item-effects.toml (a --config must not learn item ids).",
+    ),
+]
 
 
 def parse_sweep(spec: str) -> list[tuple[str, dict[str, float]]]:
@@ -196,6 +208,21 @@ def _check_flags(days: int, seeds: int, out: Path | None, threads: int) -> None:
         raise _flag_error("--threads", f"--threads must be >= 1, got {threads}")
 
 
+def _model_config(config: Path | None, item_effects: bool) -> RunConfig:
+    """The simulated model's run config: ``--config`` or the shipped default (the item-effects
+    one with ``--item-effects``), checked for ``--item-effects`` before any data is made."""
+    from wager.pipeline import check_item_effects, simulation_run_config
+
+    model_config = (
+        _load_config(config) if config is not None else simulation_run_config(item_effects)
+    )
+    try:
+        check_item_effects(model_config, item_effects)
+    except ValueError as exc:
+        raise _flag_error("--item-effects", f"--item-effects: {exc}") from None
+    return model_config
+
+
 @app.command("simulate")
 def simulate_command(
     policy: Annotated[
@@ -243,19 +270,8 @@ def simulate_command(
     target_clicks: Annotated[
         int, typer.Option("--target-clicks", help="Throughput: clicks a new item needs.")
     ] = 0,
-    config: Annotated[
-        Path | None,
-        typer.Option("--config", help="Run config TOML of the model (default simulate.toml)."),
-    ] = None,
-    item_effects: Annotated[
-        bool,
-        typer.Option(
-            "--item-effects",
-            help="Empirical-Bayes item effects on the model's logits; the default model is "
-            "then the feature-only simulate-item-effects.toml (a --config must not learn item "
-            "ids).",
-        ),
-    ] = False,
+    config: _ConfigFlag = None,
+    item_effects: _ItemEffectsFlag = False,
     sweep: Annotated[
         str | None,
         typer.Option(
@@ -277,17 +293,9 @@ def simulate_command(
     """Run a policy (or a sweep of them) in the synthetic world: CTR, RPM, regret, throughput."""
     import torch
 
-    from wager.pipeline import check_item_effects, simulation_run_config
-
     _check_flags(days, seeds, out, threads)
     torch.set_num_threads(threads)
-    model_config = (
-        _load_config(config) if config is not None else simulation_run_config(item_effects)
-    )
-    try:
-        check_item_effects(model_config, item_effects)
-    except ValueError as exc:
-        raise _flag_error("--item-effects", f"--item-effects: {exc}") from None
+    model_config = _model_config(config, item_effects)
     sim = _sim_config(
         days=days,
         requests_per_day=requests,
