@@ -38,6 +38,7 @@ import torch
 
 from wager.config import EnsembleConfig
 from wager.data.synthetic import SyntheticWorld, WorldConfig
+from wager.evaluation.ope import INTERVALS
 from wager.evaluation.ope.simulated import simulated_ope
 from wager.evaluation.simulation import SimulationConfig
 from wager.pipeline import (
@@ -83,6 +84,7 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
         reward_draws=lambda feedback: simulation_reward_draws(model, feedback),
         confidence_level=CONFIDENCE_LEVEL,
         n_bootstrap=args.bootstrap,
+        interval=args.interval,
     )
 
 
@@ -109,7 +111,11 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=50, help="seeds 0..N-1")
+    parser.add_argument("--seeds", type=int, default=50, help="seeds FIRST..FIRST+N-1")
+    parser.add_argument("--first-seed", type=int, default=0, help="FIRST")
+    parser.add_argument(
+        "--interval", choices=INTERVALS, default="bca", help="bootstrap interval method"
+    )
     parser.add_argument("--users", type=int, default=300)
     parser.add_argument("--items", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3000, help="warm-up log impressions")
@@ -124,7 +130,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     runs = []
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         r = run_seed(seed, args)
         runs.append({"seed": seed, **r})
         dr = r["estimates"]["dr"]

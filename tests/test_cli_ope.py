@@ -80,7 +80,7 @@ def test_ope_json_table_and_plot(dirs: tuple[Path, Path], tmp_path: Path) -> Non
         np.sum(w * r["click"]) / np.sum(w), rel=1e-9
     )
     assert out["on_policy"] == pytest.approx(b["click"].mean())
-    assert out["confidence_level"] == 0.95
+    assert out["confidence_level"] == 0.95 and out["interval"] == "bca"
     for key in ("ips", "snips", "dm", "dr", "switch_dr", "replay"):
         e = out["estimates"][key]
         assert e["low"] <= e["value"] <= e["high"] and e["ess"] > 0, key
@@ -111,6 +111,9 @@ def test_ope_flag_errors(dirs: tuple[Path, Path], tmp_path: Path) -> None:
     assert members.exit_code == 2 and "--members 1 must be >= 2: the reward model" in members.output
     level = _invoke(*base, "--confidence-level", "1.5")
     assert level.exit_code == 2 and "--confidence-level 1.5 must be in (0, 1)" in level.output
+    interval = _invoke(*base, "--interval", "normal")
+    assert interval.exit_code == 2
+    assert "--interval 'normal': use bca or percentile" in interval.output
     # checked before any log is read: an earlier ope.json is never replaced silently
     out = tmp_path / "earlier"
     out.mkdir()

@@ -197,6 +197,9 @@ def ope(
     folds: Annotated[int, typer.Option("--folds", help="Reward-model cross-fitting folds.")] = 3,
     tau: Annotated[float, typer.Option("--tau", help="Switch-DR weight threshold.")] = 10.0,
     n_bootstrap: Annotated[int, typer.Option("--bootstrap", help="Bootstrap replicates.")] = 1000,
+    interval: Annotated[
+        str, typer.Option("--interval", help="Bootstrap interval: bca (default) or percentile.")
+    ] = "bca",
     confidence_level: Annotated[
         float, typer.Option("--confidence-level", help="Interval level, in (0, 1).")
     ] = 0.95,
@@ -215,6 +218,8 @@ def ope(
     if (policy_logs is None) == (policy is None):
         raise _flag_error("--policy-logs", "give exactly one of --policy-logs or --policy")
     _check_numbers(members, positions, folds, n_bootstrap, confidence_level)
+    if interval not in ("bca", "percentile"):
+        raise _flag_error("--interval", f"--interval {interval!r}: use bca or percentile")
     check_out_folder(out, ("ope.json", "ope.png"), overwrite)
     import json
 
@@ -243,6 +248,7 @@ def ope(
         confidence_level=confidence_level,
         n_bootstrap=n_bootstrap,
         seed=seed,
+        interval=interval,
     )
     result.setdefault("on_policy", None)
     name = f"policy of {policy_logs}" if policy_logs else f"{policy} on {run}"

@@ -7,6 +7,7 @@ shared base); :mod:`~wager.evaluation.ope.run` runs several and prepares their r
 from __future__ import annotations
 
 from wager.evaluation.ope.estimators import (
+    INTERVALS,
     IPS,
     SNIPS,
     DirectMethod,
@@ -15,6 +16,7 @@ from wager.evaluation.ope.estimators import (
     OffPolicyEstimator,
     Replay,
     SwitchDR,
+    bca_levels,
     check_action_distribution,
     check_reward_draws,
     effective_sample_size,
@@ -29,6 +31,7 @@ from wager.evaluation.ope.run import (
 from wager.evaluation.plots import plot_estimates
 
 __all__ = [
+    "INTERVALS",
     "IPS",
     "SNIPS",
     "DirectMethod",
@@ -37,6 +40,7 @@ __all__ = [
     "OffPolicyEstimator",
     "Replay",
     "SwitchDR",
+    "bca_levels",
     "check_action_distribution",
     "check_reward_draws",
     "context_free_distribution",

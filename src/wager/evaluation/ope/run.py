@@ -51,6 +51,7 @@ def estimate_all(
     n_bootstrap: int = 1000,
     seed: int = 0,
     gaussian_draws: bool = True,
+    interval: str = "bca",
 ) -> dict[str, Any]:
     """Run several estimators on one log and collect their estimates.
 
@@ -69,11 +70,12 @@ def estimate_all(
         seed: bootstrap seed (the same for every estimator).
         gaussian_draws: how a bootstrap replicate draws the reward model (see
             :meth:`~wager.evaluation.ope.OffPolicyEstimator.estimate`).
+        interval: ``"bca"`` or ``"percentile"`` bootstrap intervals (see there).
 
     Returns:
         ``{"estimates": {key: {"value", "low", "high", "std_error", "ess"[, "relative_error",
-        "covers"]}}, "confidence_level", "n_rounds", "n_bootstrap", "reward_draws"[,
-        "on_policy"]}``.
+        "covers"]}}, "confidence_level", "n_rounds", "n_bootstrap", "reward_draws",
+        "gaussian_draws", "interval"[, "on_policy"]}``.
     """
     chosen = (
         list(estimators)
@@ -90,6 +92,7 @@ def estimate_all(
             n_bootstrap=n_bootstrap,
             seed=seed,
             gaussian_draws=gaussian_draws,
+            interval=interval,
         )
         row = e.to_dict()
         if truth is not None:
@@ -103,6 +106,7 @@ def estimate_all(
         "n_bootstrap": n_bootstrap,
         "reward_draws": 0 if reward_draws is None else int(np.shape(reward_draws)[0]),
         "gaussian_draws": gaussian_draws,
+        "interval": interval,
     }
     if truth is not None:
         out["on_policy"] = truth

@@ -122,6 +122,7 @@ def simulated_ope(
     switch_tau: float = 10.0,
     confidence_level: float = 0.95,
     n_bootstrap: int = 1000,
+    interval: str = "bca",
 ) -> dict[str, Any]:
     """Log ``logging_policy`` in the simulator, estimate ``evaluation_policy``'s value from the
     log with every estimator, and score the estimates against its true value (see the module
@@ -139,6 +140,8 @@ def simulated_ope(
         switch_tau: switch-DR's threshold in the default list.
         confidence_level: nominal coverage of every interval.
         n_bootstrap: bootstrap replicates per estimator.
+        interval: ``"bca"`` or ``"percentile"`` bootstrap intervals
+            (:meth:`~wager.evaluation.ope.OffPolicyEstimator.estimate`).
 
     Returns:
         :func:`~wager.evaluation.ope.estimate_all`'s dict with the true value as
@@ -182,6 +185,7 @@ def simulated_ope(
         confidence_level=confidence_level,
         n_bootstrap=n_bootstrap,
         seed=config.seed,
+        interval=interval,
     )
     for row in out["estimates"].values():
         row["error"] = row["value"] - truth
