@@ -68,6 +68,7 @@ from wager.evaluation.simulation import SimulationConfig, simulate
 from wager.pipeline import RecommenderSimulationModel
 from wager.policies import Greedy, policy_from_name
 from wager.prediction import Prediction
+from wager.uncertainty.calibration import clipped_logit
 from wager.uncertainty.item_effects import ItemEffects, fit_item_effects
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -218,7 +219,7 @@ class WorldFeaturesModel:
         observable = w._logit(users, shown) - w.config.hidden_strength * w._item_bias[shown]
         # P(click) = bias * sigmoid(x): its logit, so the effects' offset model holds
         p = w.position_bias[logs["position"].to_numpy() - 1] * expit(observable)
-        self.effects = fit_item_effects(np.log(p) - np.log1p(-p), shown, logs["click"])
+        self.effects = fit_item_effects(clipped_logit(p, 0.0), shown, logs["click"])
 
     def predict(self, user_ids: np.ndarray, item_ids: np.ndarray) -> Prediction:
         assert self.effects is not None

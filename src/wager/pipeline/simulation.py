@@ -21,6 +21,7 @@ from wager.data.synthetic import SyntheticWorld
 from wager.policies.base import Policy, PolicyState
 from wager.prediction import Prediction
 from wager.recommender import ModelSpec, Recommender
+from wager.uncertainty.calibration import clipped_logit
 from wager.uncertainty.item_effects import ItemEffects, fit_item_effects
 
 SIMULATION_CONFIG_RESOURCE = "examples/simulate.toml"
@@ -215,8 +216,7 @@ class RecommenderSimulationModel:
             .predict(rows["user_id"].to_numpy(), rows["item_id"].to_numpy(), context=context)
             .mean
         )
-        p = np.clip(mean.detach().cpu().numpy().astype(np.float64), _P_CLIP, 1.0 - _P_CLIP)
-        return np.log(p) - np.log1p(-p)
+        return clipped_logit(mean, _P_CLIP)
 
     def _fitted(self) -> Recommender:
         if self.recommender_ is None:
@@ -247,8 +247,8 @@ class RecommenderSimulationModel:
             # the members' predictions (samples) when the model has several: their spread
             # joins the item effects' (an ensemble's uncertainty about the feature effects)
             values = pred.mean if pred.samples is None else pred.samples
-            p = np.clip(values.detach().cpu().numpy().astype(np.float64), _P_CLIP, 1 - _P_CLIP)
-            pred = self.effects_.predict(np.log(p) - np.log1p(-p), items, method=pred.method)
+            logit = clipped_logit(values, _P_CLIP)
+            pred = self.effects_.predict(logit, items, method=pred.method)
         return pred[torch.from_numpy(inverse.reshape(-1))]
 
     def add_items(self, items: pd.DataFrame) -> None:

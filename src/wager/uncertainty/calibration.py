@@ -39,9 +39,17 @@ _EPS = 1e-12
 _PROB_SUPPORT = (0.0, 1.0)
 
 
-def _logit_np(p: np.ndarray) -> np.ndarray:
-    q = np.clip(p, _EPS, 1.0 - _EPS)
+def clipped_logit(p: Any, eps: float = _EPS) -> np.ndarray:
+    """float64 ``log(q / (1 - q))`` of probabilities ``p`` clipped into ``[eps, 1 - eps]``
+    (finite at 0 and 1); any shape, numpy or torch."""
+    if isinstance(p, Tensor):
+        p = p.detach().cpu().numpy()
+    q = np.clip(np.asarray(p, dtype=np.float64), eps, 1.0 - eps)
     return np.log(q) - np.log1p(-q)
+
+
+def _logit_np(p: np.ndarray) -> np.ndarray:
+    return clipped_logit(p)
 
 
 def _to_numpy(x: Any, name: str) -> np.ndarray:

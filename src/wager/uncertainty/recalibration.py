@@ -41,7 +41,7 @@ import torch
 from numpy.typing import ArrayLike
 
 from wager.prediction import Prediction
-from wager.uncertainty.calibration import PlattScaling
+from wager.uncertainty.calibration import PlattScaling, clipped_logit
 
 __all__ = ["DEFAULT_PRIOR", "MIN_SLOPE", "OnlineRecalibration"]
 
@@ -53,8 +53,7 @@ _EPS = 1e-6
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
-    q = np.clip(p, _EPS, 1.0 - _EPS)
-    return np.log(q) - np.log1p(-q)
+    return clipped_logit(p, _EPS)
 
 
 def _expit(z: np.ndarray) -> np.ndarray:

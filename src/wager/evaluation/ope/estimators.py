@@ -310,19 +310,20 @@ def bca_levels(
     return np.asarray(norm.cdf(z0 + z / (1.0 - a * z)), dtype=np.float64)
 
 
-def _unit_sums(t: Terms, request: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """(G,) numerator (at the reward model's mean) and denominator summed per resampled unit."""
-    num, den = t.numerator.mean(axis=0), t.denominator
+def _units(request: np.ndarray | None, n: int) -> tuple[np.ndarray, int]:
+    """(n,) the resampled unit of each round (its request, else itself) and the units' count."""
     if request is None:
-        return num, den
+        return np.arange(n), n
     _, groups = np.unique(np.asarray(request), return_inverse=True)
-    return np.bincount(groups, weights=num), np.bincount(groups, weights=den)
+    return groups, int(groups.max()) + 1
 
 
 def _influence(t: Terms, request: np.ndarray | None, value: float) -> np.ndarray:
     """(G,) empirical influence of each resampled unit on ``sum N / sum D`` at the reward
     model's mean: ``(N_g - value D_g) / mean(D)`` with N_g, D_g a unit's summed terms."""
-    num, den = _unit_sums(t, request)
+    groups, n_units = _units(request, t.denominator.shape[0])
+    num = np.bincount(groups, weights=t.numerator.mean(axis=0), minlength=n_units)
+    den = np.bincount(groups, weights=t.denominator, minlength=n_units)
     scale = float(np.mean(den))
     if not np.isfinite(value) or scale <= 0:
         return np.zeros_like(num)
@@ -344,11 +345,7 @@ def _bootstrap(
     """(n_bootstrap,) replicates: resample rounds (whole requests when given) and, per
     replicate, one reward-model draw (Gaussian in the draws' span, or one of them)."""
     n = t.denominator.shape[0]
-    if request is None:
-        groups, n_groups = np.arange(n), n
-    else:
-        _, groups = np.unique(np.asarray(request), return_inverse=True)
-        n_groups = int(groups.max()) + 1
+    groups, n_groups = _units(request, n)
     n_draws = t.numerator.shape[0]
     out = np.empty(n_bootstrap)
     chunk = max(1, 2_000_000 // max(n, 1))
